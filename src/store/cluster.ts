@@ -1,0 +1,223 @@
+// Lifecycle of one PostgreSQL cluster that Strata owns: initdb, start, stop, and recovery after
+// Strata itself was killed (an orphaned postmaster still running, or a stale postmaster.pid).
+//
+// Layout under `root` (owned by the store's OS user when Strata runs as root):
+//
+//   root/pgdata/         PGDATA (postgresql.conf includes strata.conf, rewritten at every start)
+//   root/run/            unix socket directory (or a short /tmp directory if root's path is long)
+//   root/postgres.log    server log
+//
+// The same code starts the managed store and the throwaway clusters of the test suite.
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import type { PgBinaries } from "./binaries.ts";
+import type { OsUser } from "./os-user.ts";
+
+const run = promisify(execFile);
+
+export interface ClusterSpec {
+  root: string;
+  bin: PgBinaries;
+  osUser?: OsUser;
+  superuser: string;
+  password: string;
+  /** TCP port; also names the unix socket (.s.PGSQL.<port>). */
+  port: number;
+  /** '' listens on the unix socket only. */
+  listenAddresses: string;
+  settings?: Record<string, string | number | boolean>;
+  /** Extra pg_hba.conf lines, placed before the defaults. */
+  hba?: string[];
+}
+
+export interface ClusterPaths {
+  pgdata: string;
+  socketDir: string;
+  logFile: string;
+}
+
+// Unix socket paths are limited to 107 bytes; ".s.PGSQL.65535" takes 15 of them.
+const MAX_SOCKET_DIR = 90;
+
+export function clusterPaths(spec: Pick<ClusterSpec, "root">): ClusterPaths {
+  const root = resolve(spec.root);
+  let socketDir = join(root, "run");
+  if (socketDir.length > MAX_SOCKET_DIR) {
+    socketDir = join("/tmp", `strata-${createHash("sha1").update(root).digest("hex").slice(0, 12)}`);
+  }
+  return { pgdata: join(root, "pgdata"), socketDir, logFile: join(root, "postgres.log") };
+}
+
+function asUser(spec: ClusterSpec) {
+  const env: NodeJS.ProcessEnv = { ...process.env, LC_ALL: "C", LANG: "C" };
+  for (const key of Object.keys(env)) if (key.startsWith("PG")) delete env[key];
+  if (!spec.osUser) return { env };
+  return { env: { ...env, HOME: "/tmp", USER: spec.osUser.name }, uid: spec.osUser.uid, gid: spec.osUser.gid };
+}
+
+function own(spec: ClusterSpec, path: string, mode: number) {
+  mkdirSync(path, { recursive: true, mode });
+  if (spec.osUser) chownSync(path, spec.osUser.uid, spec.osUser.gid);
+}
+
+async function exec(spec: ClusterSpec, file: string, args: string[], what: string): Promise<string> {
+  try {
+    const { stdout } = await run(file, args, { ...asUser(spec), maxBuffer: 16 * 1024 * 1024 });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; stdout?: string; message: string };
+    const detail = (e.stderr || e.stdout || e.message).trim();
+    throw new Error(`${what} failed: ${detail}`);
+  }
+}
+
+function quoteSetting(value: string | number | boolean): string {
+  if (typeof value === "number") return String(value);
+  if (typeof value === "boolean") return value ? "on" : "off";
+  return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
+}
+
+export function isInitialised(spec: Pick<ClusterSpec, "root">): boolean {
+  return existsSync(join(clusterPaths(spec).pgdata, "PG_VERSION"));
+}
+
+/** initdb, if the cluster does not exist yet. Returns true when it created one. */
+export async function initCluster(spec: ClusterSpec): Promise<boolean> {
+  const paths = clusterPaths(spec);
+  if (isInitialised(spec)) return false;
+  own(spec, resolve(spec.root), 0o700);
+  await checkAccess(spec, resolve(spec.root));
+  // A half-made PGDATA from an interrupted initdb is of no use: start over.
+  rmSync(paths.pgdata, { recursive: true, force: true });
+  const pwfile = join(resolve(spec.root), ".initdb-pw");
+  writeFileSync(pwfile, `${spec.password}\n`, { mode: 0o600 });
+  if (spec.osUser) chownSync(pwfile, spec.osUser.uid, spec.osUser.gid);
+  try {
+    await exec(
+      spec,
+      spec.bin.initdb,
+      [
+        "-D",
+        paths.pgdata,
+        "-U",
+        spec.superuser,
+        `--pwfile=${pwfile}`,
+        "--auth=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--data-checksums",
+        "--no-sync",
+      ],
+      "initdb",
+    );
+  } finally {
+    rmSync(pwfile, { force: true });
+  }
+  const conf = join(paths.pgdata, "postgresql.conf");
+  writeFileSync(conf, `${readFileSync(conf, "utf8")}\ninclude_if_exists = 'strata.conf'\n`);
+  return true;
+}
+
+async function checkAccess(spec: ClusterSpec, dir: string) {
+  if (!spec.osUser) return;
+  try {
+    await run("/bin/sh", ["-c", 'test -w "$1" && test -x "$1"', "sh", dir], asUser(spec));
+  } catch {
+    throw new Error(
+      `the store runs as the unprivileged user "${spec.osUser.name}" (Strata runs as root), but that user cannot ` +
+        `write to ${dir}: a parent directory is not traversable by it. Put data_dir somewhere it can reach ` +
+        "(e.g. under /var/lib or /srv), or set store.os_user to a user that can.",
+    );
+  }
+}
+
+function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
+  const settings: Record<string, string | number | boolean> = {
+    listen_addresses: spec.listenAddresses,
+    port: spec.port,
+    unix_socket_directories: paths.socketDir,
+    unix_socket_permissions: "0770",
+    ...spec.settings,
+  };
+  const lines = Object.entries(settings).map(([k, v]) => `${k} = ${quoteSetting(v)}`);
+  writeFileSync(join(paths.pgdata, "strata.conf"), `# written by Strata at every start\n${lines.join("\n")}\n`);
+  const hba = [
+    ...(spec.hba ?? []),
+    "local all all scram-sha-256",
+    "local replication all scram-sha-256",
+    "host all all 127.0.0.1/32 scram-sha-256",
+    "host replication all 127.0.0.1/32 scram-sha-256",
+    "host all all ::1/128 scram-sha-256",
+    "host replication all ::1/128 scram-sha-256",
+  ];
+  writeFileSync(join(paths.pgdata, "pg_hba.conf"), `${hba.join("\n")}\n`);
+}
+
+function pidIsPostgres(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    // EPERM: alive but not ours to signal (as root we can always signal) — treat as alive.
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    return /postgres|postmaster/.test(cmd);
+  } catch {
+    return true; // no /proc: trust kill(0)
+  }
+}
+
+export type RecoveryAction = "none" | "stopped-orphan" | "removed-stale-pid";
+
+/**
+ * Start the cluster. Handles what a SIGKILLed Strata leaves behind: a postmaster still running
+ * from the previous start (stopped, then started again with the current settings) and a
+ * postmaster.pid whose process is gone or is another program (removed).
+ */
+export async function startCluster(spec: ClusterSpec): Promise<{ paths: ClusterPaths; recovery: RecoveryAction }> {
+  const paths = clusterPaths(spec);
+  own(spec, paths.socketDir, 0o700);
+  let recovery: RecoveryAction = "none";
+  const pidFile = join(paths.pgdata, "postmaster.pid");
+  if (existsSync(pidFile)) {
+    const pid = Number(readFileSync(pidFile, "utf8").split("\n")[0]);
+    if (pid > 0 && pidIsPostgres(pid)) {
+      await exec(spec, spec.bin.pgCtl, ["stop", "-D", paths.pgdata, "-m", "fast", "-w", "-t", "120"], "stopping the orphaned store postmaster");
+      recovery = "stopped-orphan";
+    } else {
+      rmSync(pidFile, { force: true });
+      recovery = "removed-stale-pid";
+    }
+  }
+  writeRuntimeConfig(spec, paths);
+  try {
+    await exec(
+      spec,
+      spec.bin.pgCtl,
+      ["start", "-D", paths.pgdata, "-l", paths.logFile, "-w", "-t", "120", "-s"],
+      "starting PostgreSQL",
+    );
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n--- last lines of ${paths.logFile} ---\n${tail(paths.logFile, 20)}`);
+  }
+  return { paths, recovery };
+}
+
+export async function stopCluster(spec: ClusterSpec, mode: "fast" | "immediate" = "fast"): Promise<void> {
+  const paths = clusterPaths(spec);
+  if (!existsSync(join(paths.pgdata, "postmaster.pid"))) return;
+  await exec(spec, spec.bin.pgCtl, ["stop", "-D", paths.pgdata, "-m", mode, "-w", "-t", "120", "-s"], "stopping PostgreSQL");
+}
+
+function tail(file: string, lines: number): string {
+  try {
+    return readFileSync(file, "utf8").split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}

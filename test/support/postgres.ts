@@ -1,0 +1,160 @@
+// Throwaway PostgreSQL clusters for tests: initdb in a temp dir, a random loopback port,
+// wal_level=logical. Every cluster is stopped and removed when the test process exits, even when
+// a test fails; tests should still call stop() in an `after` hook.
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { findPgBinaries } from "../../src/store/binaries.ts";
+import { type ClusterSpec, clusterPaths, initCluster, startCluster, stopCluster } from "../../src/store/cluster.ts";
+import { storeOsUser } from "../../src/store/os-user.ts";
+
+export const TEST_USER = "postgres";
+export const TEST_PASSWORD = "password";
+
+const live = new Set<TestCluster>();
+process.on("exit", () => {
+  for (const cluster of live) cluster.stopSync();
+});
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+export function tempDir(prefix = "strata-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export class TestCluster {
+  readonly host = "127.0.0.1";
+  private stopped = false;
+  constructor(
+    readonly spec: ClusterSpec,
+    readonly port: number,
+  ) {}
+
+  get url(): string {
+    return `postgres://${TEST_USER}:${TEST_PASSWORD}@${this.host}:${this.port}/postgres`;
+  }
+
+  connectionConfig(database = "postgres"): pg.ClientConfig {
+    return { host: this.host, port: this.port, user: TEST_USER, password: TEST_PASSWORD, database };
+  }
+
+  async connect(database = "postgres"): Promise<pg.Client> {
+    const client = new pg.Client(this.connectionConfig(database));
+    await client.connect();
+    return client;
+  }
+
+  /** Run SQL on a fresh connection and return the rows. */
+  async query<T extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params: unknown[] = [], database = "postgres"): Promise<T[]> {
+    const client = await this.connect(database);
+    try {
+      return (await client.query<T>(sql, params)).rows;
+    } finally {
+      await client.end();
+    }
+  }
+
+  async restart(): Promise<void> {
+    await stopCluster(this.spec);
+    await startCluster(this.spec);
+  }
+
+  async stopServer(mode: "fast" | "immediate" = "fast"): Promise<void> {
+    await stopCluster(this.spec, mode);
+  }
+
+  async startServer(): Promise<void> {
+    await startCluster(this.spec);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    live.delete(this);
+    try {
+      await stopCluster(this.spec, "immediate");
+    } finally {
+      rmSync(this.spec.root, { recursive: true, force: true });
+    }
+  }
+
+  stopSync(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    try {
+      const opts = this.spec.osUser ? { uid: this.spec.osUser.uid, gid: this.spec.osUser.gid } : {};
+      execFileSync(this.spec.bin.pgCtl, ["stop", "-D", clusterPaths(this.spec).pgdata, "-m", "immediate", "-w"], { ...opts, stdio: "ignore" });
+    } catch {
+      // already stopped
+    }
+    rmSync(this.spec.root, { recursive: true, force: true });
+  }
+}
+
+export interface PrimaryOptions {
+  settings?: Record<string, string | number | boolean>;
+}
+
+/** A primary for replication tests: wal_level=logical, fsync off (tests never crash the OS). */
+export async function startPrimary(options: PrimaryOptions = {}): Promise<TestCluster> {
+  const port = await freePort();
+  const spec: ClusterSpec = {
+    root: tempDir("strata-primary-"),
+    bin: findPgBinaries(),
+    osUser: storeOsUser(),
+    superuser: TEST_USER,
+    password: TEST_PASSWORD,
+    port,
+    listenAddresses: "127.0.0.1",
+    settings: {
+      wal_level: "logical",
+      max_wal_senders: 10,
+      max_replication_slots: 10,
+      fsync: false,
+      synchronous_commit: false,
+      full_page_writes: false,
+      ...options.settings,
+    },
+  };
+  const cluster = new TestCluster(spec, port);
+  live.add(cluster);
+  try {
+    await initCluster(spec);
+    await startCluster(spec);
+  } catch (err) {
+    await cluster.stop().catch(() => {});
+    throw err;
+  }
+  return cluster;
+}
+
+/** Wait until `check` returns a truthy value, polling; fail with `what` after the deadline. */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (let delay = 10; ; delay = Math.min(delay * 2, 250)) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: last error ${lastError}` : ""}`);
+    }
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
