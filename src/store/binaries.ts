@@ -37,7 +37,10 @@ function candidateDirs(explicit?: string): string[] {
   if (process.env.STRATA_PG_BIN) return [process.env.STRATA_PG_BIN];
   for (const dir of (process.env.PATH ?? "").split(delimiter)) if (dir) dirs.push(dir);
   try {
-    const out = execFileSync("pg_config", ["--bindir"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    const out = execFileSync("pg_config", ["--bindir"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
     if (out.trim()) dirs.push(out.trim());
   } catch {
     // pg_config is optional.

@@ -55,7 +55,11 @@ function asUser(spec: ClusterSpec) {
   const env: NodeJS.ProcessEnv = { ...process.env, LC_ALL: "C", LANG: "C" };
   for (const key of Object.keys(env)) if (key.startsWith("PG")) delete env[key];
   if (!spec.osUser) return { env };
-  return { env: { ...env, HOME: "/tmp", USER: spec.osUser.name }, uid: spec.osUser.uid, gid: spec.osUser.gid };
+  return {
+    env: { ...env, HOME: "/tmp", USER: spec.osUser.name },
+    uid: spec.osUser.uid,
+    gid: spec.osUser.gid,
+  };
 }
 
 function own(spec: ClusterSpec, path: string, mode: number) {
@@ -144,7 +148,10 @@ function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
     ...spec.settings,
   };
   const lines = Object.entries(settings).map(([k, v]) => `${k} = ${quoteSetting(v)}`);
-  writeFileSync(join(paths.pgdata, "strata.conf"), `# written by Strata at every start\n${lines.join("\n")}\n`);
+  writeFileSync(
+    join(paths.pgdata, "strata.conf"),
+    `# written by Strata at every start\n${lines.join("\n")}\n`,
+  );
   const hba = [
     ...(spec.hba ?? []),
     "local all all scram-sha-256",
@@ -179,7 +186,9 @@ export type RecoveryAction = "none" | "stopped-orphan" | "removed-stale-pid";
  * from the previous start (stopped, then started again with the current settings) and a
  * postmaster.pid whose process is gone or is another program (removed).
  */
-export async function startCluster(spec: ClusterSpec): Promise<{ paths: ClusterPaths; recovery: RecoveryAction }> {
+export async function startCluster(
+  spec: ClusterSpec,
+): Promise<{ paths: ClusterPaths; recovery: RecoveryAction }> {
   const paths = clusterPaths(spec);
   own(spec, paths.socketDir, 0o700);
   let recovery: RecoveryAction = "none";
@@ -187,7 +196,12 @@ export async function startCluster(spec: ClusterSpec): Promise<{ paths: ClusterP
   if (existsSync(pidFile)) {
     const pid = Number(readFileSync(pidFile, "utf8").split("\n")[0]);
     if (pid > 0 && pidIsPostgres(pid)) {
-      await exec(spec, spec.bin.pgCtl, ["stop", "-D", paths.pgdata, "-m", "fast", "-w", "-t", "120"], "stopping the orphaned store postmaster");
+      await exec(
+        spec,
+        spec.bin.pgCtl,
+        ["stop", "-D", paths.pgdata, "-m", "fast", "-w", "-t", "120"],
+        "stopping the orphaned store postmaster",
+      );
       recovery = "stopped-orphan";
     } else {
       rmSync(pidFile, { force: true });
@@ -203,7 +217,9 @@ export async function startCluster(spec: ClusterSpec): Promise<{ paths: ClusterP
       "starting PostgreSQL",
     );
   } catch (err) {
-    throw new Error(`${(err as Error).message}\n--- last lines of ${paths.logFile} ---\n${tail(paths.logFile, 20)}`);
+    throw new Error(
+      `${(err as Error).message}\n--- last lines of ${paths.logFile} ---\n${tail(paths.logFile, 20)}`,
+    );
   }
   return { paths, recovery };
 }
@@ -211,7 +227,12 @@ export async function startCluster(spec: ClusterSpec): Promise<{ paths: ClusterP
 export async function stopCluster(spec: ClusterSpec, mode: "fast" | "immediate" = "fast"): Promise<void> {
   const paths = clusterPaths(spec);
   if (!existsSync(join(paths.pgdata, "postmaster.pid"))) return;
-  await exec(spec, spec.bin.pgCtl, ["stop", "-D", paths.pgdata, "-m", mode, "-w", "-t", "120", "-s"], "stopping PostgreSQL");
+  await exec(
+    spec,
+    spec.bin.pgCtl,
+    ["stop", "-D", paths.pgdata, "-m", mode, "-w", "-t", "120", "-s"],
+    "stopping PostgreSQL",
+  );
 }
 
 function tail(file: string, lines: number): string {

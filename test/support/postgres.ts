@@ -2,13 +2,19 @@
 // wal_level=logical. Every cluster is stopped and removed when the test process exits, even when
 // a test fails; tests should still call stop() in an `after` hook.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { findPgBinaries } from "../../src/store/binaries.ts";
-import { type ClusterSpec, clusterPaths, initCluster, startCluster, stopCluster } from "../../src/store/cluster.ts";
+import {
+  type ClusterSpec,
+  clusterPaths,
+  initCluster,
+  startCluster,
+  stopCluster,
+} from "../../src/store/cluster.ts";
 import { storeOsUser } from "../../src/store/os-user.ts";
 
 export const TEST_USER = "postgres";
@@ -31,8 +37,11 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** A fresh directory that the store's unprivileged OS user can traverse. */
 export function tempDir(prefix = "strata-test-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  chmodSync(dir, 0o755);
+  return dir;
 }
 
 export class TestCluster {
@@ -58,7 +67,11 @@ export class TestCluster {
   }
 
   /** Run SQL on a fresh connection and return the rows. */
-  async query<T extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params: unknown[] = [], database = "postgres"): Promise<T[]> {
+  async query<T extends pg.QueryResultRow = pg.QueryResultRow>(
+    sql: string,
+    params: unknown[] = [],
+    database = "postgres",
+  ): Promise<T[]> {
     const client = await this.connect(database);
     try {
       return (await client.query<T>(sql, params)).rows;
@@ -96,7 +109,11 @@ export class TestCluster {
     this.stopped = true;
     try {
       const opts = this.spec.osUser ? { uid: this.spec.osUser.uid, gid: this.spec.osUser.gid } : {};
-      execFileSync(this.spec.bin.pgCtl, ["stop", "-D", clusterPaths(this.spec).pgdata, "-m", "immediate", "-w"], { ...opts, stdio: "ignore" });
+      execFileSync(
+        this.spec.bin.pgCtl,
+        ["stop", "-D", clusterPaths(this.spec).pgdata, "-m", "immediate", "-w"],
+        { ...opts, stdio: "ignore" },
+      );
     } catch {
       // already stopped
     }
@@ -142,7 +159,11 @@ export async function startPrimary(options: PrimaryOptions = {}): Promise<TestCl
 }
 
 /** Wait until `check` returns a truthy value, polling; fail with `what` after the deadline. */
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs = 30_000): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false | null>,
+  timeoutMs = 30_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (let delay = 10; ; delay = Math.min(delay * 2, 250)) {
@@ -153,7 +174,9 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
       lastError = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: last error ${lastError}` : ""}`);
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: last error ${lastError}` : ""}`,
+      );
     }
     await new Promise((r) => setTimeout(r, delay));
   }

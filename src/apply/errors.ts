@@ -1,0 +1,85 @@
+// Errors of the apply path, classified by what happens next (DESIGN "Examples to follow" 9):
+// an ApplyError is definite for the data it names — the stream stops, shows it, keeps the slot,
+// and retries until the user has fixed the cause; anything else is treated as transient.
+
+export interface ApplyErrorContext {
+  table?: string;
+  column?: string;
+  lsn?: string;
+}
+
+export class ApplyError extends Error {
+  override name = "ApplyError";
+  constructor(
+    readonly problem: string,
+    readonly fix: string,
+    readonly context: ApplyErrorContext = {},
+  ) {
+    super(`${problem}; fix: ${fix}`);
+  }
+
+  withContext(context: ApplyErrorContext): ApplyError {
+    const merged = { ...this.context, ...context };
+    const where = [
+      merged.table && `table ${merged.table}`,
+      merged.column && `column ${merged.column}`,
+      merged.lsn && `upstream LSN ${merged.lsn}`,
+    ]
+      .filter(Boolean)
+      .join(", ");
+    const err = new ApplyError(this.problem, this.fix, merged);
+    err.message = `${where ? `${where}: ` : ""}${this.problem}; fix: ${this.fix}`;
+    return err;
+  }
+}
+
+/** Turn a store error raised while applying a change into an ApplyError with the remedy. */
+export function explainStoreError(err: unknown, table: string): ApplyError {
+  if (err instanceof ApplyError) return err;
+  const e = err as { code?: string; message?: string; column?: string; constraint?: string; detail?: string };
+  const message = e.message ?? String(err);
+  const detail = e.detail ? ` (${e.detail})` : "";
+  switch (e.code) {
+    case "23505":
+      return new ApplyError(
+        `duplicate key on the replica: ${message}${detail}`,
+        `remove the conflicting row from the replica table ${table} (it diverged from the primary), then replication resumes`,
+        { table },
+      );
+    case "23502":
+      return new ApplyError(
+        `${message}${detail}`,
+        `make the replica-only column ${e.column ?? "?"} nullable or give it a default`,
+        { table, column: e.column },
+      );
+    case "23503":
+    case "23514":
+      return new ApplyError(
+        `constraint violation on the replica: ${message}${detail}`,
+        `drop or relax the replica-only constraint ${e.constraint ?? ""} on ${table}`,
+        { table },
+      );
+    case "22P02":
+    case "22003":
+    case "22001":
+    case "42804":
+      return new ApplyError(
+        `a value does not fit the replica column type: ${message}${detail}`,
+        `alter the replica column to a type compatible with the primary's (e.g. a wider type)`,
+        { table, column: e.column },
+      );
+    case "42P01":
+    case "42703":
+      return new ApplyError(
+        `the replica table no longer matches: ${message}`,
+        `recreate or alter the replica table ${table} to match the primary`,
+        { table },
+      );
+    default:
+      return new ApplyError(
+        `applying a change to ${table} failed: ${message}${detail}`,
+        "correct the replica table, then replication resumes",
+        { table },
+      );
+  }
+}

@@ -1,0 +1,198 @@
+// Maps an upstream relation (a pgoutput Relation message) onto its replica table in the store and
+// builds the SQL that applies each change shape to it.
+//
+// Columns are matched by name. The replica may have extra columns (nullable or with defaults) and
+// compatible types (values travel as text and are parsed by the replica column's type). A table
+// missing on the replica is created from the Relation message. Rows are located by the replica
+// identity: key columns (DEFAULT / USING INDEX), or the whole old row (FULL), one row at a time
+// via ctid so that duplicates in keyless tables are handled exactly.
+import type pg from "pg";
+import type { RelationMessage, TypeMessage } from "../protocol/messages.ts";
+import { ApplyError } from "./errors.ts";
+
+export interface TargetColumn {
+  name: string;
+  quoted: string;
+  /** The replica column's type, as format_type prints it. */
+  type: string;
+  isKey: boolean;
+  /** Types without an equality operator are matched on their text form. */
+  compareAsText: boolean;
+}
+
+export interface TargetTable {
+  /** "schema.table", the name used in history rows and messages. */
+  rel: string;
+  qualified: string;
+  relation: RelationMessage;
+  /** Indexed like the relation's columns. */
+  columns: TargetColumn[];
+  keyIndexes: number[];
+  keyJson: (alias: string) => string;
+  sqlCache: Map<string, string>;
+}
+
+const NO_EQUALITY = /^(json|xml|point|line|lseg|box|path|polygon|circle)(\[\])?$/;
+
+export const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+
+export function relName(relation: Pick<RelationMessage, "namespace" | "name">): string {
+  return `${relation.namespace}.${relation.name}`;
+}
+
+interface ReplicaColumn {
+  name: string;
+  type: string;
+}
+
+async function replicaColumns(
+  client: pg.Client,
+  schema: string,
+  table: string,
+): Promise<ReplicaColumn[] | undefined> {
+  const { rows } = await client.query<{ attname: string; type: string }>(
+    `SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+      ORDER BY a.attnum`,
+    [schema, table],
+  );
+  if (rows.length === 0) {
+    const exists = await client.query(
+      "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+      [schema, table],
+    );
+    if (!exists.rowCount) return undefined;
+  }
+  return rows.map((r) => ({ name: r.attname, type: r.type }));
+}
+
+/** Type names for the columns of a relation that the replica must create. */
+export interface TypeResolver {
+  /** SQL type for an upstream type oid + typmod, creating user-defined types when it can. */
+  typeName(typeOid: number, typeMod: number): Promise<string>;
+}
+
+export function createTypeResolver(
+  client: pg.Client,
+  types: Map<number, TypeMessage>,
+  defineUpstreamType: (oid: number, name: string) => Promise<string | undefined>,
+): TypeResolver {
+  return {
+    async typeName(typeOid, typeMod) {
+      const custom = types.get(typeOid);
+      if (!custom) {
+        // Built-in types have the same oid everywhere.
+        const { rows } = await client.query<{ t: string }>("SELECT format_type($1::oid, $2::int) AS t", [
+          typeOid,
+          typeMod,
+        ]);
+        return rows[0].t;
+      }
+      const qualified = `${quoteIdent(custom.namespace)}.${quoteIdent(custom.name)}`;
+      const exists = await client.query("SELECT to_regtype($1) IS NOT NULL AS ok", [qualified]);
+      if (!exists.rows[0].ok) {
+        const ddl = await defineUpstreamType(typeOid, qualified);
+        if (!ddl) {
+          throw new ApplyError(
+            `type ${custom.namespace}.${custom.name} used by a replicated column does not exist on the replica`,
+            `create it on the replica (the same definition as on the primary), then replication resumes`,
+          );
+        }
+        await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(custom.namespace)}`);
+        await client.query(ddl);
+      }
+      return qualified;
+    },
+  };
+}
+
+async function createTable(client: pg.Client, relation: RelationMessage, types: TypeResolver): Promise<void> {
+  const defs: string[] = [];
+  for (const col of relation.columns)
+    defs.push(`${quoteIdent(col.name)} ${await types.typeName(col.typeOid, col.typeMod)}`);
+  const keys = relation.columns.filter((c) => c.isKey).map((c) => quoteIdent(c.name));
+  if (keys.length > 0 && relation.replicaIdentity === "d") defs.push(`PRIMARY KEY (${keys.join(", ")})`);
+  if (keys.length > 0 && relation.replicaIdentity === "i") defs.push(`UNIQUE (${keys.join(", ")})`);
+  await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(relation.namespace)}`);
+  await client.query(
+    `CREATE TABLE ${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)} (${defs.join(", ")})`,
+  );
+}
+
+/** (Re)create `<schema>.dolt_history_<table>` when it is missing or the table's columns changed. */
+async function ensureHistoryView(
+  client: pg.Client,
+  target: TargetTable,
+  replica: ReplicaColumn[],
+): Promise<void> {
+  const view = `dolt_history_${target.relation.name}`;
+  const qualifiedView = `${quoteIdent(target.relation.namespace)}.${quoteIdent(view)}`;
+  const wanted = [...replica.map((c) => c.name), "commit_hash", "committer", "commit_date"];
+  const { rows } = await client.query<{ cols: string[] | null }>(
+    `SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols FROM pg_attribute a
+      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`,
+    [qualifiedView],
+  );
+  const current = rows[0]?.cols;
+  if (current && current.join("\u0000") === wanted.join("\u0000")) return;
+  await client.query(`DROP VIEW IF EXISTS ${qualifiedView}`);
+  await client.query(
+    `CREATE VIEW ${qualifiedView} AS
+       SELECT r.*, k.hash AS commit_hash, k.committer, k.date AS commit_date
+         FROM strata.changes c
+         JOIN strata.commits k ON k.seq = c.commit_seq
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::${target.qualified}, c.new_row) r
+        WHERE c.rel = ${literal(target.rel)} AND c.new_row IS NOT NULL`,
+  );
+}
+
+const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
+
+export async function resolveTarget(
+  client: pg.Client,
+  relation: RelationMessage,
+  types: TypeResolver,
+  history: boolean,
+): Promise<TargetTable> {
+  const rel = relName(relation);
+  let replica = await replicaColumns(client, relation.namespace, relation.name);
+  if (!replica) {
+    await createTable(client, relation, types);
+    replica = (await replicaColumns(client, relation.namespace, relation.name))!;
+  }
+  const byName = new Map(replica.map((c) => [c.name, c]));
+  const columns: TargetColumn[] = relation.columns.map((col) => {
+    const match = byName.get(col.name);
+    if (!match) {
+      throw new ApplyError(
+        `column "${col.name}" of table ${rel} exists on the primary but not on the replica`,
+        `add it on the replica (ALTER TABLE ${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)} ADD COLUMN ${quoteIdent(col.name)} <type>), then replication resumes`,
+        { table: rel, column: col.name },
+      );
+    }
+    return {
+      name: col.name,
+      quoted: quoteIdent(col.name),
+      type: match.type,
+      isKey: col.isKey,
+      compareAsText: NO_EQUALITY.test(match.type),
+    };
+  });
+  const keyIndexes = relation.replicaIdentity === "f" ? [] : columns.flatMap((c, i) => (c.isKey ? [i] : []));
+  const keyJson = (alias: string) =>
+    keyIndexes.length === 0
+      ? "NULL::jsonb"
+      : `jsonb_build_object(${keyIndexes.map((i) => `${literal(columns[i].name)}, ${alias}.${columns[i].quoted}`).join(", ")})`;
+  const target: TargetTable = {
+    rel,
+    qualified: `${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`,
+    relation,
+    columns,
+    keyIndexes,
+    keyJson,
+    sqlCache: new Map(),
+  };
+  if (history) await ensureHistoryView(client, target, replica);
+  return target;
+}

@@ -1,0 +1,97 @@
+// Commit identity: a hash of the commit's canonical encoding, which covers its parent's hash, so
+// equal hashes mean equal history. The encoding is built incrementally (a commit may hold more
+// changes than fit in memory): a header, then one line per row change in apply order.
+//
+// Hashes are 20 bytes of SHA-256 written in Dolt's base32 alphabet (32 characters), so they look
+// and behave like Dolt's commit hashes (prefixes work the same way).
+import { createHash, type Hash } from "node:crypto";
+import { type ColumnValue, type TupleData, UNCHANGED_TOAST } from "../protocol/messages.ts";
+
+const ALPHABET = "0123456789abcdefghijklmnopqrstuv";
+
+export function base32(bytes: Uint8Array): string {
+  let out = "";
+  let buffer = 0;
+  let bits = 0;
+  for (const byte of bytes) {
+    buffer = (buffer << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      out += ALPHABET[(buffer >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    buffer &= (1 << bits) - 1;
+  }
+  if (bits > 0) out += ALPHABET[(buffer << (5 - bits)) & 31];
+  return out;
+}
+
+export interface CommitHeader {
+  parentHash: string | null;
+  committer: string;
+  email: string;
+  /** ISO-8601 with microseconds. */
+  date: string;
+  message: string;
+  upstreamXid?: number;
+  upstreamCommitLsn?: string;
+  upstreamEndLsn?: string;
+}
+
+export type ChangeOp = "I" | "U" | "D" | "T";
+
+function encodeValue(value: ColumnValue): unknown {
+  if (value === null || typeof value === "string") return value;
+  if (value === UNCHANGED_TOAST) return { unchanged: true };
+  return { binary: value.toString("base64") };
+}
+
+function encodeTuple(
+  columns: readonly string[],
+  tuple: TupleData | undefined,
+): Record<string, unknown> | null {
+  if (!tuple) return null;
+  const out: Record<string, unknown> = {};
+  for (let i = 0; i < columns.length; i++) out[columns[i]] = encodeValue(tuple[i]);
+  return out;
+}
+
+export class CommitHasher {
+  private readonly hash: Hash = createHash("sha256");
+
+  constructor(header: CommitHeader) {
+    this.hash.update(
+      `strata-commit 1\n${JSON.stringify([
+        header.parentHash,
+        header.committer,
+        header.email,
+        header.date,
+        header.message,
+        header.upstreamXid ?? null,
+        header.upstreamCommitLsn ?? null,
+        header.upstreamEndLsn ?? null,
+      ])}\n`,
+    );
+  }
+
+  /** A row change exactly as it came from upstream (text or binary values, unchanged-TOAST markers). */
+  addRowChange(
+    rel: string,
+    op: ChangeOp,
+    columns: readonly string[],
+    oldTuple: TupleData | undefined,
+    newTuple: TupleData | undefined,
+  ): void {
+    this.hash.update(
+      `${JSON.stringify([rel, op, encodeTuple(columns, oldTuple), encodeTuple(columns, newTuple)])}\n`,
+    );
+  }
+
+  addTruncate(rels: readonly string[], cascade: boolean, restartIdentity: boolean): void {
+    this.hash.update(`${JSON.stringify(["truncate", rels, cascade, restartIdentity])}\n`);
+  }
+
+  digest(): string {
+    return base32(this.hash.digest().subarray(0, 20));
+  }
+}

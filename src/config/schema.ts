@@ -1,0 +1,109 @@
+// config.yaml: the schema, its defaults, and the checks that give a user an error they can act on.
+// Key names follow Doltgres (listener, data_dir, postgres_replication.*, behavior.*) so that its
+// documentation works for Strata. Strata's own additions are documented in the README.
+import { z } from "zod";
+
+const port = (key: string) =>
+  z
+    .number({ error: `${key} must be a TCP port number (an integer 1-65535)` })
+    .int({ error: `${key} must be a TCP port number (an integer 1-65535)` })
+    .min(1, { error: `${key} must be a TCP port number (an integer 1-65535)` })
+    .max(65535, { error: `${key} must be a TCP port number (an integer 1-65535)` });
+
+const name = (key: string) =>
+  z
+    .string({ error: `${key} must be a non-empty string` })
+    .min(1, { error: `${key} must be a non-empty string` })
+    .max(63, { error: `${key} must be at most 63 bytes (a Postgres identifier)` });
+
+export const postgresReplicationSchema = z.object({
+  postgres_server_address: z
+    .string({
+      error: "postgres_replication.postgres_server_address must be a host name or IP address, e.g. 127.0.0.1",
+    })
+    .min(1, {
+      error: "postgres_replication.postgres_server_address must be a host name or IP address, e.g. 127.0.0.1",
+    }),
+  postgres_port: port("postgres_replication.postgres_port").default(5432),
+  postgres_user: name("postgres_replication.postgres_user"),
+  postgres_password: z
+    .string({ error: "postgres_replication.postgres_password must be a string" })
+    .default(""),
+  postgres_database: name("postgres_replication.postgres_database"),
+  slot_name: z
+    .string({ error: "postgres_replication.slot_name must be a string" })
+    .regex(/^[a-z0-9_]{1,63}$/, {
+      error:
+        "postgres_replication.slot_name may contain only lower-case letters, digits and underscores (1-63), as Postgres requires",
+    }),
+  publication_name: name("postgres_replication.publication_name").optional(),
+  // Strata's own keys.
+  /** Bytes of in-progress streamed transactions held in memory before spilling to disk. */
+  memory_limit_mb: z
+    .number({ error: "postgres_replication.memory_limit_mb must be a number of megabytes" })
+    .positive()
+    .default(64),
+  /** Interval of Standby Status Updates sent without being asked. */
+  status_interval_ms: z
+    .number({ error: "postgres_replication.status_interval_ms must be a number of milliseconds" })
+    .int()
+    .min(100)
+    .default(10_000),
+  /** Longest wait between reconnection attempts. */
+  reconnect_max_delay_ms: z
+    .number({ error: "postgres_replication.reconnect_max_delay_ms must be a number of milliseconds" })
+    .int()
+    .min(100)
+    .default(30_000),
+});
+
+export const configSchema = z.object({
+  log_level: z
+    .enum(["trace", "debug", "info", "warn", "error"], {
+      error: "log_level must be one of trace, debug, info, warn, error",
+    })
+    .default("info"),
+  data_dir: z.string({ error: "data_dir must be a directory path" }).min(1).default("./strata-data"),
+  listener: z
+    .object({
+      host: z
+        .string({ error: "listener.host must be a host name or IP address to listen on" })
+        .min(1)
+        .default("127.0.0.1"),
+      port: port("listener.port").default(5432),
+    })
+    .prefault({}),
+  store: z
+    .object({
+      url: z
+        .string({ error: "store.url must be a postgres:// connection URL" })
+        .regex(/^postgres(ql)?:\/\//, {
+          error:
+            "store.url must be a postgres:// connection URL, e.g. postgres://user:pass@host:5432/postgres",
+        })
+        .optional(),
+      bin_dir: z
+        .string({ error: "store.bin_dir must be the directory holding initdb, postgres and pg_ctl" })
+        .optional(),
+      os_user: z.string({ error: "store.os_user must be an operating-system user name" }).optional(),
+      user: name("store.user").default("postgres"),
+      password: z.string({ error: "store.password must be a string" }).default("password"),
+      settings: z
+        .record(z.string(), z.union([z.string(), z.number(), z.boolean()]), {
+          error: "store.settings must map PostgreSQL setting names to values",
+        })
+        .default({}),
+    })
+    .prefault({}),
+  postgres_replication: postgresReplicationSchema.optional(),
+  behavior: z
+    .object({
+      dolt_transaction_commit: z
+        .boolean({ error: "behavior.dolt_transaction_commit must be true or false" })
+        .optional(),
+    })
+    .prefault({}),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type PostgresReplicationConfig = z.infer<typeof postgresReplicationSchema>;

@@ -1,0 +1,105 @@
+// The store: the real PostgreSQL that holds every Strata database. Either a private cluster that
+// Strata initialises and runs inside its data directory (the default), or an existing server
+// named by `store.url`. Everything above this module only sees `StoreHandle`.
+import { join } from "node:path";
+import pg from "pg";
+import type { Config } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+import { findPgBinaries } from "./binaries.ts";
+import { type ClusterSpec, clusterPaths, initCluster, startCluster, stopCluster } from "./cluster.ts";
+import { storeOsUser } from "./os-user.ts";
+
+/** Where a raw client connection (the listener's pass-through) goes. */
+export type StoreEndpoint = { path: string } | { host: string; port: number };
+
+export interface StoreHandle {
+  kind: "managed" | "external";
+  endpoint: StoreEndpoint;
+  connectionConfig(database: string): pg.ClientConfig;
+  stop(): Promise<void>;
+}
+
+// The managed store listens only on its unix socket; the port just names the socket file.
+const MANAGED_SOCKET_PORT = 5432;
+
+export async function openStore(config: Config, dataDir: string, log: Logger): Promise<StoreHandle> {
+  if (config.store.url) return openExternalStore(config.store.url);
+  const spec: ClusterSpec = {
+    root: join(dataDir, "store"),
+    bin: findPgBinaries(config.store.bin_dir),
+    osUser: storeOsUser(config.store.os_user),
+    superuser: config.store.user,
+    password: config.store.password,
+    port: MANAGED_SOCKET_PORT,
+    listenAddresses: "",
+    settings: {
+      // Logical decoding for downstream consumers; checksums (set at initdb) + wal_log_hints for pg_rewind.
+      wal_level: "logical",
+      max_wal_senders: 10,
+      max_replication_slots: 10,
+      wal_log_hints: true,
+      ...config.store.settings,
+    },
+  };
+  if (await initCluster(spec)) {
+    log.info(
+      { pgdata: clusterPaths(spec).pgdata, binaries: spec.bin.dir, os_user: spec.osUser?.name },
+      "initialised the managed store",
+    );
+  }
+  const { paths, recovery } = await startCluster(spec);
+  if (recovery === "stopped-orphan")
+    log.warn(
+      "found the store's postmaster still running from a previous run (Strata was killed); restarted it",
+    );
+  if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
+  log.info({ socket_dir: paths.socketDir, version: spec.bin.major }, "managed store started");
+  return {
+    kind: "managed",
+    endpoint: { path: join(paths.socketDir, `.s.PGSQL.${MANAGED_SOCKET_PORT}`) },
+    connectionConfig: (database) => ({
+      host: paths.socketDir,
+      port: MANAGED_SOCKET_PORT,
+      user: spec.superuser,
+      password: spec.password,
+      database,
+    }),
+    stop: async () => {
+      await stopCluster(spec);
+      log.info("managed store stopped");
+    },
+  };
+}
+
+function openExternalStore(url: string): StoreHandle {
+  const parsed = new URL(url);
+  const host = decodeURIComponent(parsed.hostname || "localhost");
+  const port = Number(parsed.port || 5432);
+  return {
+    kind: "external",
+    endpoint: { host, port },
+    connectionConfig: (database) => ({
+      host,
+      port,
+      user: decodeURIComponent(parsed.username || "postgres"),
+      password: decodeURIComponent(parsed.password),
+      database,
+    }),
+    stop: async () => {},
+  };
+}
+
+/** Create `database` on the store if it does not exist. */
+export async function ensureDatabase(store: StoreHandle, database: string, log: Logger): Promise<void> {
+  const client = new pg.Client(store.connectionConfig("postgres"));
+  await client.connect();
+  try {
+    const { rowCount } = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [database]);
+    if (!rowCount) {
+      await client.query(`CREATE DATABASE ${pg.escapeIdentifier(database)}`);
+      log.info({ database }, "created the replica database on the store");
+    }
+  } finally {
+    await client.end();
+  }
+}

@@ -1,0 +1,142 @@
+// One replication connection to the upstream primary (`replication=database`).
+//
+// `pg` does the startup, authentication (SCRAM/MD5) and simple queries (IDENTIFY_SYSTEM,
+// CREATE_REPLICATION_SLOT); once START_REPLICATION switches the connection to CopyBoth, the raw
+// CopyData payloads are framed by Strata's own decoder and handed out through an async iterator
+// with a bounded queue: when the consumer falls behind, the socket is paused, so TCP pushes back
+// on the walsender and memory stays bounded whatever the backlog.
+import pg from "pg";
+import { parseLsn } from "../protocol/lsn.ts";
+import type { ReplicationMessage, StandbyStatusUpdate } from "../protocol/messages.ts";
+import { decodeReplicationMessage, encodeStandbyStatusUpdate } from "../protocol/replication-messages.ts";
+
+export interface SystemIdentity {
+  systemId: string;
+  timeline: number;
+  xlogpos: bigint;
+  dbname: string | null;
+}
+
+const QUEUE_HIGH_BYTES = 8 * 1024 * 1024;
+const QUEUE_LOW_BYTES = 2 * 1024 * 1024;
+
+// The parts of pg's connection this module drives; pg exposes them but does not type them.
+interface RawConnection {
+  stream: NodeJS.ReadableStream & { pause(): void; resume(): void };
+  on(event: "copyData", listener: (msg: { chunk: Buffer }) => void): void;
+  sendCopyFromChunk(chunk: Buffer): void;
+}
+
+export class ReplicationConnection {
+  private readonly client: pg.Client;
+  private raw!: RawConnection;
+  private queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private paused = false;
+  private failure: Error | undefined;
+  private wake: (() => void) | undefined;
+  private streaming = false;
+
+  private constructor(config: pg.ClientConfig) {
+    this.client = new pg.Client({ ...config, replication: "database" } as pg.ClientConfig);
+  }
+
+  static async open(config: pg.ClientConfig): Promise<ReplicationConnection> {
+    const conn = new ReplicationConnection(config);
+    conn.client.on("error", (err) => conn.fail(err));
+    conn.client.on("end", () => conn.fail(new Error("the upstream replication connection closed")));
+    await conn.client.connect();
+    conn.raw = (conn.client as unknown as { connection: RawConnection }).connection;
+    return conn;
+  }
+
+  async identifySystem(): Promise<SystemIdentity> {
+    const { rows } = await this.client.query("IDENTIFY_SYSTEM");
+    const row = rows[0];
+    return {
+      systemId: String(row.systemid),
+      timeline: Number(row.timeline),
+      xlogpos: parseLsn(row.xlogpos),
+      dbname: row.dbname,
+    };
+  }
+
+  /** CREATE_REPLICATION_SLOT ... LOGICAL pgoutput, without exporting a snapshot (valid on 10-17). */
+  async createSlot(slot: string): Promise<bigint> {
+    const { rows } = await this.client.query(
+      `CREATE_REPLICATION_SLOT ${pg.escapeIdentifier(slot)} LOGICAL pgoutput NOEXPORT_SNAPSHOT`,
+    );
+    return parseLsn(rows[0].consistent_point);
+  }
+
+  /**
+   * START_REPLICATION and return the messages as they arrive. The iterator ends with an error
+   * when the connection fails or the server ends the stream.
+   */
+  startReplication(
+    slot: string,
+    startLsn: string,
+    options: Record<string, string>,
+  ): AsyncIterable<ReplicationMessage> {
+    const opts = Object.entries(options)
+      .map(([k, v]) => `${pg.escapeIdentifier(k)} ${pg.escapeLiteral(v)}`)
+      .join(", ");
+    this.raw.on("copyData", ({ chunk }) => {
+      // pg's parser reuses its buffer: keep a copy, since messages outlive this callback.
+      const copy = Buffer.from(chunk);
+      this.queue.push(copy);
+      this.queuedBytes += copy.length;
+      if (!this.paused && this.queuedBytes > QUEUE_HIGH_BYTES) {
+        this.paused = true;
+        this.raw.stream.pause();
+      }
+      this.wake?.();
+    });
+    this.streaming = true;
+    this.client
+      .query(`START_REPLICATION SLOT ${pg.escapeIdentifier(slot)} LOGICAL ${startLsn} (${opts})`)
+      .then(() => this.fail(new Error("the upstream ended the replication stream")))
+      .catch((err: Error) => this.fail(err));
+    return { [Symbol.asyncIterator]: () => this.iterate() };
+  }
+
+  private async *iterate(): AsyncGenerator<ReplicationMessage> {
+    for (;;) {
+      const next = this.queue.shift();
+      if (next) {
+        this.queuedBytes -= next.length;
+        if (this.paused && this.queuedBytes < QUEUE_LOW_BYTES) {
+          this.paused = false;
+          this.raw.stream.resume();
+        }
+        yield decodeReplicationMessage(next);
+        continue;
+      }
+      if (this.failure) throw this.failure;
+      await new Promise<void>((resolveWake) => {
+        this.wake = resolveWake;
+      });
+      this.wake = undefined;
+    }
+  }
+
+  /** Messages received and not yet taken by the consumer. */
+  get backlog(): number {
+    return this.queue.length;
+  }
+
+  sendStatus(update: StandbyStatusUpdate): void {
+    if (!this.streaming || this.failure) return;
+    this.raw.sendCopyFromChunk(encodeStandbyStatusUpdate(update));
+  }
+
+  private fail(err: Error) {
+    if (!this.failure) this.failure = err;
+    this.wake?.();
+  }
+
+  async close(): Promise<void> {
+    this.fail(new Error("replication connection closed by Strata"));
+    await this.client.end().catch(() => {});
+  }
+}

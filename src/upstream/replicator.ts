@@ -1,0 +1,421 @@
+// The replication stream of one replica database: a typed state machine driven by one loop.
+//
+//   connecting ──▶ streaming ──(error)──▶ error / reconnecting ──(backoff)──▶ connecting
+//        └────────────────────────────── stop() ──────────────────────────────▶ stopped
+//
+// Each session: prepare the primary (publication, slot), load the durable position from the
+// store, START_REPLICATION from it, and turn messages into store transactions:
+//
+//   XLogData ─▶ pgoutput decode ─▶ Begin..Commit: applied as they arrive (memory stays flat)
+//                                  Stream Start..Stop: buffered (spills to disk) until Stream Commit
+//            ─▶ Applier batch (one store transaction, many upstream commits) ─▶ flush (durable)
+//            ─▶ Standby Status Update with flush = end of the last durable transaction
+//
+// Progress only moves forward and is acknowledged only once durable (DESIGN invariant). When
+// nothing is in flight, a keepalive's position is acknowledged too, so an idle or filtered
+// primary's WAL is not pinned. Transactions whose commit precedes the durable position are
+// skipped: after a crash nothing is applied twice.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import pg from "pg";
+import { Applier } from "../apply/applier.ts";
+import { ApplyError } from "../apply/errors.ts";
+import type { PostgresReplicationConfig } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+import { formatLsn, nowPgTime, parseLsn, pgTimeToDate } from "../protocol/lsn.ts";
+import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
+import { decodePgoutput } from "../protocol/pgoutput.ts";
+import type { StoreHandle } from "../store/store.ts";
+import { ReplicationConnection } from "./connection.ts";
+import { describeUpstreamType, prepareUpstream, upstreamConnectionConfig } from "./setup.ts";
+import { StreamBuffer } from "./stream-buffer.ts";
+
+export type ReplicationState = "connecting" | "streaming" | "error" | "reconnecting" | "stopped";
+
+export interface ReplicatorOptions {
+  config: PostgresReplicationConfig;
+  store: StoreHandle;
+  dataDir: string;
+  /** dolt_transaction_commit */
+  history: boolean;
+  log: Logger;
+}
+
+const STORE_SESSION_OPTIONS =
+  "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex";
+const BATCH_MAX_CHANGES = 5000;
+const BATCH_MAX_AGE_MS = 100;
+const STATUS_TABLE_INTERVAL_MS = 1000;
+
+export class Replicator {
+  state: ReplicationState = "connecting";
+  lastError: string | undefined;
+  private stopping = false;
+  private loop: Promise<void> | undefined;
+  private repl: ReplicationConnection | undefined;
+  private wakeBackoff: (() => void) | undefined;
+  private readonly publication: string;
+  private readonly log: Logger;
+  // Progress (all only move forward).
+  private received = 0n;
+  private acked = 0n;
+  private serverWalEnd = 0n;
+  private lastMessageAt: Date | undefined;
+  private lastApplyLagMs: number | undefined;
+  private statusClient: pg.Client | undefined;
+  private statusDirty = true;
+
+  constructor(private readonly options: ReplicatorOptions) {
+    this.publication = options.config.publication_name ?? options.config.slot_name;
+    this.log = options.log.child({ slot: options.config.slot_name });
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wakeBackoff?.();
+    await this.repl?.close();
+    await this.loop;
+  }
+
+  private setState(state: ReplicationState, error?: string) {
+    if (this.state !== state || this.lastError !== error) this.statusDirty = true;
+    this.state = state;
+    this.lastError = error;
+  }
+
+  private async run(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopping) {
+      this.setState(this.state === "error" ? "error" : "connecting", this.lastError);
+      const startedAt = Date.now();
+      try {
+        await this.session();
+      } catch (err) {
+        if (this.stopping) break;
+        const definite = err instanceof ApplyError || err instanceof ProtocolError;
+        const message = (err as Error).message;
+        if (definite) {
+          this.setState("error", message);
+          this.log.error({ err: message }, "replication stopped by an error; retrying until it is fixed");
+        } else {
+          this.setState("reconnecting", message);
+          this.log.warn({ err: message }, "replication connection lost; reconnecting");
+        }
+      }
+      if (this.stopping) break;
+      if (Date.now() - startedAt > 30_000) attempt = 0;
+      const delay =
+        Math.min(this.options.config.reconnect_max_delay_ms, 250 * 2 ** attempt) *
+        (0.8 + Math.random() * 0.4);
+      attempt++;
+      await this.writeStatus().catch(() => {});
+      await new Promise<void>((resolveWait) => {
+        const timer = setTimeout(resolveWait, delay);
+        this.wakeBackoff = () => {
+          clearTimeout(timer);
+          resolveWait();
+        };
+      });
+    }
+    this.setState("stopped");
+    await this.writeStatus().catch(() => {});
+    await this.statusClient?.end().catch(() => {});
+    this.log.info("replication stopped");
+  }
+
+  private seedLsn(): { lsn: bigint; file: string } | undefined {
+    for (const file of [
+      join(this.options.dataDir, ".doltcfg", "pg_wal_location"),
+      join(process.cwd(), ".doltcfg", "pg_wal_location"),
+    ]) {
+      if (!existsSync(file)) continue;
+      const text = readFileSync(file, "utf8").trim();
+      try {
+        return { lsn: parseLsn(text), file };
+      } catch {
+        throw new ApplyError(
+          `${file} holds "${text}", which is not a WAL location`,
+          "write an LSN such as 0/16B3748 (from SELECT pg_current_wal_lsn() on the primary) into it",
+        );
+      }
+    }
+    return undefined;
+  }
+
+  private async session(): Promise<void> {
+    const cfg = this.options.config;
+    const upstream = await prepareUpstream(cfg, this.publication, this.log);
+    const store = new pg.Client({
+      ...this.options.store.connectionConfig(cfg.postgres_database),
+      options: STORE_SESSION_OPTIONS,
+      application_name: "strata apply",
+    });
+    await store.connect();
+    const buffer = new StreamBuffer(
+      join(this.options.dataDir, "spill", cfg.slot_name),
+      cfg.memory_limit_mb * 1024 * 1024,
+    );
+    let repl: ReplicationConnection | undefined;
+    let statusTimer: NodeJS.Timeout | undefined;
+    let applier: Applier | undefined;
+    try {
+      await store.query("SET session_replication_role = replica").catch(() => {
+        this.log.warn(
+          "cannot set session_replication_role = replica on the store (not a superuser): replica triggers will fire",
+        );
+      });
+      applier = new Applier(store, {
+        slot: cfg.slot_name,
+        history: this.options.history,
+        committer: "strata",
+        email: "strata@replication",
+        defineUpstreamType: (oid, name) => describeUpstreamType(cfg, oid, name),
+      });
+      await applier.init();
+      if (applier.position === 0n) {
+        const seed = this.seedLsn();
+        if (seed) {
+          await applier.seedPosition(seed.lsn);
+          this.log.info(
+            { lsn: formatLsn(seed.lsn), file: seed.file },
+            "starting replication just after the seeded WAL location",
+          );
+        }
+      }
+      repl = await ReplicationConnection.open(upstreamConnectionConfig(cfg));
+      this.repl = repl;
+      if (this.stopping) return;
+      const system = await repl.identifySystem();
+      if (!upstream.slotExists) {
+        const at = await repl.createSlot(cfg.slot_name);
+        this.log.info({ consistent_point: formatLsn(at) }, "created the replication slot on the primary");
+      }
+      const proto = upstream.protocolVersion;
+      const startOptions: Record<string, string> = {
+        proto_version: String(proto),
+        publication_names: `"${this.publication.replace(/"/g, '""')}"`,
+      };
+      if (proto >= 2) startOptions.streaming = "on";
+      this.acked = applier.position > this.acked ? applier.position : this.acked;
+      this.log.info(
+        {
+          upstream: `${cfg.postgres_server_address}:${cfg.postgres_port}/${cfg.postgres_database}`,
+          system_id: system.systemId,
+          start_lsn: formatLsn(applier.position),
+          protocol_version: proto,
+        },
+        "starting replication",
+      );
+      const messages = repl.startReplication(cfg.slot_name, formatLsn(applier.position), startOptions);
+      const conn = repl;
+      const sendStatus = (replyRequested = false) =>
+        conn.sendStatus({
+          written: this.received > this.acked ? this.received : this.acked,
+          flushed: this.acked,
+          applied: this.acked,
+          sendTime: nowPgTime(),
+          replyRequested,
+        });
+      let lastStatusWrite = 0;
+      statusTimer = setInterval(() => sendStatus(), cfg.status_interval_ms);
+      this.setState("streaming");
+      await this.writeStatus();
+
+      const ap = applier;
+      let inStream: number | undefined;
+      let current: { skip: boolean } | undefined;
+      const flush = async () => {
+        const position = await ap.flush();
+        if (position > this.acked) this.acked = position;
+        sendStatus();
+      };
+      const idle = () =>
+        current === undefined && inStream === undefined && buffer.openTransactions === 0 && !ap.hasUnflushed;
+      let batchStartedAt = 0;
+
+      for await (const message of messages) {
+        this.lastMessageAt = new Date();
+        if (message.tag === "PrimaryKeepalive") {
+          if (message.walEnd > this.serverWalEnd) this.serverWalEnd = message.walEnd;
+          if (idle() && message.walEnd > this.acked) this.acked = message.walEnd;
+          if (message.replyRequested) sendStatus();
+        } else {
+          if (message.walEnd > this.serverWalEnd) this.serverWalEnd = message.walEnd;
+          if (message.walStart > this.received) this.received = message.walStart;
+          const msg = decodePgoutput(message.data, { inStream: inStream !== undefined });
+          switch (msg.tag) {
+            case "Begin":
+              if (ap.hasUnflushed && Date.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
+              current = { skip: msg.finalLsn < ap.position };
+              if (!current.skip) {
+                if (!ap.hasUnflushed) batchStartedAt = Date.now();
+                await ap.beginTransaction({
+                  xid: msg.xid,
+                  commitLsn: msg.finalLsn,
+                  commitTime: msg.commitTime,
+                });
+              }
+              break;
+            case "Commit":
+              if (current && !current.skip) {
+                await ap.commitTransaction(msg.endLsn);
+                this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
+                if (ap.batchChanges >= BATCH_MAX_CHANGES || Date.now() - batchStartedAt > BATCH_MAX_AGE_MS)
+                  await flush();
+              }
+              current = undefined;
+              break;
+            case "StreamStart":
+              inStream = msg.xid;
+              break;
+            case "StreamStop":
+              inStream = undefined;
+              break;
+            case "StreamAbort":
+              buffer.abort(msg.xid, msg.subxid);
+              break;
+            case "StreamCommit":
+              if (msg.commitLsn < ap.position) {
+                buffer.abort(msg.xid, msg.xid);
+                break;
+              }
+              if (ap.hasUnflushed && Date.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
+              if (!ap.hasUnflushed) batchStartedAt = Date.now();
+              await ap.beginTransaction({
+                xid: msg.xid,
+                commitLsn: msg.commitLsn,
+                commitTime: msg.commitTime,
+              });
+              for await (const raw of buffer.take(msg.xid))
+                await this.applyData(ap, decodePgoutput(raw, { inStream: true }));
+              await ap.commitTransaction(msg.endLsn);
+              this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
+              if (ap.batchChanges >= BATCH_MAX_CHANGES || Date.now() - batchStartedAt > BATCH_MAX_AGE_MS)
+                await flush();
+              break;
+            default:
+              if (inStream !== undefined) {
+                // Data of a streamed transaction: kept until its Stream Commit.
+                if (isDataMessage(msg)) buffer.append(inStream, msg.xid ?? inStream, message.data);
+              } else if (!current?.skip) {
+                await this.applyData(ap, msg);
+              }
+          }
+        }
+        if (ap.hasUnflushed && !ap.inTransaction && current === undefined && conn.backlog === 0)
+          await flush();
+        if (this.stopping && current === undefined && !ap.inTransaction) {
+          if (ap.hasUnflushed) await flush();
+          return;
+        }
+        if (Date.now() - lastStatusWrite > STATUS_TABLE_INTERVAL_MS) {
+          lastStatusWrite = Date.now();
+          this.statusDirty = true;
+          this.writeStatus().catch((err) => this.log.debug({ err: err.message }, "status write failed"));
+        }
+      }
+    } catch (err) {
+      if (this.stopping && applier && !applier.inTransaction && applier.hasUnflushed) {
+        // Stopping between transactions: keep what was applied.
+        try {
+          const position = await applier.flush();
+          if (position > this.acked) this.acked = position;
+          return;
+        } catch {
+          // fall through to abort
+        }
+      }
+      throw err;
+    } finally {
+      if (statusTimer) clearInterval(statusTimer);
+      await applier?.abort();
+      buffer.clear();
+      await repl?.close();
+      this.repl = undefined;
+      await store.end().catch(() => {});
+    }
+  }
+
+  private async applyData(ap: Applier, msg: PgoutputMessage): Promise<void> {
+    switch (msg.tag) {
+      case "Relation":
+        ap.relation(msg);
+        return;
+      case "Type":
+        ap.type(msg);
+        return;
+      case "Insert":
+      case "Update":
+      case "Delete":
+      case "Truncate":
+        await ap.applyChange(msg);
+        return;
+      case "Origin":
+      case "Message":
+        return;
+      case "BeginPrepare":
+      case "Prepare":
+      case "CommitPrepared":
+      case "RollbackPrepared":
+      case "StreamPrepare":
+        throw new ProtocolError(`unexpected two-phase message ${msg.tag}: Strata does not request two_phase`);
+      default:
+        throw new ProtocolError(`unexpected message ${msg.tag} here`);
+    }
+  }
+
+  /** Write the status row read by dolt_replication_status. */
+  async writeStatus(): Promise<void> {
+    if (!this.statusDirty) return;
+    this.statusDirty = false;
+    const cfg = this.options.config;
+    if (!this.statusClient) {
+      const client = new pg.Client({
+        ...this.options.store.connectionConfig(cfg.postgres_database),
+        application_name: "strata status",
+      });
+      client.on("error", () => {
+        this.statusClient = undefined;
+      });
+      await client.connect();
+      this.statusClient = client;
+    }
+    const caughtUp = this.acked >= this.serverWalEnd;
+    await this.statusClient.query(
+      `INSERT INTO strata.replication_status (slot_name, upstream, publication, state, received_lsn, upstream_lsn, last_message_time, lag_ms, error, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
+       ON CONFLICT (slot_name) DO UPDATE SET upstream = excluded.upstream, publication = excluded.publication, state = excluded.state,
+         received_lsn = excluded.received_lsn, upstream_lsn = excluded.upstream_lsn, last_message_time = excluded.last_message_time,
+         lag_ms = excluded.lag_ms, error = excluded.error, updated_at = excluded.updated_at`,
+      [
+        cfg.slot_name,
+        `${cfg.postgres_server_address}:${cfg.postgres_port}/${cfg.postgres_database}`,
+        this.publication,
+        this.state,
+        this.received ? formatLsn(this.received) : null,
+        this.serverWalEnd ? formatLsn(this.serverWalEnd) : null,
+        this.lastMessageAt ?? null,
+        caughtUp ? 0 : (this.lastApplyLagMs ?? null),
+        this.lastError ?? null,
+      ],
+    );
+  }
+}
+
+function isDataMessage(msg: PgoutputMessage): msg is Extract<PgoutputMessage, { xid?: number }> & {
+  tag: "Relation" | "Type" | "Insert" | "Update" | "Delete" | "Truncate" | "Message";
+} {
+  return (
+    msg.tag === "Relation" ||
+    msg.tag === "Type" ||
+    msg.tag === "Insert" ||
+    msg.tag === "Update" ||
+    msg.tag === "Delete" ||
+    msg.tag === "Truncate" ||
+    msg.tag === "Message"
+  );
+}

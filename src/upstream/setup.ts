@@ -1,0 +1,108 @@
+// Preparing the upstream primary for Strata: server checks, the publication, the slot.
+import pg from "pg";
+import { ApplyError } from "../apply/errors.ts";
+import type { PostgresReplicationConfig } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+
+export function upstreamConnectionConfig(cfg: PostgresReplicationConfig): pg.ClientConfig {
+  return {
+    host: cfg.postgres_server_address,
+    port: cfg.postgres_port,
+    user: cfg.postgres_user,
+    password: cfg.postgres_password,
+    database: cfg.postgres_database,
+    application_name: "strata",
+    connectionTimeoutMillis: 10_000,
+    // Text values in a fixed, unambiguous form whatever the primary's defaults.
+    options: "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex",
+  };
+}
+
+export interface UpstreamInfo {
+  serverVersion: number;
+  protocolVersion: number;
+  slotExists: boolean;
+}
+
+/** pgoutput protocol version for a server: 4 on 16+, 3 on 15, 2 on 14 (streaming), else 1. */
+export function protocolVersionFor(serverVersion: number): number {
+  if (serverVersion >= 160000) return 4;
+  if (serverVersion >= 150000) return 3;
+  if (serverVersion >= 140000) return 2;
+  return 1;
+}
+
+export async function prepareUpstream(
+  cfg: PostgresReplicationConfig,
+  publication: string,
+  log: Logger,
+): Promise<UpstreamInfo> {
+  const client = new pg.Client(upstreamConnectionConfig(cfg));
+  await client.connect();
+  try {
+    const version = Number((await client.query("SHOW server_version_num")).rows[0].server_version_num);
+    const walLevel = (await client.query("SHOW wal_level")).rows[0].wal_level;
+    if (walLevel !== "logical") {
+      throw new ApplyError(
+        `the primary ${cfg.postgres_server_address}:${cfg.postgres_port} has wal_level = ${walLevel}`,
+        "set wal_level = logical in the primary's postgresql.conf and restart it",
+      );
+    }
+    const pub = await client.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication]);
+    if (!pub.rowCount) {
+      try {
+        await client.query(`CREATE PUBLICATION ${pg.escapeIdentifier(publication)} FOR ALL TABLES`);
+        log.info({ publication }, "created the publication on the primary (FOR ALL TABLES)");
+      } catch (err) {
+        throw new ApplyError(
+          `publication "${publication}" does not exist on the primary and user ${cfg.postgres_user} cannot create it (${(err as Error).message})`,
+          `create it as a superuser on the primary: CREATE PUBLICATION ${pg.escapeIdentifier(publication)} FOR ALL TABLES;`,
+        );
+      }
+    }
+    const slot = await client.query<{ plugin: string; database: string; slot_type: string }>(
+      "SELECT plugin, database, slot_type FROM pg_replication_slots WHERE slot_name = $1",
+      [cfg.slot_name],
+    );
+    const found = slot.rows[0];
+    if (found && (found.slot_type !== "logical" || found.plugin !== "pgoutput")) {
+      throw new ApplyError(
+        `replication slot "${cfg.slot_name}" on the primary is a ${found.slot_type} slot with plugin ${found.plugin ?? "none"}`,
+        `use another slot_name, or drop it on the primary (SELECT pg_drop_replication_slot('${cfg.slot_name}')) so Strata creates a pgoutput slot`,
+      );
+    }
+    if (found && found.database !== cfg.postgres_database) {
+      throw new ApplyError(
+        `replication slot "${cfg.slot_name}" belongs to database ${found.database}, not ${cfg.postgres_database}`,
+        "use a slot_name of its own for this database",
+      );
+    }
+    return {
+      serverVersion: version,
+      protocolVersion: protocolVersionFor(version),
+      slotExists: Boolean(found),
+    };
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/** CREATE TYPE for an upstream enum, read from the primary's catalog (other user types: undefined). */
+export async function describeUpstreamType(
+  cfg: PostgresReplicationConfig,
+  oid: number,
+  qualifiedName: string,
+): Promise<string | undefined> {
+  const client = new pg.Client(upstreamConnectionConfig(cfg));
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ label: string }>(
+      "SELECT enumlabel AS label FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder",
+      [oid],
+    );
+    if (rows.length === 0) return undefined;
+    return `CREATE TYPE ${qualifiedName} AS ENUM (${rows.map((r) => pg.escapeLiteral(r.label)).join(", ")})`;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}

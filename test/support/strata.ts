@@ -1,0 +1,168 @@
+// Runs `strata serve` as a child process against a test primary, the way a user does, and
+// compares replica and primary.
+import { type ChildProcess, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import pg from "pg";
+import { stringify } from "yaml";
+import { freePort, TEST_PASSWORD, TEST_USER, type TestCluster, tempDir, waitFor } from "./postgres.ts";
+
+const ROOT = join(import.meta.dirname, "..", "..");
+const live = new Set<StrataProcess>();
+process.on("exit", () => {
+  for (const s of live) s.child?.kill("SIGKILL");
+});
+
+export interface StrataOptions {
+  primary: TestCluster;
+  slot?: string;
+  dataDir?: string;
+  config?: Record<string, unknown>;
+  replication?: Record<string, unknown>;
+}
+
+export class StrataProcess {
+  child: ChildProcess | undefined;
+  logs = "";
+  readonly configFile: string;
+  exited: Promise<number | null> = Promise.resolve(null);
+
+  constructor(
+    readonly dataDir: string,
+    readonly port: number,
+    config: Record<string, unknown>,
+  ) {
+    this.configFile = join(dataDir, "..", `${dataDir.split("/").pop()}.yaml`);
+    writeFileSync(this.configFile, stringify(config));
+  }
+
+  async start(): Promise<void> {
+    this.logs = "";
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "serve", "--config", this.configFile],
+      {
+        cwd: ROOT,
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
+    this.child = child;
+    live.add(this);
+    child.stderr!.on("data", (d) => {
+      this.logs += d.toString();
+    });
+    this.exited = new Promise((resolveExit) => child.once("exit", (code) => resolveExit(code)));
+    const ready = waitFor(
+      "strata to accept connections",
+      async () => this.logs.includes("strata is ready for connections"),
+      60_000,
+    );
+    const died = this.exited.then((code) => {
+      throw new Error(`strata exited with ${code} before it was ready`);
+    });
+    await Promise.race([ready, died]).catch((err) => {
+      throw new Error(`${err.message}\n--- strata log ---\n${this.logs}`);
+    });
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<number | null> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null;
+    child.kill(signal);
+    const code = await this.exited;
+    live.delete(this);
+    return code;
+  }
+
+  /** Stop with SIGTERM, then stop the store it left running if it was SIGKILLed earlier. */
+  async stop(): Promise<void> {
+    await this.kill("SIGTERM");
+  }
+
+  connectionConfig(database = "postgres"): pg.ClientConfig {
+    return { host: "127.0.0.1", port: this.port, user: TEST_USER, password: TEST_PASSWORD, database };
+  }
+
+  async query<T extends pg.QueryResultRow = pg.QueryResultRow>(
+    sql: string,
+    params: unknown[] = [],
+    database = "postgres",
+  ): Promise<T[]> {
+    const client = new pg.Client(this.connectionConfig(database));
+    await client.connect();
+    try {
+      return (await client.query<T>(sql, params)).rows;
+    } finally {
+      await client.end();
+    }
+  }
+}
+
+export async function createStrata(options: StrataOptions): Promise<StrataProcess> {
+  const port = await freePort();
+  const dataDir = options.dataDir ?? join(tempDir("strata-replica-"), "data");
+  const config = {
+    log_level: "debug",
+    data_dir: dataDir,
+    listener: { host: "127.0.0.1", port },
+    store: { settings: { fsync: false } },
+    postgres_replication: {
+      postgres_server_address: options.primary.host,
+      postgres_port: options.primary.port,
+      postgres_user: TEST_USER,
+      postgres_password: TEST_PASSWORD,
+      postgres_database: "postgres",
+      slot_name: options.slot ?? "strata_slot",
+      status_interval_ms: 1000,
+      reconnect_max_delay_ms: 1000,
+      ...options.replication,
+    },
+    ...options.config,
+  };
+  return new StrataProcess(dataDir, port, config);
+}
+
+export async function startStrata(options: StrataOptions): Promise<StrataProcess> {
+  const strata = await createStrata(options);
+  await strata.start();
+  return strata;
+}
+
+/** Rows of `sql` on a client, as JSON text, for exact comparison across servers. */
+export async function snapshot(
+  run: (sql: string) => Promise<pg.QueryResultRow[]>,
+  table: string,
+  orderBy: string,
+): Promise<string[]> {
+  const rows = await run(`SELECT to_jsonb(t)::text AS j FROM ${table} t ORDER BY ${orderBy}`);
+  return rows.map((r) => r.j);
+}
+
+/** Wait until the replica's rows of `table` equal the primary's. */
+export async function waitForSameRows(
+  primary: TestCluster,
+  strata: StrataProcess,
+  table: string,
+  orderBy: string,
+  timeoutMs = 60_000,
+): Promise<string[]> {
+  const expected = await snapshot((sql) => primary.query(sql), table, orderBy);
+  let last: string[] = [];
+  try {
+    await waitFor(
+      `replica ${table} to equal the primary`,
+      async () => {
+        last = await snapshot((sql) => strata.query(sql), table, orderBy);
+        return JSON.stringify(last) === JSON.stringify(expected);
+      },
+      timeoutMs,
+    );
+  } catch (err) {
+    throw new Error(
+      `${(err as Error).message}\nexpected ${expected.length} rows, replica has ${last.length}\nfirst difference: ${JSON.stringify(
+        expected.find((r, i) => last[i] !== r),
+      )} vs ${JSON.stringify(last.find((r, i) => expected[i] !== r))}\n--- strata log (tail) ---\n${strata.logs.split("\n").slice(-30).join("\n")}`,
+    );
+  }
+  return expected;
+}
