@@ -221,7 +221,7 @@ export class Applier {
       const insert = `INSERT INTO ${target.qualified} (${cols}) VALUES (${values})`;
       const p = present.length;
       sql = this.options.history
-        ? `WITH n AS (${insert} RETURNING *) INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row) SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'I', ${target.keyJson("n")}, to_jsonb(n) FROM n`
+        ? `WITH strata_n AS (${insert} RETURNING *) INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row) SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'I', ${target.keyJson("strata_n")}, to_jsonb(strata_n.*) FROM strata_n`
         : insert;
       target.sqlCache.set(key, sql);
     }
@@ -250,11 +250,13 @@ export class Applier {
       if (useAllColumns) {
         parts.push(
           col.compareAsText
-            ? `s.${col.quoted}::text IS NOT DISTINCT FROM $${n}::text`
-            : `s.${col.quoted} IS NOT DISTINCT FROM $${n}`,
+            ? `strata_s.${col.quoted}::text IS NOT DISTINCT FROM $${n}::text`
+            : `strata_s.${col.quoted} IS NOT DISTINCT FROM $${n}`,
         );
       } else {
-        parts.push(col.compareAsText ? `s.${col.quoted}::text = $${n}::text` : `s.${col.quoted} = $${n}`);
+        parts.push(
+          col.compareAsText ? `strata_s.${col.quoted}::text = $${n}::text` : `strata_s.${col.quoted} = $${n}`,
+        );
       }
       params.push(value);
     }
@@ -288,14 +290,16 @@ export class Applier {
     const p = set.length + m.params.length;
     if (!sql) {
       const assignments = set.map((i, n) => `${target.columns[i].quoted} = $${n + 1}`).join(", ");
-      const locate = `SELECT s.ctid AS strata_ctid FROM ${target.qualified} s WHERE ${m.where} LIMIT 1`;
+      const locate = `SELECT strata_s.ctid FROM ${target.qualified} strata_s WHERE ${m.where} LIMIT 1`;
       sql = this.options.history
-        ? `WITH o AS (SELECT s.ctid AS strata_ctid, to_jsonb(s) AS strata_old FROM ${target.qualified} s WHERE ${m.where} LIMIT 1),
-                u AS (UPDATE ${target.qualified} t SET ${assignments} FROM o WHERE t.ctid = o.strata_ctid
-                      RETURNING o.strata_old, to_jsonb(t) AS strata_new, ${target.keyJson("t")} AS strata_key)
-           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row, new_row)
-           SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'U', u.strata_key, u.strata_old, u.strata_new FROM u`
-        : `UPDATE ${target.qualified} t SET ${assignments} WHERE t.ctid = (${locate})`;
+        ? `WITH strata_o AS (SELECT strata_s.ctid AS strata_ctid, to_jsonb(strata_s.*) AS strata_old, ${target.keyJson("strata_s")} AS strata_old_key FROM ${target.qualified} strata_s WHERE ${m.where} LIMIT 1),
+                strata_u AS (UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE strata_t.ctid = strata_o.strata_ctid
+                      RETURNING strata_o.strata_old, strata_o.strata_old_key, to_jsonb(strata_t.*) AS strata_new, ${target.keyJson("strata_t")} AS strata_key)
+           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
+           SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'U', strata_u.strata_key,
+                  CASE WHEN strata_u.strata_old_key IS DISTINCT FROM strata_u.strata_key THEN strata_u.strata_old_key END,
+                  strata_u.strata_old, strata_u.strata_new FROM strata_u`
+        : `UPDATE ${target.qualified} strata_t SET ${assignments} WHERE strata_t.ctid = (${locate})`;
       target.sqlCache.set(cacheKey, sql);
     }
     const params: unknown[] = [...set.map((i) => msg.newTuple[i]), ...m.params];
@@ -311,12 +315,12 @@ export class Applier {
     let sql = target.sqlCache.get(cacheKey);
     const p = m.params.length;
     if (!sql) {
-      const locate = `SELECT s.ctid FROM ${target.qualified} s WHERE ${m.where} LIMIT 1`;
+      const locate = `SELECT strata_s.ctid FROM ${target.qualified} strata_s WHERE ${m.where} LIMIT 1`;
       sql = this.options.history
-        ? `WITH d AS (DELETE FROM ${target.qualified} t WHERE t.ctid = (${locate}) RETURNING to_jsonb(t) AS strata_old, ${target.keyJson("t")} AS strata_key)
+        ? `WITH strata_d AS (DELETE FROM ${target.qualified} strata_t WHERE strata_t.ctid = (${locate}) RETURNING to_jsonb(strata_t.*) AS strata_old, ${target.keyJson("strata_t")} AS strata_key)
            INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
-           SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'D', d.strata_key, d.strata_old FROM d`
-        : `DELETE FROM ${target.qualified} t WHERE t.ctid = (${locate})`;
+           SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'D', strata_d.strata_key, strata_d.strata_old FROM strata_d`
+        : `DELETE FROM ${target.qualified} strata_t WHERE strata_t.ctid = (${locate})`;
       target.sqlCache.set(cacheKey, sql);
     }
     const params = [...m.params];
@@ -354,7 +358,7 @@ export class Applier {
           // The removed rows become history, so diffs across a TRUNCATE stay exact.
           await this.client.query(
             `INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
-             SELECT $1::bigint, $2::int, $3::text, 'T', ${target.keyJson("t")}, to_jsonb(t) FROM ${target.qualified} t`,
+             SELECT $1::bigint, $2::int, $3::text, 'T', ${target.keyJson("strata_t")}, to_jsonb(strata_t.*) FROM ${target.qualified} strata_t`,
             this.historyParams(tx.ord, target),
           );
         }

@@ -6,7 +6,8 @@
 //   strata.commits  one row per commit, `seq` orders them (linear history on a replica).
 //   strata.changes  one row per row change: (commit_seq, ord) orders changes within a commit;
 //                   old_row / new_row are the exact row images as stored (to_jsonb), row_key the
-//                   replica-identity columns. A diff of two commits touching k rows is an index
+//                   replica-identity columns (after the change; before it for deletes), old_key
+//                   the key before an update that changed it (so a key's last mention is exact). A diff of two commits touching k rows is an index
 //                   range scan on commit_seq (O(k log n)); "the row with key K as of commit C" is
 //                   one descent of (rel, row_key, commit_seq).
 import type pg from "pg";
@@ -37,11 +38,13 @@ CREATE TABLE IF NOT EXISTS strata.changes (
   rel text NOT NULL,
   op "char" NOT NULL,
   row_key jsonb,
+  old_key jsonb,
   old_row jsonb,
   new_row jsonb
 );
 CREATE INDEX IF NOT EXISTS changes_commit ON strata.changes (commit_seq, ord);
 CREATE INDEX IF NOT EXISTS changes_row ON strata.changes (rel, row_key, commit_seq);
+CREATE INDEX IF NOT EXISTS changes_moved_row ON strata.changes (rel, old_key, commit_seq) WHERE old_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS strata.source_position (
   slot_name text PRIMARY KEY,
   end_lsn pg_lsn NOT NULL,

@@ -18,6 +18,12 @@
 // - encodePgoutput is the exact inverse (byte-for-byte on what the server sends), for round-trip
 //   tests and for Strata serving the same protocol to its own replicas.
 //
+// What the server does that is easy to miss (see the fixtures' tests): inside a stream block the
+// xid of a data message is that of the (sub)transaction that made the change, not the top-level
+// xid of Stream Start; Stream Abort's subxid names the subtransaction to discard (equal to xid
+// when the whole transaction aborts). Text values, names and prefixes arrive in the connection's
+// client_encoding (pq_sendcountedtext converts), so the replication connection must use UTF8.
+//
 // What does not survive a round trip, because the message types have no field for it: unknown
 // bits in Relation column flags, Message flags and Truncate options, and Stream Start's
 // first-segment byte other than 0/1. The server only ever sends the documented values.

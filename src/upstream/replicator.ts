@@ -158,6 +158,11 @@ export class Replicator {
     const buffer = new StreamBuffer(
       join(this.options.dataDir, "spill", cfg.slot_name),
       cfg.memory_limit_mb * 1024 * 1024,
+      (xid, bytes) =>
+        this.log.info(
+          { xid, buffered_bytes: bytes, memory_limit_mb: cfg.memory_limit_mb },
+          "streamed transaction spilling to disk",
+        ),
     );
     let repl: ReplicationConnection | undefined;
     let statusTimer: NodeJS.Timeout | undefined;

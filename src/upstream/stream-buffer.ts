@@ -48,6 +48,7 @@ export class StreamBuffer {
   constructor(
     private readonly spillDir: string,
     private readonly memoryLimit: number,
+    private readonly onSpill: (xid: number, bytes: number) => void = () => {},
   ) {
     rmSync(spillDir, { recursive: true, force: true });
   }
@@ -84,8 +85,10 @@ export class StreamBuffer {
   private writeEntry(tx: StreamedTransaction, message: Buffer) {
     const header = Buffer.allocUnsafe(4);
     header.writeUInt32BE(message.length);
-    writeSync(tx.fd!, header);
-    writeSync(tx.fd!, message);
+    // Positional writes: after a subtransaction abort truncates the file, the next entry must
+    // land at the new end, not at the descriptor's old offset.
+    writeSync(tx.fd!, header, 0, 4, tx.fileBytes);
+    writeSync(tx.fd!, message, 0, message.length, tx.fileBytes + 4);
     tx.fileBytes += 4 + message.length;
     this.spilledBytes += 4 + message.length;
   }
@@ -96,6 +99,7 @@ export class StreamBuffer {
     if (!largest || largest.memoryBytes === 0) return;
     if (!existsSync(this.spillDir)) mkdirSync(this.spillDir, { recursive: true, mode: 0o700 });
     largest.fd = openSync(largest.path, "w+", 0o600);
+    this.onSpill(largest.xid, largest.memoryBytes);
     // Memory entries move to the file; marks that pointed into memory now point into the file.
     const offsets: number[] = [];
     for (const entry of largest.memory) {

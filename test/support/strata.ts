@@ -79,6 +79,16 @@ export class StrataProcess {
     await this.kill("SIGTERM");
   }
 
+  async waitForStreaming(timeoutMs = 60_000): Promise<void> {
+    await waitFor(
+      "replication to be streaming",
+      async () => (await this.query("SELECT state FROM dolt_replication_status"))[0]?.state === "streaming",
+      timeoutMs,
+    ).catch((err) => {
+      throw new Error(`${err.message}\n--- strata log ---\n${this.logs}`);
+    });
+  }
+
   connectionConfig(database = "postgres"): pg.ClientConfig {
     return { host: "127.0.0.1", port: this.port, user: TEST_USER, password: TEST_PASSWORD, database };
   }
@@ -122,9 +132,14 @@ export async function createStrata(options: StrataOptions): Promise<StrataProces
   return new StrataProcess(dataDir, port, config);
 }
 
+/**
+ * Start Strata and wait until its stream is up (the slot exists), so that every write the test
+ * makes on the primary afterwards is replicated.
+ */
 export async function startStrata(options: StrataOptions): Promise<StrataProcess> {
   const strata = await createStrata(options);
   await strata.start();
+  await strata.waitForStreaming();
   return strata;
 }
 
