@@ -1,0 +1,181 @@
+// Operating a replica: bad config, apply errors that stop the stream visibly and resume after the
+// fix, the Doltgres seeding flow, acknowledging an idle primary, an external store, clean stop.
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { promisify } from "node:util";
+import { startPrimary, type TestCluster, tempDir, waitFor } from "../support/postgres.ts";
+import { createStrata, startStrata, waitForSameRows } from "../support/strata.ts";
+
+const run = promisify(execFile);
+const ROOT = join(import.meta.dirname, "..", "..");
+
+let primary: TestCluster;
+before(async () => {
+  primary = await startPrimary();
+});
+after(async () => {
+  await primary?.stop();
+});
+
+test("a malformed config exits non-zero naming the key, value and expected form; unknown keys warn", async () => {
+  const dir = tempDir();
+  const file = join(dir, "bad.yaml");
+  writeFileSync(
+    file,
+    "listener:\n  port: 99999\npostgres_replication:\n  postgres_server_address: 127.0.0.1\n",
+  );
+  const err = await run(
+    process.execPath,
+    ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "serve", "--config", file],
+    { cwd: ROOT },
+  ).then(
+    () => assert.fail("strata should have refused the config"),
+    (e) => e,
+  );
+  assert.equal(err.code, 2);
+  assert.match(
+    err.stderr,
+    /listener\.port: listener\.port must be a TCP port number \(an integer 1-65535\); got 99999/,
+  );
+  assert.match(err.stderr, /postgres_replication\.slot_name: .*got nothing \(the key is missing\)/);
+});
+
+test("an apply error stops the stream visibly, keeps the server up, and resumes after the fix", async () => {
+  await primary.query("CREATE TABLE narrow (id int PRIMARY KEY, a text, b text)");
+  const strata = await startStrata({ primary, slot: "narrow_slot" });
+  try {
+    // The replica's table lacks column b.
+    await strata.query("CREATE TABLE narrow (id int PRIMARY KEY, a text)");
+    await primary.query("INSERT INTO narrow VALUES (1, 'a', 'b')");
+    const status = await waitFor("the error in dolt_replication_status", async () => {
+      const [row] = await strata.query(
+        "SELECT state, current_error, flushed_lsn FROM dolt_replication_status",
+      );
+      return row?.state === "error" ? row : undefined;
+    });
+    assert.match(status.current_error, /table public\.narrow/);
+    assert.match(status.current_error, /column "b"/);
+    assert.match(status.current_error, /ALTER TABLE "public"\."narrow" ADD COLUMN "b"/);
+    assert.match(strata.logs, /replication stopped by an error/);
+    // The slot keeps the change: nothing was acknowledged past it.
+    const [slot] = await primary.query(
+      "SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = 'narrow_slot'",
+    );
+    const [wal] = await primary.query("SELECT pg_current_wal_lsn()::text AS lsn");
+    assert.notEqual(slot.lsn, wal.lsn);
+    // The server still answers, then the fix lets replication resume by itself.
+    await strata.query("ALTER TABLE narrow ADD COLUMN b text");
+    await waitForSameRows(primary, strata, "narrow", "id");
+    await waitFor("state streaming, error cleared", async () => {
+      const [row] = await strata.query("SELECT state, current_error FROM dolt_replication_status");
+      return row.state === "streaming" && row.current_error === null;
+    });
+    const commits = await strata.query("SELECT upstream_xid FROM dolt_log");
+    assert.equal(commits.length, 1, "applied exactly once after the retries");
+  } finally {
+    await strata.stop();
+  }
+});
+
+test("seeding: an LSN in <data_dir>/.doltcfg/pg_wal_location starts replication just after it", async () => {
+  await primary.query("CREATE TABLE seeded (id int PRIMARY KEY)");
+  await primary.query("SELECT pg_create_logical_replication_slot('seed_slot', 'pgoutput')");
+  await primary.query("CREATE PUBLICATION seed_pub FOR TABLE seeded");
+  // As in Doltgres's guide: the dump's rows, then pg_current_wal_lsn(), then more writes. The test
+  // primary runs synchronous_commit=off; a real one (on) has written the commit by then.
+  const writer = await primary.connect();
+  let lsn: string;
+  try {
+    await writer.query("SET synchronous_commit = on");
+    await writer.query("INSERT INTO seeded SELECT generate_series(1, 10)");
+    lsn = (await writer.query("SELECT pg_current_wal_lsn()::text AS lsn")).rows[0].lsn;
+    await writer.query("INSERT INTO seeded SELECT generate_series(11, 15)");
+  } finally {
+    await writer.end();
+  }
+  const strata = await createStrata({
+    primary,
+    slot: "seed_slot",
+    replication: { publication_name: "seed_pub" },
+  });
+  mkdirSync(join(strata.dataDir, ".doltcfg"), { recursive: true });
+  writeFileSync(join(strata.dataDir, ".doltcfg", "pg_wal_location"), `${lsn}\n`);
+  try {
+    await strata.start();
+    // The dump would have brought rows 1-10; replication brings exactly 11-15.
+    const rows = await waitFor("the rows after the seed", async () => {
+      const r = await strata.query("SELECT id FROM seeded ORDER BY id").catch(() => []);
+      return r.length > 0 ? r : undefined;
+    });
+    assert.deepEqual(
+      rows.map((r) => r.id),
+      [11, 12, 13, 14, 15],
+    );
+    assert.match(strata.logs, /starting replication just after the seeded WAL location/);
+  } finally {
+    await strata.stop();
+  }
+});
+
+test("an idle or filtered primary's WAL is not pinned: the slot advances without published changes", async () => {
+  await primary.query("CREATE TABLE published (id int PRIMARY KEY)");
+  await primary.query("CREATE TABLE unpublished (id int PRIMARY KEY, pad text)");
+  await primary.query("CREATE PUBLICATION only_published FOR TABLE published");
+  const strata = await startStrata({
+    primary,
+    slot: "idle_slot",
+    replication: { publication_name: "only_published" },
+  });
+  try {
+    await primary.query(
+      "INSERT INTO unpublished SELECT i, repeat('x', 200) FROM generate_series(1, 20000) i",
+    );
+    const [{ lsn }] = await primary.query("SELECT pg_current_wal_lsn()::text AS lsn");
+    await waitFor("the slot's confirmed_flush_lsn to pass the unpublished writes", async () => {
+      const [row] = await primary.query(
+        "SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'idle_slot'",
+        [lsn],
+      );
+      return row.ok;
+    });
+    const commits = await strata.query("SELECT count(*) AS n FROM dolt_log");
+    assert.equal(commits[0].n, "0", "no commits for unpublished changes");
+  } finally {
+    await strata.stop();
+  }
+});
+
+test("store.url: an existing Postgres as the store; SIGTERM stops cleanly", async () => {
+  const store = await startPrimary();
+  await primary.query("CREATE TABLE external_t (id int PRIMARY KEY, v text)");
+  const strata = await createStrata({
+    primary,
+    slot: "external_slot",
+    config: { store: { url: store.url.replace(/\/postgres$/, "/postgres") } },
+  });
+  try {
+    await strata.start();
+    await strata.waitForStreaming();
+    await primary.query("INSERT INTO external_t VALUES (1, 'x'), (2, 'y')");
+    await waitForSameRows(primary, strata, "external_t", "id");
+    // The data is in the external store itself.
+    const rows = await store.query("SELECT count(*) AS n FROM external_t");
+    assert.equal(rows[0].n, "2");
+    assert.equal(existsSync(join(strata.dataDir, "store")), false, "no managed store was created");
+    assert.equal(await strata.kill("SIGTERM"), 0, "a clean exit");
+    assert.match(strata.logs, /replication stopped/);
+  } finally {
+    await strata.stop();
+    await store.stop();
+  }
+});
+
+test("SIGTERM stops the managed store too", async () => {
+  const strata = await startStrata({ primary, slot: "term_slot" });
+  assert.equal(await strata.kill("SIGTERM"), 0);
+  assert.match(strata.logs, /managed store stopped/);
+  assert.equal(existsSync(join(strata.dataDir, "store", "pgdata", "postmaster.pid")), false);
+});
