@@ -81,6 +81,8 @@ export function createTypeResolver(
   return {
     async typeName(typeOid, typeMod) {
       const custom = types.get(typeOid);
+      // pgoutput names pg_catalog "" (e.g. a domain arrives under its base type's name).
+      if (custom && custom.namespace === "") return `pg_catalog.${quoteIdent(custom.name)}`;
       if (!custom) {
         // Built-in types have the same oid everywhere.
         const { rows } = await client.query<{ t: string }>("SELECT format_type($1::oid, $2::int) AS t", [

@@ -166,6 +166,7 @@ export class Replicator {
     );
     let repl: ReplicationConnection | undefined;
     let statusTimer: NodeJS.Timeout | undefined;
+    let statusTableTimer: NodeJS.Timeout | undefined;
     let applier: Applier | undefined;
     try {
       await store.query("SET session_replication_role = replica").catch(() => {
@@ -225,8 +226,12 @@ export class Replicator {
           sendTime: nowPgTime(),
           replyRequested,
         });
-      let lastStatusWrite = 0;
       statusTimer = setInterval(() => sendStatus(), cfg.status_interval_ms);
+      // The status row refreshes on its own clock, so an idle stream still shows current figures.
+      statusTableTimer = setInterval(() => {
+        this.statusDirty = true;
+        this.writeStatus().catch((err) => this.log.debug({ err: err.message }, "status write failed"));
+      }, STATUS_TABLE_INTERVAL_MS);
       this.setState("streaming");
       await this.writeStatus();
 
@@ -317,11 +322,6 @@ export class Replicator {
           if (ap.hasUnflushed) await flush();
           return;
         }
-        if (Date.now() - lastStatusWrite > STATUS_TABLE_INTERVAL_MS) {
-          lastStatusWrite = Date.now();
-          this.statusDirty = true;
-          this.writeStatus().catch((err) => this.log.debug({ err: err.message }, "status write failed"));
-        }
       }
     } catch (err) {
       if (this.stopping && applier && !applier.inTransaction && applier.hasUnflushed) {
@@ -336,7 +336,8 @@ export class Replicator {
       }
       throw err;
     } finally {
-      if (statusTimer) clearInterval(statusTimer);
+      clearInterval(statusTimer);
+      clearInterval(statusTableTimer);
       await applier?.abort();
       buffer.clear();
       await repl?.close();
