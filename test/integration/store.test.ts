@@ -1,0 +1,82 @@
+// The managed store's lifecycle: what a SIGKILLed Strata leaves behind is recovered at next start.
+import assert from "node:assert/strict";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import pg from "pg";
+import { findPgBinaries } from "../../src/store/binaries.ts";
+import {
+  type ClusterSpec,
+  clusterPaths,
+  initCluster,
+  startCluster,
+  stopCluster,
+} from "../../src/store/cluster.ts";
+import { storeOsUser } from "../../src/store/os-user.ts";
+import { tempDir } from "../support/postgres.ts";
+
+const spec: ClusterSpec = {
+  root: join(tempDir(), "store"),
+  bin: findPgBinaries(),
+  osUser: storeOsUser(),
+  superuser: "postgres",
+  password: "s3cret'\"pw",
+  port: 5432,
+  listenAddresses: "",
+  settings: { fsync: false },
+};
+after(async () => {
+  await stopCluster(spec, "immediate").catch(() => {});
+  rmSync(join(spec.root, ".."), { recursive: true, force: true });
+});
+
+async function connects(): Promise<boolean> {
+  const client = new pg.Client({
+    host: clusterPaths(spec).socketDir,
+    port: 5432,
+    user: "postgres",
+    password: spec.password,
+    database: "postgres",
+  });
+  await client.connect();
+  const { rows } = await client.query(
+    "SELECT current_setting('data_checksums') AS c, current_setting('listen_addresses') AS l",
+  );
+  await client.end();
+  return rows[0].c === "on" && rows[0].l === "";
+}
+
+test("initdb once, with checksums, listening only on the unix socket, password required", async () => {
+  assert.equal(await initCluster(spec), true);
+  assert.equal(await initCluster(spec), false, "a second init is a no-op");
+  const { recovery } = await startCluster(spec);
+  assert.equal(recovery, "none");
+  assert.equal(await connects(), true);
+  const bad = new pg.Client({
+    host: clusterPaths(spec).socketDir,
+    port: 5432,
+    user: "postgres",
+    password: "wrong",
+    database: "postgres",
+  });
+  await assert.rejects(bad.connect(), /password authentication failed/);
+});
+
+test("a postmaster left running by a killed Strata is stopped and started again", async () => {
+  const pidBefore = readFileSync(join(clusterPaths(spec).pgdata, "postmaster.pid"), "utf8").split("\n")[0];
+  const { recovery } = await startCluster(spec);
+  assert.equal(recovery, "stopped-orphan");
+  const pidAfter = readFileSync(join(clusterPaths(spec).pgdata, "postmaster.pid"), "utf8").split("\n")[0];
+  assert.notEqual(pidAfter, pidBefore);
+  assert.equal(await connects(), true);
+});
+
+test("a stale postmaster.pid (its process gone) is removed", async () => {
+  await stopCluster(spec, "immediate");
+  const pidFile = join(clusterPaths(spec).pgdata, "postmaster.pid");
+  // A pid that is certainly not running: beyond pid_max.
+  writeFileSync(pidFile, "4194305\n/stale\n");
+  const { recovery } = await startCluster(spec);
+  assert.equal(recovery, "removed-stale-pid");
+  assert.equal(await connects(), true);
+});
