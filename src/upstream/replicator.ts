@@ -311,7 +311,9 @@ export class Replicator {
               if (inStream !== undefined) {
                 // Data of a streamed transaction: kept until its Stream Commit.
                 if (isDataMessage(msg)) buffer.append(inStream, msg.xid ?? inStream, message.data);
-              } else if (!current?.skip) {
+              } else if (!current?.skip || msg.tag === "Relation" || msg.tag === "Type") {
+                // Descriptions count even inside a skipped (already applied) transaction: pgoutput
+                // sends each relation once per session, and later transactions rely on it.
                 await this.applyData(ap, msg);
               }
           }
