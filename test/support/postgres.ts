@@ -16,14 +16,10 @@ import {
   stopCluster,
 } from "../../src/store/cluster.ts";
 import { storeOsUser } from "../../src/store/os-user.ts";
+import { onProcessExit } from "./cleanup.ts";
 
 export const TEST_USER = "postgres";
 export const TEST_PASSWORD = "password";
-
-const live = new Set<TestCluster>();
-process.on("exit", () => {
-  for (const cluster of live) cluster.stopSync();
-});
 
 export async function freePort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
@@ -47,10 +43,13 @@ export function tempDir(prefix = "strata-test-"): string {
 export class TestCluster {
   readonly host = "127.0.0.1";
   private stopped = false;
+  private readonly unregister: () => void;
   constructor(
     readonly spec: ClusterSpec,
     readonly port: number,
-  ) {}
+  ) {
+    this.unregister = onProcessExit(() => this.stopSync());
+  }
 
   get url(): string {
     return `postgres://${TEST_USER}:${TEST_PASSWORD}@${this.host}:${this.port}/postgres`;
@@ -96,7 +95,7 @@ export class TestCluster {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    live.delete(this);
+    this.unregister();
     try {
       await stopCluster(this.spec, "immediate");
     } finally {
@@ -147,7 +146,6 @@ export async function startPrimary(options: PrimaryOptions = {}): Promise<TestCl
     },
   };
   const cluster = new TestCluster(spec, port);
-  live.add(cluster);
   try {
     await initCluster(spec);
     await startCluster(spec);

@@ -1,17 +1,17 @@
 // Runs `strata serve` as a child process against a test primary, the way a user does, and
 // compares replica and primary.
-import { type ChildProcess, spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { stringify } from "yaml";
+import { findPgBinaries } from "../../src/store/binaries.ts";
+import { clusterPaths } from "../../src/store/cluster.ts";
+import { storeOsUser } from "../../src/store/os-user.ts";
+import { onProcessExit } from "./cleanup.ts";
 import { freePort, TEST_PASSWORD, TEST_USER, type TestCluster, tempDir, waitFor } from "./postgres.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
-const live = new Set<StrataProcess>();
-process.on("exit", () => {
-  for (const s of live) s.child?.kill("SIGKILL");
-});
 
 export interface StrataOptions {
   primary: TestCluster;
@@ -34,6 +34,30 @@ export class StrataProcess {
   ) {
     this.configFile = join(dataDir, "..", `${dataDir.split("/").pop()}.yaml`);
     writeFileSync(this.configFile, stringify(config));
+    onProcessExit(() => this.destroySync());
+  }
+
+  /** Stop the managed store a SIGKILLed Strata left running (synchronously, for exit handlers). */
+  private stopOrphanedStoreSync(): void {
+    const pgdata = clusterPaths({ root: join(this.dataDir, "store") }).pgdata;
+    if (!existsSync(join(pgdata, "postmaster.pid"))) return;
+    const user = storeOsUser();
+    const ids = user ? { uid: user.uid, gid: user.gid } : {};
+    try {
+      execFileSync(findPgBinaries().pgCtl, ["stop", "-D", pgdata, "-m", "immediate", "-w"], {
+        ...ids,
+        stdio: "ignore",
+      });
+    } catch {
+      // not running
+    }
+  }
+
+  /** Kill Strata, stop its store, remove its directory: the end of every test's Strata. */
+  destroySync(): void {
+    this.child?.kill("SIGKILL");
+    this.stopOrphanedStoreSync();
+    rmSync(join(this.dataDir, ".."), { recursive: true, force: true });
   }
 
   async start(): Promise<void> {
@@ -47,7 +71,6 @@ export class StrataProcess {
       },
     );
     this.child = child;
-    live.add(this);
     child.stderr!.on("data", (d) => {
       this.logs += d.toString();
     });
@@ -69,14 +92,13 @@ export class StrataProcess {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null;
     child.kill(signal);
-    const code = await this.exited;
-    live.delete(this);
-    return code;
+    return await this.exited;
   }
 
-  /** Stop with SIGTERM, then stop the store it left running if it was SIGKILLed earlier. */
+  /** Stop with SIGTERM (which stops its store), or stop the store a SIGKILLed Strata left running. */
   async stop(): Promise<void> {
     await this.kill("SIGTERM");
+    this.stopOrphanedStoreSync();
   }
 
   async waitForStreaming(timeoutMs = 60_000): Promise<void> {
