@@ -54,6 +54,17 @@ export function pgTimeToIso(us: bigint): string {
   return `${iso.slice(0, 23)}${micros.toString().padStart(3, "0")}Z`;
 }
 
+interface OpenTransaction {
+  meta: UpstreamTransaction;
+  /** Set once the first change has opened the store transaction. */
+  started: boolean;
+  hasher: CommitHasher | undefined;
+  ord: number;
+  changes: number;
+  date: string;
+  message: string;
+}
+
 export class Applier {
   /** End LSN of the last durable upstream transaction (0 when none). */
   position = 0n;
@@ -63,20 +74,12 @@ export class Applier {
   private head: string | null = null;
   private inStoreTx = false;
   private pendingEnd: bigint | undefined;
-  private tx:
-    | {
-        meta: UpstreamTransaction;
-        hasher: CommitHasher | undefined;
-        ord: number;
-        changes: number;
-        date: string;
-        message: string;
-      }
-    | undefined;
+  private tx: OpenTransaction | undefined;
   private readonly relations = new Map<number, RelationMessage>();
   private readonly types = new Map<number, TypeMessage>();
   private readonly targets = new Map<number, TargetTable>();
   private readonly typeResolver: TypeResolver;
+  private readonly statementNames = new Map<string, string>();
   /** Changes applied in the current batch (store transaction). */
   batchChanges = 0;
   batchTransactions = 0;
@@ -133,27 +136,43 @@ export class Applier {
     this.types.set(msg.typeOid, msg);
   }
 
-  async beginTransaction(meta: UpstreamTransaction): Promise<void> {
+  /**
+   * An upstream transaction begins. Nothing is written until its first change: a transaction with
+   * no row changes (all rolled back to savepoints, or touching only unpublished tables, which
+   * PostgreSQL 14 still sends) becomes no commit, whether or not the primary streamed it.
+   */
+  beginTransaction(meta: UpstreamTransaction): void {
+    this.tx = {
+      meta,
+      hasher: undefined,
+      started: false,
+      ord: 0,
+      changes: 0,
+      date: pgTimeToIso(meta.commitTime),
+      message: `replicated transaction ${meta.xid} (commit LSN ${formatLsn(meta.commitLsn)})`,
+    };
+  }
+
+  private async startTransaction(tx: OpenTransaction): Promise<void> {
+    if (tx.started) return;
     if (!this.inStoreTx) {
       await this.client.query("BEGIN");
       this.inStoreTx = true;
       this.batchChanges = 0;
       this.batchTransactions = 0;
     }
-    const date = pgTimeToIso(meta.commitTime);
-    const message = `replicated transaction ${meta.xid} (commit LSN ${formatLsn(meta.commitLsn)})`;
-    const hasher = this.options.history
-      ? new CommitHasher({
-          parentHash: this.head,
-          committer: this.options.committer,
-          email: this.options.email,
-          date,
-          message,
-          upstreamXid: meta.xid,
-          upstreamCommitLsn: formatLsn(meta.commitLsn),
-        })
-      : undefined;
-    this.tx = { meta, hasher, ord: 0, changes: 0, date, message };
+    tx.started = true;
+    if (this.options.history) {
+      tx.hasher = new CommitHasher({
+        parentHash: this.head,
+        committer: this.options.committer,
+        email: this.options.email,
+        date: tx.date,
+        message: tx.message,
+        upstreamXid: tx.meta.xid,
+        upstreamCommitLsn: formatLsn(tx.meta.commitLsn),
+      });
+    }
   }
 
   private async target(relationOid: number): Promise<TargetTable> {
@@ -177,6 +196,7 @@ export class Applier {
         "a row change arrived outside a transaction",
         "this is a protocol error; restart Strata",
       );
+    await this.startTransaction(tx);
     if (msg.tag === "Truncate") return this.applyTruncate(msg);
     const target = await this.target(msg.relationOid);
     const names = target.relation.columns.map((c) => c.name);
@@ -203,8 +223,21 @@ export class Applier {
         }
       }
     } catch (err) {
-      throw explainStoreError(err, target.rel).withContext({ lsn: formatLsn(tx.meta.commitLsn) });
+      throw withLsn(explainStoreError(err, target.rel), tx.meta.commitLsn);
     }
+  }
+
+  /**
+   * Run one of the generated per-table statements as a named prepared statement: the store parses
+   * and plans each statement shape once per connection instead of once per change.
+   */
+  private exec(text: string, values: unknown[]): Promise<pg.QueryResult> {
+    let name = this.statementNames.get(text);
+    if (!name) {
+      name = `strata_apply_${this.statementNames.size + 1}`;
+      this.statementNames.set(text, name);
+    }
+    return this.client.query({ name, text, values });
   }
 
   private historyParams(ord: number, target: TargetTable): unknown[] {
@@ -227,7 +260,7 @@ export class Applier {
     }
     const params: unknown[] = present.map((i) => tuple[i]);
     if (this.options.history) params.push(...this.historyParams(ord, target));
-    await this.client.query(sql, params);
+    await this.exec(sql, params);
   }
 
   /** WHERE clause locating one row (alias s), and its parameters. */
@@ -304,7 +337,7 @@ export class Applier {
     }
     const params: unknown[] = [...set.map((i) => msg.newTuple[i]), ...m.params];
     if (this.options.history) params.push(...this.historyParams(ord, target));
-    const result = await this.client.query(sql, params);
+    const result = await this.exec(sql, params);
     if (result.rowCount !== 1) this.missingRow(target, "update", id.tuple);
   }
 
@@ -325,7 +358,7 @@ export class Applier {
     }
     const params = [...m.params];
     if (this.options.history) params.push(...this.historyParams(ord, target));
-    const result = await this.client.query(sql, params);
+    const result = await this.exec(sql, params);
     if (result.rowCount !== 1) this.missingRow(target, "delete", id.tuple);
   }
 
@@ -370,9 +403,7 @@ export class Applier {
         `TRUNCATE ONLY ${targets.map((t) => t.qualified).join(", ")}${msg.restartIdentity ? " RESTART IDENTITY" : ""}`,
       );
     } catch (err) {
-      throw explainStoreError(err, targets.map((t) => t.rel).join(", ")).withContext({
-        lsn: formatLsn(tx.meta.commitLsn),
-      });
+      throw withLsn(explainStoreError(err, targets.map((t) => t.rel).join(", ")), tx.meta.commitLsn);
     }
   }
 
@@ -384,6 +415,13 @@ export class Applier {
         "a commit arrived outside a transaction",
         "this is a protocol error; restart Strata",
       );
+    if (!tx.started) {
+      // No row changes: no commit. Its end still counts as reached (nothing to lose there).
+      this.tx = undefined;
+      if (this.inStoreTx) this.pendingEnd = endLsn;
+      else if (endLsn > this.position) this.position = endLsn;
+      return;
+    }
     if (tx.hasher) {
       const hash = tx.hasher.digest();
       const seq = this.seq + 1n;
@@ -443,4 +481,8 @@ export class Applier {
       await this.client.query("ROLLBACK").catch(() => {});
     }
   }
+}
+
+function withLsn(err: Error, lsn: bigint): Error {
+  return err instanceof ApplyError ? err.withContext({ lsn: formatLsn(lsn) }) : err;
 }

@@ -33,9 +33,29 @@ export class ApplyError extends Error {
   }
 }
 
-/** Turn a store error raised while applying a change into an ApplyError with the remedy. */
-export function explainStoreError(err: unknown, table: string): ApplyError {
+/** The store connection failed (not the data): retried as a whole session, blaming no table. */
+export class StoreConnectionError extends Error {
+  override name = "StoreConnectionError";
+}
+
+function isTransient(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== "string") return true; // a broken connection, not a statement's error
+  // connection exceptions, insufficient resources, operator intervention (shutdown, terminate),
+  // serialization failures and deadlocks
+  return /^(08|53|57P)/.test(code) || code === "40001" || code === "40P01";
+}
+
+/**
+ * Turn a store error raised while applying a change into an ApplyError with the remedy, or into
+ * a StoreConnectionError when it is the connection, not the change, that failed.
+ */
+export function explainStoreError(err: unknown, table: string): Error {
   if (err instanceof ApplyError) return err;
+  if (isTransient(err))
+    return new StoreConnectionError(
+      `the store connection failed while applying to ${table}: ${(err as Error).message}`,
+    );
   const e = err as { code?: string; message?: string; column?: string; constraint?: string; detail?: string };
   const message = e.message ?? String(err);
   const detail = e.detail ? ` (${e.detail})` : "";

@@ -30,7 +30,10 @@ interface RawConnection {
 export class ReplicationConnection {
   private readonly client: pg.Client;
   private raw!: RawConnection;
+  // A FIFO as an array plus a head index: Array#shift is O(n), and the queue holds thousands of
+  // small messages when the consumer falls behind. Compacted when the head passes half.
   private queue: Buffer[] = [];
+  private head = 0;
   private queuedBytes = 0;
   private paused = false;
   private failure: Error | undefined;
@@ -102,8 +105,13 @@ export class ReplicationConnection {
 
   private async *iterate(): AsyncGenerator<ReplicationMessage> {
     for (;;) {
-      const next = this.queue.shift();
+      const next = this.queue[this.head];
       if (next) {
+        this.queue[this.head++] = undefined as unknown as Buffer;
+        if (this.head > 1024 && this.head * 2 > this.queue.length) {
+          this.queue = this.queue.slice(this.head);
+          this.head = 0;
+        }
         this.queuedBytes -= next.length;
         if (this.paused && this.queuedBytes < QUEUE_LOW_BYTES) {
           this.paused = false;
@@ -122,7 +130,7 @@ export class ReplicationConnection {
 
   /** Messages received and not yet taken by the consumer. */
   get backlog(): number {
-    return this.queue.length;
+    return this.queue.length - this.head;
   }
 
   sendStatus(update: StandbyStatusUpdate): void {

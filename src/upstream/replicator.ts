@@ -103,7 +103,7 @@ export class Replicator {
           this.log.error({ err: message }, "replication stopped by an error; retrying until it is fixed");
         } else {
           this.setState("reconnecting", message);
-          this.log.warn({ err: message }, "replication connection lost; reconnecting");
+          this.log.warn({ err: message }, "replication interrupted; reconnecting");
         }
       }
       if (this.stopping) break;
@@ -154,6 +154,9 @@ export class Replicator {
       options: STORE_SESSION_OPTIONS,
       application_name: "strata apply",
     });
+    // A lost store connection surfaces as the next query's error (and a reconnect), never as an
+    // unhandled 'error' event that would end the process.
+    store.on("error", (err) => this.log.warn({ err: err.message }, "lost the connection to the store"));
     await store.connect();
     const buffer = new StreamBuffer(
       join(this.options.dataDir, "spill", cfg.slot_name),
@@ -263,7 +266,7 @@ export class Replicator {
               current = { skip: msg.finalLsn < ap.position };
               if (!current.skip) {
                 if (!ap.hasUnflushed) batchStartedAt = Date.now();
-                await ap.beginTransaction({
+                ap.beginTransaction({
                   xid: msg.xid,
                   commitLsn: msg.finalLsn,
                   commitTime: msg.commitTime,
@@ -295,13 +298,15 @@ export class Replicator {
               }
               if (ap.hasUnflushed && Date.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
               if (!ap.hasUnflushed) batchStartedAt = Date.now();
-              await ap.beginTransaction({
+              ap.beginTransaction({
                 xid: msg.xid,
                 commitLsn: msg.commitLsn,
                 commitTime: msg.commitTime,
               });
-              for await (const raw of buffer.take(msg.xid))
+              for await (const raw of buffer.take(msg.xid)) {
+                if (this.stopping) return;
                 await this.applyData(ap, decodePgoutput(raw, { inStream: true }));
+              }
               await ap.commitTransaction(msg.endLsn);
               this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
               if (ap.batchChanges >= BATCH_MAX_CHANGES || Date.now() - batchStartedAt > BATCH_MAX_AGE_MS)
@@ -320,8 +325,10 @@ export class Replicator {
         }
         if (ap.hasUnflushed && !ap.inTransaction && current === undefined && conn.backlog === 0)
           await flush();
-        if (this.stopping && current === undefined && !ap.inTransaction) {
-          if (ap.hasUnflushed) await flush();
+        if (this.stopping) {
+          // Between transactions, keep what was applied; inside one, roll it back (the slot
+          // resends it) rather than make a stop wait for the rest of a large transaction.
+          if (current === undefined && !ap.inTransaction && ap.hasUnflushed) await flush();
           return;
         }
       }

@@ -1,0 +1,193 @@
+// The two backlogs of the catch-up benchmark, and how to create their tables on any server (the
+// primary, the native subscriber, Strata's replica through its listener).
+//
+//   bulk   few large transactions: INSERT ... SELECT generate_series into a pgbench-like table
+//   mixed  many small transactions: pgbench's default (TPC-B like) script, 3 UPDATEs + 1 INSERT
+//          each, from several concurrent clients
+import { spawn } from "node:child_process";
+import { existsSync, realpathSync } from "node:fs";
+import { dirname, join } from "node:path";
+import pg from "pg";
+import { findPgBinaries } from "../../src/store/binaries.ts";
+
+/** A server the benchmark connects to. */
+export interface Endpoint {
+  host: string;
+  port: number;
+  config: pg.ClientConfig;
+}
+
+export interface TableCheck {
+  name: string;
+  /** ORDER BY for the checksum: all columns when the table has no key. */
+  order: string;
+}
+
+export interface GenerateResult {
+  /** Upstream transactions the workload was asked to run. */
+  plannedTransactions: number;
+  /** What the generator reported (pgbench's summary), for the JSON. */
+  detail: Record<string, unknown>;
+}
+
+export interface Workload {
+  name: "bulk" | "mixed";
+  description: string;
+  tables: TableCheck[];
+  createTables(target: Endpoint): Promise<void>;
+  generate(primary: Endpoint, log: (line: string) => void): Promise<GenerateResult>;
+}
+
+export async function withClient<T>(
+  target: Endpoint,
+  fn: (client: pg.Client) => Promise<T>,
+  options?: string,
+): Promise<T> {
+  const client = new pg.Client({ ...target.config, ...(options ? { options } : {}) });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/** pgbench of the same installation as the server binaries (which may be symlinks into it). */
+function pgbenchPath(): string {
+  const bin = findPgBinaries();
+  for (const dir of [dirname(realpathSync(bin.postgres)), bin.dir]) {
+    const path = join(dir, "pgbench");
+    if (existsSync(path)) return path;
+  }
+  return "pgbench";
+}
+
+/** Run pgbench against `target`; its stderr lines go to `log`, its stdout is returned. */
+async function pgbench(target: Endpoint, args: string[], log: (line: string) => void): Promise<string> {
+  const env: NodeJS.ProcessEnv = { ...process.env, PGPASSWORD: String(target.config.password ?? "") };
+  for (const key of Object.keys(env)) if (key.startsWith("PG") && key !== "PGPASSWORD") delete env[key];
+  const full = [
+    ...args,
+    "-h",
+    target.host,
+    "-p",
+    String(target.port),
+    "-U",
+    String(target.config.user),
+    String(target.config.database ?? "postgres"),
+  ];
+  return new Promise((resolveRun, reject) => {
+    const child = spawn(pgbenchPath(), full, { env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => {
+      stdout += d.toString();
+    });
+    let partial = "";
+    child.stderr.on("data", (d) => {
+      stderr += d.toString();
+      partial += d.toString();
+      const lines = partial.split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) if (/^progress:/.test(line)) log(`pgbench ${line}`);
+    });
+    child.once("error", reject);
+    child.once("exit", (code) => {
+      if (code === 0) resolveRun(stdout);
+      else
+        reject(
+          new Error(
+            `pgbench ${args.join(" ")} exited with ${code}\n${stderr.slice(-2000)}${stdout.slice(-2000)}`,
+          ),
+        );
+    });
+  });
+}
+
+const ROWS_PER_BRANCH = 100_000; // as pgbench
+
+export function bulkWorkload(rows: number): Workload {
+  const transactions = 10;
+  const perTransaction = Math.ceil(rows / transactions);
+  return {
+    name: "bulk",
+    description: `${transactions} transactions × ${perTransaction.toLocaleString("en-US")} INSERTs (INSERT … SELECT generate_series) into bench_accounts (pgbench_accounts' columns)`,
+    tables: [{ name: "bench_accounts", order: "aid" }],
+    async createTables(target) {
+      await withClient(target, (c) =>
+        c.query(
+          "CREATE TABLE bench_accounts (aid bigint PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL, filler char(84))",
+        ),
+      );
+    },
+    async generate(primary, log) {
+      await withClient(primary, async (c) => {
+        for (let t = 0; t < transactions; t++) {
+          const first = t * perTransaction + 1;
+          await c.query(
+            `INSERT INTO bench_accounts SELECT g, (g - 1) / ${ROWS_PER_BRANCH} + 1, (g * 7919) % 100000, ''
+               FROM generate_series($1::bigint, $2::bigint) g`,
+            [first, first + perTransaction - 1],
+          );
+          log(`transaction ${t + 1}/${transactions} committed`);
+        }
+      });
+      return {
+        plannedTransactions: transactions,
+        detail: { transactions, rowsPerTransaction: perTransaction },
+      };
+    },
+  };
+}
+
+export function mixedWorkload(rows: number, scale: number, clients = 4): Workload {
+  // pgbench's default script changes 4 rows per transaction: 3 UPDATEs and 1 INSERT.
+  const perClient = Math.ceil(rows / 4 / clients);
+  return {
+    name: "mixed",
+    description: `pgbench default (TPC-B like) script, ${clients} clients × ${perClient.toLocaleString("en-US")} transactions, scale ${scale}: 3 UPDATEs + 1 INSERT per transaction`,
+    tables: [
+      { name: "pgbench_accounts", order: "aid" },
+      { name: "pgbench_branches", order: "bid" },
+      { name: "pgbench_tellers", order: "tid" },
+      // No key: order by every column, so ties are identical rows.
+      { name: "pgbench_history", order: "tid, bid, aid, delta, mtime, filler" },
+    ],
+    async createTables(target) {
+      // Server-side data generation (G): deterministic, so every server starts from the same rows,
+      // and no COPY through the listener.
+      await pgbench(target, ["-i", "-I", "dtGvp", "-s", String(scale), "-q"], () => {});
+    },
+    async generate(primary, log) {
+      const out = await pgbench(
+        primary,
+        [
+          "-n",
+          "-c",
+          String(clients),
+          "-j",
+          String(Math.min(clients, 2)),
+          "-t",
+          String(perClient),
+          "-M",
+          "prepared",
+          "-P",
+          "10",
+        ],
+        log,
+      );
+      const processed = /number of transactions actually processed: (\d+)/.exec(out)?.[1];
+      const tps = /tps = ([\d.]+)/.exec(out)?.[1];
+      return {
+        plannedTransactions: perClient * clients,
+        detail: {
+          clients,
+          transactionsPerClient: perClient,
+          scale,
+          processed: processed ? Number(processed) : undefined,
+          tps: tps ? Number(tps) : undefined,
+        },
+      };
+    },
+  };
+}
