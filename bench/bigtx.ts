@@ -64,6 +64,7 @@ try {
     `generated ${(Number(wal) / 1024 ** 3).toFixed(2)} GB of WAL in ${((Date.now() - t0) / 1000).toFixed(0)} s; waiting for Strata`,
   );
   const t1 = Date.now();
+  let lastProgress = t1;
   await waitFor(
     "Strata to acknowledge the transaction",
     async () => {
@@ -71,8 +72,10 @@ try {
         "SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'strata_slot'",
         [end],
       );
-      if (Date.now() % 30_000 < 600)
+      if (Date.now() - lastProgress > 30_000) {
+        lastProgress = Date.now();
         log(`... ${((Date.now() - t1) / 1000).toFixed(0)} s, RSS ${(rssKb(pid) / 1024).toFixed(0)} MB`);
+      }
       return r?.ok;
     },
     4 * 3600_000,

@@ -54,6 +54,38 @@ export function pgTimeToIso(us: bigint): string {
   return `${iso.slice(0, 23)}${micros.toString().padStart(3, "0")}Z`;
 }
 
+export interface CommitRow {
+  seq: bigint;
+  hash: string;
+  parentHash: string | null;
+  committer: string;
+  email: string;
+  date: string;
+  message: string;
+  upstreamXid?: number;
+  upstreamCommitLsn?: bigint;
+  upstreamEndLsn?: bigint;
+}
+
+export async function insertCommitRow(client: pg.Client, row: CommitRow): Promise<void> {
+  await client.query(
+    `INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+    [
+      String(row.seq),
+      row.hash,
+      row.parentHash,
+      row.committer,
+      row.email,
+      row.date,
+      row.message,
+      row.upstreamXid ?? null,
+      row.upstreamCommitLsn === undefined ? null : formatLsn(row.upstreamCommitLsn),
+      row.upstreamEndLsn === undefined ? null : formatLsn(row.upstreamEndLsn),
+    ],
+  );
+}
+
 interface OpenTransaction {
   meta: UpstreamTransaction;
   /** Set once the first change has opened the store transaction. */
@@ -116,6 +148,11 @@ export class Applier {
       [this.options.slot, formatLsn(lsn)],
     );
     await this.init();
+  }
+
+  /** The durable head of the commit chain: the next commit's parent. */
+  get durableHead(): { seq: bigint; hash: string | null } {
+    return { seq: this.durableSeq, hash: this.durableHash };
   }
 
   get inTransaction(): boolean {
@@ -425,22 +462,18 @@ export class Applier {
     if (tx.hasher) {
       const hash = tx.hasher.digest();
       const seq = this.seq + 1n;
-      await this.client.query(
-        `INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-        [
-          String(seq),
-          hash,
-          this.head,
-          this.options.committer,
-          this.options.email,
-          tx.date,
-          tx.message,
-          tx.meta.xid,
-          formatLsn(tx.meta.commitLsn),
-          formatLsn(endLsn),
-        ],
-      );
+      await insertCommitRow(this.client, {
+        seq,
+        hash,
+        parentHash: this.head,
+        committer: this.options.committer,
+        email: this.options.email,
+        date: tx.date,
+        message: tx.message,
+        upstreamXid: tx.meta.xid,
+        upstreamCommitLsn: tx.meta.commitLsn,
+        upstreamEndLsn: endLsn,
+      });
       this.seq = seq;
       this.head = hash;
     }

@@ -123,13 +123,10 @@ async function createTable(client: pg.Client, relation: RelationMessage, types: 
 }
 
 /** (Re)create `<schema>.dolt_history_<table>` when it is missing or the table's columns changed. */
-async function ensureHistoryView(
-  client: pg.Client,
-  target: TargetTable,
-  replica: ReplicaColumn[],
-): Promise<void> {
-  const view = `dolt_history_${target.relation.name}`;
-  const qualifiedView = `${quoteIdent(target.relation.namespace)}.${quoteIdent(view)}`;
+export async function ensureHistoryView(client: pg.Client, schema: string, table: string): Promise<void> {
+  const replica = (await replicaColumns(client, schema, table)) ?? [];
+  const qualified = `${quoteIdent(schema)}.${quoteIdent(table)}`;
+  const qualifiedView = `${quoteIdent(schema)}.${quoteIdent(`dolt_history_${table}`)}`;
   const wanted = [...replica.map((c) => c.name), "commit_hash", "committer", "commit_date"];
   const { rows } = await client.query<{ cols: string[] | null }>(
     `SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols FROM pg_attribute a
@@ -144,8 +141,8 @@ async function ensureHistoryView(
        SELECT r.*, k.hash AS commit_hash, k.committer, k.date AS commit_date
          FROM strata.changes c
          JOIN strata.commits k ON k.seq = c.commit_seq
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::${target.qualified}, c.new_row) r
-        WHERE c.rel = ${literal(target.rel)} AND c.new_row IS NOT NULL`,
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::${qualified}, c.new_row) r
+        WHERE c.rel = ${literal(`${schema}.${table}`)} AND c.new_row IS NOT NULL`,
   );
 }
 
@@ -195,6 +192,6 @@ export async function resolveTarget(
     keyJson,
     sqlCache: new Map(),
   };
-  if (history) await ensureHistoryView(client, target, replica);
+  if (history) await ensureHistoryView(client, relation.namespace, relation.name);
   return target;
 }

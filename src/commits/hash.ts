@@ -91,6 +91,16 @@ export class CommitHasher {
     this.hash.update(`${JSON.stringify(["truncate", rels, cascade, restartIdentity])}\n`);
   }
 
+  /** Start of one table's rows in a snapshot commit. */
+  addSnapshotTable(rel: string, columns: readonly string[]): void {
+    this.hash.update(`${JSON.stringify(["snapshot", rel, columns])}\n`);
+  }
+
+  /** Rows of a snapshot as COPY text (chunk boundaries do not matter). */
+  addSnapshotData(chunk: Buffer): void {
+    this.hash.update(chunk);
+  }
+
   digest(): string {
     return base32(this.hash.digest().subarray(0, 20));
   }

@@ -64,12 +64,22 @@ export class ReplicationConnection {
     };
   }
 
-  /** CREATE_REPLICATION_SLOT ... LOGICAL pgoutput, without exporting a snapshot (valid on 10-17). */
-  async createSlot(slot: string): Promise<bigint> {
+  /**
+   * CREATE_REPLICATION_SLOT ... LOGICAL pgoutput (syntax valid on 10-17). With `exportSnapshot`,
+   * the returned snapshot stays usable by other sessions until this connection runs its next
+   * command, which is how the initial copy and the stream meet exactly at the consistent point.
+   */
+  async createSlot(
+    slot: string,
+    exportSnapshot = false,
+  ): Promise<{ consistentPoint: bigint; snapshotName: string | null }> {
     const { rows } = await this.client.query(
-      `CREATE_REPLICATION_SLOT ${pg.escapeIdentifier(slot)} LOGICAL pgoutput NOEXPORT_SNAPSHOT`,
+      `CREATE_REPLICATION_SLOT ${pg.escapeIdentifier(slot)} LOGICAL pgoutput ${exportSnapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"}`,
     );
-    return parseLsn(rows[0].consistent_point);
+    return {
+      consistentPoint: parseLsn(rows[0].consistent_point),
+      snapshotName: rows[0].snapshot_name ?? null,
+    };
   }
 
   /**

@@ -1,10 +1,11 @@
 // The replication stream of one replica database: a typed state machine driven by one loop.
 //
-//   connecting ──▶ streaming ──(error)──▶ error / reconnecting ──(backoff)──▶ connecting
-//        └────────────────────────────── stop() ──────────────────────────────▶ stopped
+//   connecting ──▶ [snapshot] ──▶ streaming ──(error)──▶ error / reconnecting ──(backoff)──▶ connecting
+//        └──────────────────────────────── stop() ─────────────────────────────────────▶ stopped
 //
 // Each session: prepare the primary (publication, slot), load the durable position from the
-// store, START_REPLICATION from it, and turn messages into store transactions:
+// store — a new replica (no position, no slot) first copies an initial snapshot (snapshot.ts) —
+// START_REPLICATION from it, and turn messages into store transactions:
 //
 //   XLogData ─▶ pgoutput decode ─▶ Begin..Commit: applied as they arrive (memory stays flat)
 //                                  Stream Start..Stop: buffered (spills to disk) until Stream Commit
@@ -15,8 +16,8 @@
 // nothing is in flight, a keepalive's position is acknowledged too, so an idle or filtered
 // primary's WAL is not pinned. Transactions whose commit precedes the durable position are
 // skipped: after a crash nothing is applied twice.
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import pg from "pg";
 import { Applier } from "../apply/applier.ts";
 import { ApplyError } from "../apply/errors.ts";
@@ -27,10 +28,11 @@ import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { ReplicationConnection } from "./connection.ts";
-import { describeUpstreamType, prepareUpstream, upstreamConnectionConfig } from "./setup.ts";
+import { describeUpstreamType, dropSlot, prepareUpstream, upstreamConnectionConfig } from "./setup.ts";
+import { copyInitialSnapshot } from "./snapshot.ts";
 import { StreamBuffer } from "./stream-buffer.ts";
 
-export type ReplicationState = "connecting" | "streaming" | "error" | "reconnecting" | "stopped";
+export type ReplicationState = "connecting" | "snapshot" | "streaming" | "error" | "reconnecting" | "stopped";
 
 export interface ReplicatorOptions {
   config: PostgresReplicationConfig;
@@ -46,6 +48,8 @@ const STORE_SESSION_OPTIONS =
 const BATCH_MAX_CHANGES = 5000;
 const BATCH_MAX_AGE_MS = 100;
 const STATUS_TABLE_INTERVAL_MS = 1000;
+const COMMITTER = "strata";
+const EMAIL = "strata@replication";
 
 export class Replicator {
   state: ReplicationState = "connecting";
@@ -180,11 +184,17 @@ export class Replicator {
       applier = new Applier(store, {
         slot: cfg.slot_name,
         history: this.options.history,
-        committer: "strata",
-        email: "strata@replication",
+        committer: COMMITTER,
+        email: EMAIL,
         defineUpstreamType: (oid, name) => describeUpstreamType(cfg, oid, name),
       });
       await applier.init();
+      // A replica with no position and no slot takes an initial snapshot. The marker file says a
+      // snapshot was begun: if it is still there, that snapshot never committed and its slot is
+      // useless (the exported snapshot died with the connection), so both start again.
+      const marker = join(this.options.dataDir, "bootstrap", `${cfg.slot_name}.pending`);
+      let slotExists = upstream.slotExists;
+      let bootstrap = false;
       if (applier.position === 0n) {
         const seed = this.seedLsn();
         if (seed) {
@@ -193,15 +203,54 @@ export class Replicator {
             { lsn: formatLsn(seed.lsn), file: seed.file },
             "starting replication just after the seeded WAL location",
           );
+        } else if (slotExists && existsSync(marker)) {
+          await dropSlot(cfg);
+          this.log.warn(
+            "the previous initial snapshot did not finish; dropped its replication slot to take a new one",
+          );
+          slotExists = false;
+          bootstrap = true;
+        } else {
+          bootstrap = !slotExists;
         }
+      } else if (!slotExists) {
+        throw new ApplyError(
+          `replication slot "${cfg.slot_name}" is missing on the primary, but this replica has applied changes from it up to ${formatLsn(applier.position)}; a new slot would silently skip what happened since`,
+          `start a fresh replica (an empty data_dir takes a new initial snapshot), or create the slot yourself (SELECT pg_create_logical_replication_slot('${cfg.slot_name}', 'pgoutput')) to accept the gap`,
+        );
       }
       repl = await ReplicationConnection.open(upstreamConnectionConfig(cfg));
       this.repl = repl;
       if (this.stopping) return;
       const system = await repl.identifySystem();
-      if (!upstream.slotExists) {
-        const at = await repl.createSlot(cfg.slot_name);
-        this.log.info({ consistent_point: formatLsn(at) }, "created the replication slot on the primary");
+      if (!slotExists) {
+        if (bootstrap) {
+          mkdirSync(dirname(marker), { recursive: true });
+          writeFileSync(marker, `${new Date().toISOString()}\n`);
+        }
+        const created = await repl.createSlot(cfg.slot_name, bootstrap);
+        this.log.info(
+          { consistent_point: formatLsn(created.consistentPoint) },
+          "created the replication slot on the primary",
+        );
+        if (bootstrap && created.snapshotName) {
+          this.setState("snapshot");
+          await this.writeStatus();
+          await copyInitialSnapshot({
+            cfg,
+            publication: this.publication,
+            snapshotName: created.snapshotName,
+            consistentPoint: created.consistentPoint,
+            store,
+            history: this.options.history,
+            parent: applier.durableHead,
+            committer: COMMITTER,
+            email: EMAIL,
+            log: this.log,
+          });
+          rmSync(marker, { force: true });
+          await applier.init();
+        }
       }
       const proto = upstream.protocolVersion;
       const startOptions: Record<string, string> = {

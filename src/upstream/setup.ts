@@ -106,3 +106,14 @@ export async function describeUpstreamType(
     await client.end().catch(() => {});
   }
 }
+
+/** Drop the slot on the primary (an unfinished initial snapshot's). */
+export async function dropSlot(cfg: PostgresReplicationConfig): Promise<void> {
+  const client = new pg.Client(upstreamConnectionConfig(cfg));
+  await client.connect();
+  try {
+    await client.query("SELECT pg_drop_replication_slot($1)", [cfg.slot_name]);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}

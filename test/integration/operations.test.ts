@@ -45,6 +45,8 @@ test("a malformed config exits non-zero naming the key, value and expected form;
 
 test("an apply error stops the stream visibly, keeps the server up, and resumes after the fix", async () => {
   await primary.query("CREATE TABLE narrow (id int PRIMARY KEY, a text, b text)");
+  // A slot made by hand (Doltgres's flow): no initial snapshot, the replica's tables are the user's.
+  await primary.query("SELECT pg_create_logical_replication_slot('narrow_slot', 'pgoutput')");
   const strata = await startStrata({ primary, slot: "narrow_slot" });
   try {
     // The replica's table lacks column b.
@@ -178,4 +180,26 @@ test("SIGTERM stops the managed store too", async () => {
   assert.equal(await strata.kill("SIGTERM"), 0);
   assert.match(strata.logs, /managed store stopped/);
   assert.equal(existsSync(join(strata.dataDir, "store", "pgdata", "postmaster.pid")), false);
+});
+
+test("a slot lost after changes were applied is not silently recreated", async () => {
+  await primary.query("CREATE TABLE lost_t (id int PRIMARY KEY)");
+  const strata = await startStrata({ primary, slot: "lost_slot" });
+  try {
+    await primary.query("INSERT INTO lost_t VALUES (1)");
+    await waitForSameRows(primary, strata, "lost_t", "id");
+    await strata.kill("SIGTERM");
+    await primary.query("SELECT pg_drop_replication_slot('lost_slot')");
+    await strata.start();
+    const [status] = await waitFor("the error", async () => {
+      const rows = await strata.query("SELECT state, current_error FROM dolt_replication_status");
+      return rows[0]?.state === "error" ? rows : undefined;
+    });
+    assert.match(status.current_error, /replication slot "lost_slot" is missing on the primary/);
+    assert.match(status.current_error, /pg_create_logical_replication_slot\('lost_slot', 'pgoutput'\)/);
+    const slots = await primary.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'lost_slot'");
+    assert.equal(slots.length, 0, "no slot was created behind the user's back");
+  } finally {
+    await strata.stop();
+  }
 });
