@@ -10,7 +10,7 @@
 // own commit. On any error the caller calls abort(): the store rolls back and the in-memory commit
 // chain returns to the last durable commit, so nothing is applied twice and nothing is skipped.
 import type pg from "pg";
-import { CommitHasher } from "../commits/hash.ts";
+import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import { formatLsn, parseLsn } from "../protocol/lsn.ts";
 import {
   type DeleteMessage,
@@ -54,17 +54,10 @@ export function pgTimeToIso(us: bigint): string {
   return `${iso.slice(0, 23)}${micros.toString().padStart(3, "0")}Z`;
 }
 
-export interface CommitRow {
+/** A commit as stored: its header (what the hash covers) plus its place and identity. */
+export interface CommitRow extends CommitHeader {
   seq: bigint;
   hash: string;
-  parentHash: string | null;
-  committer: string;
-  email: string;
-  date: string;
-  message: string;
-  upstreamXid?: number;
-  upstreamCommitLsn?: bigint;
-  upstreamEndLsn?: bigint;
 }
 
 export async function insertCommitRow(client: pg.Client, row: CommitRow): Promise<void> {
@@ -91,6 +84,7 @@ interface OpenTransaction {
   /** Set once the first change has opened the store transaction. */
   started: boolean;
   hasher: CommitHasher | undefined;
+  header: CommitHeader | undefined;
   ord: number;
   changes: number;
   date: string;
@@ -182,6 +176,7 @@ export class Applier {
     this.tx = {
       meta,
       hasher: undefined,
+      header: undefined,
       started: false,
       ord: 0,
       changes: 0,
@@ -200,15 +195,16 @@ export class Applier {
     }
     tx.started = true;
     if (this.options.history) {
-      tx.hasher = new CommitHasher({
+      tx.header = {
         parentHash: this.head,
         committer: this.options.committer,
         email: this.options.email,
         date: tx.date,
         message: tx.message,
         upstreamXid: tx.meta.xid,
-        upstreamCommitLsn: formatLsn(tx.meta.commitLsn),
-      });
+        upstreamCommitLsn: tx.meta.commitLsn,
+      };
+      tx.hasher = new CommitHasher(tx.header);
     }
   }
 
@@ -459,21 +455,10 @@ export class Applier {
       else if (endLsn > this.position) this.position = endLsn;
       return;
     }
-    if (tx.hasher) {
+    if (tx.hasher && tx.header) {
       const hash = tx.hasher.digest();
       const seq = this.seq + 1n;
-      await insertCommitRow(this.client, {
-        seq,
-        hash,
-        parentHash: this.head,
-        committer: this.options.committer,
-        email: this.options.email,
-        date: tx.date,
-        message: tx.message,
-        upstreamXid: tx.meta.xid,
-        upstreamCommitLsn: tx.meta.commitLsn,
-        upstreamEndLsn: endLsn,
-      });
+      await insertCommitRow(this.client, { ...tx.header, seq, hash, upstreamEndLsn: endLsn });
       this.seq = seq;
       this.head = hash;
     }

@@ -4,7 +4,9 @@
 //
 // Hashes are 20 bytes of SHA-256 written in Dolt's base32 alphabet (32 characters), so they look
 // and behave like Dolt's commit hashes (prefixes work the same way).
+
 import { createHash, type Hash } from "node:crypto";
+import { formatLsn } from "../protocol/lsn.ts";
 import { type ColumnValue, type TupleData, UNCHANGED_TOAST } from "../protocol/messages.ts";
 
 const ALPHABET = "0123456789abcdefghijklmnopqrstuv";
@@ -34,8 +36,8 @@ export interface CommitHeader {
   date: string;
   message: string;
   upstreamXid?: number;
-  upstreamCommitLsn?: string;
-  upstreamEndLsn?: string;
+  upstreamCommitLsn?: bigint;
+  upstreamEndLsn?: bigint;
 }
 
 export type ChangeOp = "I" | "U" | "D" | "T";
@@ -68,8 +70,8 @@ export class CommitHasher {
         header.date,
         header.message,
         header.upstreamXid ?? null,
-        header.upstreamCommitLsn ?? null,
-        header.upstreamEndLsn ?? null,
+        header.upstreamCommitLsn === undefined ? null : formatLsn(header.upstreamCommitLsn),
+        header.upstreamEndLsn === undefined ? null : formatLsn(header.upstreamEndLsn),
       ])}\n`,
     );
   }

@@ -22,7 +22,7 @@ import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { insertCommitRow } from "../apply/applier.ts";
 import { ApplyError, explainStoreError } from "../apply/errors.ts";
 import { ensureHistoryView, quoteIdent } from "../apply/target-table.ts";
-import { CommitHasher } from "../commits/hash.ts";
+import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
 import { formatLsn } from "../protocol/lsn.ts";
@@ -184,14 +184,15 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
   const date = new Date().toISOString().replace("Z", "000Z");
   const message = `initial snapshot at ${lsn}`;
   const seq = opts.parent.seq + 1n;
-  const hasher = new CommitHasher({
+  const header: CommitHeader = {
     parentHash: opts.parent.hash,
     committer: opts.committer,
     email: opts.email,
     date,
     message,
-    upstreamCommitLsn: lsn,
-  });
+    upstreamEndLsn: opts.consistentPoint,
+  };
+  const hasher = new CommitHasher(header);
   const result: SnapshotResult = { tables: 0, rows: 0, bytes: 0, committed: false };
   const started = Date.now();
   try {
@@ -265,16 +266,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
       result.bytes += bytes;
     }
     if (opts.history && result.rows > 0) {
-      await insertCommitRow(store, {
-        seq,
-        hash: hasher.digest(),
-        parentHash: opts.parent.hash,
-        committer: opts.committer,
-        email: opts.email,
-        date,
-        message,
-        upstreamEndLsn: opts.consistentPoint,
-      });
+      await insertCommitRow(store, { ...header, seq, hash: hasher.digest() });
       result.committed = true;
     }
     await store.query(
