@@ -1,8 +1,8 @@
 // `strata serve`: open the store, install the Strata schema in the replica database, open the
 // listener, start replication, and stop all of it cleanly on SIGTERM/SIGINT.
 import { mkdirSync } from "node:fs";
-import pg from "pg";
 import type { LoadedConfig } from "./config/load.ts";
+import { connect } from "./db.ts";
 import { type Listener, startListener } from "./frontdoor/passthrough.ts";
 import { installStrataSchema } from "./history/install.ts";
 import type { Logger } from "./log.ts";
@@ -24,8 +24,7 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
   try {
     const database = config.postgres_replication?.postgres_database ?? "postgres";
     await ensureDatabase(store, database, log);
-    const client = new pg.Client(store.connectionConfig(database));
-    await client.connect();
+    const client = await connect(store.connectionConfig(database));
     try {
       await installStrataSchema(client, database);
     } finally {

@@ -53,7 +53,8 @@ function encodeTuple(
   tuple: TupleData | undefined,
 ): Record<string, unknown> | null {
   if (!tuple) return null;
-  const out: Record<string, unknown> = {};
+  // No prototype: a column named __proto__ must be a key like any other.
+  const out: Record<string, unknown> = Object.create(null);
   for (let i = 0; i < columns.length; i++) out[columns[i]] = encodeValue(tuple[i]);
   return out;
 }
@@ -101,6 +102,11 @@ export class CommitHasher {
   /** Rows of a snapshot as COPY text (chunk boundaries do not matter). */
   addSnapshotData(chunk: Buffer): void {
     this.hash.update(chunk);
+  }
+
+  /** End of one table's rows: its size seals where the table's bytes stop. */
+  addSnapshotTableEnd(rows: number, bytes: number): void {
+    this.hash.update(`\n${JSON.stringify(["end", rows, bytes])}\n`);
   }
 
   digest(): string {

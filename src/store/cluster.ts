@@ -10,7 +10,7 @@
 // The same code starts the managed store and the throwaway clusters of the test suite.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import type { PgBinaries } from "./binaries.ts";
@@ -114,7 +114,6 @@ export async function initCluster(spec: ClusterSpec): Promise<boolean> {
         "UTF8",
         "--locale=C",
         "--data-checksums",
-        "--no-sync",
       ],
       "initdb",
     );
@@ -164,18 +163,20 @@ function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
   writeFileSync(join(paths.pgdata, "pg_hba.conf"), `${hba.join("\n")}\n`);
 }
 
-function pidIsPostgres(pid: number): boolean {
+/** Is `pid` the postmaster of this data directory (not some other process that reused the pid)? */
+function isOurPostmaster(pid: number, pgdata: string): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {
-    // EPERM: alive but not ours to signal (as root we can always signal) — treat as alive.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
+    // ESRCH: gone. EPERM: alive but another user's, so decided by its directory below.
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
   }
   try {
-    const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    return /postgres|postmaster/.test(cmd);
-  } catch {
-    return true; // no /proc: trust kill(0)
+    // A postmaster runs in its data directory.
+    return realpathSync(`/proc/${pid}/cwd`) === realpathSync(pgdata);
+  } catch (err) {
+    // No /proc (not Linux): trust kill(0). EACCES or a vanished process on Linux: not ours.
+    return (err as NodeJS.ErrnoException).code === "ENOENT" && !existsSync("/proc/self");
   }
 }
 
@@ -195,7 +196,7 @@ export async function startCluster(
   const pidFile = join(paths.pgdata, "postmaster.pid");
   if (existsSync(pidFile)) {
     const pid = Number(readFileSync(pidFile, "utf8").split("\n")[0]);
-    if (pid > 0 && pidIsPostgres(pid)) {
+    if (pid > 0 && isOurPostmaster(pid, paths.pgdata)) {
       await exec(
         spec,
         spec.bin.pgCtl,

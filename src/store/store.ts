@@ -4,6 +4,7 @@
 import { join } from "node:path";
 import pg from "pg";
 import type { Config } from "../config/schema.ts";
+import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { findPgBinaries } from "./binaries.ts";
 import { type ClusterSpec, clusterPaths, initCluster, startCluster, stopCluster } from "./cluster.ts";
@@ -91,8 +92,7 @@ function openExternalStore(url: string): StoreHandle {
 
 /** Create `database` on the store if it does not exist. */
 export async function ensureDatabase(store: StoreHandle, database: string, log: Logger): Promise<void> {
-  const client = new pg.Client(store.connectionConfig("postgres"));
-  await client.connect();
+  const client = await connect(store.connectionConfig("postgres"));
   try {
     const { rowCount } = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [database]);
     if (!rowCount) {

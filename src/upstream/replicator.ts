@@ -18,17 +18,24 @@
 // skipped: after a crash nothing is applied twice.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
 import { Applier } from "../apply/applier.ts";
 import { ApplyError } from "../apply/errors.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
+import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { formatLsn, nowPgTime, parseLsn, pgTimeToDate } from "../protocol/lsn.ts";
 import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { ReplicationConnection } from "./connection.ts";
-import { describeUpstreamType, dropSlot, prepareUpstream, upstreamConnectionConfig } from "./setup.ts";
+import {
+  describeUpstreamType,
+  dropSlot,
+  prepareUpstream,
+  SESSION_OPTIONS,
+  upstreamConnectionConfig,
+} from "./setup.ts";
 import { copyInitialSnapshot } from "./snapshot.ts";
 import { StreamBuffer } from "./stream-buffer.ts";
 
@@ -43,8 +50,6 @@ export interface ReplicatorOptions {
   log: Logger;
 }
 
-const STORE_SESSION_OPTIONS =
-  "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex";
 const BATCH_MAX_CHANGES = 5000;
 const BATCH_MAX_AGE_MS = 100;
 const STATUS_TABLE_INTERVAL_MS = 1000;
@@ -66,7 +71,7 @@ export class Replicator {
   private serverWalEnd = 0n;
   private lastMessageAt: Date | undefined;
   private lastApplyLagMs: number | undefined;
-  private statusClient: pg.Client | undefined;
+  private statusClient: Promise<pg.Client> | undefined;
   private statusDirty = true;
 
   constructor(private readonly options: ReplicatorOptions) {
@@ -127,7 +132,8 @@ export class Replicator {
     }
     this.setState("stopped");
     await this.writeStatus().catch(() => {});
-    await this.statusClient?.end().catch(() => {});
+    await this.statusClient?.then((c) => c.end()).catch(() => {});
+    this.statusClient = undefined;
     this.log.info("replication stopped");
   }
 
@@ -153,15 +159,14 @@ export class Replicator {
   private async session(): Promise<void> {
     const cfg = this.options.config;
     const upstream = await prepareUpstream(cfg, this.publication, this.log);
-    const store = new pg.Client({
-      ...this.options.store.connectionConfig(cfg.postgres_database),
-      options: STORE_SESSION_OPTIONS,
-      application_name: "strata apply",
-    });
-    // A lost store connection surfaces as the next query's error (and a reconnect), never as an
-    // unhandled 'error' event that would end the process.
-    store.on("error", (err) => this.log.warn({ err: err.message }, "lost the connection to the store"));
-    await store.connect();
+    const store = await connect(
+      {
+        ...this.options.store.connectionConfig(cfg.postgres_database),
+        options: SESSION_OPTIONS,
+        application_name: "strata apply",
+      },
+      (err) => this.log.warn({ err: err.message }, "lost the connection to the store"),
+    );
     const buffer = new StreamBuffer(
       join(this.options.dataDir, "spill", cfg.slot_name),
       cfg.memory_limit_mb * 1024 * 1024,
@@ -198,6 +203,19 @@ export class Replicator {
       if (applier.position === 0n) {
         const seed = this.seedLsn();
         if (seed) {
+          // The slot must already hold everything after the seed; a slot made now, or one that
+          // has moved past the seed, would silently skip what happened in between.
+          if (
+            !slotExists ||
+            (upstream.slotConfirmedFlush !== undefined && upstream.slotConfirmedFlush > seed.lsn)
+          ) {
+            throw new ApplyError(
+              slotExists
+                ? `replication slot "${cfg.slot_name}" has already moved past the seeded WAL location ${formatLsn(seed.lsn)} (it is at ${formatLsn(upstream.slotConfirmedFlush!)}): changes in between are gone from it`
+                : `${seed.file} seeds the replica at ${formatLsn(seed.lsn)}, but replication slot "${cfg.slot_name}" does not exist, and a slot created now would skip everything since the seed`,
+              "create the slot before taking the dump, as Doltgres's guide does (CREATE_REPLICATION_SLOT before pg_dump), then seed again; or remove the seed file to let Strata take its own initial snapshot",
+            );
+          }
           await applier.seedPosition(seed.lsn);
           this.log.info(
             { lsn: formatLsn(seed.lsn), file: seed.file },
@@ -437,19 +455,22 @@ export class Replicator {
     if (!this.statusDirty) return;
     this.statusDirty = false;
     const cfg = this.options.config;
+    // One connection, shared by concurrent callers (the timer and the loop) while it opens.
     if (!this.statusClient) {
-      const client = new pg.Client({
-        ...this.options.store.connectionConfig(cfg.postgres_database),
-        application_name: "strata status",
+      const opening = connect(
+        { ...this.options.store.connectionConfig(cfg.postgres_database), application_name: "strata status" },
+        () => {
+          if (this.statusClient === opening) this.statusClient = undefined;
+        },
+      );
+      this.statusClient = opening;
+      opening.catch(() => {
+        if (this.statusClient === opening) this.statusClient = undefined;
       });
-      client.on("error", () => {
-        this.statusClient = undefined;
-      });
-      await client.connect();
-      this.statusClient = client;
     }
+    const client = await this.statusClient;
     const caughtUp = this.acked >= this.serverWalEnd;
-    await this.statusClient.query(
+    await client.query(
       `INSERT INTO strata.replication_status (slot_name, upstream, publication, state, received_lsn, upstream_lsn, last_message_time, lag_ms, error, updated_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
        ON CONFLICT (slot_name) DO UPDATE SET upstream = excluded.upstream, publication = excluded.publication, state = excluded.state,

@@ -2,7 +2,16 @@
 import pg from "pg";
 import { ApplyError } from "../apply/errors.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
+import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
+import { parseLsn } from "../protocol/lsn.ts";
+
+/**
+ * Settings that fix the text form of values, on the walsender and on the store session alike, so
+ * that a value means the same on both sides and hashes the same whatever the servers' defaults.
+ */
+export const SESSION_OPTIONS =
+  "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex -c TimeZone=UTC -c lc_monetary=C";
 
 export function upstreamConnectionConfig(cfg: PostgresReplicationConfig): pg.ClientConfig {
   return {
@@ -14,7 +23,10 @@ export function upstreamConnectionConfig(cfg: PostgresReplicationConfig): pg.Cli
     application_name: "strata",
     connectionTimeoutMillis: 10_000,
     // Text values in a fixed, unambiguous form whatever the primary's defaults.
-    options: "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex",
+    options: SESSION_OPTIONS,
+    // A silent network partition is noticed by TCP keepalive, not only by the kernel's retries.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
   };
 }
 
@@ -22,6 +34,8 @@ export interface UpstreamInfo {
   serverVersion: number;
   protocolVersion: number;
   slotExists: boolean;
+  /** The slot's confirmed_flush_lsn, when it exists. */
+  slotConfirmedFlush?: bigint;
 }
 
 /** pgoutput protocol version for a server: 4 on 16+, 3 on 15, 2 on 14 (streaming), else 1. */
@@ -37,8 +51,7 @@ export async function prepareUpstream(
   publication: string,
   log: Logger,
 ): Promise<UpstreamInfo> {
-  const client = new pg.Client(upstreamConnectionConfig(cfg));
-  await client.connect();
+  const client = await connect(upstreamConnectionConfig(cfg));
   try {
     const version = Number((await client.query("SHOW server_version_num")).rows[0].server_version_num);
     const walLevel = (await client.query("SHOW wal_level")).rows[0].wal_level;
@@ -60,8 +73,13 @@ export async function prepareUpstream(
         );
       }
     }
-    const slot = await client.query<{ plugin: string; database: string; slot_type: string }>(
-      "SELECT plugin, database, slot_type FROM pg_replication_slots WHERE slot_name = $1",
+    const slot = await client.query<{
+      plugin: string;
+      database: string;
+      slot_type: string;
+      confirmed: string | null;
+    }>(
+      "SELECT plugin, database, slot_type, confirmed_flush_lsn::text AS confirmed FROM pg_replication_slots WHERE slot_name = $1",
       [cfg.slot_name],
     );
     const found = slot.rows[0];
@@ -81,6 +99,7 @@ export async function prepareUpstream(
       serverVersion: version,
       protocolVersion: protocolVersionFor(version),
       slotExists: Boolean(found),
+      slotConfirmedFlush: found?.confirmed ? parseLsn(found.confirmed) : undefined,
     };
   } finally {
     await client.end().catch(() => {});
@@ -93,8 +112,7 @@ export async function describeUpstreamType(
   oid: number,
   qualifiedName: string,
 ): Promise<string | undefined> {
-  const client = new pg.Client(upstreamConnectionConfig(cfg));
-  await client.connect();
+  const client = await connect(upstreamConnectionConfig(cfg));
   try {
     const { rows } = await client.query<{ label: string }>(
       "SELECT enumlabel AS label FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder",
@@ -109,8 +127,7 @@ export async function describeUpstreamType(
 
 /** Drop the slot on the primary (an unfinished initial snapshot's). */
 export async function dropSlot(cfg: PostgresReplicationConfig): Promise<void> {
-  const client = new pg.Client(upstreamConnectionConfig(cfg));
-  await client.connect();
+  const client = await connect(upstreamConnectionConfig(cfg));
   try {
     await client.query("SELECT pg_drop_replication_slot($1)", [cfg.slot_name]);
   } finally {

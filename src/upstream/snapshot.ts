@@ -24,6 +24,7 @@ import { ApplyError, explainStoreError } from "../apply/errors.ts";
 import { ensureHistoryView, quoteIdent } from "../apply/target-table.ts";
 import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
+import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { formatLsn } from "../protocol/lsn.ts";
 import { describeUpstreamType, upstreamConnectionConfig } from "./setup.ts";
@@ -177,9 +178,7 @@ function meter(onChunk: (chunk: Buffer) => void) {
 
 export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<SnapshotResult> {
   const { cfg, store, log } = opts;
-  const primary = new pg.Client(upstreamConnectionConfig(cfg));
-  primary.on("error", () => {});
-  await primary.connect();
+  const primary = await connect(upstreamConnectionConfig(cfg));
   const lsn = formatLsn(opts.consistentPoint);
   const date = new Date().toISOString().replace("Z", "000Z");
   const message = `initial snapshot at ${lsn}`;
@@ -234,6 +233,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
         }),
         store.query(copyFrom(`COPY ${qualified} (${cols}) FROM STDIN`)),
       );
+      hasher.addSnapshotTableEnd(lines, bytes);
       if (opts.history && lines > 0) {
         const { rows: keys } = await store.query<{ attname: string }>(
           `SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)

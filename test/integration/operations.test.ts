@@ -203,3 +203,23 @@ test("a slot lost after changes were applied is not silently recreated", async (
     await strata.stop();
   }
 });
+
+test("a seed without its slot is refused: a slot made now would skip what happened since the seed", async () => {
+  const [{ lsn }] = await primary.query("SELECT pg_current_wal_lsn()::text AS lsn");
+  const strata = await createStrata({ primary, slot: "seed_noslot" });
+  mkdirSync(join(strata.dataDir, ".doltcfg"), { recursive: true });
+  writeFileSync(join(strata.dataDir, ".doltcfg", "pg_wal_location"), `${lsn}\n`);
+  try {
+    await strata.start();
+    const [status] = await waitFor("the error", async () => {
+      const rows = await strata.query("SELECT state, current_error FROM dolt_replication_status");
+      return rows[0]?.state === "error" ? rows : undefined;
+    });
+    assert.match(status.current_error, /replication slot "seed_noslot" does not exist/);
+    assert.match(status.current_error, /create the slot before taking the dump/);
+    const slots = await primary.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'seed_noslot'");
+    assert.equal(slots.length, 0);
+  } finally {
+    await strata.stop();
+  }
+});
