@@ -79,6 +79,18 @@ export async function insertCommitRow(client: pg.Client, row: CommitRow): Promis
   );
 }
 
+/**
+ * CTE `strata_o`: the one row the change applies to (LIMIT 1, so one of several identical rows in
+ * a keyless table). Located by tableoid and ctid together: ctids repeat across partitions.
+ */
+function locateOne(target: TargetTable, where: string, withOldImage: boolean): string {
+  const old = withOldImage
+    ? `, to_jsonb(strata_s.*) AS strata_old, ${target.keyJson("strata_s")} AS strata_old_key`
+    : "";
+  return `strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid${old} FROM ${target.qualified} strata_s WHERE ${where} LIMIT 1)`;
+}
+const LOCATED = "strata_t.tableoid = strata_o.strata_oid AND strata_t.ctid = strata_o.strata_ctid";
+
 interface OpenTransaction {
   meta: UpstreamTransaction;
   /** Set once the first change has opened the store transaction. */
@@ -217,7 +229,11 @@ export class Applier {
         `a change refers to relation oid ${relationOid}, which the upstream never described`,
         "this is a protocol error; restart Strata and report it if it repeats",
       );
-    const target = await resolveTarget(this.client, relation, this.typeResolver, this.options.history);
+    const target = await resolveTarget(this.client, relation, this.typeResolver, this.options.history).catch(
+      (err) => {
+        throw explainStoreError(err, `${relation.namespace}.${relation.name}`);
+      },
+    );
     this.targets.set(relationOid, target);
     return target;
   }
@@ -317,7 +333,9 @@ export class Applier {
         parts.push(
           col.compareAsText
             ? `strata_s.${col.quoted}::text IS NOT DISTINCT FROM $${n}::text`
-            : `strata_s.${col.quoted} IS NOT DISTINCT FROM $${n}`,
+            : // Equality can ignore differences (numeric 1.0 = 1.00, float 0 = -0, citext): the text
+              // form in the replica's type must match too, so the very row the primary changed is hit.
+              `strata_s.${col.quoted} IS NOT DISTINCT FROM $${n} AND strata_s.${col.quoted}::text IS NOT DISTINCT FROM $${n}::${col.type}::text`,
         );
       } else {
         parts.push(
@@ -356,16 +374,15 @@ export class Applier {
     const p = set.length + m.params.length;
     if (!sql) {
       const assignments = set.map((i, n) => `${target.columns[i].quoted} = $${n + 1}`).join(", ");
-      const locate = `SELECT strata_s.ctid FROM ${target.qualified} strata_s WHERE ${m.where} LIMIT 1`;
       sql = this.options.history
-        ? `WITH strata_o AS (SELECT strata_s.ctid AS strata_ctid, to_jsonb(strata_s.*) AS strata_old, ${target.keyJson("strata_s")} AS strata_old_key FROM ${target.qualified} strata_s WHERE ${m.where} LIMIT 1),
-                strata_u AS (UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE strata_t.ctid = strata_o.strata_ctid
+        ? `WITH ${locateOne(target, m.where, true)},
+                strata_u AS (UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}
                       RETURNING strata_o.strata_old, strata_o.strata_old_key, to_jsonb(strata_t.*) AS strata_new, ${target.keyJson("strata_t")} AS strata_key)
            INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
            SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'U', strata_u.strata_key,
                   CASE WHEN strata_u.strata_old_key IS DISTINCT FROM strata_u.strata_key THEN strata_u.strata_old_key END,
                   strata_u.strata_old, strata_u.strata_new FROM strata_u`
-        : `UPDATE ${target.qualified} strata_t SET ${assignments} WHERE strata_t.ctid = (${locate})`;
+        : `WITH ${locateOne(target, m.where, false)} UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}`;
       target.sqlCache.set(cacheKey, sql);
     }
     const params: unknown[] = [...set.map((i) => msg.newTuple[i]), ...m.params];
@@ -381,12 +398,12 @@ export class Applier {
     let sql = target.sqlCache.get(cacheKey);
     const p = m.params.length;
     if (!sql) {
-      const locate = `SELECT strata_s.ctid FROM ${target.qualified} strata_s WHERE ${m.where} LIMIT 1`;
       sql = this.options.history
-        ? `WITH strata_d AS (DELETE FROM ${target.qualified} strata_t WHERE strata_t.ctid = (${locate}) RETURNING to_jsonb(strata_t.*) AS strata_old, ${target.keyJson("strata_t")} AS strata_key)
+        ? `WITH ${locateOne(target, m.where, false)},
+                strata_d AS (DELETE FROM ${target.qualified} strata_t USING strata_o WHERE ${LOCATED} RETURNING to_jsonb(strata_t.*) AS strata_old, ${target.keyJson("strata_t")} AS strata_key)
            INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
            SELECT $${p + 1}::bigint, $${p + 2}::int, $${p + 3}::text, 'D', strata_d.strata_key, strata_d.strata_old FROM strata_d`
-        : `DELETE FROM ${target.qualified} strata_t WHERE strata_t.ctid = (${locate})`;
+        : `WITH ${locateOne(target, m.where, false)} DELETE FROM ${target.qualified} strata_t USING strata_o WHERE ${LOCATED}`;
       target.sqlCache.set(cacheKey, sql);
     }
     const params = [...m.params];
@@ -433,7 +450,7 @@ export class Applier {
       tx.changes++;
       this.batchChanges++;
       await this.client.query(
-        `TRUNCATE ONLY ${targets.map((t) => t.qualified).join(", ")}${msg.restartIdentity ? " RESTART IDENTITY" : ""}`,
+        `TRUNCATE ${targets.map((t) => (t.partitioned ? t.qualified : `ONLY ${t.qualified}`)).join(", ")}${msg.restartIdentity ? " RESTART IDENTITY" : ""}`,
       );
     } catch (err) {
       throw withLsn(explainStoreError(err, targets.map((t) => t.rel).join(", ")), tx.meta.commitLsn);

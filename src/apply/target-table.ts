@@ -29,6 +29,8 @@ export interface TargetTable {
   columns: TargetColumn[];
   keyIndexes: number[];
   keyJson: (alias: string) => string;
+  /** A partitioned table on the replica (TRUNCATE cannot take ONLY). */
+  partitioned: boolean;
   sqlCache: Map<string, string>;
 }
 
@@ -127,7 +129,12 @@ export async function ensureHistoryView(client: pg.Client, schema: string, table
   const replica = (await replicaColumns(client, schema, table)) ?? [];
   const qualified = `${quoteIdent(schema)}.${quoteIdent(table)}`;
   const qualifiedView = `${quoteIdent(schema)}.${quoteIdent(`dolt_history_${table}`)}`;
-  const wanted = [...replica.map((c) => c.name), "commit_hash", "committer", "commit_date"];
+  // Doltgres's column names, unless the table has columns of those names (then prefixed strata_).
+  const taken = new Set(replica.map((c) => c.name));
+  const meta = ["commit_hash", "committer", "commit_date"].map((name) =>
+    taken.has(name) ? `strata_${name}` : name,
+  );
+  const wanted = [...replica.map((c) => c.name), ...meta];
   const { rows } = await client.query<{ cols: string[] | null }>(
     `SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols FROM pg_attribute a
       WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`,
@@ -138,7 +145,7 @@ export async function ensureHistoryView(client: pg.Client, schema: string, table
   await client.query(`DROP VIEW IF EXISTS ${qualifiedView}`);
   await client.query(
     `CREATE VIEW ${qualifiedView} AS
-       SELECT r.*, k.hash AS commit_hash, k.committer, k.date AS commit_date
+       SELECT r.*, k.hash AS ${quoteIdent(meta[0])}, k.committer AS ${quoteIdent(meta[1])}, k.date AS ${quoteIdent(meta[2])}
          FROM strata.changes c
          JOIN strata.commits k ON k.seq = c.commit_seq
          CROSS JOIN LATERAL jsonb_populate_record(NULL::${qualified}, c.new_row) r
@@ -191,6 +198,12 @@ export async function resolveTarget(
     keyIndexes,
     keyJson,
     sqlCache: new Map(),
+    partitioned:
+      (
+        await client.query("SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", [
+          `${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`,
+        ])
+      ).rows[0]?.relkind === "p",
   };
   if (history) await ensureHistoryView(client, relation.namespace, relation.name);
   return target;

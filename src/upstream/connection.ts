@@ -39,6 +39,7 @@ export class ReplicationConnection {
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
   private streaming = false;
+  private lastDataAt = Date.now();
 
   private constructor(config: pg.ClientConfig) {
     this.client = new pg.Client({ ...config, replication: "database" } as pg.ClientConfig);
@@ -95,6 +96,7 @@ export class ReplicationConnection {
       .map(([k, v]) => `${pg.escapeIdentifier(k)} ${pg.escapeLiteral(v)}`)
       .join(", ");
     this.raw.on("copyData", ({ chunk }) => {
+      this.lastDataAt = Date.now();
       // pg's parser reuses its buffer: keep a copy, since messages outlive this callback.
       const copy = Buffer.from(chunk);
       this.queue.push(copy);
@@ -143,6 +145,14 @@ export class ReplicationConnection {
     return this.queue.length - this.head;
   }
 
+  /**
+   * How long the primary has been silent. Zero while Strata itself paused the socket (a long
+   * apply): then the silence is ours, not a dead connection.
+   */
+  get silentMs(): number {
+    return this.paused ? 0 : Date.now() - this.lastDataAt;
+  }
+
   sendStatus(update: StandbyStatusUpdate): void {
     if (!this.streaming || this.failure) return;
     this.raw.sendCopyFromChunk(encodeStandbyStatusUpdate(update));
@@ -153,8 +163,8 @@ export class ReplicationConnection {
     this.wake?.();
   }
 
-  async close(): Promise<void> {
-    this.fail(new Error("replication connection closed by Strata"));
+  async close(reason = "replication connection closed by Strata"): Promise<void> {
+    this.fail(new Error(reason));
     await this.client.end().catch(() => {});
   }
 }

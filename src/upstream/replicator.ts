@@ -265,6 +265,7 @@ export class Replicator {
             committer: COMMITTER,
             email: EMAIL,
             log: this.log,
+            shouldStop: () => this.stopping,
           });
           rmSync(marker, { force: true });
           await applier.init();
@@ -296,7 +297,19 @@ export class Replicator {
           sendTime: nowPgTime(),
           replyRequested,
         });
-      statusTimer = setInterval(() => sendStatus(), cfg.status_interval_ms);
+      statusTimer = setInterval(() => {
+        // On an idle primary the walsender pings only when our replies stop, and they never do:
+        // ask for a reply once it has been quiet for an interval, so silence means trouble.
+        sendStatus(conn.silentMs > cfg.status_interval_ms);
+        // A primary that says nothing for twice its wal_sender_timeout (it sends keepalives at
+        // half of it) is unreachable: reconnect rather than wait for TCP to give up.
+        const limit = 2 * upstream.walSenderTimeoutMs;
+        if (limit > 0 && conn.silentMs > limit) {
+          void conn.close(
+            `no message from the primary for ${Math.round(conn.silentMs / 1000)} s (twice its wal_sender_timeout); reconnecting`,
+          );
+        }
+      }, cfg.status_interval_ms);
       // The status row refreshes on its own clock, so an idle stream still shows current figures.
       statusTableTimer = setInterval(() => {
         this.statusDirty = true;

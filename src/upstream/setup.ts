@@ -34,6 +34,8 @@ export interface UpstreamInfo {
   serverVersion: number;
   protocolVersion: number;
   slotExists: boolean;
+  /** The primary's wal_sender_timeout (0: disabled); it sends keepalives at half of it. */
+  walSenderTimeoutMs: number;
   /** The slot's confirmed_flush_lsn, when it exists. */
   slotConfirmedFlush?: bigint;
 }
@@ -99,6 +101,10 @@ export async function prepareUpstream(
       serverVersion: version,
       protocolVersion: protocolVersionFor(version),
       slotExists: Boolean(found),
+      walSenderTimeoutMs: Number(
+        (await client.query("SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'")).rows[0]
+          ?.setting ?? 0,
+      ),
       slotConfirmedFlush: found?.confirmed ? parseLsn(found.confirmed) : undefined,
     };
   } finally {

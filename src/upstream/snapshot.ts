@@ -36,6 +36,10 @@ export interface PublishedTable {
   columns: string[];
   /** The publication's row filter (PostgreSQL 15+), as SQL, or null. */
   rowFilter: string | null;
+  /** A partitioned table (published through its root): copied with its partitions. */
+  partitioned: boolean;
+  /** Replica-identity columns (primary key or the REPLICA IDENTITY index); empty for FULL/NOTHING. */
+  keyColumns: string[];
 }
 
 export interface SnapshotOptions {
@@ -50,6 +54,8 @@ export interface SnapshotOptions {
   committer: string;
   email: string;
   log: Logger;
+  /** Checked between tables: a stop abandons the snapshot (it starts over at the next start). */
+  shouldStop: () => boolean;
 }
 
 export interface SnapshotResult {
@@ -82,12 +88,25 @@ async function publishedTables(primary: pg.Client, publication: string): Promise
       [`${quoteIdent(r.schemaname)}.${quoteIdent(r.tablename)}`],
     );
     const all = cols.rows.map((c) => c.attname);
+    // History keys follow the replica identity, exactly as the streamed changes' keys do.
+    const { rows: ident } = await primary.query<{ relkind: string; keys: string[] | null }>(
+      `SELECT c.relkind,
+              (SELECT array_agg(a.attname::text ORDER BY k.ord)
+                 FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                WHERE i.indrelid = c.oid
+                  AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))) AS keys
+         FROM pg_class c WHERE c.oid = to_regclass($1)`,
+      [`${quoteIdent(r.schemaname)}.${quoteIdent(r.tablename)}`],
+    );
     const listed = r.attnames ? new Set(r.attnames) : undefined;
     tables.push({
       schema: r.schemaname,
       name: r.tablename,
       columns: listed ? all.filter((c) => listed.has(c)) : all,
       rowFilter: r.rowfilter,
+      partitioned: ident[0]?.relkind === "p",
+      keyColumns: ident[0]?.keys ?? [],
     });
   }
   return tables;
@@ -198,12 +217,21 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
     await primary.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     await primary.query(`SET TRANSACTION SNAPSHOT ${pg.escapeLiteral(opts.snapshotName)}`);
     const tables = await publishedTables(primary, opts.publication);
+    // As pg_dump does: from here on no table-rewriting DDL (whose old rows this snapshot could
+    // no longer see) can commit on a table until it is copied.
+    if (tables.length > 0) {
+      await primary.query(
+        `LOCK TABLE ${tables.map((t) => `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`).join(", ")} IN ACCESS SHARE MODE`,
+      );
+    }
     log.info(
       { tables: tables.length, consistent_point: lsn },
       "initial snapshot: copying the published tables",
     );
     await store.query("BEGIN");
     for (const table of tables) {
+      if (opts.shouldStop())
+        throw new Error("stopped during the initial snapshot; it starts over at the next start");
       const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
       const hasRows = await replicaHasRows(store, qualified);
       if (hasRows) {
@@ -225,7 +253,11 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
       let lines = 0;
       hasher.addSnapshotTable(`${table.schema}.${table.name}`, table.columns);
       await pipeline(
-        primary.query(copyTo(`COPY (SELECT ${cols} FROM ONLY ${qualified}${where}) TO STDOUT`)),
+        primary.query(
+          copyTo(
+            `COPY (SELECT ${cols} FROM ${table.partitioned ? "" : "ONLY "}${qualified}${where}) TO STDOUT`,
+          ),
+        ),
         meter((chunk) => {
           bytes += chunk.length;
           for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
@@ -235,13 +267,8 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
       );
       hasher.addSnapshotTableEnd(lines, bytes);
       if (opts.history && lines > 0) {
-        const { rows: keys } = await store.query<{ attname: string }>(
-          `SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-            WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)`,
-          [qualified],
-        );
-        const key = keys.length
-          ? `jsonb_build_object(${keys.map((k) => `${pg.escapeLiteral(k.attname)}, strata_t.${quoteIdent(k.attname)}`).join(", ")})`
+        const key = table.keyColumns.length
+          ? `jsonb_build_object(${table.keyColumns.map((k) => `${pg.escapeLiteral(k)}, strata_t.${quoteIdent(k)}`).join(", ")})`
           : "NULL::jsonb";
         await store.query(
           `INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)

@@ -50,6 +50,37 @@ test("REPLICA IDENTITY FULL on a keyless table with duplicate rows, and USING IN
   await waitForSameRows(primary, strata, "byidx", "id");
 });
 
+test("REPLICA IDENTITY FULL changes the very row the primary changed, even where equality cannot tell", async () => {
+  await primary.query("CREATE TABLE amounts (amount numeric, note text)");
+  await primary.query("ALTER TABLE amounts REPLICA IDENTITY FULL");
+  // 1.0 = 1.00 for numeric equality, but they are different values.
+  await primary.query("INSERT INTO amounts VALUES (1.0, 'x'), (1.00, 'x')");
+  await primary.query("DELETE FROM amounts WHERE amount::text = '1.00'");
+  await primary.query("UPDATE amounts SET note = 'kept' WHERE amount::text = '1.0'");
+  await waitForSameRows(primary, strata, "amounts", "amount::text");
+});
+
+test("a partitioned table on the replica, and a column named like history metadata", async () => {
+  await strata.query(`CREATE TABLE parted (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+    CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu');
+    CREATE TABLE parted_us PARTITION OF parted FOR VALUES IN ('us');`);
+  await primary.query(
+    "CREATE TABLE parted (id int, region text, v text, commit_hash text, PRIMARY KEY (id, region))",
+  );
+  await strata.query("ALTER TABLE parted ADD COLUMN commit_hash text");
+  // Both partitions hold a row at the same ctid (0,1): the row is found by tableoid and ctid.
+  await primary.query("INSERT INTO parted VALUES (1, 'eu', 'a', 'mine'), (1, 'us', 'b', 'mine')");
+  await primary.query("UPDATE parted SET v = 'changed' WHERE region = 'us'");
+  await primary.query("DELETE FROM parted WHERE region = 'eu'");
+  await waitForSameRows(primary, strata, "parted", "id, region");
+  const history = await strata.query(
+    "SELECT v, commit_hash, strata_commit_hash IS NOT NULL AS has_meta FROM dolt_history_parted ORDER BY commit_date, v",
+  );
+  assert.deepEqual(history.at(-1), { v: "changed", commit_hash: "mine", has_meta: true });
+  await primary.query("TRUNCATE parted");
+  await waitForSameRows(primary, strata, "parted", "id, region");
+});
+
 test("a table without a key replicates its inserts", async () => {
   await primary.query("CREATE TABLE nokey (a int, b text)");
   await primary.query("INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, 'b')");

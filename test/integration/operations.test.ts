@@ -223,3 +223,24 @@ test("a seed without its slot is refused: a slot made now would skip what happen
     await strata.stop();
   }
 });
+
+test("an idle primary keeps answering: no false reconnects from the silence watchdog", async () => {
+  const idle = await startPrimary({ settings: { wal_sender_timeout: "1s" } });
+  const strata = await startStrata({ primary: idle, slot: "idle_watch" });
+  try {
+    const [{ t0 }] = await strata.query("SELECT now() AS t0");
+    // With nothing to replicate, messages keep arriving for more than twice wal_sender_timeout.
+    await waitFor("keepalives from the idle primary for 3 s", async () => {
+      const [row] = await strata.query(
+        "SELECT state, last_message_time > $1::timestamptz + interval '3 seconds' AS later FROM dolt_replication_status",
+        [t0],
+      );
+      return row.later && row.state === "streaming";
+    });
+    assert.doesNotMatch(strata.logs, /no message from the primary/);
+    assert.doesNotMatch(strata.logs, /reconnecting/);
+  } finally {
+    await strata.stop();
+    await idle.stop();
+  }
+});
