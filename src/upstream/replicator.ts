@@ -231,7 +231,11 @@ export class Replicator {
         } else {
           bootstrap = !slotExists;
         }
-      } else if (!slotExists) {
+      } else {
+        // A snapshot that committed but was killed before removing its marker.
+        rmSync(marker, { force: true });
+      }
+      if (applier.position !== 0n && !slotExists) {
         throw new ApplyError(
           `replication slot "${cfg.slot_name}" is missing on the primary, but this replica has applied changes from it up to ${formatLsn(applier.position)}; a new slot would silently skip what happened since`,
           `start a fresh replica (an empty data_dir takes a new initial snapshot), or create the slot yourself (SELECT pg_create_logical_replication_slot('${cfg.slot_name}', 'pgoutput')) to accept the gap`,
