@@ -19,7 +19,7 @@
 // as FAILED and left out of the figures. See docs/performance.md.
 // Progress goes to stderr; the tables to stdout; all figures to bench/results/catchup-<ts>.json.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -128,38 +128,8 @@ function phase(name: string) {
   progress("start");
 }
 
-// Strata data directories: their managed store must be stopped even if Strata was SIGKILLed (the
-// harness SIGKILLs a live strata child at exit, which leaves the store's postmaster running).
-const strataDirs = new Set<string>();
-
-function stopStoreOf(dataDir: string): number | undefined {
-  const pid = procfs.postmasterPid(clusterPaths({ root: join(dataDir, "store") }).pgdata);
-  if (pid === undefined) return undefined;
-  try {
-    process.kill(pid, "SIGQUIT"); // immediate shutdown; its children follow
-    return pid;
-  } catch {
-    return undefined;
-  }
-}
-
-async function removeStrataDir(dir: string): Promise<void> {
-  const pid = stopStoreOf(join(dir, "data"));
-  if (pid !== undefined) {
-    const deadline = Date.now() + 30_000;
-    while (procfs.cpuSeconds(pid) !== undefined && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 50));
-  }
-  rmSync(dir, { recursive: true, force: true });
-  strataDirs.delete(dir);
-}
-
-process.on("exit", () => {
-  for (const dir of strataDirs) {
-    stopStoreOf(join(dir, "data"));
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+// Clusters and Strata processes are registered with the harness's exit clean-up
+// (test/support/cleanup.ts), which also runs on SIGINT/SIGTERM.
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.on(signal, () => {
     process.stderr.write(`\n${signal}: stopping every cluster and process\n`);
@@ -461,9 +431,10 @@ async function runStrata(
 ): Promise<ConsumerRun> {
   const slot = `strata_${run}`;
   const rows = expected.rowChanges;
-  const dir = tempDir("strata-bench-");
-  strataDirs.add(dir);
-  const dataDir = join(dir, "data");
+  const dataDir = join(tempDir("strata-bench-"), "data");
+  // Both processes share the data directory; destroySync() stops a store either left running
+  // and removes the directory.
+  const instances: StrataProcess[] = [];
   const config = {
     log_level: "info",
     store: { settings: DURABILITY },
@@ -480,6 +451,7 @@ async function runStrata(
       slot,
       config: { ...config, postgres_replication: undefined },
     });
+    instances.push(prime);
     try {
       await prime.start();
       await w.createTables(endpointOfStrata(prime));
@@ -493,6 +465,7 @@ async function runStrata(
       config,
       replication: { publication_name: PUBLICATION },
     });
+    instances.push(strata);
     const s = strata;
     progress(`strata serve on slot ${slot}; catching up ${thousands(rows)} row changes`);
     const startedAt = performance.now();
@@ -560,7 +533,7 @@ async function runStrata(
     throw err;
   } finally {
     await strata?.stop().catch(() => {});
-    await removeStrataDir(dir);
+    for (const instance of instances) instance.destroySync();
   }
 }
 
