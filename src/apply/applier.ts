@@ -248,22 +248,21 @@ export class Applier {
     await this.startTransaction(tx);
     if (msg.tag === "Truncate") return this.applyTruncate(msg);
     const target = await this.target(msg.relationOid);
-    const names = target.relation.columns.map((c) => c.name);
     const ord = tx.ord++;
     tx.changes++;
     this.batchChanges++;
     try {
       switch (msg.tag) {
         case "Insert":
-          tx.hasher?.addRowChange(target.rel, "I", names, undefined, msg.newTuple);
+          tx.hasher?.addRowChange(target.rel, "I", target.columnNames, undefined, msg.newTuple);
           await this.insert(target, msg.newTuple, ord);
           break;
         case "Update":
-          tx.hasher?.addRowChange(target.rel, "U", names, msg.oldTuple, msg.newTuple);
+          tx.hasher?.addRowChange(target.rel, "U", target.columnNames, msg.oldTuple, msg.newTuple);
           await this.update(target, msg, ord);
           break;
         case "Delete":
-          tx.hasher?.addRowChange(target.rel, "D", names, msg.oldTuple, undefined);
+          tx.hasher?.addRowChange(target.rel, "D", target.columnNames, msg.oldTuple, undefined);
           await this.delete(target, msg, ord);
           break;
         default: {

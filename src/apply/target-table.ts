@@ -27,6 +27,8 @@ export interface TargetTable {
   relation: RelationMessage;
   /** Indexed like the relation's columns. */
   columns: TargetColumn[];
+  /** The columns' names, for the commit hash (built once, not per change). */
+  columnNames: string[];
   keyIndexes: number[];
   keyJson: (alias: string) => string;
   /** A partitioned table on the replica (TRUNCATE cannot take ONLY). */
@@ -195,6 +197,7 @@ export async function resolveTarget(
     qualified: `${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`,
     relation,
     columns,
+    columnNames: columns.map((c) => c.name),
     keyIndexes,
     keyJson,
     sqlCache: new Map(),
