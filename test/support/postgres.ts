@@ -33,10 +33,12 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** A fresh directory that the store's unprivileged OS user can traverse. */
+/** A fresh directory that the store's unprivileged OS user can traverse, removed at exit. */
 export function tempDir(prefix = "strata-test-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   chmodSync(dir, 0o755);
+  // Removed when the test process ends, whoever else forgets to.
+  onProcessExit(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
 
