@@ -1,5 +1,8 @@
 // `strata serve`: open the store, install the Strata schema in the replica database, open the
-// listener, start replication, and stop all of it cleanly on SIGTERM/SIGINT.
+// listener, start replication, and stop all of it cleanly on SIGTERM/SIGINT. Beside the stream,
+// two timers watch the primary: the sequence sync (replication does not carry sequence values)
+// and the slot monitor (WAL the slot pins on the primary). Both only log; neither can stop the
+// server.
 import { mkdirSync } from "node:fs";
 import type { LoadedConfig } from "./config/load.ts";
 import { connect } from "./db.ts";
@@ -8,11 +11,15 @@ import { installStrataSchema } from "./history/install.ts";
 import type { Logger } from "./log.ts";
 import { ensureDatabase, openStore, type StoreHandle } from "./store/store.ts";
 import { Replicator } from "./upstream/replicator.ts";
+import { SequenceSyncTimer } from "./upstream/sequences.ts";
+import { SlotMonitor } from "./upstream/slot-health.ts";
 
 export interface RunningServer {
   listener: Listener;
   store: StoreHandle;
   replicator?: Replicator;
+  sequenceSync?: SequenceSyncTimer;
+  slotMonitor?: SlotMonitor;
   stop(): Promise<void>;
 }
 
@@ -21,6 +28,11 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
   const store = await openStore(config, dataDir, log);
   let listener: Listener | undefined;
   let replicator: Replicator | undefined;
+  let sequenceSync: SequenceSyncTimer | undefined;
+  let slotMonitor: SlotMonitor | undefined;
+  const stopTimers = async () => {
+    await Promise.all([sequenceSync?.stop(), slotMonitor?.stop()]);
+  };
   try {
     const database = config.postgres_replication?.postgres_database ?? "postgres";
     await ensureDatabase(store, database, log);
@@ -40,6 +52,29 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
         log,
       });
       replicator.start();
+      const stream = replicator;
+      slotMonitor = new SlotMonitor({
+        config: config.postgres_replication,
+        log,
+        onHealth: (health) => {
+          stream.slotRetainedWalBytes =
+            health.retainedBytes === null ? undefined : BigInt(Math.round(health.retainedBytes));
+          stream.warning = health.lost
+            ? "the replication slot was invalidated on the primary (see current_error once the stream stops)"
+            : health.warning;
+        },
+      });
+      slotMonitor.start();
+      const intervalMs = config.postgres_replication.sequence_sync_interval_ms;
+      if (intervalMs > 0) {
+        sequenceSync = new SequenceSyncTimer({
+          config: config.postgres_replication,
+          replicaConfig: { ...store.connectionConfig(database), application_name: "strata sequence sync" },
+          log,
+          intervalMs,
+        });
+        sequenceSync.start();
+      }
     }
     listener = await startListener(config.listener.host, config.listener.port, store.endpoint, log);
     log.info(
@@ -47,6 +82,7 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
       "strata is ready for connections",
     );
   } catch (err) {
+    await stopTimers().catch(() => {});
     await replicator?.stop().catch(() => {});
     await store.stop().catch(() => {});
     throw err;
@@ -56,8 +92,11 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
     listener: running,
     store,
     replicator,
+    sequenceSync,
+    slotMonitor,
     stop: async () => {
       await running.close();
+      await stopTimers();
       await replicator?.stop();
       await store.stop();
     },

@@ -23,7 +23,26 @@ import {
   type UpdateMessage,
 } from "../protocol/messages.ts";
 import { ApplyError, explainStoreError } from "./errors.ts";
-import { createTypeResolver, resolveTarget, type TargetTable, type TypeResolver } from "./target-table.ts";
+import {
+  type ColumnShape,
+  mergeShape,
+  planTableChanges,
+  qualifiedName,
+  quoteIdent,
+  type TableShape,
+} from "./schema-follow.ts";
+import {
+  createTable,
+  createTableStatements,
+  createTypeResolver,
+  dropHistoryView,
+  ensureHistoryView,
+  readReplicaState,
+  replicaTableHasRows,
+  resolveTarget,
+  type TargetTable,
+  type TypeResolver,
+} from "./target-table.ts";
 
 export interface UpstreamTransaction {
   xid: number;
@@ -40,6 +59,40 @@ export interface ApplierOptions {
   email: string;
   /** Returns CREATE TYPE for a user-defined upstream type, when Strata knows how to make it. */
   defineUpstreamType: (oid: number, qualifiedName: string) => Promise<string | undefined>;
+  /**
+   * The upstream table's attnums by column name, read from the primary when the replica first
+   * meets a table, so that a later DDL message can tell a renamed column from a new one.
+   */
+  upstreamAttnums?: (relid: number) => Promise<Map<string, number>>;
+  /**
+   * Copies an upstream table that joins the replica mid-stream (a new table, or one added to the
+   * publication) into the (empty) replica table on `store`, under a snapshot taken now; returns
+   * the LSN from which the stream carries its changes. Without it, such a table starts empty.
+   */
+  syncTable?: (
+    relation: RelationMessage,
+    store: pg.Client,
+    onData: (chunk: Buffer) => void,
+  ) => Promise<{ rows: number; bytes: number; lsn: bigint }>;
+}
+
+/** A DDL message sent by the event trigger that `strata setup-primary` installs on the primary. */
+export interface DdlMessage {
+  v: number;
+  tag: string;
+  query: string;
+  /** Tables created or altered, as the primary's catalog has them after the statement. */
+  tables?: (TableShape & { oid: number; publications: string[]; renamedColumns?: number[] | null })[];
+  /** Tables and indexes dropped. */
+  dropped?: { type: string; oid: number; schema: string; name: string }[];
+}
+
+/** What the replica knows of an upstream table (strata.upstream_tables). */
+interface KnownTable {
+  rel: string;
+  shape: TableShape;
+  /** Set when the table was copied mid-stream: its changes committed before this LSN are in the copy. */
+  syncedLsn: bigint | undefined;
 }
 
 type RowChange = InsertMessage | UpdateMessage | DeleteMessage;
@@ -96,7 +149,8 @@ interface OpenTransaction {
   /** Set once the first change has opened the store transaction. */
   started: boolean;
   hasher: CommitHasher | undefined;
-  header: CommitHeader | undefined;
+  /** Schema changes and tables joining, named in the commit message. */
+  notes: string[];
   ord: number;
   changes: number;
   date: string;
@@ -106,6 +160,11 @@ interface OpenTransaction {
 export class Applier {
   /** End LSN of the last durable upstream transaction (0 when none). */
   position = 0n;
+  /**
+   * The replica began with Strata's own initial snapshot. A seeded replica (or one on a slot made
+   * by hand) has the user's baseline, so tables first seen later are never copied into it.
+   */
+  private bootstrapped = false;
   private durableSeq = 0n;
   private durableHash: string | null = null;
   private seq = 0n;
@@ -118,6 +177,10 @@ export class Applier {
   private readonly targets = new Map<number, TargetTable>();
   private readonly typeResolver: TypeResolver;
   private readonly statementNames = new Map<string, string>();
+  /** Upstream tables by relation oid, as loaded from strata.upstream_tables (cleared on abort). */
+  private readonly known = new Map<number, KnownTable | null>();
+  /** Relations copied mid-stream: their changes committed before the LSN are skipped. */
+  private readonly syncedBefore = new Map<number, bigint>();
   /** Changes applied in the current batch (store transaction). */
   batchChanges = 0;
   batchTransactions = 0;
@@ -131,11 +194,12 @@ export class Applier {
 
   /** Load the durable position and the head of the commit chain. */
   async init(): Promise<void> {
-    const pos = await this.client.query<{ end_lsn: string }>(
-      "SELECT end_lsn::text FROM strata.source_position WHERE slot_name = $1",
+    const pos = await this.client.query<{ end_lsn: string; bootstrapped: boolean }>(
+      "SELECT end_lsn::text, bootstrapped FROM strata.source_position WHERE slot_name = $1",
       [this.options.slot],
     );
     if (pos.rows[0]) this.position = parseLsn(pos.rows[0].end_lsn);
+    this.bootstrapped = pos.rows[0]?.bootstrapped ?? false;
     const head = await this.client.query<{ seq: string; hash: string }>(
       "SELECT seq, hash FROM strata.commits ORDER BY seq DESC LIMIT 1",
     );
@@ -188,7 +252,7 @@ export class Applier {
     this.tx = {
       meta,
       hasher: undefined,
-      header: undefined,
+      notes: [],
       started: false,
       ord: 0,
       changes: 0,
@@ -206,18 +270,8 @@ export class Applier {
       this.batchTransactions = 0;
     }
     tx.started = true;
-    if (this.options.history) {
-      tx.header = {
-        parentHash: this.head,
-        committer: this.options.committer,
-        email: this.options.email,
-        date: tx.date,
-        message: tx.message,
-        upstreamXid: tx.meta.xid,
-        upstreamCommitLsn: tx.meta.commitLsn,
-      };
-      tx.hasher = new CommitHasher(tx.header);
-    }
+    // The header is sealed at commit: the message names schema changes found on the way.
+    if (this.options.history) tx.hasher = new CommitHasher();
   }
 
   private async target(relationOid: number): Promise<TargetTable> {
@@ -229,13 +283,243 @@ export class Applier {
         `a change refers to relation oid ${relationOid}, which the upstream never described`,
         "this is a protocol error; restart Strata and report it if it repeats",
       );
-    const target = await resolveTarget(this.client, relation, this.typeResolver, this.options.history).catch(
-      (err) => {
-        throw explainStoreError(err, `${relation.namespace}.${relation.name}`);
-      },
-    );
+    const rel = `${relation.namespace}.${relation.name}`;
+    const target = await this.followRelation(relation)
+      .then(() => resolveTarget(this.client, relation, this.typeResolver, this.options.history))
+      .catch((err) => {
+        throw explainStoreError(err, rel);
+      });
     this.targets.set(relationOid, target);
     return target;
+  }
+
+  private async loadKnown(relid: number): Promise<KnownTable | undefined> {
+    if (this.known.has(relid)) return this.known.get(relid) ?? undefined;
+    const { rows } = await this.client.query<{ rel: string; shape: TableShape; synced_lsn: string | null }>(
+      "SELECT rel, shape, synced_lsn::text FROM strata.upstream_tables WHERE slot_name = $1 AND relid = $2",
+      [this.options.slot, relid],
+    );
+    const found = rows[0]
+      ? {
+          rel: rows[0].rel,
+          shape: rows[0].shape,
+          syncedLsn: rows[0].synced_lsn ? parseLsn(rows[0].synced_lsn) : undefined,
+        }
+      : undefined;
+    this.known.set(relid, found ?? null);
+    if (found?.syncedLsn !== undefined) this.syncedBefore.set(relid, found.syncedLsn);
+    return found;
+  }
+
+  private async saveKnown(relid: number, known: KnownTable): Promise<void> {
+    this.known.set(relid, known);
+    await this.client.query(
+      `INSERT INTO strata.upstream_tables (slot_name, relid, rel, shape, synced_lsn) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (slot_name, relid) DO UPDATE SET rel = excluded.rel, shape = excluded.shape, synced_lsn = excluded.synced_lsn, updated_at = clock_timestamp()`,
+      [
+        this.options.slot,
+        relid,
+        known.rel,
+        JSON.stringify(known.shape),
+        known.syncedLsn === undefined ? null : formatLsn(known.syncedLsn),
+      ],
+    );
+  }
+
+  private async forgetKnown(relid: number): Promise<void> {
+    this.known.set(relid, null);
+    this.syncedBefore.delete(relid);
+    await this.client.query("DELETE FROM strata.upstream_tables WHERE slot_name = $1 AND relid = $2", [
+      this.options.slot,
+      relid,
+    ]);
+  }
+
+  /** Run DDL on the replica as part of the open commit. */
+  private async runSchemaChange(rel: string, ddl: string): Promise<void> {
+    const tx = this.tx!;
+    await this.client.query(ddl);
+    tx.hasher?.addSchemaChange(rel, ddl);
+    if (this.options.history)
+      await this.client.query(
+        "INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl) VALUES ($1, $2, $3, $4)",
+        [String(this.seq + 1n), tx.ord, rel, ddl],
+      );
+    tx.ord++;
+    tx.changes++;
+  }
+
+  /** A table renamed on the primary (same oid, new name) is renamed on the replica. */
+  private async followRename(known: KnownTable | undefined, next: { schema: string; name: string }) {
+    if (!known || known.rel === `${next.schema}.${next.name}`) return;
+    const old = known.shape;
+    const oldQualified = qualifiedName(old);
+    if ((await replicaTableHasRows(this.client, oldQualified)) === undefined) return;
+    if ((await replicaTableHasRows(this.client, qualifiedName(next))) !== undefined) return;
+    await dropHistoryView(this.client, old.schema, old.name);
+    let at = oldQualified;
+    if (old.schema !== next.schema) {
+      await this.client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(next.schema)}`);
+      await this.runSchemaChange(known.rel, `ALTER TABLE ${at} SET SCHEMA ${quoteIdent(next.schema)}`);
+      at = `${quoteIdent(next.schema)}.${quoteIdent(old.name)}`;
+    }
+    if (old.name !== next.name)
+      await this.runSchemaChange(known.rel, `ALTER TABLE ${at} RENAME TO ${quoteIdent(next.name)}`);
+    this.tx!.notes.push(`${known.rel} renamed to ${next.schema}.${next.name}`);
+  }
+
+  /** Apply `statements` to the replica table, with its history view rebuilt around them. */
+  private async applyPlan(shape: TableShape, statements: string[]): Promise<void> {
+    if (statements.length === 0) return;
+    const rel = `${shape.schema}.${shape.name}`;
+    await dropHistoryView(this.client, shape.schema, shape.name);
+    for (const ddl of statements) await this.runSchemaChange(rel, ddl);
+    this.tx!.notes.push(...statements);
+    if (this.options.history) await ensureHistoryView(this.client, shape.schema, shape.name);
+  }
+
+  /**
+   * Before the first change to a relation (in this session, or after it was described anew): bring
+   * the replica table to the relation's shape, or copy a table that joins the replica mid-stream.
+   */
+  private async followRelation(relation: RelationMessage): Promise<void> {
+    const columns: ColumnShape[] = [];
+    // One at a time: the resolver queries the store, and a pg client runs one query at a time.
+    for (const c of relation.columns) {
+      const type = await this.typeResolver.typeName(c.typeOid, c.typeMod);
+      columns.push({ name: c.name, typeOid: c.typeOid, typeMod: c.typeMod, type });
+    }
+    const next: TableShape = { schema: relation.namespace, name: relation.name, columns };
+    const rel = `${next.schema}.${next.name}`;
+    const known = await this.loadKnown(relation.relationOid);
+    if (!known && this.options.upstreamAttnums) {
+      // Taken only if the primary's columns are still the ones the message names: DDL since then
+      // would make them another shape's attnums.
+      const attnums = await this.options.upstreamAttnums(relation.relationOid);
+      if (attnums.size === next.columns.length && next.columns.every((c) => attnums.has(c.name)))
+        for (const c of next.columns) c.attnum = attnums.get(c.name);
+    }
+    await this.followRename(known, next);
+    const replica = await readReplicaState(this.client, next.schema, next.name);
+    if (replica) await this.applyPlan(next, planTableChanges(known?.shape, next, replica, false));
+    else await createTable(this.client, relation, this.typeResolver);
+    // A table seen for the first time whose replica table is empty joins mid-stream: its rows are
+    // copied now. (One with rows was loaded by an initial snapshot or by the user: adopted.)
+    if (
+      !known &&
+      this.bootstrapped &&
+      this.options.syncTable &&
+      !(await replicaTableHasRows(this.client, qualifiedName(next)))
+    ) {
+      await this.joinTable(relation, next);
+      return;
+    }
+    const shape = mergeShape(known?.shape, next);
+    if (!known || JSON.stringify(shape) !== JSON.stringify(known.shape) || known.rel !== rel)
+      await this.saveKnown(relation.relationOid, { rel, shape, syncedLsn: known?.syncedLsn });
+  }
+
+  /**
+   * A table the replica has not had yet (created on the primary, or added to the publication):
+   * its rows are copied under a snapshot taken now, as part of this commit, and its changes
+   * committed before that snapshot are skipped, since the copy holds them.
+   */
+  private async joinTable(relation: RelationMessage, next: TableShape): Promise<void> {
+    const tx = this.tx!;
+    const rel = `${next.schema}.${next.name}`;
+    tx.hasher?.addSnapshotTable(
+      rel,
+      next.columns.map((c) => c.name),
+    );
+    const copied = await this.options.syncTable!(relation, this.client, (chunk) =>
+      tx.hasher?.addSnapshotData(chunk),
+    );
+    tx.hasher?.addSnapshotTableEnd(copied.rows, copied.bytes);
+    if (this.options.history && copied.rows > 0) {
+      const key = relation.columns.flatMap((c) =>
+        c.isKey && relation.replicaIdentity !== "f"
+          ? [`'${c.name.replace(/'/g, "''")}', strata_t.${quoteIdent(c.name)}`]
+          : [],
+      );
+      await this.client.query(
+        `INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
+         SELECT $1::bigint, $2::int, $3::text, 'I', ${key.length ? `jsonb_build_object(${key.join(", ")})` : "NULL::jsonb"}, to_jsonb(strata_t.*) FROM ${qualifiedName(next)} strata_t`,
+        [String(this.seq + 1n), tx.ord, rel],
+      );
+    }
+    tx.ord++;
+    tx.changes++;
+    tx.notes.push(`${rel} joined the replica (${copied.rows} rows copied at ${formatLsn(copied.lsn)})`);
+    this.syncedBefore.set(relation.relationOid, copied.lsn);
+    await this.saveKnown(relation.relationOid, { rel, shape: next, syncedLsn: copied.lsn });
+  }
+
+  /** Changes of a table copied mid-stream that the copy already holds. */
+  private inCopy(relationOid: number): boolean {
+    const before = this.syncedBefore.get(relationOid);
+    return before !== undefined && this.tx !== undefined && this.tx.meta.commitLsn < before;
+  }
+
+  /**
+   * A DDL statement run on the primary, as the event trigger describes it: each table it created
+   * or altered is brought to the shape the primary's catalog gives, each table it dropped is
+   * dropped. Part of the replicated transaction's commit.
+   */
+  async applyDdl(message: DdlMessage, publication: string): Promise<void> {
+    const tx = this.tx;
+    if (!tx)
+      throw new ApplyError(
+        "a DDL message arrived outside a transaction",
+        "this is a protocol error; restart Strata",
+      );
+    await this.startTransaction(tx);
+    let touched = false;
+    const notesBefore = tx.notes.length;
+    for (const table of message.tables ?? []) {
+      if (!table.publications.includes(publication)) continue;
+      const { oid, publications: _, renamedColumns, ...shape } = table;
+      const rel = `${shape.schema}.${shape.name}`;
+      try {
+        const known = await this.loadKnown(oid);
+        await this.followRename(known, shape);
+        const replica = await readReplicaState(this.client, shape.schema, shape.name);
+        if (!replica) {
+          await this.client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(shape.schema)}`);
+          for (const ddl of createTableStatements(shape)) await this.runSchemaChange(rel, ddl);
+          if (this.options.history) await ensureHistoryView(this.client, shape.schema, shape.name);
+        } else {
+          await this.applyPlan(
+            shape,
+            planTableChanges(known?.shape, shape, replica, true, new Set(renamedColumns ?? [])),
+          );
+        }
+        await this.saveKnown(oid, { rel, shape, syncedLsn: known?.syncedLsn });
+      } catch (err) {
+        throw withLsn(explainStoreError(err, rel), tx.meta.commitLsn);
+      }
+      this.targets.delete(oid);
+      touched = true;
+    }
+    for (const dropped of message.dropped ?? []) {
+      const qualified = qualifiedName(dropped);
+      if (dropped.type === "table") {
+        const known = await this.loadKnown(dropped.oid);
+        if (!known) continue;
+        await dropHistoryView(this.client, dropped.schema, dropped.name);
+        await this.runSchemaChange(known.rel, `DROP TABLE IF EXISTS ${qualified}`);
+        await this.forgetKnown(dropped.oid);
+        this.targets.delete(dropped.oid);
+        touched = true;
+      } else if (dropped.type === "index") {
+        const exists = await this.client.query("SELECT to_regclass($1) IS NOT NULL AS ok", [qualified]);
+        if (!exists.rows[0].ok) continue;
+        await this.runSchemaChange(`${dropped.schema}.${dropped.name}`, `DROP INDEX IF EXISTS ${qualified}`);
+        touched = true;
+      }
+    }
+    // The statement as the user wrote it names the change better than the DDL that followed it.
+    tx.notes.length = notesBefore;
+    if (touched) tx.notes.push(message.query.trim().replace(/\s+/g, " ").slice(0, 500));
   }
 
   async applyChange(msg: RowChange | TruncateMessage): Promise<void> {
@@ -248,6 +532,7 @@ export class Applier {
     await this.startTransaction(tx);
     if (msg.tag === "Truncate") return this.applyTruncate(msg);
     const target = await this.target(msg.relationOid);
+    if (this.inCopy(msg.relationOid)) return;
     const ord = tx.ord++;
     tx.changes++;
     this.batchChanges++;
@@ -428,7 +713,11 @@ export class Applier {
   private async applyTruncate(msg: TruncateMessage) {
     const tx = this.tx!;
     const targets: TargetTable[] = [];
-    for (const oid of msg.relationOids) targets.push(await this.target(oid));
+    for (const oid of msg.relationOids) {
+      const target = await this.target(oid);
+      if (!this.inCopy(oid)) targets.push(target);
+    }
+    if (targets.length === 0) return;
     tx.hasher?.addTruncate(
       targets.map((t) => t.rel),
       msg.cascade,
@@ -464,17 +753,27 @@ export class Applier {
         "a commit arrived outside a transaction",
         "this is a protocol error; restart Strata",
       );
-    if (!tx.started) {
-      // No row changes: no commit. Its end still counts as reached (nothing to lose there).
+    if (!tx.started || tx.changes === 0) {
+      // No row changes (or only ones an earlier copy holds): no commit. Its end still counts as reached (nothing to lose there).
       this.tx = undefined;
       if (this.inStoreTx) this.pendingEnd = endLsn;
       else if (endLsn > this.position) this.position = endLsn;
       return;
     }
-    if (tx.hasher && tx.header) {
-      const hash = tx.hasher.digest();
+    if (tx.hasher) {
+      const header: CommitHeader = {
+        parentHash: this.head,
+        committer: this.options.committer,
+        email: this.options.email,
+        date: tx.date,
+        message: tx.notes.length ? `${tx.message}: ${tx.notes.join("; ")}` : tx.message,
+        upstreamXid: tx.meta.xid,
+        upstreamCommitLsn: tx.meta.commitLsn,
+        upstreamEndLsn: endLsn,
+      };
+      const hash = tx.hasher.digestWith(header);
       const seq = this.seq + 1n;
-      await insertCommitRow(this.client, { ...tx.header, seq, hash, upstreamEndLsn: endLsn });
+      await insertCommitRow(this.client, { ...header, seq, hash });
       this.seq = seq;
       this.head = hash;
     }
@@ -510,6 +809,9 @@ export class Applier {
     this.seq = this.durableSeq;
     this.head = this.durableHash;
     this.targets.clear();
+    // What was learnt of upstream tables in the rolled-back transaction is gone with it.
+    this.known.clear();
+    this.syncedBefore.clear();
     if (this.inStoreTx) {
       this.inStoreTx = false;
       await this.client.query("ROLLBACK").catch(() => {});

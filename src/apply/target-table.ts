@@ -9,6 +9,7 @@
 import type pg from "pg";
 import type { RelationMessage, TypeMessage } from "../protocol/messages.ts";
 import { ApplyError } from "./errors.ts";
+import { quoteIdent, type ReplicaState, type TableShape } from "./schema-follow.ts";
 
 export interface TargetColumn {
   name: string;
@@ -38,7 +39,7 @@ export interface TargetTable {
 
 const NO_EQUALITY = /^(json|xml|point|line|lseg|box|path|polygon|circle)(\[\])?$/;
 
-export const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+export { quoteIdent };
 
 export function relName(relation: Pick<RelationMessage, "namespace" | "name">): string {
   return `${relation.namespace}.${relation.name}`;
@@ -113,7 +114,65 @@ export function createTypeResolver(
   };
 }
 
-async function createTable(client: pg.Client, relation: RelationMessage, types: TypeResolver): Promise<void> {
+/** The replica table's columns, constraints and indexes; undefined when it does not exist. */
+export async function readReplicaState(
+  client: pg.Client,
+  schema: string,
+  table: string,
+): Promise<ReplicaState | undefined> {
+  const columns = await replicaColumns(client, schema, table);
+  if (!columns) return undefined;
+  const qualified = `${quoteIdent(schema)}.${quoteIdent(table)}`;
+  const { rows: constraints } = await client.query<{ conname: string; contype: string }>(
+    "SELECT conname, contype FROM pg_constraint WHERE conrelid = to_regclass($1)",
+    [qualified],
+  );
+  const { rows: indexes } = await client.query<{ relname: string }>(
+    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass($1)",
+    [qualified],
+  );
+  return {
+    columns: new Map(columns.map((c) => [c.name, c.type])),
+    constraints: new Set(constraints.map((c) => c.conname)),
+    indexes: new Set(indexes.map((i) => i.relname)),
+    primaryKey: constraints.find((c) => c.contype === "p")?.conname,
+  };
+}
+
+/** Whether the replica table has any row (undefined: no such table). */
+export async function replicaTableHasRows(
+  client: pg.Client,
+  qualified: string,
+): Promise<boolean | undefined> {
+  const exists = await client.query("SELECT to_regclass($1) IS NOT NULL AS ok", [qualified]);
+  if (!exists.rows[0].ok) return undefined;
+  const { rowCount } = await client.query(`SELECT 1 FROM ${qualified} LIMIT 1`);
+  return Boolean(rowCount);
+}
+
+/** CREATE TABLE (and indexes) from a shape read from the primary's catalog: defaults, NOT NULL, keys. */
+export function createTableStatements(shape: TableShape): string[] {
+  const defs = shape.columns.map(
+    (c) =>
+      `${quoteIdent(c.name)} ${c.type}${c.default ? ` DEFAULT ${c.default}` : ""}${c.notNull ? " NOT NULL" : ""}`,
+  );
+  for (const c of shape.constraints ?? []) defs.push(`CONSTRAINT ${quoteIdent(c.name)} ${c.def}`);
+  return [
+    `CREATE TABLE ${quoteIdent(shape.schema)}.${quoteIdent(shape.name)} (${defs.join(", ")})`,
+    ...(shape.indexes ?? []).map((i) => i.def),
+  ];
+}
+
+/** Drop `<schema>.dolt_history_<table>`: it depends on the table's row type, which DDL may change. */
+export async function dropHistoryView(client: pg.Client, schema: string, table: string): Promise<void> {
+  await client.query(`DROP VIEW IF EXISTS ${quoteIdent(schema)}.${quoteIdent(`dolt_history_${table}`)}`);
+}
+
+export async function createTable(
+  client: pg.Client,
+  relation: RelationMessage,
+  types: TypeResolver,
+): Promise<void> {
   const defs: string[] = [];
   for (const col of relation.columns)
     defs.push(`${quoteIdent(col.name)} ${await types.typeName(col.typeOid, col.typeMod)}`);

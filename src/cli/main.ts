@@ -57,4 +57,68 @@ program
     process.on("SIGINT", () => void shutdown("SIGINT"));
   });
 
+/** Load the config for a one-shot command; a bad config exits 2 with its message. */
+function loadForCommand(opts: { config?: string; dataDir?: string }) {
+  try {
+    return loadConfig(opts.config, opts.dataDir);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`strata: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+/** Run a one-shot command: its errors are printed (with their remedy) and exit 1. */
+async function runCommand(work: () => Promise<void>): Promise<void> {
+  try {
+    await work();
+  } catch (err) {
+    process.stderr.write(`strata: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+}
+
+program
+  .command("setup-primary")
+  .description(
+    "install (or with --uninstall remove) on the primary the event trigger that sends DDL to Strata",
+  )
+  .option("-c, --config <file>", "config.yaml to read")
+  .option("--uninstall", "remove the event trigger and its functions")
+  .option("--print-sql", "print the SQL instead of running it (for a superuser to run)")
+  .action(async (opts: { config?: string; uninstall?: boolean; printSql?: boolean }) => {
+    const { config } = loadForCommand(opts);
+    const { setupPrimary } = await import("./setup-primary.ts");
+    await runCommand(() =>
+      setupPrimary(config, { uninstall: Boolean(opts.uninstall), printSql: Boolean(opts.printSql) }),
+    );
+  });
+
+program
+  .command("drop-slot")
+  .description("remove Strata's replication slot and publication from the primary")
+  .option("-c, --config <file>", "config.yaml to read")
+  .option(
+    "--force",
+    "terminate the walsender streaming from the slot (stops a running Strata's replication) instead of refusing",
+  )
+  .action(async (opts: { config?: string; force?: boolean }) => {
+    const { config } = loadForCommand(opts);
+    const { dropSlotCommand } = await import("./drop-slot.ts");
+    await runCommand(() => dropSlotCommand(config, { force: Boolean(opts.force) }));
+  });
+
+program
+  .command("sync-sequences")
+  .description("copy the primary's sequence values to the replica now")
+  .option("-c, --config <file>", "config.yaml to read")
+  .option("--data-dir <dir>", "data directory (overrides data_dir in the config)")
+  .action(async (opts: { config?: string; dataDir?: string }) => {
+    const loaded = loadForCommand(opts);
+    const { syncSequencesCommand } = await import("./sync-sequences.ts");
+    await runCommand(() => syncSequencesCommand(loaded));
+  });
+
 await program.parseAsync(process.argv);

@@ -59,21 +59,44 @@ function encodeTuple(
   return out;
 }
 
+function encodeHeader(header: CommitHeader): string {
+  return JSON.stringify([
+    header.parentHash,
+    header.committer,
+    header.email,
+    header.date,
+    header.message,
+    header.upstreamXid ?? null,
+    header.upstreamCommitLsn === undefined ? null : formatLsn(header.upstreamCommitLsn),
+    header.upstreamEndLsn === undefined ? null : formatLsn(header.upstreamEndLsn),
+  ]);
+}
+
 export class CommitHasher {
   private readonly hash: Hash = createHash("sha256");
 
-  constructor(header: CommitHeader) {
-    this.hash.update(
-      `strata-commit 1\n${JSON.stringify([
-        header.parentHash,
-        header.committer,
-        header.email,
-        header.date,
-        header.message,
-        header.upstreamXid ?? null,
-        header.upstreamCommitLsn === undefined ? null : formatLsn(header.upstreamCommitLsn),
-        header.upstreamEndLsn === undefined ? null : formatLsn(header.upstreamEndLsn),
-      ])}\n`,
+  /**
+   * With a header: version 1, the header first and then the body. Without one: version 2, the
+   * body alone, sealed by digestWith(header) — for a replicated transaction, whose message can
+   * name schema changes found while its rows were applied.
+   */
+  constructor(header?: CommitHeader) {
+    if (header) this.hash.update(`strata-commit 1\n${encodeHeader(header)}\n`);
+  }
+
+  /** A schema change applied to the replica (DDL replayed, or followed from a Relation message). */
+  addSchemaChange(rel: string, ddl: string): void {
+    this.hash.update(`${JSON.stringify(["schema", rel, ddl])}\n`);
+  }
+
+  /** The hash of a version-2 commit: its header, then the digest of its body. */
+  digestWith(header: CommitHeader): string {
+    const body = this.hash.digest("hex");
+    return base32(
+      createHash("sha256")
+        .update(`strata-commit 2\n${encodeHeader(header)}\n${body}\n`)
+        .digest()
+        .subarray(0, 20),
     );
   }
 
@@ -111,5 +134,14 @@ export class CommitHasher {
 
   digest(): string {
     return base32(this.hash.digest().subarray(0, 20));
+  }
+
+  /**
+   * One chunk of a table's rows in a parallel snapshot: the SHA-256 of its COPY text with its
+   * size. Chunks are added in chunk order (not the order workers finished them), between
+   * addSnapshotTable and addSnapshotTableEnd, so the hash does not depend on scheduling.
+   */
+  addSnapshotChunk(sha256: Buffer, rows: number, bytes: number): void {
+    this.hash.update(`${JSON.stringify(["chunk", sha256.toString("hex"), rows, bytes])}\n`);
   }
 }

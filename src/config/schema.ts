@@ -49,6 +49,47 @@ export const postgresReplicationSchema = z.object({
     .int()
     .min(100)
     .default(10_000),
+  /** Tables to publish when Strata creates the publication (default: FOR ALL TABLES). */
+  publication_tables: z
+    .array(
+      z.string({ error: "postgres_replication.publication_tables must list table names" }).min(1, {
+        error: "postgres_replication.publication_tables must list table names, e.g. [public.orders]",
+      }),
+      {
+        error: "postgres_replication.publication_tables must be a list of table names, e.g. [public.orders]",
+      },
+    )
+    .min(1, {
+      error: "postgres_replication.publication_tables must name at least one table (or be left out)",
+    })
+    .optional(),
+  /** Connections that copy tables in parallel during an initial snapshot. */
+  snapshot_workers: z
+    .number({ error: "postgres_replication.snapshot_workers must be a whole number of workers (1-64)" })
+    .int({ error: "postgres_replication.snapshot_workers must be a whole number of workers (1-64)" })
+    .min(1, { error: "postgres_replication.snapshot_workers must be a whole number of workers (1-64)" })
+    .max(64, { error: "postgres_replication.snapshot_workers must be a whole number of workers (1-64)" })
+    .default(4),
+  /** Tables larger than this are copied in ctid ranges of about this size, by several workers. */
+  snapshot_chunk_mb: z
+    .number({ error: "postgres_replication.snapshot_chunk_mb must be a number of megabytes" })
+    .positive({ error: "postgres_replication.snapshot_chunk_mb must be a positive number of megabytes" })
+    .default(128),
+  /** What to do when the slot is lost: stop with the remedy (off), or take a fresh snapshot (auto). */
+  resync: z
+    .enum(["off", "auto"], { error: "postgres_replication.resync must be off or auto" })
+    .default("off"),
+  /** Warn (log and status) when the slot retains more WAL than this on the primary. */
+  slot_wal_warning_mb: z
+    .number({ error: "postgres_replication.slot_wal_warning_mb must be a number of megabytes" })
+    .positive({ error: "postgres_replication.slot_wal_warning_mb must be a positive number of megabytes" })
+    .default(1024),
+  /** How often sequence values are copied from the primary (0: only at snapshot and on demand). */
+  sequence_sync_interval_ms: z
+    .number({ error: "postgres_replication.sequence_sync_interval_ms must be a number of milliseconds" })
+    .int({ error: "postgres_replication.sequence_sync_interval_ms must be a whole number of milliseconds" })
+    .min(0, { error: "postgres_replication.sequence_sync_interval_ms must be 0 (off) or more" })
+    .default(60_000),
   /** Longest wait between reconnection attempts. */
   reconnect_max_delay_ms: z
     .number({ error: "postgres_replication.reconnect_max_delay_ms must be a number of milliseconds" })

@@ -10,6 +10,9 @@
 //                   the key before an update that changed it (so a key's last mention is exact). A diff of two commits touching k rows is an index
 //                   range scan on commit_seq (O(k log n)); "the row with key K as of commit C" is
 //                   one descent of (rel, row_key, commit_seq).
+//   strata.schema_changes  DDL applied to the replica, in its commit (by the same ordinal as rows).
+//   strata.upstream_tables  what the replica knows of each upstream table (by upstream oid): its
+//                   name and columns as last seen, so that later changes to them can be followed.
 import type pg from "pg";
 
 export const SCHEMA_VERSION = 1;
@@ -45,11 +48,35 @@ CREATE TABLE IF NOT EXISTS strata.changes (
 CREATE INDEX IF NOT EXISTS changes_commit ON strata.changes (commit_seq, ord);
 CREATE INDEX IF NOT EXISTS changes_row ON strata.changes (rel, row_key, commit_seq);
 CREATE INDEX IF NOT EXISTS changes_moved_row ON strata.changes (rel, old_key, commit_seq) WHERE old_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS strata.schema_changes (
+  commit_seq bigint NOT NULL,
+  ord integer NOT NULL,
+  rel text NOT NULL,
+  ddl text NOT NULL,
+  PRIMARY KEY (commit_seq, ord)
+);
+CREATE TABLE IF NOT EXISTS strata.resyncs (
+  slot_name text PRIMARY KEY,
+  lost_after_lsn pg_lsn NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS strata.upstream_tables (
+  slot_name text NOT NULL,
+  relid oid NOT NULL,
+  rel text NOT NULL,
+  shape jsonb NOT NULL,
+  synced_lsn pg_lsn,
+  updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  PRIMARY KEY (slot_name, relid)
+);
 CREATE TABLE IF NOT EXISTS strata.source_position (
   slot_name text PRIMARY KEY,
   end_lsn pg_lsn NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- Whether the position began with Strata's own initial snapshot (not a seed or a slot made by
+-- hand): only then does Strata copy tables that join the publication later.
+ALTER TABLE strata.source_position ADD COLUMN IF NOT EXISTS bootstrapped boolean NOT NULL DEFAULT false;
 CREATE UNLOGGED TABLE IF NOT EXISTS strata.replication_status (
   slot_name text PRIMARY KEY,
   upstream text NOT NULL,
@@ -62,6 +89,28 @@ CREATE UNLOGGED TABLE IF NOT EXISTS strata.replication_status (
   error text,
   updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- Added after the first release: ADD COLUMN IF NOT EXISTS upgrades existing stores in place.
+ALTER TABLE strata.replication_status
+  ADD COLUMN IF NOT EXISTS phase text,
+  ADD COLUMN IF NOT EXISTS snapshot_tables_done integer,
+  ADD COLUMN IF NOT EXISTS snapshot_tables_total integer,
+  ADD COLUMN IF NOT EXISTS snapshot_rows bigint,
+  ADD COLUMN IF NOT EXISTS snapshot_bytes bigint,
+  ADD COLUMN IF NOT EXISTS snapshot_rows_estimate bigint,
+  ADD COLUMN IF NOT EXISTS snapshot_bytes_estimate bigint,
+  ADD COLUMN IF NOT EXISTS slot_retained_wal_bytes bigint,
+  ADD COLUMN IF NOT EXISTS warning text;
+-- The tables an initial snapshot is filling, until its final transaction commits it (and
+-- deletes these rows): what the next start empties (or drops, when the snapshot created them)
+-- after a crash mid-copy, with the history rows of the unfinished snapshot commit (commit_seq).
+CREATE TABLE IF NOT EXISTS strata.snapshot_tables (
+  slot_name text NOT NULL,
+  schema_name text NOT NULL,
+  table_name text NOT NULL,
+  created boolean NOT NULL,
+  commit_seq bigint NOT NULL,
+  PRIMARY KEY (slot_name, schema_name, table_name)
+);
 CREATE OR REPLACE VIEW dolt.dolt_log AS
   SELECT hash AS commit_hash, committer, email, date, message,
          upstream_commit_lsn AS upstream_lsn, upstream_xid, parent_hash, seq AS commit_order
@@ -70,7 +119,9 @@ CREATE OR REPLACE VIEW dolt.dolt_replication_status AS
   SELECT s.slot_name, s.upstream, s.publication, s.state, s.received_lsn, p.end_lsn AS flushed_lsn,
          CASE WHEN s.upstream_lsn IS NOT NULL AND p.end_lsn IS NOT NULL
               THEN greatest(s.upstream_lsn - p.end_lsn, 0)::bigint END AS lag_bytes,
-         s.lag_ms, s.last_message_time, s.error AS current_error, s.updated_at
+         s.lag_ms, s.last_message_time, s.error AS current_error, s.updated_at,
+         s.phase, s.snapshot_tables_done, s.snapshot_tables_total, s.snapshot_rows, s.snapshot_bytes,
+         s.snapshot_rows_estimate, s.snapshot_bytes_estimate, s.slot_retained_wal_bytes, s.warning
   FROM strata.replication_status s LEFT JOIN strata.source_position p USING (slot_name);
 `;
 

@@ -1,13 +1,21 @@
 // The store: the real PostgreSQL that holds every Strata database. Either a private cluster that
 // Strata initialises and runs inside its data directory (the default), or an existing server
 // named by `store.url`. Everything above this module only sees `StoreHandle`.
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import type { Config } from "../config/schema.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { findPgBinaries } from "./binaries.ts";
-import { type ClusterSpec, clusterPaths, initCluster, startCluster, stopCluster } from "./cluster.ts";
+import {
+  type ClusterSpec,
+  clusterPaths,
+  initCluster,
+  isInitialised,
+  startCluster,
+  stopCluster,
+} from "./cluster.ts";
 import { storeOsUser } from "./os-user.ts";
 
 /** Where a raw client connection (the listener's pass-through) goes. */
@@ -69,6 +77,35 @@ export async function openStore(config: Config, dataDir: string, log: Logger): P
       await stopCluster(spec);
       log.info("managed store stopped");
     },
+  };
+}
+
+/**
+ * The store of a Strata that is already serving, for one-shot commands (sync-sequences): never
+ * starts the managed cluster, since a second start would take the serving postmaster for an
+ * orphan and stop it. Its stop() does nothing. Throws when the managed store is not running;
+ * whether it accepts connections is for the caller's first connection to find out.
+ */
+export function attachRunningStore(config: Config, dataDir: string): StoreHandle {
+  if (config.store.url) return openExternalStore(config.store.url);
+  const root = join(dataDir, "store");
+  const paths = clusterPaths({ root });
+  if (!isInitialised({ root }) || !existsSync(join(paths.pgdata, "postmaster.pid"))) {
+    throw new Error(
+      `the managed store in ${dataDir} is not running (${isInitialised({ root }) ? "no postmaster.pid" : "no store initialised there"}): start \`strata serve\` with this config first, then run the command again`,
+    );
+  }
+  return {
+    kind: "managed",
+    endpoint: { path: join(paths.socketDir, `.s.PGSQL.${MANAGED_SOCKET_PORT}`) },
+    connectionConfig: (database) => ({
+      host: paths.socketDir,
+      port: MANAGED_SOCKET_PORT,
+      user: config.store.user,
+      password: config.store.password,
+      database,
+    }),
+    stop: async () => {},
   };
 }
 

@@ -73,9 +73,10 @@ export class ReplicationConnection {
   async createSlot(
     slot: string,
     exportSnapshot = false,
+    temporary = false,
   ): Promise<{ consistentPoint: bigint; snapshotName: string | null }> {
     const { rows } = await this.client.query(
-      `CREATE_REPLICATION_SLOT ${pg.escapeIdentifier(slot)} LOGICAL pgoutput ${exportSnapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"}`,
+      `CREATE_REPLICATION_SLOT ${pg.escapeIdentifier(slot)}${temporary ? " TEMPORARY" : ""} LOGICAL pgoutput ${exportSnapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"}`,
     );
     return {
       consistentPoint: parseLsn(rows[0].consistent_point),

@@ -19,8 +19,10 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type pg from "pg";
-import { Applier } from "../apply/applier.ts";
+import { Applier, insertCommitRow } from "../apply/applier.ts";
 import { ApplyError } from "../apply/errors.ts";
+import { quoteIdent } from "../apply/schema-follow.ts";
+import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
@@ -29,15 +31,21 @@ import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { ReplicationConnection } from "./connection.ts";
+import { DDL_MESSAGE_PREFIX, parseDdlMessage } from "./ddl-trigger.ts";
+import { SnapshotProgress } from "./progress.ts";
+import { syncSequencesOnce } from "./sequences.ts";
 import {
   describeUpstreamType,
   dropSlot,
   prepareUpstream,
   SESSION_OPTIONS,
+  upstreamAttnums,
   upstreamConnectionConfig,
 } from "./setup.ts";
-import { copyInitialSnapshot } from "./snapshot.ts";
+import { inspectSlot, slotLostError } from "./slot-health.ts";
+import { cleanUpUnfinishedSnapshot, copyInitialSnapshot } from "./snapshot.ts";
 import { StreamBuffer } from "./stream-buffer.ts";
+import { copyJoiningTable } from "./table-sync.ts";
 
 export type ReplicationState = "connecting" | "snapshot" | "streaming" | "error" | "reconnecting" | "stopped";
 
@@ -53,6 +61,8 @@ export interface ReplicatorOptions {
 const BATCH_MAX_CHANGES = 5000;
 const BATCH_MAX_AGE_MS = 100;
 const STATUS_TABLE_INTERVAL_MS = 1000;
+/** How far behind the primary's WAL end the stream may be and still count as caught up. */
+const CAUGHT_UP_SLACK_BYTES = 1024n * 1024n;
 const COMMITTER = "strata";
 const EMAIL = "strata@replication";
 
@@ -73,6 +83,11 @@ export class Replicator {
   private lastApplyLagMs: number | undefined;
   private statusClient: Promise<pg.Client> | undefined;
   private statusDirty = true;
+  /** The initial snapshot's figures (kept after it finished, for the status row). */
+  private snapshotProgress: SnapshotProgress | undefined;
+  /** WAL the slot holds back on the primary, and a warning to show in the status row (set by the slot monitor). */
+  slotRetainedWalBytes: bigint | undefined;
+  warning: string | undefined;
 
   constructor(private readonly options: ReplicatorOptions) {
     this.publication = options.config.publication_name ?? options.config.slot_name;
@@ -192,6 +207,16 @@ export class Replicator {
         committer: COMMITTER,
         email: EMAIL,
         defineUpstreamType: (oid, name) => describeUpstreamType(cfg, oid, name),
+        upstreamAttnums: (relid) => upstreamAttnums(cfg, relid),
+        syncTable: upstream.publicationAllTables
+          ? undefined
+          : (relation, client, onData) => {
+              this.log.info(
+                { table: `${relation.namespace}.${relation.name}` },
+                "a table joined the replica mid-stream; copying its rows",
+              );
+              return copyJoiningTable(cfg, this.publication, relation, client, onData);
+            },
       });
       await applier.init();
       // A replica with no position and no slot takes an initial snapshot. The marker file says a
@@ -201,6 +226,9 @@ export class Replicator {
       let slotExists = upstream.slotExists;
       let bootstrap = false;
       if (applier.position === 0n) {
+        // Tables a snapshot began to fill but never committed are emptied first, so that nothing
+        // (seeding, streaming) builds on a partial copy; their slot goes the way of the marker's.
+        const unfinished = await cleanUpUnfinishedSnapshot(store, cfg.slot_name, this.log);
         const seed = this.seedLsn();
         if (seed) {
           // The slot must already hold everything after the seed; a slot made now, or one that
@@ -221,7 +249,7 @@ export class Replicator {
             { lsn: formatLsn(seed.lsn), file: seed.file },
             "starting replication just after the seeded WAL location",
           );
-        } else if (slotExists && existsSync(marker)) {
+        } else if (slotExists && (unfinished || existsSync(marker) || (await this.resyncPending(store)))) {
           await dropSlot(cfg);
           this.log.warn(
             "the previous initial snapshot did not finish; dropped its replication slot to take a new one",
@@ -235,10 +263,26 @@ export class Replicator {
         // A snapshot that committed but was killed before removing its marker.
         rmSync(marker, { force: true });
       }
+      if (applier.position !== 0n && slotExists) {
+        const health = await inspectSlot(cfg);
+        if (health.lost) {
+          if (cfg.resync !== "auto") throw slotLostError(cfg, health);
+          await this.startResync(store, applier.position, "was invalidated");
+          await dropSlot(cfg);
+          slotExists = false;
+          bootstrap = true;
+          await applier.init();
+        }
+      } else if (applier.position !== 0n && cfg.resync === "auto") {
+        await this.startResync(store, applier.position, "is missing");
+        slotExists = false;
+        bootstrap = true;
+        await applier.init();
+      }
       if (applier.position !== 0n && !slotExists) {
         throw new ApplyError(
           `replication slot "${cfg.slot_name}" is missing on the primary, but this replica has applied changes from it up to ${formatLsn(applier.position)}; a new slot would silently skip what happened since`,
-          `start a fresh replica (an empty data_dir takes a new initial snapshot), or create the slot yourself (SELECT pg_create_logical_replication_slot('${cfg.slot_name}', 'pgoutput')) to accept the gap`,
+          `set postgres_replication.resync: auto to take a fresh snapshot into a new commit, start a fresh replica (an empty data_dir takes a new initial snapshot), or create the slot yourself (SELECT pg_create_logical_replication_slot('${cfg.slot_name}', 'pgoutput')) to accept the gap`,
         );
       }
       repl = await ReplicationConnection.open(upstreamConnectionConfig(cfg));
@@ -256,23 +300,46 @@ export class Replicator {
           "created the replication slot on the primary",
         );
         if (bootstrap && created.snapshotName) {
+          this.snapshotProgress = new SnapshotProgress();
           this.setState("snapshot");
           await this.writeStatus();
-          await copyInitialSnapshot({
-            cfg,
-            publication: this.publication,
-            snapshotName: created.snapshotName,
-            consistentPoint: created.consistentPoint,
-            store,
-            history: this.options.history,
-            parent: applier.durableHead,
-            committer: COMMITTER,
-            email: EMAIL,
-            log: this.log,
-            shouldStop: () => this.stopping,
-          });
+          // The status row shows the copy's figures as it goes (the stream's timer starts later).
+          const snapshotStatusTimer = setInterval(() => {
+            this.statusDirty = true;
+            this.writeStatus().catch((err) => this.log.debug({ err: err.message }, "status write failed"));
+          }, STATUS_TABLE_INTERVAL_MS);
+          try {
+            await copyInitialSnapshot({
+              cfg,
+              publication: this.publication,
+              snapshotName: created.snapshotName,
+              consistentPoint: created.consistentPoint,
+              store,
+              storeConfig: {
+                ...this.options.store.connectionConfig(cfg.postgres_database),
+                options: SESSION_OPTIONS,
+              },
+              history: this.options.history,
+              parent: applier.durableHead,
+              committer: COMMITTER,
+              email: EMAIL,
+              log: this.log,
+              shouldStop: () => this.stopping,
+              progress: this.snapshotProgress,
+              message: await this.resyncMessage(store, created.consistentPoint),
+            });
+          } finally {
+            clearInterval(snapshotStatusTimer);
+          }
           rmSync(marker, { force: true });
           await applier.init();
+          await this.finishResync(store, created.consistentPoint);
+          // Sequences are not replicated: their values are copied now, then periodically.
+          await syncSequencesOnce(cfg, this.options.store.connectionConfig(cfg.postgres_database), this.log)
+            .then((summary) => this.log.info(summary, "copied the primary's sequence values"))
+            .catch((err) =>
+              this.log.warn({ err: (err as Error).message }, "could not copy the primary's sequence values"),
+            );
         }
       }
       const proto = upstream.protocolVersion;
@@ -281,6 +348,8 @@ export class Replicator {
         publication_names: `"${this.publication.replace(/"/g, '""')}"`,
       };
       if (proto >= 2) startOptions.streaming = "on";
+      // Logical decoding messages carry the DDL sent by `strata setup-primary`'s event trigger.
+      if (upstream.serverVersion >= 140000) startOptions.messages = "true";
       this.acked = applier.position > this.acked ? applier.position : this.acked;
       this.log.info(
         {
@@ -439,6 +508,93 @@ export class Replicator {
     }
   }
 
+  /**
+   * The slot is gone and `resync: auto` is set. One store transaction records, as a commit, that
+   * the replicated tables' rows are removed (so diffs across the resync stay exact), empties them
+   * and forgets the position; the replica is then an empty one, and takes an initial snapshot with
+   * a new slot. A crash at any point after this leaves a replica that does exactly that.
+   */
+  private async startResync(store: pg.Client, position: bigint, what: string): Promise<void> {
+    const cfg = this.options.config;
+    this.log.warn(
+      { position: formatLsn(position) },
+      `replication slot ${what}; resync: auto takes a fresh snapshot (changes since the position cannot be replicated)`,
+    );
+    const { rows: tables } = await store.query<{ rel: string; schema: string; name: string }>(
+      `SELECT rel, shape->>'schema' AS schema, shape->>'name' AS name FROM strata.upstream_tables
+        WHERE slot_name = $1 AND to_regclass(quote_ident(shape->>'schema') || '.' || quote_ident(shape->>'name')) IS NOT NULL
+        ORDER BY rel`,
+      [cfg.slot_name],
+    );
+    const head = await store.query<{ seq: string; hash: string }>(
+      "SELECT seq, hash FROM strata.commits ORDER BY seq DESC LIMIT 1",
+    );
+    const seq = BigInt(head.rows[0]?.seq ?? 0) + 1n;
+    const header: CommitHeader = {
+      parentHash: head.rows[0]?.hash ?? null,
+      committer: COMMITTER,
+      email: EMAIL,
+      date: new Date().toISOString().replace("Z", "000Z"),
+      message: `resync: the replication slot ${what}; the replica's rows are removed here and copied again by the next commit, and changes after ${formatLsn(position)} until it could not be replicated`,
+      upstreamEndLsn: position,
+    };
+    const hasher = new CommitHasher(header);
+    const qualified = tables.map((t) => `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`);
+    hasher.addTruncate(
+      tables.map((t) => t.rel),
+      false,
+      false,
+    );
+    await store.query("BEGIN");
+    try {
+      if (this.options.history) {
+        for (const [i, t] of tables.entries()) {
+          await store.query(
+            `INSERT INTO strata.changes (commit_seq, ord, rel, op, old_row)
+             SELECT $1::bigint, $2::int, $3::text, 'T', to_jsonb(strata_t.*) FROM ${qualified[i]} strata_t`,
+            [String(seq), i, t.rel],
+          );
+        }
+        await insertCommitRow(store, { ...header, seq, hash: hasher.digest() });
+      }
+      if (qualified.length > 0) await store.query(`TRUNCATE ${qualified.join(", ")}`);
+      await store.query("DELETE FROM strata.source_position WHERE slot_name = $1", [cfg.slot_name]);
+      await store.query(
+        `INSERT INTO strata.resyncs (slot_name, lost_after_lsn) VALUES ($1, $2)
+         ON CONFLICT (slot_name) DO UPDATE SET lost_after_lsn = excluded.lost_after_lsn, started_at = clock_timestamp()`,
+        [cfg.slot_name, formatLsn(position)],
+      );
+      await store.query("COMMIT");
+    } catch (err) {
+      await store.query("ROLLBACK").catch(() => {});
+      throw err;
+    }
+  }
+
+  private async resyncPending(store: pg.Client): Promise<boolean> {
+    const { rowCount } = await store.query("SELECT 1 FROM strata.resyncs WHERE slot_name = $1", [
+      this.options.config.slot_name,
+    ]);
+    return Boolean(rowCount);
+  }
+
+  /** The snapshot commit's message when it completes a resync. */
+  private async resyncMessage(store: pg.Client, at: bigint): Promise<string | undefined> {
+    const { rows } = await store.query<{ lsn: string }>(
+      "SELECT lost_after_lsn::text AS lsn FROM strata.resyncs WHERE slot_name = $1",
+      [this.options.config.slot_name],
+    );
+    if (!rows[0]) return undefined;
+    return `initial snapshot at ${formatLsn(at)} (resync: changes between ${rows[0].lsn} and ${formatLsn(at)} could not be replicated; this commit holds their net effect)`;
+  }
+
+  private async finishResync(store: pg.Client, at: bigint): Promise<void> {
+    const { rowCount } = await store.query("DELETE FROM strata.resyncs WHERE slot_name = $1", [
+      this.options.config.slot_name,
+    ]);
+    if (rowCount) this.log.info({ consistent_point: formatLsn(at) }, "resync complete");
+  }
+
   private async applyData(ap: Applier, msg: PgoutputMessage): Promise<void> {
     switch (msg.tag) {
       case "Relation":
@@ -453,8 +609,11 @@ export class Replicator {
       case "Truncate":
         await ap.applyChange(msg);
         return;
-      case "Origin":
       case "Message":
+        if (msg.prefix === DDL_MESSAGE_PREFIX && msg.transactional)
+          await ap.applyDdl(parseDdlMessage(msg.content), this.publication);
+        return;
+      case "Origin":
         return;
       case "BeginPrepare":
       case "Prepare":
@@ -487,12 +646,28 @@ export class Replicator {
     }
     const client = await this.statusClient;
     const caughtUp = this.acked >= this.serverWalEnd;
+    // Streaming but further behind the primary's WAL end than a keepalive's worth: catching up.
+    const phase =
+      this.state === "snapshot"
+        ? "snapshot"
+        : this.state === "streaming"
+          ? this.serverWalEnd - this.acked > CAUGHT_UP_SLACK_BYTES
+            ? "catching up"
+            : "streaming"
+          : null;
+    const snapshot = this.snapshotProgress?.planned ? this.snapshotProgress.summary() : undefined;
     await client.query(
-      `INSERT INTO strata.replication_status (slot_name, upstream, publication, state, received_lsn, upstream_lsn, last_message_time, lag_ms, error, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
+      `INSERT INTO strata.replication_status (slot_name, upstream, publication, state, received_lsn, upstream_lsn, last_message_time, lag_ms, error, updated_at,
+         phase, snapshot_tables_done, snapshot_tables_total, snapshot_rows, snapshot_bytes, snapshot_rows_estimate, snapshot_bytes_estimate,
+         slot_retained_wal_bytes, warning)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), $10, $11, $12, $13, $14, $15, $16, $17, $18)
        ON CONFLICT (slot_name) DO UPDATE SET upstream = excluded.upstream, publication = excluded.publication, state = excluded.state,
          received_lsn = excluded.received_lsn, upstream_lsn = excluded.upstream_lsn, last_message_time = excluded.last_message_time,
-         lag_ms = excluded.lag_ms, error = excluded.error, updated_at = excluded.updated_at`,
+         lag_ms = excluded.lag_ms, error = excluded.error, updated_at = excluded.updated_at,
+         phase = excluded.phase, snapshot_tables_done = excluded.snapshot_tables_done, snapshot_tables_total = excluded.snapshot_tables_total,
+         snapshot_rows = excluded.snapshot_rows, snapshot_bytes = excluded.snapshot_bytes,
+         snapshot_rows_estimate = excluded.snapshot_rows_estimate, snapshot_bytes_estimate = excluded.snapshot_bytes_estimate,
+         slot_retained_wal_bytes = excluded.slot_retained_wal_bytes, warning = excluded.warning`,
       [
         cfg.slot_name,
         `${cfg.postgres_server_address}:${cfg.postgres_port}/${cfg.postgres_database}`,
@@ -503,6 +678,17 @@ export class Replicator {
         this.lastMessageAt ?? null,
         caughtUp ? 0 : (this.lastApplyLagMs ?? null),
         this.lastError ?? null,
+        phase,
+        snapshot?.tablesDone ?? null,
+        snapshot?.tablesTotal ?? null,
+        snapshot?.total.rows ?? null,
+        snapshot?.total.bytes ?? null,
+        snapshot?.total.rowsEstimate === null || snapshot === undefined
+          ? null
+          : Math.round(snapshot.total.rowsEstimate),
+        snapshot?.total.bytesEstimate ?? null,
+        this.slotRetainedWalBytes === undefined ? null : String(this.slotRetainedWalBytes),
+        this.warning ?? null,
       ],
     );
   }

@@ -38,6 +38,12 @@ export interface UpstreamInfo {
   walSenderTimeoutMs: number;
   /** The slot's confirmed_flush_lsn, when it exists. */
   slotConfirmedFlush?: bigint;
+  /**
+   * The publication is FOR ALL TABLES: a table is published from its creation, so the stream
+   * holds all of its rows. Otherwise a table first seen mid-stream was added to the publication
+   * with rows the stream never carried, and is copied.
+   */
+  publicationAllTables: boolean;
 }
 
 /** pgoutput protocol version for a server: 4 on 16+, 3 on 15, 2 on 14 (streaming), else 1. */
@@ -63,15 +69,23 @@ export async function prepareUpstream(
         "set wal_level = logical in the primary's postgresql.conf and restart it",
       );
     }
-    const pub = await client.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication]);
+    const pub = await client.query<{ puballtables: boolean }>(
+      "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+      [publication],
+    );
+    let allTables = pub.rows[0]?.puballtables ?? false;
     if (!pub.rowCount) {
+      const what = cfg.publication_tables
+        ? `FOR TABLE ${cfg.publication_tables.map(qualifiedTableName).join(", ")}`
+        : "FOR ALL TABLES";
       try {
-        await client.query(`CREATE PUBLICATION ${pg.escapeIdentifier(publication)} FOR ALL TABLES`);
-        log.info({ publication }, "created the publication on the primary (FOR ALL TABLES)");
+        await client.query(`CREATE PUBLICATION ${pg.escapeIdentifier(publication)} ${what}`);
+        log.info({ publication }, `created the publication on the primary (${what})`);
+        allTables = !cfg.publication_tables;
       } catch (err) {
         throw new ApplyError(
           `publication "${publication}" does not exist on the primary and user ${cfg.postgres_user} cannot create it (${(err as Error).message})`,
-          `create it as a superuser on the primary: CREATE PUBLICATION ${pg.escapeIdentifier(publication)} FOR ALL TABLES;`,
+          `create it on the primary as the tables' owner or a superuser: CREATE PUBLICATION ${pg.escapeIdentifier(publication)} ${what};`,
         );
       }
     }
@@ -106,10 +120,35 @@ export async function prepareUpstream(
           ?.setting ?? 0,
       ),
       slotConfirmedFlush: found?.confirmed ? parseLsn(found.confirmed) : undefined,
+      publicationAllTables: allTables,
     };
   } finally {
     await client.end().catch(() => {});
   }
+}
+
+/** The attnums of an upstream table's columns, by name (the baseline for following renames). */
+export async function upstreamAttnums(
+  cfg: PostgresReplicationConfig,
+  relid: number,
+): Promise<Map<string, number>> {
+  const client = await connect(upstreamConnectionConfig(cfg));
+  try {
+    const { rows } = await client.query<{ attname: string; attnum: number }>(
+      "SELECT attname, attnum FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+      [relid],
+    );
+    return new Map(rows.map((r) => [r.attname, r.attnum]));
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/** `schema.table` or `table` from config as a quoted SQL name (a bare name is in public). */
+export function qualifiedTableName(name: string): string {
+  const dot = name.indexOf(".");
+  const [schema, table] = dot === -1 ? ["public", name] : [name.slice(0, dot), name.slice(dot + 1)];
+  return `${pg.escapeIdentifier(schema)}.${pg.escapeIdentifier(table)}`;
 }
 
 /** CREATE TYPE for an upstream enum, read from the primary's catalog (other user types: undefined). */

@@ -1,0 +1,237 @@
+// The replica's schema follows the primary's: from Relation messages alone (added, dropped and
+// retyped columns; an ambiguous rename stops with its remedy), and exactly with the event trigger
+// of `strata setup-primary` (renames, new tables, indexes, defaults, drops).
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { promisify } from "node:util";
+import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
+import { type StrataProcess, startStrata, waitForSameRows } from "../support/strata.ts";
+
+const run = promisify(execFile);
+const ROOT = join(import.meta.dirname, "..", "..");
+
+function strataCli(...args: string[]) {
+  return run(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/main.ts"), ...args], { cwd: ROOT });
+}
+
+async function replicaColumns(strata: StrataProcess, table: string): Promise<string[]> {
+  const rows = await strata.query<{ c: string }>(
+    `SELECT attname || ' ' || format_type(atttypid, atttypmod) || CASE WHEN attnotnull THEN ' not null' ELSE '' END AS c
+       FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`,
+    [table],
+  );
+  return rows.map((r) => r.c);
+}
+
+async function lastMessage(strata: StrataProcess): Promise<string> {
+  const [row] = await strata.query<{ message: string }>("SELECT message FROM dolt_log LIMIT 1");
+  return row.message;
+}
+
+describe("without the event trigger (Relation messages)", () => {
+  let primary: TestCluster;
+  let strata: StrataProcess;
+  before(async () => {
+    primary = await startPrimary();
+    await primary.query("CREATE TABLE t (id int PRIMARY KEY, a text, n int)");
+    await primary.query("INSERT INTO t VALUES (1, 'one', 1)");
+    strata = await startStrata({ primary });
+  });
+  after(async () => {
+    await strata?.stop();
+    await primary?.stop();
+  });
+
+  test("an added column is added before the rows that use it", async () => {
+    await primary.query("ALTER TABLE t ADD COLUMN extra text");
+    await primary.query("INSERT INTO t VALUES (2, 'two', 2, 'x')");
+    await waitForSameRows(primary, strata, "t", "id");
+    assert.deepEqual(await replicaColumns(strata, "t"), [
+      "id integer not null",
+      "a text",
+      "n integer",
+      "extra text",
+    ]);
+    assert.match(await lastMessage(strata), /ALTER TABLE "public"\."t" ADD COLUMN "extra" text/);
+    const [ddl] = await strata.query(
+      "SELECT rel, ddl FROM strata.schema_changes ORDER BY commit_seq DESC LIMIT 1",
+    );
+    assert.deepEqual(ddl, { rel: "public.t", ddl: 'ALTER TABLE "public"."t" ADD COLUMN "extra" text' });
+    // History keeps working across the change.
+    const history = await strata.query("SELECT id, extra FROM dolt_history_t ORDER BY id");
+    assert.deepEqual(history, [
+      { id: 1, extra: null },
+      { id: 2, extra: "x" },
+    ]);
+  });
+
+  test("a widened type and a dropped column follow", async () => {
+    await primary.query("ALTER TABLE t ALTER COLUMN n TYPE bigint");
+    await primary.query("ALTER TABLE t DROP COLUMN extra");
+    await primary.query("INSERT INTO t VALUES (3, 'three', 9000000000)");
+    await waitForSameRows(primary, strata, "t", "id");
+    assert.deepEqual(await replicaColumns(strata, "t"), ["id integer not null", "a text", "n bigint"]);
+  });
+
+  test("a rename cannot be told from a drop and an add: the stream stops with the remedy, and resumes once it is applied", async () => {
+    await primary.query("ALTER TABLE t RENAME COLUMN a TO label");
+    await primary.query("INSERT INTO t VALUES (4, 'four', 4)");
+    const [status] = await waitFor("the schema error in the status", async () => {
+      const rows = await strata.query<{ current_error: string | null }>(
+        "SELECT current_error FROM dolt_replication_status",
+      );
+      return rows[0]?.current_error ? rows : undefined;
+    });
+    assert.match(status.current_error!, /table public\.t/);
+    assert.match(status.current_error!, /lost column\(s\) a and gained label/);
+    assert.match(status.current_error!, /ALTER TABLE "public"\."t" RENAME COLUMN "a" TO "label"/);
+    assert.match(status.current_error!, /strata setup-primary/);
+    await strata.query('ALTER TABLE "public"."t" RENAME COLUMN "a" TO "label"');
+    await waitForSameRows(primary, strata, "t", "id");
+  });
+});
+
+describe("with the event trigger (strata setup-primary)", () => {
+  let primary: TestCluster;
+  let strata: StrataProcess;
+  before(async () => {
+    primary = await startPrimary();
+    await primary.query("CREATE TABLE t (id int PRIMARY KEY, a text)");
+    strata = await startStrata({ primary });
+    const { stdout } = await strataCli("setup-primary", "--config", strata.configFile);
+    assert.match(stdout, /installed Strata's DDL event trigger/);
+    // Idempotent.
+    await strataCli("setup-primary", "--config", strata.configFile);
+  });
+  after(async () => {
+    await strata?.stop();
+    await primary?.stop();
+  });
+
+  test("a column rename and a table rename are followed exactly", async () => {
+    await primary.query("INSERT INTO t VALUES (1, 'one')");
+    await primary.query("ALTER TABLE t RENAME COLUMN a TO label");
+    await primary.query("ALTER TABLE t RENAME TO things");
+    await primary.query("INSERT INTO things VALUES (2, 'two')");
+    await waitForSameRows(primary, strata, "things", "id");
+    assert.deepEqual(await replicaColumns(strata, "things"), ["id integer not null", "label text"]);
+    const [gone] = await strata.query("SELECT to_regclass('public.t') AS t");
+    assert.equal(gone.t, null);
+    const messages = (await strata.query<{ message: string }>("SELECT message FROM dolt_log")).map(
+      (r) => r.message,
+    );
+    assert.ok(
+      messages.some((m) => m.endsWith("ALTER TABLE t RENAME COLUMN a TO label")),
+      messages.join("\n"),
+    );
+    assert.ok(messages.some((m) => m.endsWith("ALTER TABLE t RENAME TO things")));
+  });
+
+  test("a new table arrives with its keys, defaults and indexes, and DDL with rows in one transaction", async () => {
+    await primary.query(`BEGIN;
+      CREATE TABLE orders (id bigserial PRIMARY KEY, sku text NOT NULL DEFAULT 'none', qty int DEFAULT 1, UNIQUE (sku, qty));
+      CREATE INDEX orders_qty ON orders (qty);
+      INSERT INTO orders (sku, qty) VALUES ('a', 2), ('b', DEFAULT);
+      COMMIT`);
+    await waitForSameRows(primary, strata, "orders", "id");
+    assert.deepEqual(await replicaColumns(strata, "orders"), [
+      "id bigint not null",
+      "sku text not null",
+      "qty integer",
+    ]);
+    const defaults = await strata.query(
+      "SELECT column_name, column_default FROM information_schema.columns WHERE table_name = 'orders' ORDER BY ordinal_position",
+    );
+    assert.deepEqual(defaults, [
+      { column_name: "id", column_default: null },
+      { column_name: "sku", column_default: "'none'::text" },
+      { column_name: "qty", column_default: "1" },
+    ]);
+    const indexes = await strata.query<{ indexname: string }>(
+      "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY indexname",
+    );
+    assert.deepEqual(
+      indexes.map((i) => i.indexname),
+      ["orders_pkey", "orders_qty", "orders_sku_qty_key"],
+    );
+  });
+
+  test("index, default and NOT NULL changes, and DROP TABLE, follow", async () => {
+    await primary.query("DROP INDEX orders_qty");
+    await primary.query("CREATE INDEX orders_sku ON orders (sku)");
+    await primary.query("ALTER TABLE orders ALTER COLUMN qty SET DEFAULT 5, ALTER COLUMN qty SET NOT NULL");
+    await primary.query("INSERT INTO orders (sku) VALUES ('c')");
+    await waitForSameRows(primary, strata, "orders", "id");
+    const indexes = await strata.query<{ indexname: string }>(
+      "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY indexname",
+    );
+    assert.deepEqual(
+      indexes.map((i) => i.indexname),
+      ["orders_pkey", "orders_sku", "orders_sku_qty_key"],
+    );
+    assert.deepEqual((await replicaColumns(strata, "orders"))[2], "qty integer not null");
+    await primary.query("DROP TABLE orders");
+    await waitFor("the replica table to be dropped", async () => {
+      const [row] = await strata.query("SELECT to_regclass('public.orders') IS NULL AS gone");
+      return row.gone;
+    });
+    assert.match(await lastMessage(strata), /DROP TABLE orders$/);
+    // Its history stays.
+    const [history] = await strata.query(
+      "SELECT count(*)::int AS n FROM strata.changes WHERE rel = 'public.orders'",
+    );
+    assert.equal(history.n, 3);
+  });
+
+  test("--uninstall removes the trigger; DDL then follows from Relation messages", async () => {
+    const { stdout } = await strataCli("setup-primary", "--uninstall", "--config", strata.configFile);
+    assert.match(stdout, /removed/);
+    const triggers = await primary.query("SELECT evtname FROM pg_event_trigger");
+    assert.deepEqual(triggers, []);
+    await primary.query("ALTER TABLE things ADD COLUMN note text");
+    await primary.query("INSERT INTO things VALUES (3, 'three', 'n')");
+    await waitForSameRows(primary, strata, "things", "id");
+  });
+});
+
+describe("publication changes", () => {
+  let primary: TestCluster;
+  let strata: StrataProcess;
+  before(async () => {
+    primary = await startPrimary();
+    await primary.query("CREATE TABLE a (id int PRIMARY KEY, v text)");
+    await primary.query("CREATE TABLE b (id int PRIMARY KEY, v text)");
+    await primary.query("INSERT INTO b SELECT g, 'before ' || g FROM generate_series(1, 500) g");
+    strata = await startStrata({ primary, replication: { publication_tables: ["public.a"] } });
+  });
+  after(async () => {
+    await strata?.stop();
+    await primary?.stop();
+  });
+
+  test("a table added to the publication is copied, then streamed; dropped from it, it keeps its rows", async () => {
+    await primary.query("INSERT INTO a VALUES (1, 'a1')");
+    await waitForSameRows(primary, strata, "a", "id");
+    const [none] = await strata.query("SELECT to_regclass('public.b') AS b");
+    assert.equal(none.b, null, "b is not published yet");
+    await primary.query("ALTER PUBLICATION strata_slot ADD TABLE b");
+    await primary.query("UPDATE b SET v = 'updated' WHERE id <= 10");
+    await primary.query("INSERT INTO b VALUES (501, 'after')");
+    await waitForSameRows(primary, strata, "b", "id");
+    const messages = (await strata.query<{ message: string }>("SELECT message FROM dolt_log")).map(
+      (r) => r.message,
+    );
+    assert.ok(
+      messages.some((m) => /public\.b joined the replica \(50\d rows copied at /.test(m)),
+      messages.join("\n"),
+    );
+    await primary.query("ALTER PUBLICATION strata_slot DROP TABLE b");
+    await primary.query("INSERT INTO b VALUES (502, 'unpublished')");
+    await primary.query("INSERT INTO a VALUES (2, 'a2')");
+    await waitForSameRows(primary, strata, "a", "id");
+    const [kept] = await strata.query("SELECT count(*)::int AS n, max(id) AS top FROM b");
+    assert.deepEqual(kept, { n: 501, top: 501 });
+  });
+});
