@@ -37,6 +37,7 @@ import {
   createTypeResolver,
   dropHistoryView,
   ensureHistoryView,
+  historyKeyColumns,
   readReplicaState,
   replicaTableHasRows,
   resolveTarget,
@@ -349,6 +350,26 @@ export class Applier {
     tx.changes++;
   }
 
+  /**
+   * Record every row of a replica table as removed (truncate history), in the open commit: before
+   * a table is dropped, or leaves its name behind, so that its history under that name is whole.
+   * Returns the key columns used.
+   */
+  private async recordRemoval(rel: string, qualified: string): Promise<string[] | null> {
+    const keys = await historyKeyColumns(this.client, rel, qualified);
+    if (!this.options.history) return keys;
+    const tx = this.tx!;
+    await this.client.query(
+      `INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
+       SELECT $1::bigint, $2::int, $3::text, 'T', strata.key_of(to_jsonb(strata_t.*), $4::text[]), to_jsonb(strata_t.*)
+         FROM ${qualified} strata_t`,
+      [String(this.seq + 1n), tx.ord, rel, keys],
+    );
+    tx.ord++;
+    tx.changes++;
+    return keys;
+  }
+
   /** A table renamed on the primary (same oid, new name) is renamed on the replica. */
   private async followRename(known: KnownTable | undefined, next: { schema: string; name: string }) {
     if (!known || known.rel === `${next.schema}.${next.name}`) return;
@@ -357,6 +378,23 @@ export class Applier {
     if ((await replicaTableHasRows(this.client, oldQualified)) === undefined) return;
     if ((await replicaTableHasRows(this.client, qualifiedName(next))) !== undefined) return;
     await dropHistoryView(this.client, old.schema, old.name);
+    // History is per name: the old name's ends with its rows removed, the new name's begins with
+    // them as a snapshot base at this commit.
+    const keys = await this.recordRemoval(known.rel, oldQualified);
+    const newRel = `${next.schema}.${next.name}`;
+    if (this.options.history && keys?.length) {
+      await this.client.query(
+        "INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [newRel, String(this.seq + 1n), keys],
+      );
+    } else if (this.options.history) {
+      // No key to find rows by later: the rows are written under the new name.
+      await this.client.query(
+        `INSERT INTO strata.changes (commit_seq, ord, rel, op, new_row)
+         SELECT $1::bigint, $2::int, $3::text, 'I', to_jsonb(strata_t.*) FROM ${oldQualified} strata_t`,
+        [String(this.seq + 1n), this.tx!.ord++, newRel],
+      );
+    }
     let at = oldQualified;
     if (old.schema !== next.schema) {
       await this.client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(next.schema)}`);
@@ -435,15 +473,18 @@ export class Applier {
       tx.hasher?.addSnapshotData(chunk),
     );
     tx.hasher?.addSnapshotTableEnd(copied.rows, copied.bytes);
-    if (this.options.history && copied.rows > 0) {
-      const key = relation.columns.flatMap((c) =>
-        c.isKey && relation.replicaIdentity !== "f"
-          ? [`'${c.name.replace(/'/g, "''")}', strata_t.${quoteIdent(c.name)}`]
-          : [],
-      );
+    const keys =
+      relation.replicaIdentity === "f" ? [] : relation.columns.filter((c) => c.isKey).map((c) => c.name);
+    if (this.options.history && copied.rows > 0 && keys.length > 0) {
+      // As for an initial snapshot: the copy's versions are a snapshot base, not history rows.
       await this.client.query(
-        `INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
-         SELECT $1::bigint, $2::int, $3::text, 'I', ${key.length ? `jsonb_build_object(${key.join(", ")})` : "NULL::jsonb"}, to_jsonb(strata_t.*) FROM ${qualifiedName(next)} strata_t`,
+        "INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns) VALUES ($1, $2, $3)",
+        [rel, String(this.seq + 1n), keys],
+      );
+    } else if (this.options.history && copied.rows > 0) {
+      await this.client.query(
+        `INSERT INTO strata.changes (commit_seq, ord, rel, op, new_row)
+         SELECT $1::bigint, $2::int, $3::text, 'I', to_jsonb(strata_t.*) FROM ${qualifiedName(next)} strata_t`,
         [String(this.seq + 1n), tx.ord, rel],
       );
     }
@@ -506,6 +547,8 @@ export class Applier {
         const known = await this.loadKnown(dropped.oid);
         if (!known) continue;
         await dropHistoryView(this.client, dropped.schema, dropped.name);
+        if ((await replicaTableHasRows(this.client, qualified)) !== undefined)
+          await this.recordRemoval(known.rel, qualified);
         await this.runSchemaChange(known.rel, `DROP TABLE IF EXISTS ${qualified}`);
         await this.forgetKnown(dropped.oid);
         this.targets.delete(dropped.oid);

@@ -10,6 +10,10 @@
 //                   the key before an update that changed it (so a key's last mention is exact). A diff of two commits touching k rows is an index
 //                   range scan on commit_seq (O(k log n)); "the row with key K as of commit C" is
 //                   one descent of (rel, row_key, commit_seq).
+//   strata.snapshot_bases  a table copied by a snapshot (or joining mid-stream) whose rows are not
+//                   written as history: each row's version at that commit is the image its first
+//                   later change recorded as old_row, or, if nothing has touched it since, the row
+//                   as it is now. A snapshot costs one write of the data, not two.
 //   strata.schema_changes  DDL applied to the replica, in its commit (by the same ordinal as rows).
 //   strata.upstream_tables  what the replica knows of each upstream table (by upstream oid): its
 //                   name and columns as last seen, so that later changes to them can be followed.
@@ -55,6 +59,15 @@ CREATE TABLE IF NOT EXISTS strata.schema_changes (
   ddl text NOT NULL,
   PRIMARY KEY (commit_seq, ord)
 );
+CREATE TABLE IF NOT EXISTS strata.snapshot_bases (
+  rel text NOT NULL,
+  commit_seq bigint NOT NULL,
+  key_columns text[] NOT NULL,
+  PRIMARY KEY (rel, commit_seq)
+);
+CREATE OR REPLACE FUNCTION strata.key_of(row_image jsonb, key_columns text[]) RETURNS jsonb
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  AS $$ SELECT jsonb_object_agg(k, row_image -> k) FROM unnest(key_columns) AS k $$;
 CREATE TABLE IF NOT EXISTS strata.resyncs (
   slot_name text PRIMARY KEY,
   lost_after_lsn pg_lsn NOT NULL,

@@ -63,20 +63,30 @@ export async function openStore(config: Config, dataDir: string, log: Logger): P
     );
   if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
   log.info({ socket_dir: paths.socketDir, version: spec.bin.major }, "managed store started");
+  return managedStoreHandle(paths.socketDir, spec.superuser, spec.password, async () => {
+    await stopCluster(spec);
+    log.info("managed store stopped");
+  });
+}
+
+/** A managed store reached through its unix socket in `socketDir`. */
+function managedStoreHandle(
+  socketDir: string,
+  user: string,
+  password: string,
+  stop: () => Promise<void>,
+): StoreHandle {
   return {
     kind: "managed",
-    endpoint: { path: join(paths.socketDir, `.s.PGSQL.${MANAGED_SOCKET_PORT}`) },
+    endpoint: { path: join(socketDir, `.s.PGSQL.${MANAGED_SOCKET_PORT}`) },
     connectionConfig: (database) => ({
-      host: paths.socketDir,
+      host: socketDir,
       port: MANAGED_SOCKET_PORT,
-      user: spec.superuser,
-      password: spec.password,
+      user,
+      password,
       database,
     }),
-    stop: async () => {
-      await stopCluster(spec);
-      log.info("managed store stopped");
-    },
+    stop,
   };
 }
 
@@ -95,18 +105,7 @@ export function attachRunningStore(config: Config, dataDir: string): StoreHandle
       `the managed store in ${dataDir} is not running (${isInitialised({ root }) ? "no postmaster.pid" : "no store initialised there"}): start \`strata serve\` with this config first, then run the command again`,
     );
   }
-  return {
-    kind: "managed",
-    endpoint: { path: join(paths.socketDir, `.s.PGSQL.${MANAGED_SOCKET_PORT}`) },
-    connectionConfig: (database) => ({
-      host: paths.socketDir,
-      port: MANAGED_SOCKET_PORT,
-      user: config.store.user,
-      password: config.store.password,
-      database,
-    }),
-    stop: async () => {},
-  };
+  return managedStoreHandle(paths.socketDir, config.store.user, config.store.password, async () => {});
 }
 
 function openExternalStore(url: string): StoreHandle {

@@ -22,6 +22,7 @@ import type pg from "pg";
 import { Applier, insertCommitRow } from "../apply/applier.ts";
 import { ApplyError } from "../apply/errors.ts";
 import { quoteIdent } from "../apply/schema-follow.ts";
+import { historyKeyColumns } from "../apply/target-table.ts";
 import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
 import { connect } from "../db.ts";
@@ -549,10 +550,12 @@ export class Replicator {
     try {
       if (this.options.history) {
         for (const [i, t] of tables.entries()) {
+          // Keyed like the stream's truncates, so the versions of a snapshot base stay exact.
           await store.query(
-            `INSERT INTO strata.changes (commit_seq, ord, rel, op, old_row)
-             SELECT $1::bigint, $2::int, $3::text, 'T', to_jsonb(strata_t.*) FROM ${qualified[i]} strata_t`,
-            [String(seq), i, t.rel],
+            `INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
+             SELECT $1::bigint, $2::int, $3::text, 'T', strata.key_of(to_jsonb(strata_t.*), $4::text[]), to_jsonb(strata_t.*)
+               FROM ${qualified[i]} strata_t`,
+            [String(seq), i, t.rel, await historyKeyColumns(store, t.rel, qualified[i])],
           );
         }
         await insertCommitRow(store, { ...header, seq, hash: hasher.digest() });

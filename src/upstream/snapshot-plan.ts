@@ -68,7 +68,22 @@ export function chunkBlocks(opts: PlanOptions): number {
 /** Split one source into block ranges of about `per` blocks each (none when it fits in one). */
 export function splitBlocks(blocks: number, per: number): BlockRange[] | null {
   // Rounded, not ceiled: a heap of 1.2 chunks is one item rather than a chunk and a sliver.
-  const n = Math.round(blocks / per);
+  return splitBlocksInto(blocks, Math.round(blocks / per));
+}
+
+/**
+ * How many pieces a heap is copied in: by its heap blocks, or by its whole size when most of it
+ * is TOAST (a table of large values has a small heap whose rows point into a large TOAST table;
+ * its ctid ranges divide the TOAST reads too). Never more pieces than blocks.
+ */
+export function piecesFor(source: SourceRelation, opts: PlanOptions): number {
+  const byBlocks = Math.round(source.blocks / chunkBlocks(opts));
+  const byBytes = Math.round(source.bytes / opts.chunkBytes);
+  return Math.min(source.blocks, Math.max(byBlocks, byBytes));
+}
+
+/** Split `blocks` into `n` even block ranges, the last open-ended (none when n <= 1). */
+export function splitBlocksInto(blocks: number, n: number): BlockRange[] | null {
   if (n <= 1) return null;
   const ranges: BlockRange[] = [];
   for (let i = 0; i < n; i++) {
@@ -80,12 +95,14 @@ export function splitBlocks(blocks: number, per: number): BlockRange[] | null {
 }
 
 export function planSnapshot(tables: readonly PlannedTable[], opts: PlanOptions): WorkItem[] {
-  const per = chunkBlocks(opts);
   const items: WorkItem[] = [];
   tables.forEach((table, t) => {
     let chunk = 0;
     for (const source of table.sources) {
-      const ranges = opts.tidRangeScans && source.relkind === "r" ? splitBlocks(source.blocks, per) : null;
+      const ranges =
+        opts.tidRangeScans && source.relkind === "r"
+          ? splitBlocksInto(source.blocks, piecesFor(source, opts))
+          : null;
       const rows = source.rows >= 0 ? source.rows : null;
       if (!ranges) {
         items.push({

@@ -158,7 +158,7 @@ async function createReplicaTable(
   table: PublishedTable,
   cfg: PostgresReplicationConfig,
   log: Logger,
-): Promise<void> {
+): Promise<string[]> {
   const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
   const { rows: cols } = await primary.query<{
     attname: string;
@@ -198,11 +198,15 @@ async function createReplicaTable(
     }
     defs.push(`${quoteIdent(c.attname)} ${type}${c.notnull ? " NOT NULL" : ""}`);
   }
-  const { rows: constraints } = await primary.query<{ def: string }>(
-    "SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = $1::regclass AND contype IN ('p', 'u') ORDER BY contype, conname",
+  // Keys and indexes are built after the rows are in (as pg_restore does): one sorted build is
+  // much cheaper than maintaining them row by row during the copy.
+  const { rows: constraints } = await primary.query<{ name: string; def: string }>(
+    "SELECT conname AS name, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = $1::regclass AND contype IN ('p', 'u') ORDER BY contype, conname",
     [qualified],
   );
-  for (const con of constraints) defs.push(con.def);
+  const deferred = constraints.map(
+    (con) => `ALTER TABLE ${qualified} ADD CONSTRAINT ${quoteIdent(con.name)} ${con.def}`,
+  );
   await store.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(table.schema)}`);
   await store.query(`CREATE TABLE ${qualified} (${defs.join(", ")})`);
   // Each default on its own, under a savepoint: one naming a function or type the replica lacks
@@ -234,14 +238,42 @@ async function createReplicaTable(
       WHERE i.indrelid = $1::regclass AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)`,
     [qualified],
   );
-  for (const index of indexes) {
-    await store.query(index.def).catch((err: Error) => {
-      throw new ApplyError(
-        `cannot create index on the replica for ${table.schema}.${table.name} (${index.def}): ${err.message}`,
-        "create an equivalent index on the replica by hand, or drop it on the primary, then restart Strata",
-      );
-    });
-  }
+  return [...deferred, ...indexes.map((i) => i.def)];
+}
+
+/** Build the keys and indexes of tables the snapshot created and filled, spread over `stores`. */
+async function buildDeferred(
+  stores: pg.Client[],
+  deferred: { table: string; statements: string[] }[],
+  log: Logger,
+): Promise<void> {
+  const pending = deferred.filter((d) => d.statements.length > 0);
+  if (pending.length === 0) return;
+  const started = Date.now();
+  let next = 0;
+  await Promise.all(
+    stores.map(async (store) => {
+      for (let job = pending[next++]; job; job = pending[next++]) {
+        for (const sql of job.statements) {
+          await store.query(sql).catch((err: Error) => {
+            throw new ApplyError(
+              `cannot create a key or index on the replica for ${job.table} (${sql}): ${err.message}`,
+              "create an equivalent key or index on the replica by hand, or drop it on the primary, then restart Strata",
+              { table: job.table },
+            );
+          });
+        }
+      }
+    }),
+  );
+  log.info(
+    {
+      tables: pending.map((d) => d.table),
+      statements: pending.reduce((n, d) => n + d.statements.length, 0),
+      seconds: Number(((Date.now() - started) / 1000).toFixed(2)),
+    },
+    "initial snapshot: keys and indexes built",
+  );
 }
 
 async function replicaHasRows(store: pg.Client, qualified: string): Promise<boolean | undefined> {
@@ -425,6 +457,10 @@ async function openStore(config: pg.ClientConfig): Promise<pg.Client> {
   const store = await connect(config);
   // As on the apply connection: replica-only triggers do not fire for replicated rows.
   await store.query("SET session_replication_role = replica").catch(() => {});
+  // The pieces need not wait for their own WAL flush: the final transaction (synchronous, on
+  // the apply connection) commits after them, and WAL is flushed in order, so once it is durable
+  // they are too; before it, a lost piece is cleaned up like any unfinished snapshot.
+  await store.query("SET synchronous_commit = off");
   return store;
 }
 
@@ -464,10 +500,11 @@ interface CopyContext {
 }
 
 /**
- * Copy one work item in one store transaction, with its history rows. A table copied in one item
- * is empty but for this transaction, so its history rows are simply its rows. A split table is
- * written by several transactions at once, so each chunk lands in a temporary table first and
- * moves on with INSERT ... RETURNING, whose rows are exactly this chunk's, as stored.
+ * Copy one work item in one store transaction. A keyed table needs no history rows (its snapshot
+ * base stands for them). A keyless one has its rows written as history too: copied in one item,
+ * the table is empty but for this transaction, so its history rows are simply its rows; split,
+ * it is written by several transactions at once, so each chunk lands in a temporary table first
+ * and moves on with INSERT ... RETURNING, whose rows are exactly this chunk's, as stored.
  */
 async function copyItem(
   primary: pg.Client,
@@ -480,7 +517,11 @@ async function copyItem(
   const cols = table.columns.map(quoteIdent).join(", ");
   const conditions = [table.rowFilter && `(${table.rowFilter})`, rangeCondition(item.range)].filter(Boolean);
   const select = `SELECT ${cols} FROM ONLY ${item.relation}${conditions.length ? ` WHERE ${conditions.join(" AND ")}` : ""}`;
-  const direct = !ctx.history || ctx.itemsPerTable[item.table] === 1;
+  // A keyed table's snapshot versions are not written as history (a snapshot base stands for
+  // them: see strata.snapshot_bases), so its pieces go straight into the table; only a keyless
+  // table's rows are written as history too.
+  const historyRows = ctx.history && table.keyColumns.length === 0;
+  const direct = !historyRows || ctx.itemsPerTable[item.table] === 1;
   const sha = createHash("sha256");
   let rows = 0;
   let bytes = 0;
@@ -507,7 +548,7 @@ async function copyItem(
       }),
       store.query(copyFrom(`COPY ${direct ? qualified : "strata_snapshot_chunk"} (${cols}) FROM STDIN`)),
     );
-    if (ctx.history && rows > 0) {
+    if (historyRows && rows > 0) {
       const key = table.keyColumns.length
         ? `jsonb_build_object(${table.keyColumns.map((k) => `${pg.escapeLiteral(k)}, strata_t.${quoteIdent(k)}`).join(", ")})`
         : "NULL::jsonb";
@@ -528,6 +569,12 @@ async function copyItem(
   }
   return { rows, bytes, sha256: sha.digest() };
 }
+
+/**
+ * A test hook: a pause after each copied piece, so that a test can kill Strata at a moment it
+ * chooses in the middle of a snapshot however fast the copy is. Never set in production.
+ */
+const PAUSE_AFTER_ITEM_MS = Number(process.env.STRATA_TEST_SNAPSHOT_PAUSE_MS ?? 0);
 
 export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<SnapshotResult> {
   const { cfg, store, log } = opts;
@@ -601,6 +648,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
     );
 
     // Prepare: refuse, create, and record what this snapshot is about to fill.
+    const deferredByTable = new Map<number, { table: string; statements: string[] }>();
     await store.query("BEGIN");
     try {
       for (const table of tables) {
@@ -613,9 +661,10 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
           );
         }
         if (hasRows === undefined) {
-          await createReplicaTable(coordinator, store, table, cfg, log).catch((err) => {
+          const statements = await createReplicaTable(coordinator, store, table, cfg, log).catch((err) => {
             throw explainStoreError(err, rel(table));
           });
+          deferredByTable.set(tables.indexOf(table), { table: rel(table), statements });
         }
         if (opts.history) await ensureHistoryView(store, table.schema, table.name);
         await store.query(
@@ -645,6 +694,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
         const table = tables[item.table];
         try {
           const result = await copyItem(primaries[w], stores[w], item, ctx);
+          if (PAUSE_AFTER_ITEM_MS > 0) await new Promise((r) => setTimeout(r, PAUSE_AFTER_ITEM_MS));
           results.set(`${item.table}/${item.chunk}`, result);
           if (itemsPerTable[item.table] > 1) {
             log.debug(
@@ -661,6 +711,10 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
             );
           }
           if (progress.itemDone(item.table)) {
+            // Its keys and indexes are built now, while other workers still copy other tables.
+            const job = deferredByTable.get(item.table);
+            deferredByTable.delete(item.table);
+            if (job) await buildDeferred([stores[w]], [job], log);
             const f = progress.summary().tables[item.table];
             const seconds = progress.tableSeconds(item.table);
             reporter.log((l) =>
@@ -689,6 +743,8 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
     if (results.size < items.length) {
       throw new Error("stopped during the initial snapshot; it starts over at the next start");
     }
+    // Tables with nothing to copy (a partitioned table without partitions) still get theirs.
+    await buildDeferred(stores, [...deferredByTable.values()], log);
 
     // What the replica knows of each table from here on (schema following starts from it), read
     // under the snapshot: the columns' attnums tell later renames from drops and adds.
@@ -728,6 +784,14 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
         [cfg.slot_name, lsn],
       );
       await store.query("DELETE FROM strata.snapshot_tables WHERE slot_name = $1", [cfg.slot_name]);
+      if (opts.history && result.committed) {
+        for (const table of tables.filter((t) => t.keyColumns.length > 0)) {
+          await store.query(
+            "INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns) VALUES ($1, $2, $3)",
+            [rel(table), String(seq), table.keyColumns],
+          );
+        }
+      }
       for (const shape of shapes) {
         await store.query(
           `INSERT INTO strata.upstream_tables (slot_name, relid, rel, shape) VALUES ($1, $2, $3, $4)

@@ -7,7 +7,8 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
-import { type StrataProcess, startStrata, waitForSameRows } from "../support/strata.ts";
+import { type StrataProcess, snapshot, startStrata, waitForSameRows } from "../support/strata.ts";
+import { replayHistory } from "../support/workload.ts";
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -127,6 +128,10 @@ describe("with the event trigger (strata setup-primary)", () => {
       messages.join("\n"),
     );
     assert.ok(messages.some((m) => m.endsWith("ALTER TABLE t RENAME TO things")));
+    // History is per name: t's ends with its rows removed, things' starts with them.
+    const expected = (await snapshot((sql) => primary.query(sql), "things", "id")).sort();
+    assert.deepEqual(await replayHistory(strata, "things", ["id"]), expected);
+    assert.deepEqual(await replayHistory(strata, "t", ["id"]), []);
   });
 
   test("a new table arrives with its keys, defaults and indexes, and DDL with rows in one transaction", async () => {
@@ -178,11 +183,14 @@ describe("with the event trigger (strata setup-primary)", () => {
       return row.gone;
     });
     assert.match(await lastMessage(strata), /DROP TABLE orders$/);
-    // Its history stays.
-    const [history] = await strata.query(
-      "SELECT count(*)::int AS n FROM strata.changes WHERE rel = 'public.orders'",
+    // Its history stays, ending with its rows removed.
+    const history = await strata.query(
+      "SELECT op::text, count(*)::int AS n FROM strata.changes WHERE rel = 'public.orders' GROUP BY 1 ORDER BY 1",
     );
-    assert.equal(history.n, 3);
+    assert.deepEqual(history, [
+      { op: "I", n: 3 },
+      { op: "T", n: 3 },
+    ]);
   });
 
   test("--uninstall removes the trigger; DDL then follows from Relation messages", async () => {

@@ -205,6 +205,8 @@ test("SIGKILL mid-snapshot: the next start empties the partial copy and snapshot
   );
   const strata = await createStrata({ primary, slot: "par_kill_slot", replication: PARALLEL });
   try {
+    // Each copied piece is followed by a pause, so the kill lands mid-snapshot however fast it is.
+    process.env.STRATA_TEST_SNAPSHOT_PAUSE_MS = "1000";
     strata.start().catch(() => {});
     // The status row, during the snapshot: rows copied so far, against the estimates.
     const during = await waitFor(
@@ -216,6 +218,7 @@ test("SIGKILL mid-snapshot: the next start empties the partial copy and snapshot
       60_000,
     );
     await strata.kill("SIGKILL");
+    delete process.env.STRATA_TEST_SNAPSHOT_PAUSE_MS;
     assert.equal(during.state, "snapshot");
     assert.equal(during.snapshot_tables_total, TABLES.length + 1);
     assert.ok(Number(during.snapshot_rows_estimate) >= 250000 + 120000);
@@ -232,6 +235,7 @@ test("SIGKILL mid-snapshot: the next start empties the partial copy and snapshot
     await waitForSameRows(primary, strata, "heavy", "id");
     await assertOneCleanSnapshot(strata);
   } finally {
+    delete process.env.STRATA_TEST_SNAPSHOT_PAUSE_MS;
     await strata.stop();
   }
 });

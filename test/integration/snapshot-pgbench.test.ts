@@ -8,7 +8,8 @@ import { after, before, test } from "node:test";
 import { promisify } from "node:util";
 import { findPgBinaries } from "../../src/store/binaries.ts";
 import { startPrimary, TEST_PASSWORD, type TestCluster, waitFor } from "../support/postgres.ts";
-import { createStrata, type StrataProcess, waitForSameRows } from "../support/strata.ts";
+import { createStrata, type StrataProcess, snapshot, waitForSameRows } from "../support/strata.ts";
+import { replayHistory } from "../support/workload.ts";
 
 const run = promisify(execFile);
 // Beside the real initdb (the one found may be a symlink in a directory without the client tools).
@@ -77,6 +78,18 @@ test("pgbench tables and a TOAST table, snapshotted while pgbench writes: exact,
     ["docs", "id"],
   ])
     await waitForSameRows(primary, strata, table, key, 120_000);
+  // History alone (the snapshot's base versions, then every change) rebuilds the primary's rows.
+  for (const [table, key] of [
+    ["pgbench_accounts", "aid"],
+    ["pgbench_branches", "bid"],
+    ["pgbench_tellers", "tid"],
+    ["docs", "id"],
+  ]) {
+    const expected = (await snapshot((sql) => primary.query(sql), table, key)).sort();
+    assert.deepEqual(await replayHistory(strata, table, [key]), expected, `history of ${table}`);
+  }
+  const [bases] = await strata.query<{ n: number }>("SELECT count(*)::int AS n FROM strata.snapshot_bases");
+  assert.equal(bases.n, 4, "the keyed tables' snapshot versions are bases, not history rows");
   const log = await strata.query<{ message: string }>(
     "SELECT message FROM dolt_log ORDER BY commit_order ASC LIMIT 1",
   );

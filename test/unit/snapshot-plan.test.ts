@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import {
   describeRange,
+  piecesFor,
   planSnapshot,
   rangeCondition,
   type SourceRelation,
@@ -92,4 +93,21 @@ test("range conditions select blocks with TID comparisons", () => {
   assert.equal(rangeCondition({ start: 0, end: 128 }), "ctid < '(128,0)'::tid");
   assert.equal(rangeCondition({ start: 128, end: 256 }), "ctid >= '(128,0)'::tid AND ctid < '(256,0)'::tid");
   assert.equal(rangeCondition({ start: 256, end: null }), "ctid >= '(256,0)'::tid");
+});
+
+test("a table whose bytes are mostly TOAST is split by its whole size", () => {
+  const opts = { chunkBytes: 8192 * 100, blockSize: 8192, tidRangeScans: true };
+  // 50 heap blocks (half a chunk) but 10 chunks of bytes in all: 10 pieces.
+  assert.equal(
+    piecesFor({ relation: "t", relkind: "r", blocks: 50, bytes: 8192 * 1000, rows: 100 }, opts),
+    10,
+  );
+  // Never more pieces than blocks.
+  assert.equal(piecesFor({ relation: "t", relkind: "r", blocks: 3, bytes: 8192 * 1000, rows: 10 }, opts), 3);
+  const items = planSnapshot(
+    [{ sources: [{ relation: "t", relkind: "r", blocks: 50, bytes: 8192 * 1000, rows: 100 }] }],
+    opts,
+  );
+  assert.equal(items.length, 10);
+  assert.equal(items.filter((i) => i.range?.end === null).length, 1, "one open-ended range");
 });
