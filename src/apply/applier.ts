@@ -88,6 +88,21 @@ export interface DdlMessage {
   dropped?: { type: string; oid: number; schema: string; name: string }[];
 }
 
+/** Inserts into one table applied together; the longest run is INSERT_RUN_MAX rows. */
+interface PendingInserts {
+  target: TargetTable;
+  /** The rows' keys (no key twice in a run: history rows are matched to rows by key). */
+  keys: Set<string>;
+  /** Per column of the target, the rows' values as text. */
+  columns: (string | null)[][];
+  seqs: string[];
+  ords: number[];
+  /** The commit LSN of the run's first row, for errors. */
+  firstLsn: bigint;
+}
+
+const INSERT_RUN_MAX = 1000;
+
 /** What the replica knows of an upstream table (strata.upstream_tables). */
 interface KnownTable {
   rel: string;
@@ -180,6 +195,8 @@ export class Applier {
   private readonly statementNames = new Map<string, string>();
   /** Upstream tables by relation oid, as loaded from strata.upstream_tables (cleared on abort). */
   private readonly known = new Map<number, KnownTable | null>();
+  /** Inserts waiting to be applied as one statement (see flushInserts). */
+  private pendingInserts: PendingInserts | undefined;
   /** Relations copied mid-stream: their changes committed before the LSN are skipped. */
   private readonly syncedBefore = new Map<number, bigint>();
   /** Changes applied in the current batch (store transaction). */
@@ -338,6 +355,7 @@ export class Applier {
 
   /** Run DDL on the replica as part of the open commit. */
   private async runSchemaChange(rel: string, ddl: string): Promise<void> {
+    await this.flushInserts();
     const tx = this.tx!;
     await this.client.query(ddl);
     tx.hasher?.addSchemaChange(rel, ddl);
@@ -356,6 +374,7 @@ export class Applier {
    * Returns the key columns used.
    */
   private async recordRemoval(rel: string, qualified: string): Promise<string[] | null> {
+    await this.flushInserts();
     const keys = await historyKeyColumns(this.client, rel, qualified);
     if (!this.options.history) return keys;
     const tx = this.tx!;
@@ -421,6 +440,7 @@ export class Applier {
    * the replica table to the relation's shape, or copy a table that joins the replica mid-stream.
    */
   private async followRelation(relation: RelationMessage): Promise<void> {
+    await this.flushInserts();
     const columns: ColumnShape[] = [];
     // One at a time: the resolver queries the store, and a pg client runs one query at a time.
     for (const c of relation.columns) {
@@ -621,6 +641,30 @@ export class Applier {
   }
 
   private async insert(target: TargetTable, tuple: TupleData, ord: number) {
+    if (this.batchable(target, tuple)) {
+      const run = this.pendingInserts;
+      const key = JSON.stringify(target.keyIndexes.map((i) => tuple[i]));
+      if (run && (run.target !== target || run.keys.has(key))) await this.flushInserts();
+      let current = this.pendingInserts;
+      if (!current) {
+        current = {
+          target,
+          keys: new Set(),
+          columns: target.columns.map(() => []),
+          seqs: [],
+          ords: [],
+          firstLsn: this.tx!.meta.commitLsn,
+        };
+        this.pendingInserts = current;
+      }
+      current.keys.add(key);
+      for (let i = 0; i < tuple.length; i++) current.columns[i].push(tuple[i] as string | null);
+      current.seqs.push(String(this.seq + 1n));
+      current.ords.push(ord);
+      if (current.seqs.length >= INSERT_RUN_MAX) await this.flushInserts();
+      return;
+    }
+    await this.flushInserts();
     const present = tuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const key = `I:${present.join(",")}`;
     let sql = target.sqlCache.get(key);
@@ -637,6 +681,58 @@ export class Applier {
     const params: unknown[] = present.map((i) => tuple[i]);
     if (this.options.history) params.push(...this.historyParams(ord, target));
     await this.exec(sql, params);
+  }
+
+  /**
+   * Whether an insert can join a run of inserts applied as one statement: a keyed table (history
+   * rows are matched to the inserted rows by key) whose key columns compare with `=`, and text
+   * values for every column (no binary values, no unchanged-TOAST markers).
+   */
+  private batchable(target: TargetTable, tuple: TupleData): boolean {
+    if (target.keyIndexes.length === 0) return false;
+    for (const i of target.keyIndexes) if (target.columns[i].compareAsText) return false;
+    for (const v of tuple) if (v !== null && typeof v !== "string") return false;
+    return true;
+  }
+
+  /**
+   * Apply the pending run of inserts: one INSERT ... SELECT FROM unnest(...) for the rows, and
+   * their history rows from RETURNING, matched back to each row's commit and ordinal by key.
+   * Called before anything else touches the store in order: another change, DDL, a copy, flush.
+   */
+  private async flushInserts(): Promise<void> {
+    const run = this.pendingInserts;
+    if (!run) return;
+    this.pendingInserts = undefined;
+    const { target } = run;
+    const n = target.columns.length;
+    let sql = target.sqlCache.get("I*");
+    if (!sql) {
+      const aliases = target.columns.map((_, i) => `strata_c${i}`);
+      const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
+      const typed = target.columns.map((c, i) => `${aliases[i]}::${c.type}`).join(", ");
+      const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")}))`;
+      const insert = `INSERT INTO ${target.qualified} (${target.columns.map((c) => c.quoted).join(", ")}) SELECT ${typed} FROM strata_in ORDER BY strata_seq, strata_ord`;
+      const join = target.keyIndexes
+        .map(
+          (i) => `strata_n.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
+        )
+        .join(" AND ");
+      sql = this.options.history
+        ? `WITH ${input}, strata_n AS (${insert} RETURNING *)
+           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
+           SELECT strata_in.strata_seq, strata_in.strata_ord, $${n + 3}::text, 'I', ${target.keyJson("strata_n")}, to_jsonb(strata_n.*)
+             FROM strata_n JOIN strata_in ON ${join}`
+        : `WITH ${input} ${insert}`;
+      target.sqlCache.set("I*", sql);
+    }
+    const params: unknown[] = [run.seqs, run.ords, ...run.columns];
+    if (this.options.history) params.push(target.rel);
+    try {
+      await this.exec(sql, params);
+    } catch (err) {
+      throw withLsn(explainStoreError(err, target.rel), run.firstLsn);
+    }
   }
 
   /** WHERE clause locating one row (alias s), and its parameters. */
@@ -693,6 +789,7 @@ export class Applier {
   }
 
   private async update(target: TargetTable, msg: UpdateMessage, ord: number) {
+    await this.flushInserts();
     const set = msg.newTuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.newTuple);
     const m = this.match(target, id.tuple, id.all, set.length + 1);
@@ -719,6 +816,7 @@ export class Applier {
   }
 
   private async delete(target: TargetTable, msg: DeleteMessage, ord: number) {
+    await this.flushInserts();
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.oldTuple);
     const m = this.match(target, id.tuple, id.all, 1);
     const cacheKey = `D:${id.all ? "A" : "K"}:${m.key}`;
@@ -754,6 +852,7 @@ export class Applier {
   }
 
   private async applyTruncate(msg: TruncateMessage) {
+    await this.flushInserts();
     const tx = this.tx!;
     const targets: TargetTable[] = [];
     for (const oid of msg.relationOids) {
@@ -829,6 +928,7 @@ export class Applier {
   async flush(): Promise<bigint> {
     if (!this.inStoreTx) return this.position;
     if (this.tx) throw new Error("flush() inside an upstream transaction");
+    await this.flushInserts();
     if (this.pendingEnd !== undefined) {
       await this.client.query(
         `INSERT INTO strata.source_position (slot_name, end_lsn) VALUES ($1, $2)
@@ -848,6 +948,7 @@ export class Applier {
   /** Roll back whatever is not durable. */
   async abort(): Promise<void> {
     this.tx = undefined;
+    this.pendingInserts = undefined;
     this.pendingEnd = undefined;
     this.seq = this.durableSeq;
     this.head = this.durableHash;

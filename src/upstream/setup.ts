@@ -151,7 +151,10 @@ export function qualifiedTableName(name: string): string {
   return `${pg.escapeIdentifier(schema)}.${pg.escapeIdentifier(table)}`;
 }
 
-/** CREATE TYPE for an upstream enum, read from the primary's catalog (other user types: undefined). */
+/**
+ * CREATE TYPE for an upstream enum, or CREATE DOMAIN for a domain (base type, default, NOT NULL,
+ * CHECK constraints), read from the primary's catalog; other user types: undefined.
+ */
 export async function describeUpstreamType(
   cfg: PostgresReplicationConfig,
   oid: number,
@@ -159,6 +162,23 @@ export async function describeUpstreamType(
 ): Promise<string | undefined> {
   const client = await connect(upstreamConnectionConfig(cfg));
   try {
+    const { rows: kind } = await client.query<{
+      typtype: string;
+      base: string;
+      notnull: boolean;
+      def: string | null;
+      checks: string[] | null;
+    }>(
+      `SELECT t.typtype, format_type(t.typbasetype, t.typtypmod) AS base, t.typnotnull AS notnull, t.typdefault AS def,
+              (SELECT array_agg(pg_get_constraintdef(c.oid) ORDER BY c.conname) FROM pg_constraint c
+                WHERE c.contypid = t.oid AND c.contype = 'c') AS checks
+         FROM pg_type t WHERE t.oid = $1`,
+      [oid],
+    );
+    if (kind[0]?.typtype === "d") {
+      const d = kind[0];
+      return `CREATE DOMAIN ${qualifiedName} AS ${d.base}${d.def ? ` DEFAULT ${d.def}` : ""}${d.notnull ? " NOT NULL" : ""}${(d.checks ?? []).map((c) => ` ${c}`).join("")}`;
+    }
     const { rows } = await client.query<{ label: string }>(
       "SELECT enumlabel AS label FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder",
       [oid],

@@ -194,7 +194,28 @@ async function createReplicaTable(
         }
       }
     } else if (c.typtype === "d") {
-      type = c.basetype; // domains replicate as their base type
+      // The domain itself, created like the primary's (its checks held there, so they hold here);
+      // if the replica cannot have it (say its base type is missing), the base type.
+      const domain = `${quoteIdent(c.typns)}.${quoteIdent(c.typname)}`;
+      const exists = await store.query("SELECT to_regtype($1) IS NOT NULL AS ok", [domain]);
+      type = domain;
+      if (!exists.rows[0].ok) {
+        const ddl = await describeUpstreamType(cfg, c.typid, domain);
+        await store.query("SAVEPOINT strata_domain");
+        try {
+          if (!ddl) throw new Error("not a domain Strata can describe");
+          await store.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(c.typns)}`);
+          await store.query(ddl);
+          await store.query("RELEASE SAVEPOINT strata_domain");
+        } catch (err) {
+          await store.query("ROLLBACK TO SAVEPOINT strata_domain");
+          log.warn(
+            { domain, base: c.basetype, err: (err as Error).message },
+            "initial snapshot: the replica uses the domain's base type (the domain could not be created)",
+          );
+          type = c.basetype;
+        }
+      }
     }
     defs.push(`${quoteIdent(c.attname)} ${type}${c.notnull ? " NOT NULL" : ""}`);
   }

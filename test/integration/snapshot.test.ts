@@ -105,6 +105,19 @@ test("a primary with data: snapshot under concurrent writes, then streaming, exa
       "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'accounts'::regclass AND attname = 'email'",
     );
     assert.equal(notNull.attnotnull, true);
+    // Enums and domains used by published columns exist on the replica as on the primary.
+    const types = await strata.query(
+      `SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+        WHERE attrelid = 'accounts'::regclass AND attname IN ('color', 'qty') ORDER BY attname`,
+    );
+    assert.deepEqual(types, [
+      { attname: "color", type: "color" },
+      { attname: "qty", type: "positive" },
+    ]);
+    const [domain] = await strata.query(
+      "SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE contypid = 'positive'::regtype",
+    );
+    assert.equal(domain.def, "CHECK ((VALUE > 0))");
     const [state] = await strata.query("SELECT state FROM dolt_replication_status");
     assert.equal(state.state, "streaming");
   } finally {
