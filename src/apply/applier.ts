@@ -197,6 +197,9 @@ export class Applier {
   private readonly known = new Map<number, KnownTable | null>();
   /** Inserts waiting to be applied as one statement (see flushInserts). */
   private pendingInserts: PendingInserts | undefined;
+  /** The run of inserts the store is applying, and its failure once it has failed. */
+  private inflight: Promise<void> | undefined;
+  private inflightError: Error | undefined;
   /** Relations copied mid-stream: their changes committed before the LSN are skipped. */
   private readonly syncedBefore = new Map<number, bigint>();
   /** Changes applied in the current batch (store transaction). */
@@ -355,7 +358,7 @@ export class Applier {
 
   /** Run DDL on the replica as part of the open commit. */
   private async runSchemaChange(rel: string, ddl: string): Promise<void> {
-    await this.flushInserts();
+    await this.settle();
     const tx = this.tx!;
     await this.client.query(ddl);
     tx.hasher?.addSchemaChange(rel, ddl);
@@ -374,7 +377,7 @@ export class Applier {
    * Returns the key columns used.
    */
   private async recordRemoval(rel: string, qualified: string): Promise<string[] | null> {
-    await this.flushInserts();
+    await this.settle();
     const keys = await historyKeyColumns(this.client, rel, qualified);
     if (!this.options.history) return keys;
     const tx = this.tx!;
@@ -440,7 +443,7 @@ export class Applier {
    * the replica table to the relation's shape, or copy a table that joins the replica mid-stream.
    */
   private async followRelation(relation: RelationMessage): Promise<void> {
-    await this.flushInserts();
+    await this.settle();
     const columns: ColumnShape[] = [];
     // One at a time: the resolver queries the store, and a pg client runs one query at a time.
     for (const c of relation.columns) {
@@ -534,6 +537,7 @@ export class Applier {
         "this is a protocol error; restart Strata",
       );
     await this.startTransaction(tx);
+    await this.settle();
     let touched = false;
     const notesBefore = tx.notes.length;
     for (const table of message.tables ?? []) {
@@ -664,7 +668,7 @@ export class Applier {
       if (current.seqs.length >= INSERT_RUN_MAX) await this.flushInserts();
       return;
     }
-    await this.flushInserts();
+    await this.settle();
     const present = tuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const key = `I:${present.join(",")}`;
     let sql = target.sqlCache.get(key);
@@ -696,14 +700,17 @@ export class Applier {
   }
 
   /**
-   * Apply the pending run of inserts: one INSERT ... SELECT FROM unnest(...) for the rows, and
-   * their history rows from RETURNING, matched back to each row's commit and ordinal by key.
-   * Called before anything else touches the store in order: another change, DDL, a copy, flush.
+   * Send the pending run of inserts: one INSERT ... SELECT FROM unnest(...) for the rows, and
+   * their history rows from RETURNING, matched back to each row's commit and ordinal by key. The
+   * statement is not waited for: Strata decodes the next rows while the store inserts these (the
+   * client runs statements in order). settle() waits, and reports a failure as this run's.
    */
   private async flushInserts(): Promise<void> {
     const run = this.pendingInserts;
     if (!run) return;
     this.pendingInserts = undefined;
+    // One run in flight at a time: memory stays bounded, and a failure is reported promptly.
+    await this.settle();
     const { target } = run;
     const n = target.columns.length;
     let sql = target.sqlCache.get("I*");
@@ -728,11 +735,23 @@ export class Applier {
     }
     const params: unknown[] = [run.seqs, run.ords, ...run.columns];
     if (this.options.history) params.push(target.rel);
-    try {
-      await this.exec(sql, params);
-    } catch (err) {
-      throw withLsn(explainStoreError(err, target.rel), run.firstLsn);
-    }
+    this.inflight = this.exec(sql, params).then(
+      () => {},
+      (err) => {
+        this.inflightError ??= withLsn(explainStoreError(err, target.rel), run.firstLsn);
+      },
+    );
+  }
+
+  /**
+   * Apply pending inserts and wait for them: before any statement whose result matters, so that
+   * a failed run is reported as itself, not as the "transaction is aborted" of what came after.
+   */
+  private async settle(): Promise<void> {
+    if (this.pendingInserts) await this.flushInserts();
+    await this.inflight;
+    this.inflight = undefined;
+    if (this.inflightError) throw this.inflightError;
   }
 
   /** WHERE clause locating one row (alias s), and its parameters. */
@@ -789,7 +808,7 @@ export class Applier {
   }
 
   private async update(target: TargetTable, msg: UpdateMessage, ord: number) {
-    await this.flushInserts();
+    await this.settle();
     const set = msg.newTuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.newTuple);
     const m = this.match(target, id.tuple, id.all, set.length + 1);
@@ -816,7 +835,7 @@ export class Applier {
   }
 
   private async delete(target: TargetTable, msg: DeleteMessage, ord: number) {
-    await this.flushInserts();
+    await this.settle();
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.oldTuple);
     const m = this.match(target, id.tuple, id.all, 1);
     const cacheKey = `D:${id.all ? "A" : "K"}:${m.key}`;
@@ -852,7 +871,7 @@ export class Applier {
   }
 
   private async applyTruncate(msg: TruncateMessage) {
-    await this.flushInserts();
+    await this.settle();
     const tx = this.tx!;
     const targets: TargetTable[] = [];
     for (const oid of msg.relationOids) {
@@ -915,7 +934,11 @@ export class Applier {
       };
       const hash = tx.hasher.digestWith(header);
       const seq = this.seq + 1n;
-      await insertCommitRow(this.client, { ...header, seq, hash });
+      // Not waiting for a run of inserts in flight; if that run failed, its error is the one.
+      await insertCommitRow(this.client, { ...header, seq, hash }).catch(async (err) => {
+        await this.inflight;
+        throw this.inflightError ?? err;
+      });
       this.seq = seq;
       this.head = hash;
     }
@@ -928,7 +951,7 @@ export class Applier {
   async flush(): Promise<bigint> {
     if (!this.inStoreTx) return this.position;
     if (this.tx) throw new Error("flush() inside an upstream transaction");
-    await this.flushInserts();
+    await this.settle();
     if (this.pendingEnd !== undefined) {
       await this.client.query(
         `INSERT INTO strata.source_position (slot_name, end_lsn) VALUES ($1, $2)
@@ -949,6 +972,9 @@ export class Applier {
   async abort(): Promise<void> {
     this.tx = undefined;
     this.pendingInserts = undefined;
+    await this.inflight;
+    this.inflight = undefined;
+    this.inflightError = undefined;
     this.pendingEnd = undefined;
     this.seq = this.durableSeq;
     this.head = this.durableHash;

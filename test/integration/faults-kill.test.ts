@@ -100,7 +100,7 @@ test("repeated SIGKILL under sustained writes: the replica and its history stay 
 });
 
 test("SIGKILL in the middle of applying a large transaction: it is applied exactly once", async (t) => {
-  const rows = 40_000;
+  const rows = 250_000;
   const pair = await ReplicaPair.start({
     schema: "CREATE TABLE big (id int PRIMARY KEY, payload text NOT NULL, n int)",
   });
