@@ -102,6 +102,16 @@ interface PendingInserts {
 }
 
 const INSERT_RUN_MAX = 1000;
+/** Bounds of the statements sent ahead without waiting (see enqueue). */
+const QUEUE_MAX_STATEMENTS = 1000;
+const QUEUE_MAX_BYTES = 16 * 1024 * 1024;
+
+/** Bytes of text or binary values in a tuple (for the queue's bound). */
+function tupleBytes(tuple: TupleData): number {
+  let n = 0;
+  for (const v of tuple) if (typeof v === "string" || Buffer.isBuffer(v)) n += v.length;
+  return n;
+}
 
 /** What the replica knows of an upstream table (strata.upstream_tables). */
 interface KnownTable {
@@ -200,6 +210,9 @@ export class Applier {
   /** The run of inserts the store is applying, and its failure once it has failed. */
   private inflight: Promise<void> | undefined;
   private inflightError: Error | undefined;
+  /** Statements sent and not yet waited for, and the bytes of values they carry. */
+  private queued = 0;
+  private queuedBytes = 0;
   /** Relations copied mid-stream: their changes committed before the LSN are skipped. */
   private readonly syncedBefore = new Map<number, bigint>();
   /** Changes applied in the current batch (store transaction). */
@@ -668,7 +681,7 @@ export class Applier {
       if (current.seqs.length >= INSERT_RUN_MAX) await this.flushInserts();
       return;
     }
-    await this.settle();
+    await this.flushInserts();
     const present = tuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const key = `I:${present.join(",")}`;
     let sql = target.sqlCache.get(key);
@@ -684,7 +697,7 @@ export class Applier {
     }
     const params: unknown[] = present.map((i) => tuple[i]);
     if (this.options.history) params.push(...this.historyParams(ord, target));
-    await this.exec(sql, params);
+    await this.enqueue(this.exec(sql, params), undefined, target.rel, tupleBytes(tuple));
   }
 
   /**
@@ -741,6 +754,7 @@ export class Applier {
         this.inflightError ??= withLsn(explainStoreError(err, target.rel), run.firstLsn);
       },
     );
+    this.queued++;
   }
 
   /**
@@ -749,8 +763,11 @@ export class Applier {
    */
   private async settle(): Promise<void> {
     if (this.pendingInserts) await this.flushInserts();
+    // The client runs statements in order, so the last one done means all are.
     await this.inflight;
     this.inflight = undefined;
+    this.queued = 0;
+    this.queuedBytes = 0;
     if (this.inflightError) throw this.inflightError;
   }
 
@@ -808,7 +825,7 @@ export class Applier {
   }
 
   private async update(target: TargetTable, msg: UpdateMessage, ord: number) {
-    await this.settle();
+    await this.flushInserts();
     const set = msg.newTuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.newTuple);
     const m = this.match(target, id.tuple, id.all, set.length + 1);
@@ -830,12 +847,18 @@ export class Applier {
     }
     const params: unknown[] = [...set.map((i) => msg.newTuple[i]), ...m.params];
     if (this.options.history) params.push(...this.historyParams(ord, target));
-    const result = await this.exec(sql, params);
-    if (result.rowCount !== 1) this.missingRow(target, "update", id.tuple);
+    await this.enqueue(
+      this.exec(sql, params),
+      (result) => {
+        if (result.rowCount !== 1) this.missingRow(target, "update", id.tuple);
+      },
+      target.rel,
+      tupleBytes(msg.newTuple) + tupleBytes(id.tuple),
+    );
   }
 
   private async delete(target: TargetTable, msg: DeleteMessage, ord: number) {
-    await this.settle();
+    await this.flushInserts();
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.oldTuple);
     const m = this.match(target, id.tuple, id.all, 1);
     const cacheKey = `D:${id.all ? "A" : "K"}:${m.key}`;
@@ -852,8 +875,45 @@ export class Applier {
     }
     const params = [...m.params];
     if (this.options.history) params.push(...this.historyParams(ord, target));
-    const result = await this.exec(sql, params);
-    if (result.rowCount !== 1) this.missingRow(target, "delete", id.tuple);
+    await this.enqueue(
+      this.exec(sql, params),
+      (result) => {
+        if (result.rowCount !== 1) this.missingRow(target, "delete", id.tuple);
+      },
+      target.rel,
+      tupleBytes(id.tuple),
+    );
+  }
+
+  /**
+   * A statement sent without waiting for it: Strata goes on decoding while the store works
+   * through the queue in order. Its outcome (and `check` of its result, e.g. one row changed) is
+   * collected by settle(); the first failure is the one reported. The queue is bounded in
+   * statements and bytes, so memory stays bounded however large the batch.
+   */
+  private async enqueue<T>(
+    query: Promise<T>,
+    check: ((result: T) => void) | undefined,
+    rel: string,
+    bytes: number,
+  ): Promise<void> {
+    const lsn = this.tx?.meta.commitLsn;
+    this.inflight = query.then(
+      (result) => {
+        try {
+          check?.(result);
+        } catch (err) {
+          this.inflightError ??= lsn === undefined ? (err as Error) : withLsn(err as Error, lsn);
+        }
+      },
+      (err) => {
+        const explained = explainStoreError(err, rel);
+        this.inflightError ??= lsn === undefined ? explained : withLsn(explained, lsn);
+      },
+    );
+    this.queued++;
+    this.queuedBytes += bytes;
+    if (this.queued >= QUEUE_MAX_STATEMENTS || this.queuedBytes >= QUEUE_MAX_BYTES) await this.settle();
   }
 
   private missingRow(target: TargetTable, what: string, identity: TupleData): never {
@@ -934,11 +994,12 @@ export class Applier {
       };
       const hash = tx.hasher.digestWith(header);
       const seq = this.seq + 1n;
-      // Not waiting for a run of inserts in flight; if that run failed, its error is the one.
-      await insertCommitRow(this.client, { ...header, seq, hash }).catch(async (err) => {
-        await this.inflight;
-        throw this.inflightError ?? err;
-      });
+      await this.enqueue(
+        insertCommitRow(this.client, { ...header, seq, hash }),
+        undefined,
+        "strata.commits",
+        0,
+      );
       this.seq = seq;
       this.head = hash;
     }
@@ -975,6 +1036,8 @@ export class Applier {
     await this.inflight;
     this.inflight = undefined;
     this.inflightError = undefined;
+    this.queued = 0;
+    this.queuedBytes = 0;
     this.pendingEnd = undefined;
     this.seq = this.durableSeq;
     this.head = this.durableHash;
