@@ -29,7 +29,8 @@ import { clusterPaths } from "../src/store/cluster.ts";
 import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
 import * as procfs from "./support/procfs.ts";
-import { clock, fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
+import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
+import { durabilitySettings, progressReporter } from "./support/scaffold.ts";
 import {
   bulkWorkload,
   type Endpoint,
@@ -108,9 +109,7 @@ function options() {
 const opts = options();
 
 /** The same settings on the native subscriber cluster and on Strata's managed store. */
-const DURABILITY: Record<string, boolean> = opts.fsync
-  ? { fsync: true, synchronous_commit: true, full_page_writes: true }
-  : { fsync: false, synchronous_commit: false, full_page_writes: false };
+const DURABILITY = durabilitySettings(opts.fsync);
 const DURABILITY_TEXT = opts.fsync
   ? "fsync=on, synchronous_commit=on, full_page_writes=on on both replicas (native subscriber cluster, Strata's managed store); the native subscription keeps its default synchronous_commit=off, which still acknowledges only flushed WAL"
   : "fsync=off, synchronous_commit=off, full_page_writes=off on both replicas (native subscriber cluster, Strata's managed store): NOT durable";
@@ -118,15 +117,7 @@ const DURABILITY_TEXT = opts.fsync
 // ---------------------------------------------------------------------------------------------
 // Progress and cleanup
 
-const benchStart = performance.now();
-let phaseName = "";
-function progress(message: string) {
-  process.stderr.write(`[${clock(performance.now() - benchStart)}] ${phaseName}${message}\n`);
-}
-function phase(name: string) {
-  phaseName = `${name}: `;
-  progress("start");
-}
+const { progress, phase, endPhase } = progressReporter();
 
 // Clusters and Strata processes are registered with the harness's exit clean-up
 // (test/support/cleanup.ts), which also runs on SIGINT/SIGTERM.
@@ -775,7 +766,7 @@ async function main() {
     const w = name === "bulk" ? bulkWorkload(opts.rows) : mixedWorkload(opts.rows, opts.scale);
     results.push(await benchWorkload(w));
   }
-  phaseName = "";
+  endPhase();
   const text = render(results);
   process.stdout.write(
     `\nCatch-up of a replication backlog: Strata vs a native subscriber (CREATE SUBSCRIPTION)\n` +

@@ -35,7 +35,8 @@ import { onProcessExit } from "../test/support/cleanup.ts";
 import { startPrimary, TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
 import * as procfs from "./support/procfs.ts";
-import { clock, fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
+import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
+import { durabilitySettings, progressReporter } from "./support/scaffold.ts";
 import { type Endpoint, withClient } from "./support/workloads.ts";
 
 const PUBLICATION = "bench_pub";
@@ -117,9 +118,7 @@ function options() {
 const opts = options();
 
 /** The same durability on every target: both dump targets, the native subscriber, Strata's store. */
-const DURABILITY: Record<string, boolean> = opts.fsync
-  ? { fsync: true, synchronous_commit: true, full_page_writes: true }
-  : { fsync: false, synchronous_commit: false, full_page_writes: false };
+const DURABILITY = durabilitySettings(opts.fsync);
 const DURABILITY_TEXT = opts.fsync
   ? "fsync=on, synchronous_commit=on, full_page_writes=on on every target cluster (dump targets, native subscriber, Strata's managed store); the primary is the test harness's (fsync=off)"
   : "fsync=off, synchronous_commit=off, full_page_writes=off on every target cluster: NOT durable";
@@ -127,15 +126,7 @@ const DURABILITY_TEXT = opts.fsync
 // ---------------------------------------------------------------------------------------------
 // Progress, child processes and cleanup
 
-const benchStart = performance.now();
-let phaseName = "";
-function progress(message: string) {
-  process.stderr.write(`[${clock(performance.now() - benchStart)}] ${phaseName}${message}\n`);
-}
-function phase(name: string) {
-  phaseName = `${name}: `;
-  progress("start");
-}
+const { progress, phase, endPhase } = progressReporter();
 
 // Clusters, Strata processes and temp dirs are registered with the harness's exit clean-up
 // (test/support/cleanup.ts), which runs on exit; so are the client programs below.
@@ -925,7 +916,7 @@ async function main() {
   } finally {
     await primary.stop();
   }
-  phaseName = "";
+  endPhase();
   const text = render(dataset, byTarget);
   process.stdout.write(
     `\nInitial snapshot: Strata vs pg_dump | psql, pg_dump -Fd -j | pg_restore -j, and native CREATE SUBSCRIPTION (copy_data = true)\n` +

@@ -3,8 +3,10 @@
 const tasks = new Set<() => void>();
 let installed = false;
 
+// Last registered first, like nested clean-ups: a cluster (registered after its temp directory)
+// is stopped before the directory goes, or pg_ctl would no longer find it and leave it running.
 function runAll() {
-  for (const task of [...tasks]) {
+  for (const task of [...tasks].reverse()) {
     tasks.delete(task);
     try {
       task();
