@@ -158,6 +158,29 @@ export async function insertCommitRow(client: pg.Client, row: CommitRow): Promis
   );
 }
 
+/** Several commit rows in one statement (a batch's). */
+export async function insertCommitRows(client: pg.Client, rows: CommitRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  if (rows.length === 1) return insertCommitRow(client, rows[0]);
+  const lsn = (v: bigint | undefined) => (v === undefined ? null : formatLsn(v));
+  await client.query(
+    `INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::bigint[], $9::pg_lsn[], $10::pg_lsn[])`,
+    [
+      rows.map((r) => String(r.seq)),
+      rows.map((r) => r.hash),
+      rows.map((r) => r.parentHash),
+      rows.map((r) => r.committer),
+      rows.map((r) => r.email),
+      rows.map((r) => r.date),
+      rows.map((r) => r.message),
+      rows.map((r) => (r.upstreamXid === undefined ? null : String(r.upstreamXid))),
+      rows.map((r) => lsn(r.upstreamCommitLsn)),
+      rows.map((r) => lsn(r.upstreamEndLsn)),
+    ],
+  );
+}
+
 /**
  * CTE `strata_o`: the one row the change applies to (LIMIT 1, so one of several identical rows in
  * a keyless table). Located by tableoid and ctid together: ctids repeat across partitions.
@@ -205,6 +228,8 @@ export class Applier {
   private readonly statementNames = new Map<string, string>();
   /** Upstream tables by relation oid, as loaded from strata.upstream_tables (cleared on abort). */
   private readonly known = new Map<number, KnownTable | null>();
+  /** Commit rows of the batch, written together by flush(). */
+  private pendingCommits: CommitRow[] = [];
   /** Inserts waiting to be applied as one statement (see flushInserts). */
   private pendingInserts: PendingInserts | undefined;
   /** The run of inserts the store is applying, and its failure once it has failed. */
@@ -825,7 +850,8 @@ export class Applier {
   }
 
   private async update(target: TargetTable, msg: UpdateMessage, ord: number) {
-    await this.flushInserts();
+    // A pending run of inserts into another table does not interact with this row: it stays.
+    if (this.pendingInserts?.target === target) await this.flushInserts();
     const set = msg.newTuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.newTuple);
     const m = this.match(target, id.tuple, id.all, set.length + 1);
@@ -858,7 +884,7 @@ export class Applier {
   }
 
   private async delete(target: TargetTable, msg: DeleteMessage, ord: number) {
-    await this.flushInserts();
+    if (this.pendingInserts?.target === target) await this.flushInserts();
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.oldTuple);
     const m = this.match(target, id.tuple, id.all, 1);
     const cacheKey = `D:${id.all ? "A" : "K"}:${m.key}`;
@@ -994,12 +1020,8 @@ export class Applier {
       };
       const hash = tx.hasher.digestWith(header);
       const seq = this.seq + 1n;
-      await this.enqueue(
-        insertCommitRow(this.client, { ...header, seq, hash }),
-        undefined,
-        "strata.commits",
-        0,
-      );
+      // Written with the batch's other commit rows, in one statement, when the batch is flushed.
+      this.pendingCommits.push({ ...header, seq, hash });
       this.seq = seq;
       this.head = hash;
     }
@@ -1013,6 +1035,8 @@ export class Applier {
     if (!this.inStoreTx) return this.position;
     if (this.tx) throw new Error("flush() inside an upstream transaction");
     await this.settle();
+    await insertCommitRows(this.client, this.pendingCommits);
+    this.pendingCommits = [];
     if (this.pendingEnd !== undefined) {
       await this.client.query(
         `INSERT INTO strata.source_position (slot_name, end_lsn) VALUES ($1, $2)
@@ -1033,6 +1057,7 @@ export class Applier {
   async abort(): Promise<void> {
     this.tx = undefined;
     this.pendingInserts = undefined;
+    this.pendingCommits = [];
     await this.inflight;
     this.inflight = undefined;
     this.inflightError = undefined;

@@ -135,7 +135,8 @@ test("strata serve copies sequences at start and every sequence_sync_interval_ms
       const [row] = await strata.query("SELECT last_value::int AS v FROM served");
       return row.v === 42;
     });
-    assert.match(strata.logs, /synced sequences from the primary/);
+    // The log line is written after the value is set: wait for it rather than race it.
+    await waitFor("the sync's log line", async () => /synced sequences from the primary/.test(strata.logs));
   } finally {
     await strata.stop();
   }
