@@ -91,7 +91,7 @@ export interface DdlMessage {
 /** Inserts into one table applied together; the longest run is INSERT_RUN_MAX rows. */
 interface PendingInserts {
   target: TargetTable;
-  /** The rows' keys (no key twice in a run: history rows are matched to rows by key). */
+  /** The rows' keys (no key twice in a run: history rows are matched to rows by key); empty for a keyless table. */
   keys: Set<string>;
   /** Per column of the target, the rows' values as text. */
   columns: (string | null)[][];
@@ -685,8 +685,9 @@ export class Applier {
   private async insert(target: TargetTable, tuple: TupleData, ord: number) {
     if (this.batchable(target, tuple)) {
       const run = this.pendingInserts;
-      const key = JSON.stringify(target.keyIndexes.map((i) => tuple[i]));
-      if (run && (run.target !== target || run.keys.has(key))) await this.flushInserts();
+      // A keyless table's rows are matched back by content, where duplicates are interchangeable.
+      const key = target.keyIndexes.length ? JSON.stringify(target.keyIndexes.map((i) => tuple[i])) : "";
+      if (run && (run.target !== target || (key !== "" && run.keys.has(key)))) await this.flushInserts();
       let current = this.pendingInserts;
       if (!current) {
         current = {
@@ -726,12 +727,11 @@ export class Applier {
   }
 
   /**
-   * Whether an insert can join a run of inserts applied as one statement: a keyed table (history
-   * rows are matched to the inserted rows by key) whose key columns compare with `=`, and text
-   * values for every column (no binary values, no unchanged-TOAST markers).
+   * Whether an insert can join a run of inserts applied as one statement: key columns (if any)
+   * that compare with `=`, and text values for every column (no binary values, no
+   * unchanged-TOAST markers).
    */
   private batchable(target: TargetTable, tuple: TupleData): boolean {
-    if (target.keyIndexes.length === 0) return false;
     for (const i of target.keyIndexes) if (target.columns[i].compareAsText) return false;
     for (const v of tuple) if (v !== null && typeof v !== "string") return false;
     return true;
@@ -758,16 +758,36 @@ export class Applier {
       const typed = target.columns.map((c, i) => `${aliases[i]}::${c.type}`).join(", ");
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")}))`;
       const insert = `INSERT INTO ${target.qualified} (${target.columns.map((c) => c.quoted).join(", ")}) SELECT ${typed} FROM strata_in ORDER BY strata_seq, strata_ord`;
-      const join = target.keyIndexes
-        .map(
-          (i) => `strata_n.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
-        )
-        .join(" AND ");
+      let history: string;
+      if (target.keyIndexes.length > 0) {
+        const join = target.keyIndexes
+          .map(
+            (i) =>
+              `strata_n.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
+          )
+          .join(" AND ");
+        history = `SELECT strata_in.strata_seq, strata_in.strata_ord, $${n + 3}::text, 'I', ${target.keyJson("strata_n")}, to_jsonb(strata_n.*)
+             FROM strata_n JOIN strata_in ON ${join}`;
+      } else {
+        // No key: each returned row is paired with an input row of the same content (the k-th
+        // duplicate with the k-th: identical rows are interchangeable).
+        const content = (alias: string, typed: boolean) =>
+          `jsonb_build_object(${target.columns
+            .map(
+              (c, i) =>
+                `'${c.name.replace(/'/g, "''")}', ${typed ? `${alias}.${aliases[i]}::${c.type}` : `${alias}.${c.quoted}`}`,
+            )
+            .join(", ")})`;
+        history = `SELECT i.strata_seq, i.strata_ord, $${n + 3}::text, 'I', NULL::jsonb, o.strata_row
+             FROM (SELECT to_jsonb(strata_n.*) AS strata_row, ${content("strata_n", false)} AS strata_content,
+                          row_number() OVER (PARTITION BY ${content("strata_n", false)}) AS strata_k FROM strata_n) o
+             JOIN (SELECT strata_in.strata_seq, strata_in.strata_ord, ${content("strata_in", true)} AS strata_content,
+                          row_number() OVER (PARTITION BY ${content("strata_in", true)}) AS strata_k FROM strata_in) i
+               ON o.strata_content = i.strata_content AND o.strata_k = i.strata_k`;
+      }
       sql = this.options.history
         ? `WITH ${input}, strata_n AS (${insert} RETURNING *)
-           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
-           SELECT strata_in.strata_seq, strata_in.strata_ord, $${n + 3}::text, 'I', ${target.keyJson("strata_n")}, to_jsonb(strata_n.*)
-             FROM strata_n JOIN strata_in ON ${join}`
+           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row) ${history}`
         : `WITH ${input} ${insert}`;
       target.sqlCache.set("I*", sql);
     }

@@ -81,10 +81,31 @@ test("a partitioned table on the replica, and a column named like history metada
   await waitForSameRows(primary, strata, "parted", "id, region");
 });
 
-test("a table without a key replicates its inserts", async () => {
+test("a table without a key replicates its inserts, each history row in its own commit", async () => {
   await primary.query("CREATE TABLE nokey (a int, b text)");
-  await primary.query("INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, 'b')");
+  // Several transactions written while Strata is down, so that on restart one batch (one run of
+  // inserts) holds duplicates from different commits: each must be recorded in the commit that
+  // made it.
+  await strata.stop();
+  const writer = await primary.connect();
+  try {
+    await writer.query("INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, 'b')");
+    await writer.query("INSERT INTO nokey VALUES (1, 'a'), (3, NULL)");
+    await writer.query("INSERT INTO nokey VALUES (3, NULL), (2, 'b'), (2, 'b')");
+  } finally {
+    await writer.end();
+  }
+  await strata.start();
+  await strata.waitForStreaming();
   await waitForSameRows(primary, strata, "nokey", "a, b");
+  const perCommit = await strata.query<{ rows: string }>(
+    `SELECT string_agg(coalesce(c.new_row->>'a', '') || ':' || coalesce(c.new_row->>'b', 'NULL'), ',' ORDER BY c.ord) AS rows
+       FROM strata.changes c WHERE c.rel = 'public.nokey' GROUP BY c.commit_seq ORDER BY c.commit_seq`,
+  );
+  assert.deepEqual(
+    perCommit.map((r) => r.rows),
+    ["1:a,1:a,2:b", "1:a,3:NULL", "3:NULL,2:b,2:b"],
+  );
 });
 
 test("unchanged TOASTed values keep the replica's current value; history has the full row", async () => {
