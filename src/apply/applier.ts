@@ -65,6 +65,8 @@ export interface ApplierOptions {
    * meets a table, so that a later DDL message can tell a renamed column from a new one.
    */
   upstreamAttnums?: (relid: number) => Promise<Map<string, number>>;
+  /** For columns added on the primary: the value its existing rows have (see upstreamMissingValues). */
+  upstreamMissingValues?: (relid: number, columns: string[]) => Promise<Map<string, string>>;
   /**
    * Copies an upstream table that joins the replica mid-stream (a new table, or one added to the
    * publication) into the (empty) replica table on `store`, under a snapshot taken now; returns
@@ -97,6 +99,8 @@ interface PendingInserts {
   columns: (string | null)[][];
   seqs: string[];
   ords: number[];
+  /** Bytes of the rows' values. */
+  bytes: number;
   /** The commit LSN of the run's first row, for errors. */
   firstLsn: bigint;
 }
@@ -500,8 +504,14 @@ export class Applier {
     }
     await this.followRename(known, next);
     const replica = await readReplicaState(this.client, next.schema, next.name);
-    if (replica) await this.applyPlan(next, planTableChanges(known?.shape, next, replica, false));
-    else await createTable(this.client, relation, this.typeResolver);
+    if (replica) {
+      const adding = known ? next.columns.filter((c) => !replica.columns.has(c.name)).map((c) => c.name) : [];
+      const missing =
+        adding.length && this.options.upstreamMissingValues
+          ? await this.options.upstreamMissingValues(relation.relationOid, adding)
+          : new Map<string, string>();
+      await this.applyPlan(next, planTableChanges(known?.shape, next, replica, false, new Set(), missing));
+    } else await createTable(this.client, relation, this.typeResolver);
     // A table seen for the first time whose replica table is empty joins mid-stream: its rows are
     // copied now. (One with rows was loaded by an initial snapshot or by the user: adopted.)
     if (
@@ -586,6 +596,17 @@ export class Applier {
         const known = await this.loadKnown(oid);
         await this.followRename(known, shape);
         const replica = await readReplicaState(this.client, shape.schema, shape.name);
+        // A table new to this replica but not created by this statement was added to the
+        // publication with its rows: its first change copies it (joinTable), so nothing is
+        // recorded here that would make it look known.
+        if (
+          !known &&
+          !replica &&
+          this.bootstrapped &&
+          this.options.syncTable &&
+          message.tag !== "CREATE TABLE"
+        )
+          continue;
         if (!replica) {
           await this.client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(shape.schema)}`);
           for (const ddl of createTableStatements(shape)) await this.runSchemaChange(rel, ddl);
@@ -696,6 +717,7 @@ export class Applier {
           columns: target.columns.map(() => []),
           seqs: [],
           ords: [],
+          bytes: 0,
           firstLsn: this.tx!.meta.commitLsn,
         };
         this.pendingInserts = current;
@@ -704,7 +726,10 @@ export class Applier {
       for (let i = 0; i < tuple.length; i++) current.columns[i].push(tuple[i] as string | null);
       current.seqs.push(String(this.seq + 1n));
       current.ords.push(ord);
-      if (current.seqs.length >= INSERT_RUN_MAX) await this.flushInserts();
+      current.bytes += tupleBytes(tuple);
+      // Bounded in rows and bytes: memory stays flat whatever the rows' size.
+      if (current.seqs.length >= INSERT_RUN_MAX || current.bytes >= QUEUE_MAX_BYTES)
+        await this.flushInserts();
       return;
     }
     await this.flushInserts();
@@ -732,6 +757,8 @@ export class Applier {
    * unchanged-TOAST markers).
    */
   private batchable(target: TargetTable, tuple: TupleData): boolean {
+    // A keyless run is matched back with jsonb_build_object of every column: at most 100 arguments.
+    if (target.keyIndexes.length === 0 && target.columns.length > 50) return false;
     for (const i of target.keyIndexes) if (target.columns[i].compareAsText) return false;
     for (const v of tuple) if (v !== null && typeof v !== "string") return false;
     return true;
@@ -1097,6 +1124,8 @@ export class Applier {
   }
 }
 
+/** Add the upstream LSN to an error, unless it names one already (a deferred failure's own). */
 function withLsn(err: Error, lsn: bigint): Error {
-  return err instanceof ApplyError ? err.withContext({ lsn: formatLsn(lsn) }) : err;
+  if (!(err instanceof ApplyError) || err.context.lsn) return err;
+  return err.withContext({ lsn: formatLsn(lsn) });
 }

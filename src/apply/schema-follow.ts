@@ -117,16 +117,19 @@ export function planTableChanges(
   precise: boolean,
   /** attnums a DDL message reports as renamed (RENAME COLUMN). */
   renamed: ReadonlySet<number> = new Set(),
+  /** For added columns: the value the primary's existing rows have (its attmissingval). */
+  missing: ReadonlyMap<string, string> = new Map(),
 ): string[] {
   const table = qualifiedName(next);
   const rel = `${next.schema}.${next.name}`;
   const statements: string[] = [];
   const { paired, dropped, added } = pairColumns(known?.columns ?? [], next.columns, renamed);
-  // Only what the replica does not have yet needs doing (a user may have done it by hand).
-  const toDrop = dropped.filter(
-    (c) => replica.columns.has(c.name) && !next.columns.some((n) => n.name === c.name),
-  );
-  const toAdd = added.filter((c) => !replica.columns.has(c.name));
+  // Only what the replica does not have yet needs doing (a user may have done it by hand). A
+  // column dropped and added again under its name (paired by attnum, they are two columns) is
+  // dropped and added here too: the new one does not have the old one's values.
+  const readded = new Set(added.filter((a) => dropped.some((d) => d.name === a.name)).map((a) => a.name));
+  const toDrop = dropped.filter((c) => replica.columns.has(c.name));
+  const toAdd = added.filter((c) => !replica.columns.has(c.name) || readded.has(c.name));
   if (!precise && known && toDrop.length > 0 && toAdd.length > 0) {
     const gone = toDrop.map((c) => c.name).join(", ");
     const came = toAdd.map((c) => c.name).join(", ");
@@ -141,7 +144,22 @@ export function planTableChanges(
       statements.push(`ALTER TABLE ${table} RENAME COLUMN ${quoteIdent(k.name)} TO ${quoteIdent(n.name)}`);
   }
   for (const c of toDrop) statements.push(`ALTER TABLE ${table} DROP COLUMN ${quoteIdent(c.name)}`);
-  for (const c of toAdd) statements.push(`ALTER TABLE ${table} ADD COLUMN ${columnDefinition(c, precise)}`);
+  for (const c of toAdd) {
+    const fill = missing.get(c.name);
+    if (fill !== undefined && !(precise && c.default)) {
+      // The rows that existed when the primary added the column have this value there, though no
+      // change carried it: they get it here too, then the column keeps the primary's default.
+      const literal = `'${fill.replace(/'/g, "''")}'::${c.type}`;
+      statements.push(
+        `ALTER TABLE ${table} ADD COLUMN ${columnDefinition({ ...c, default: literal }, true)}`,
+      );
+      statements.push(
+        `ALTER TABLE ${table} ALTER COLUMN ${quoteIdent(c.name)} ${precise && c.default ? `SET DEFAULT ${c.default}` : "DROP DEFAULT"}`,
+      );
+    } else {
+      statements.push(`ALTER TABLE ${table} ADD COLUMN ${columnDefinition(c, precise)}`);
+    }
+  }
   // Without a known shape, a table is adopted as it is: only missing columns are added.
   if (!known) return [...statements, ...(precise ? planKeysAndIndexes(undefined, next, replica) : [])];
   for (const [k, n] of paired) {

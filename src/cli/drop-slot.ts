@@ -99,7 +99,12 @@ export async function dropSlotCommand(config: Config, options: DropSlotOptions =
       }
     }
     const pub = await client.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication]);
-    if (!pub.rowCount) {
+    if (cfg.publication_name !== undefined && cfg.publication_name !== cfg.slot_name) {
+      // A publication named in the config may be the user's own, shared with other subscribers.
+      out(
+        `publication "${publication}" is named by postgres_replication.publication_name, so it is left in place (other subscribers may use it); drop it yourself if it is Strata's alone: DROP PUBLICATION ${pg.escapeIdentifier(publication)};`,
+      );
+    } else if (!pub.rowCount) {
       out(
         `publication "${publication}" does not exist in database ${cfg.postgres_database} on ${where}: nothing to drop`,
       );

@@ -100,8 +100,10 @@ BEGIN
                                         'schema', o.schema_name, 'name', o.object_name))
       INTO dropped
       FROM pg_event_trigger_dropped_objects() o
-     WHERE o.classid = 'pg_class'::regclass AND o.object_type IN ('table', 'index')
-       AND NOT o.is_temporary AND o.original;
+     WHERE o.classid = 'pg_class'::regclass AND NOT o.is_temporary
+       -- Every table, also those a cascade took (DROP SCHEMA ... CASCADE, a parent's partitions);
+       -- only the indexes named by the statement (the others went with their tables).
+       AND (o.object_type = 'table' OR (o.object_type = 'index' AND o.original));
     IF dropped IS NOT NULL THEN
       PERFORM pg_logical_emit_message(true, 'strata_ddl',
         jsonb_build_object('v', 1, 'tag', tg_tag, 'query', current_query(), 'dropped', dropped)::text);

@@ -42,6 +42,7 @@ import {
   SESSION_OPTIONS,
   upstreamAttnums,
   upstreamConnectionConfig,
+  upstreamMissingValues,
 } from "./setup.ts";
 import { inspectSlot, slotLostError } from "./slot-health.ts";
 import { cleanUpUnfinishedSnapshot, copyInitialSnapshot } from "./snapshot.ts";
@@ -209,6 +210,7 @@ export class Replicator {
         email: EMAIL,
         defineUpstreamType: (oid, name) => describeUpstreamType(cfg, oid, name),
         upstreamAttnums: (relid) => upstreamAttnums(cfg, relid),
+        upstreamMissingValues: (relid, columns) => upstreamMissingValues(cfg, relid, columns),
         syncTable: upstream.publicationAllTables
           ? undefined
           : (relation, client, onData) => {

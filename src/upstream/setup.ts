@@ -144,6 +144,29 @@ export async function upstreamAttnums(
   }
 }
 
+/**
+ * For columns added on the primary with a non-volatile default, the value the rows that existed
+ * then have (pg_attribute.attmissingval), by column name: an ADD COLUMN rewrites no rows, so the
+ * stream never carries it.
+ */
+export async function upstreamMissingValues(
+  cfg: PostgresReplicationConfig,
+  relid: number,
+  columns: string[],
+): Promise<Map<string, string>> {
+  const client = await connect(upstreamConnectionConfig(cfg));
+  try {
+    const { rows } = await client.query<{ attname: string; missing: string | null }>(
+      `SELECT attname, (attmissingval::text::text[])[1] AS missing FROM pg_attribute
+        WHERE attrelid = $1 AND attname = ANY($2) AND atthasmissing`,
+      [relid, columns],
+    );
+    return new Map(rows.filter((r) => r.missing !== null).map((r) => [r.attname, r.missing as string]));
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
 /** `schema.table` or `table` from config as a quoted SQL name (a bare name is in public). */
 export function qualifiedTableName(name: string): string {
   const dot = name.indexOf(".");

@@ -259,7 +259,24 @@ async function createReplicaTable(
       WHERE i.indrelid = $1::regclass AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)`,
     [qualified],
   );
-  return [...deferred, ...indexes.map((i) => i.def)];
+  const statements = [...deferred, ...indexes.map((i) => i.def)];
+  // Each is tried now on the empty table and rolled back, so one the replica cannot build (an
+  // operator class it lacks, say) stops the snapshot before the copy, not after it.
+  for (const sql of statements) {
+    await store.query("SAVEPOINT strata_try_index");
+    try {
+      await store.query(sql);
+    } catch (err) {
+      await store.query("ROLLBACK TO SAVEPOINT strata_try_index");
+      throw new ApplyError(
+        `cannot create a key or index on the replica for ${table.schema}.${table.name} (${sql}): ${(err as Error).message}`,
+        "install what it needs on the store (an extension, an operator class), or drop it on the primary, then restart Strata",
+        { table: `${table.schema}.${table.name}` },
+      );
+    }
+    await store.query("ROLLBACK TO SAVEPOINT strata_try_index");
+  }
+  return statements;
 }
 
 /** Build the keys and indexes of tables the snapshot created and filled, spread over `stores`. */
@@ -279,7 +296,7 @@ async function buildDeferred(
           await store.query(sql).catch((err: Error) => {
             throw new ApplyError(
               `cannot create a key or index on the replica for ${job.table} (${sql}): ${err.message}`,
-              "create an equivalent key or index on the replica by hand, or drop it on the primary, then restart Strata",
+              "install what it needs on the store (an extension, an operator class), or drop it on the primary, then restart Strata",
               { table: job.table },
             );
           });

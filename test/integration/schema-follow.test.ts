@@ -92,6 +92,15 @@ describe("without the event trigger (Relation messages)", () => {
     await strata.query('ALTER TABLE "public"."t" RENAME COLUMN "a" TO "label"');
     await waitForSameRows(primary, strata, "t", "id");
   });
+
+  test("a column added with a default has that value in the rows that existed (no change carried it)", async () => {
+    await primary.query("ALTER TABLE t ADD COLUMN flag boolean NOT NULL DEFAULT false");
+    await primary.query("ALTER TABLE t ADD COLUMN note text DEFAULT 'it''s new'");
+    await primary.query("INSERT INTO t (id, label, n, flag) VALUES (5, 'five', 5, true)");
+    await waitForSameRows(primary, strata, "t", "id");
+    const [old] = await strata.query("SELECT flag, note FROM t WHERE id = 1");
+    assert.deepEqual(old, { flag: false, note: "it's new" });
+  });
 });
 
 describe("with the event trigger (strata setup-primary)", () => {
