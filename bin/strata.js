@@ -1,5 +1,7 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 // The strata executable: runs the compiled CLI (built by `npm ci` through the `prepare` script).
+// V8's young generation is kept small (4 MB semi-spaces): at full apply speed the default lets
+// short-lived garbage push the process past its documented memory bound (docs/decisions.md, 12).
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";

@@ -64,7 +64,16 @@ export class StrataProcess {
     this.logs = "";
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "serve", "--config", this.configFile],
+      // As bin/strata.js runs it: a small young generation keeps the memory bound.
+      [
+        "--max-semi-space-size=4",
+        "--import",
+        "tsx",
+        join(ROOT, "src/cli/main.ts"),
+        "serve",
+        "--config",
+        this.configFile,
+      ],
       {
         cwd: ROOT,
         stdio: ["ignore", "ignore", "pipe"],
