@@ -30,7 +30,7 @@ import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/suppor
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
-import { durabilitySettings, progressReporter } from "./support/scaffold.ts";
+import { compareChecksums, durabilitySettings, progressReporter, type TableSum } from "./support/scaffold.ts";
 import {
   bulkWorkload,
   type Endpoint,
@@ -173,11 +173,6 @@ interface ConsumerRun {
   logTail?: string;
 }
 
-interface TableSum {
-  rows: number;
-  md5: string;
-}
-
 interface WorkloadResult {
   workload: string;
   description: string;
@@ -210,25 +205,12 @@ async function checksums(target: Endpoint, tables: TableCheck[]): Promise<Record
         const { rows } = await c.query<{ n: string; h: string }>(
           `SELECT count(*) AS n, md5(coalesce(string_agg(md5(t::text), '' ORDER BY ${t.order}), '')) AS h FROM ${t.name} t`,
         );
-        out[t.name] = { rows: Number(rows[0].n), md5: rows[0].h };
+        out[t.name] = { rows: Number(rows[0].n), digest: rows[0].h };
       }
       return out;
     },
     CHECK_SESSION,
   );
-}
-
-function compareChecksums(expected: Record<string, TableSum>, got: Record<string, TableSum>): string[] {
-  const problems: string[] = [];
-  for (const [name, want] of Object.entries(expected)) {
-    const have = got[name];
-    if (!have) problems.push(`${name}: missing`);
-    else if (have.rows !== want.rows)
-      problems.push(`${name}: ${have.rows} rows, the primary has ${want.rows}`);
-    else if (have.md5 !== want.md5)
-      problems.push(`${name}: same row count (${want.rows}) but different contents`);
-  }
-  return problems;
 }
 
 /** One pass of pgoutput (proto 1) over the scratch slot's backlog, counting messages by kind. */

@@ -36,7 +36,7 @@ import { startPrimary, TestCluster, tempDir, waitFor } from "../test/support/pos
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
-import { durabilitySettings, progressReporter } from "./support/scaffold.ts";
+import { compareChecksums, durabilitySettings, progressReporter, type TableSum } from "./support/scaffold.ts";
 import { type Endpoint, withClient } from "./support/workloads.ts";
 
 const PUBLICATION = "bench_pub";
@@ -251,11 +251,6 @@ interface TableInfo {
   totalBytes: number;
 }
 
-interface TableSum {
-  rows: number;
-  sum: string;
-}
-
 interface Dataset {
   scale: number;
   wideRows: number;
@@ -290,25 +285,12 @@ async function checksums(target: Endpoint): Promise<Record<string, TableSum>> {
         const { rows } = await c.query<{ n: string; s: string }>(
           `SELECT count(*)::text AS n, coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text AS s FROM ${name} t`,
         );
-        out[name] = { rows: Number(rows[0].n), sum: rows[0].s };
+        out[name] = { rows: Number(rows[0].n), digest: rows[0].s };
       }
       return out;
     },
     CHECK_SESSION,
   );
-}
-
-function compareChecksums(expected: Record<string, TableSum>, got: Record<string, TableSum>): string[] {
-  const problems: string[] = [];
-  for (const [name, want] of Object.entries(expected)) {
-    const have = got[name];
-    if (!have) problems.push(`${name}: missing`);
-    else if (have.rows !== want.rows)
-      problems.push(`${name}: ${have.rows} rows, the primary has ${want.rows}`);
-    else if (have.sum !== want.sum)
-      problems.push(`${name}: same row count (${want.rows}) but different contents`);
-  }
-  return problems;
 }
 
 async function verify(

@@ -31,3 +31,26 @@ export function progressReporter(): {
     },
   };
 }
+
+/** A table's row count and a digest of its contents, compared across a primary and a replica. */
+export interface TableSum {
+  rows: number;
+  digest: string;
+}
+
+/** What differs between the primary's sums and a target's (empty when they agree). */
+export function compareChecksums(
+  expected: Record<string, TableSum>,
+  got: Record<string, TableSum>,
+): string[] {
+  const problems: string[] = [];
+  for (const [name, want] of Object.entries(expected)) {
+    const have = got[name];
+    if (!have) problems.push(`${name}: missing`);
+    else if (have.rows !== want.rows)
+      problems.push(`${name}: ${have.rows} rows, the primary has ${want.rows}`);
+    else if (have.digest !== want.digest)
+      problems.push(`${name}: same row count (${want.rows}) but different contents`);
+  }
+  return problems;
+}
