@@ -39,6 +39,7 @@ import {
   describeUpstreamType,
   dropSlot,
   prepareUpstream,
+  publishedTableNames,
   SESSION_OPTIONS,
   upstreamAttnums,
   upstreamConnectionConfig,
@@ -523,11 +524,16 @@ export class Replicator {
       { position: formatLsn(position) },
       `replication slot ${what}; resync: auto takes a fresh snapshot (changes since the position cannot be replicated)`,
     );
+    // The tables to empty: those the replica knows it replicates, and those the publication holds
+    // now (which the new snapshot fills, and refuses if they still have rows).
+    const published = await publishedTableNames(cfg, this.publication);
     const { rows: tables } = await store.query<{ rel: string; schema: string; name: string }>(
-      `SELECT rel, shape->>'schema' AS schema, shape->>'name' AS name FROM strata.upstream_tables
-        WHERE slot_name = $1 AND to_regclass(quote_ident(shape->>'schema') || '.' || quote_ident(shape->>'name')) IS NOT NULL
-        ORDER BY rel`,
-      [cfg.slot_name],
+      `SELECT DISTINCT schema || '.' || name AS rel, schema, name FROM (
+         SELECT shape->>'schema' AS schema, shape->>'name' AS name FROM strata.upstream_tables WHERE slot_name = $1
+         UNION SELECT p->>0, p->>1 FROM jsonb_array_elements($2::jsonb) AS p) known
+        WHERE to_regclass(quote_ident(schema) || '.' || quote_ident(name)) IS NOT NULL
+        ORDER BY 1`,
+      [cfg.slot_name, JSON.stringify(published)],
     );
     const head = await store.query<{ seq: string; hash: string }>(
       "SELECT seq, hash FROM strata.commits ORDER BY seq DESC LIMIT 1",

@@ -167,6 +167,23 @@ export async function upstreamMissingValues(
   }
 }
 
+/** The publication's tables on the primary now, as [schema, table] pairs. */
+export async function publishedTableNames(
+  cfg: PostgresReplicationConfig,
+  publication: string,
+): Promise<[string, string][]> {
+  const client = await connect(upstreamConnectionConfig(cfg));
+  try {
+    const { rows } = await client.query<{ schemaname: string; tablename: string }>(
+      "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
+      [publication],
+    );
+    return rows.map((r) => [r.schemaname, r.tablename]);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
 /** `schema.table` or `table` from config as a quoted SQL name (a bare name is in public). */
 export function qualifiedTableName(name: string): string {
   const dot = name.indexOf(".");
