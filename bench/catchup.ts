@@ -30,7 +30,13 @@ import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/suppor
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
-import { compareChecksums, durabilitySettings, progressReporter, type TableSum } from "./support/scaffold.ts";
+import {
+  compareChecksums,
+  durabilitySettings,
+  progressReporter,
+  runBench,
+  type TableSum,
+} from "./support/scaffold.ts";
 import {
   bulkWorkload,
   type Endpoint,
@@ -813,10 +819,4 @@ async function main() {
   return failures.length === 0 ? 0 : 1;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`bench failed: ${(err as Error).stack ?? err}\n`);
-    process.exit(1);
-  },
-);
+runBench(main);

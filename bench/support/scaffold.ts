@@ -54,3 +54,14 @@ export function compareChecksums(
   }
   return problems;
 }
+
+/** Run a bench's main: its result is the exit code; an error is printed with its stack, exit 1. */
+export function runBench(main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`bench failed: ${(err as Error).stack ?? err}\n`);
+      process.exit(1);
+    },
+  );
+}

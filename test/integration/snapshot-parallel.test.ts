@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
 import { createStrata, type StrataProcess, waitForSameRows } from "../support/strata.ts";
+import { backgroundWriter } from "../support/workload.ts";
 
 const PARALLEL = { publication_name: "pub_root", snapshot_workers: 3, snapshot_chunk_mb: 1 };
 const TABLES: [string, string][] = [
@@ -46,36 +47,13 @@ after(async () => {
 
 /** Writes on the primary until stopped: updates and deletes of snapshot rows, inserts. */
 function writer(cluster: TestCluster) {
-  let running = true;
-  let transactions = 0;
-  const done = (async () => {
-    const client = await cluster.connect();
-    try {
-      for (let i = 1; running; i++) {
-        await client.query("BEGIN");
-        await client.query("UPDATE big SET n = n + 1 WHERE id = $1", [1 + ((i * 7919) % 120000)]);
-        await client.query("INSERT INTO big VALUES ($1, 0, 'new')", [1_000_000 + i]);
-        await client.query("INSERT INTO events VALUES ($1, date '2025-06-01', 'late')", [1_000_000 + i]);
-        await client.query("DELETE FROM events WHERE id = $1", [1 + ((i * 104729) % 30000)]);
-        if (i % 20 === 0)
-          await client.query("UPDATE wide SET note = note || '+' WHERE id = $1", [1 + (i % 40)]);
-        await client.query("COMMIT");
-        transactions++;
-      }
-    } finally {
-      await client.end();
-    }
-  })();
-  return {
-    stop: async () => {
-      running = false;
-      await done;
-      return transactions;
-    },
-    get transactions() {
-      return transactions;
-    },
-  };
+  return backgroundWriter(cluster, async (client, i) => {
+    await client.query("UPDATE big SET n = n + 1 WHERE id = $1", [1 + ((i * 7919) % 120000)]);
+    await client.query("INSERT INTO big VALUES ($1, 0, 'new')", [1_000_000 + i]);
+    await client.query("INSERT INTO events VALUES ($1, date '2025-06-01', 'late')", [1_000_000 + i]);
+    await client.query("DELETE FROM events WHERE id = $1", [1 + ((i * 104729) % 30000)]);
+    if (i % 20 === 0) await client.query("UPDATE wide SET note = note || '+' WHERE id = $1", [1 + (i % 40)]);
+  });
 }
 
 /**

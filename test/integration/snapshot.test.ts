@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
 import { createStrata, type StrataProcess, waitForSameRows } from "../support/strata.ts";
+import { backgroundWriter } from "../support/workload.ts";
 
 let primary: TestCluster;
 before(async () => {
@@ -26,38 +27,14 @@ after(async () => {
 
 /** Writes on the primary until stopped: updates of snapshot rows, inserts, deletes. */
 function writer(cluster: TestCluster) {
-  let running = true;
-  let transactions = 0;
-  const done = (async () => {
-    const client = await cluster.connect();
-    try {
-      for (let i = 1; running; i++) {
-        await client.query("BEGIN");
-        await client.query("UPDATE accounts SET balance = balance + 1 WHERE id = $1", [
-          1 + ((i * 7919) % 20000),
-        ]);
-        await client.query("INSERT INTO accounts VALUES ($1, $2, 1, 'red', 1)", [
-          100000 + i,
-          `new${i}@example.com`,
-        ]);
-        await client.query("DELETE FROM pairs WHERE a = $1 AND b = $2", [i % 100, `k${i}`]);
-        await client.query("COMMIT");
-        transactions++;
-      }
-    } finally {
-      await client.end();
-    }
-  })();
-  return {
-    stop: async () => {
-      running = false;
-      await done;
-      return transactions;
-    },
-    get transactions() {
-      return transactions;
-    },
-  };
+  return backgroundWriter(cluster, async (client, i) => {
+    await client.query("UPDATE accounts SET balance = balance + 1 WHERE id = $1", [1 + ((i * 7919) % 20000)]);
+    await client.query("INSERT INTO accounts VALUES ($1, $2, 1, 'red', 1)", [
+      100000 + i,
+      `new${i}@example.com`,
+    ]);
+    await client.query("DELETE FROM pairs WHERE a = $1 AND b = $2", [i % 100, `k${i}`]);
+  });
 }
 
 async function assertExact(strata: StrataProcess) {

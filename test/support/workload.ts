@@ -816,3 +816,38 @@ export async function replayHistory(strata: StrataProcess, table: string, keys: 
   }
   return [...state.values()].sort();
 }
+
+/**
+ * Transactions on `cluster` one after another until stopped, each running `body` between BEGIN
+ * and COMMIT (`i` counts from 1): writes that go on while a test does something else.
+ */
+export function backgroundWriter(
+  cluster: TestCluster,
+  body: (client: pg.Client, i: number) => Promise<void>,
+): { stop(): Promise<number>; readonly transactions: number } {
+  let running = true;
+  let transactions = 0;
+  const done = (async () => {
+    const client = await cluster.connect();
+    try {
+      for (let i = 1; running; i++) {
+        await client.query("BEGIN");
+        await body(client, i);
+        await client.query("COMMIT");
+        transactions++;
+      }
+    } finally {
+      await client.end();
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      return transactions;
+    },
+    get transactions() {
+      return transactions;
+    },
+  };
+}
