@@ -11,6 +11,7 @@
 // chain returns to the last durable commit, so nothing is applied twice and nothing is skipped.
 import type pg from "pg";
 import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
+import { dropTableSurface, ensureTableSurface, historyKeyColumns } from "../history/table-surface.ts";
 import { formatLsn, parseLsn } from "../protocol/lsn.ts";
 import {
   type DeleteMessage,
@@ -35,9 +36,6 @@ import {
   createTable,
   createTableStatements,
   createTypeResolver,
-  dropHistoryView,
-  ensureHistoryView,
-  historyKeyColumns,
   readReplicaState,
   replicaTableHasRows,
   resolveTarget,
@@ -441,7 +439,7 @@ export class Applier {
     const oldQualified = qualifiedName(old);
     if ((await replicaTableHasRows(this.client, oldQualified)) === undefined) return;
     if ((await replicaTableHasRows(this.client, qualifiedName(next))) !== undefined) return;
-    await dropHistoryView(this.client, old.schema, old.name);
+    await dropTableSurface(this.client, old.schema, old.name);
     // History is per name: the old name's ends with its rows removed, the new name's begins with
     // them as a snapshot base at this commit.
     const keys = await this.recordRemoval(known.rel, oldQualified);
@@ -474,10 +472,10 @@ export class Applier {
   private async applyPlan(shape: TableShape, statements: string[]): Promise<void> {
     if (statements.length === 0) return;
     const rel = `${shape.schema}.${shape.name}`;
-    await dropHistoryView(this.client, shape.schema, shape.name);
+    await dropTableSurface(this.client, shape.schema, shape.name);
     for (const ddl of statements) await this.runSchemaChange(rel, ddl);
     this.tx!.notes.push(...statements);
-    if (this.options.history) await ensureHistoryView(this.client, shape.schema, shape.name);
+    if (this.options.history) await ensureTableSurface(this.client, shape.schema, shape.name);
   }
 
   /**
@@ -610,7 +608,7 @@ export class Applier {
         if (!replica) {
           await this.client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(shape.schema)}`);
           for (const ddl of createTableStatements(shape)) await this.runSchemaChange(rel, ddl);
-          if (this.options.history) await ensureHistoryView(this.client, shape.schema, shape.name);
+          if (this.options.history) await ensureTableSurface(this.client, shape.schema, shape.name);
         } else {
           await this.applyPlan(
             shape,
@@ -629,7 +627,7 @@ export class Applier {
       if (dropped.type === "table") {
         const known = await this.loadKnown(dropped.oid);
         if (!known) continue;
-        await dropHistoryView(this.client, dropped.schema, dropped.name);
+        await dropTableSurface(this.client, dropped.schema, dropped.name);
         if ((await replicaTableHasRows(this.client, qualified)) !== undefined)
           await this.recordRemoval(known.rel, qualified);
         await this.runSchemaChange(known.rel, `DROP TABLE IF EXISTS ${qualified}`);

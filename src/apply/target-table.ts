@@ -7,6 +7,7 @@
 // identity: key columns (DEFAULT / USING INDEX), or the whole old row (FULL), one row at a time
 // via ctid so that duplicates in keyless tables are handled exactly.
 import type pg from "pg";
+import { ensureTableSurface } from "../history/table-surface.ts";
 import type { RelationMessage, TypeMessage } from "../protocol/messages.ts";
 import { ApplyError } from "./errors.ts";
 import { quoteIdent, type ReplicaState, type TableShape } from "./schema-follow.ts";
@@ -163,28 +164,6 @@ export function createTableStatements(shape: TableShape): string[] {
   ];
 }
 
-/** The key columns history uses for a replica table: its snapshot base's, else its primary key's. */
-export async function historyKeyColumns(
-  client: pg.Client,
-  rel: string,
-  qualified: string,
-): Promise<string[] | null> {
-  const { rows } = await client.query<{ keys: string[] | null }>(
-    `SELECT coalesce(
-       (SELECT key_columns FROM strata.snapshot_bases WHERE rel = $1 ORDER BY commit_seq DESC LIMIT 1),
-       (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index i
-          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-         WHERE i.indrelid = to_regclass($2) AND i.indisprimary)) AS keys`,
-    [rel, qualified],
-  );
-  return rows[0]?.keys ?? null;
-}
-
-/** Drop `<schema>.dolt_history_<table>`: it depends on the table's row type, which DDL may change. */
-export async function dropHistoryView(client: pg.Client, schema: string, table: string): Promise<void> {
-  await client.query(`DROP VIEW IF EXISTS ${quoteIdent(schema)}.${quoteIdent(`dolt_history_${table}`)}`);
-}
-
 export async function createTable(
   client: pg.Client,
   relation: RelationMessage,
@@ -199,64 +178,6 @@ export async function createTable(
   await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(relation.namespace)}`);
   await client.query(
     `CREATE TABLE ${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)} (${defs.join(", ")})`,
-  );
-}
-
-/** (Re)create `<schema>.dolt_history_<table>` when it is missing or the table's columns changed. */
-export async function ensureHistoryView(client: pg.Client, schema: string, table: string): Promise<void> {
-  const replica = (await replicaColumns(client, schema, table)) ?? [];
-  const qualified = `${quoteIdent(schema)}.${quoteIdent(table)}`;
-  const qualifiedView = `${quoteIdent(schema)}.${quoteIdent(`dolt_history_${table}`)}`;
-  // Doltgres's column names, unless the table has columns of those names (then prefixed strata_).
-  const taken = new Set(replica.map((c) => c.name));
-  const meta = ["commit_hash", "committer", "commit_date"].map((name) =>
-    taken.has(name) ? `strata_${name}` : name,
-  );
-  const wanted = [...replica.map((c) => c.name), ...meta];
-  const { rows } = await client.query<{ cols: string[] | null }>(
-    `SELECT array_agg(a.attname::text ORDER BY a.attnum) AS cols FROM pg_attribute a
-      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`,
-    [qualifiedView],
-  );
-  const current = rows[0]?.cols;
-  if (current && current.join("\u0000") === wanted.join("\u0000")) return;
-  await client.query(`DROP VIEW IF EXISTS ${qualifiedView}`);
-  const rel = literal(`${schema}.${table}`);
-  const metaColumns = `k.hash AS ${quoteIdent(meta[0])}, k.committer AS ${quoteIdent(meta[1])}, k.date AS ${quoteIdent(meta[2])}`;
-  // Versions written as history, then the versions of snapshot bases (strata.snapshot_bases):
-  // rows untouched since the base as they are now, and the others as their first later change
-  // found them (its old_row). A change's identity is the key it found the row under. A later base
-  // (a resync) only follows a truncate, which touched every row of the earlier one.
-  await client.query(
-    `CREATE VIEW ${qualifiedView} AS
-       SELECT r.*, ${metaColumns}
-         FROM strata.changes c
-         JOIN strata.commits k ON k.seq = c.commit_seq
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::${qualified}, c.new_row) r
-        WHERE c.rel = ${rel} AND c.new_row IS NOT NULL
-       UNION ALL
-       SELECT r.*, ${metaColumns}
-         FROM strata.snapshot_bases b
-         JOIN strata.commits k ON k.seq = b.commit_seq
-         CROSS JOIN LATERAL (
-           SELECT t.* FROM ${qualified} t
-            WHERE NOT EXISTS (SELECT 1 FROM strata.snapshot_bases later
-                               WHERE later.rel = b.rel AND later.commit_seq > b.commit_seq)
-              AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                               WHERE c.rel = b.rel AND c.row_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
-              AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                               WHERE c.rel = b.rel AND c.old_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
-           UNION ALL
-           SELECT f.* FROM (
-             SELECT DISTINCT ON (coalesce(c.old_key, c.row_key)) c.op, c.old_row
-               FROM strata.changes c
-              WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq
-              ORDER BY coalesce(c.old_key, c.row_key), c.commit_seq, c.ord
-           ) first_touch
-           CROSS JOIN LATERAL jsonb_populate_record(NULL::${qualified}, first_touch.old_row) f
-            WHERE first_touch.op <> 'I'
-         ) r
-        WHERE b.rel = ${rel}`,
   );
 }
 
@@ -313,6 +234,12 @@ export async function resolveTarget(
         ])
       ).rows[0]?.relkind === "p",
   };
-  if (history) await ensureHistoryView(client, relation.namespace, relation.name);
+  if (history)
+    await ensureTableSurface(
+      client,
+      relation.namespace,
+      relation.name,
+      keyIndexes.map((i) => columns[i].name),
+    );
   return target;
 }

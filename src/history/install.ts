@@ -18,6 +18,7 @@
 //   strata.upstream_tables  what the replica knows of each upstream table (by upstream oid): its
 //                   name and columns as last seen, so that later changes to them can be followed.
 import type pg from "pg";
+import { SURFACE_SQL } from "./surface-sql.ts";
 
 export const SCHEMA_VERSION = 1;
 
@@ -145,6 +146,7 @@ export async function installStrataSchema(client: pg.Client, database: string): 
     // One installer at a time (two Strata processes pointed at one external store).
     await client.query("SELECT pg_advisory_xact_lock(hashtext('strata.install'))");
     await client.query(INSTALL);
+    await client.query(SURFACE_SQL);
     await client.query("DELETE FROM strata.schema_version");
     await client.query("INSERT INTO strata.schema_version VALUES ($1)", [SCHEMA_VERSION]);
     await client.query(

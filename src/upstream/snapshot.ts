@@ -38,10 +38,11 @@ import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { insertCommitRow } from "../apply/applier.ts";
 import { ApplyError, explainStoreError } from "../apply/errors.ts";
 import type { TableShape } from "../apply/schema-follow.ts";
-import { ensureHistoryView, quoteIdent } from "../apply/target-table.ts";
+import { quoteIdent } from "../apply/target-table.ts";
 import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
 import { connect } from "../db.ts";
+import { dropTableSurface, ensureTableSurface } from "../history/table-surface.ts";
 import type { Logger } from "../log.ts";
 import { formatLsn } from "../protocol/lsn.ts";
 import { ProgressReporter, SnapshotProgress } from "./progress.ts";
@@ -408,9 +409,7 @@ export async function cleanUpUnfinishedSnapshot(
       const exists = await store.query("SELECT to_regclass($1) IS NOT NULL AS ok", [qualify(t)]);
       if (!exists.rows[0].ok) continue;
       if (r.created) {
-        await store.query(
-          `DROP VIEW IF EXISTS ${quoteIdent(t.schema)}.${quoteIdent(`dolt_history_${t.name}`)}`,
-        );
+        await dropTableSurface(store, t.schema, t.name);
         // Something made on the replica in the meantime may depend on the table: then keep it, empty.
         await store.query("SAVEPOINT strata_drop");
         try {
@@ -704,7 +703,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
           });
           deferredByTable.set(tables.indexOf(table), { table: rel(table), statements });
         }
-        if (opts.history) await ensureHistoryView(store, table.schema, table.name);
+        if (opts.history) await ensureTableSurface(store, table.schema, table.name, table.keyColumns);
         await store.query(
           "INSERT INTO strata.snapshot_tables (slot_name, schema_name, table_name, created, commit_seq) VALUES ($1, $2, $3, $4, $5)",
           [cfg.slot_name, table.schema, table.name, hasRows === undefined, String(seq)],

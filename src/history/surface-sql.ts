@@ -1,0 +1,342 @@
+// The version-control read surface that does not depend on a table's columns: naming commits,
+// the states of a table's rows at a commit, and the rows that differ between two commits. The
+// per-table objects (dolt_as_of_<t>, dolt_diff_<t>, dolt_blame_<t>; see table-surface.ts) are thin
+// typed wrappers over these functions, which work on row images (jsonb) as history stores them.
+//
+// How a row's state at commit C is found without a second copy of the data (strata.changes holds
+// every change with the row's image before and after it):
+//
+//   - a key's *mentions* are the changes that find a row under it (updates and deletes, with the
+//     image before) or leave a row under it (inserts and updates, with the image after); an update
+//     that changes the key mentions the old key (before) and the new key (after) separately;
+//   - the state of key K at C is the "before" image of K's first mention after C (absent when that
+//     mention only leaves a row, an insert), or, when nothing mentions K after C, the row as it is
+//     now;
+//   - a snapshot base at B (strata.snapshot_bases: rows copied without history rows) means the
+//     table was empty just before B, so for C < B only the changes between C and B count and rows
+//     untouched since B did not exist at C.
+//
+// So "K as of C" is one index descent of changes(rel, row_key, commit_seq), and the difference
+// between two commits touching k rows is a range scan of changes(commit_seq): O(k log n).
+// Tables without a key (REPLICA IDENTITY FULL, no primary key) are multisets of row images: the
+// state at C is the rows now, plus the images changes after C removed, minus those they added.
+
+export const SURFACE_SQL = `
+CREATE INDEX IF NOT EXISTS commits_upstream_commit_lsn ON strata.commits (upstream_commit_lsn);
+CREATE INDEX IF NOT EXISTS commits_date ON strata.commits (date, seq);
+CREATE INDEX IF NOT EXISTS commits_hash_prefix ON strata.commits (hash text_pattern_ops);
+
+-- The tables that have the per-table surface, and the key their history is kept under.
+CREATE TABLE IF NOT EXISTS strata.table_surfaces (
+  rel text PRIMARY KEY,
+  schema_name text NOT NULL,
+  table_name text NOT NULL,
+  key_columns text[] NOT NULL,
+  signature text NOT NULL
+);
+
+-- A commit named the way Doltgres names them: HEAD (or main, WORKING, STAGED), a hash or a unique
+-- prefix of one, a timestamp (the last commit at or before it), or lsn:X/Y (the last commit of an
+-- upstream transaction that committed at or before that LSN); any of them followed by ~N or ^
+-- (ancestors).
+CREATE OR REPLACE FUNCTION dolt.commit_seq(commit_name text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  spec text := btrim(coalesce(commit_name, ''));
+  base text;
+  suffix text;
+  step text[];
+  back bigint := 0;
+  found_seq bigint;
+  n bigint;
+  at timestamptz;
+  lsn pg_lsn;
+  forms constant text := 'name a commit by its hash (or a unique prefix of it), HEAD, HEAD~N, a timestamp, or lsn:X/Y; SELECT * FROM dolt_log lists them';
+BEGIN
+  IF spec = '' THEN
+    RAISE EXCEPTION 'no commit named: the commit name is empty' USING ERRCODE = '22023', HINT = forms;
+  END IF;
+  IF lower(spec) LIKE 'lsn:%' THEN
+    BEGIN
+      lsn := btrim(substr(spec, 5))::pg_lsn;
+    EXCEPTION WHEN others THEN
+      RAISE EXCEPTION 'commit name "%" is not an LSN', spec
+        USING ERRCODE = '22023', HINT = 'write an upstream LSN as lsn:X/Y, e.g. lsn:0/16B3748';
+    END;
+    SELECT seq INTO found_seq FROM strata.commits
+     WHERE upstream_commit_lsn <= lsn ORDER BY upstream_commit_lsn DESC, seq DESC LIMIT 1;
+    IF found_seq IS NULL THEN
+      RAISE EXCEPTION 'no replicated commit at or before upstream LSN %', lsn
+        USING ERRCODE = '22023',
+              HINT = format('the first replicated commit is at %s', coalesce(
+                (SELECT min(upstream_commit_lsn)::text FROM strata.commits), 'no LSN yet'));
+    END IF;
+    RETURN found_seq;
+  END IF;
+  suffix := substring(spec FROM '((?:[~^][0-9]*)+)$');
+  base := CASE WHEN suffix IS NULL THEN spec ELSE left(spec, length(spec) - length(suffix)) END;
+  IF suffix IS NOT NULL THEN
+    FOR step IN SELECT regexp_matches(suffix, '([~^])([0-9]*)', 'g') LOOP
+      IF step[1] = '~' THEN
+        back := back + coalesce(nullif(step[2], '')::bigint, 1);
+      ELSIF coalesce(nullif(step[2], ''), '1') = '1' THEN
+        back := back + 1;
+      ELSIF step[2] <> '0' THEN
+        RAISE EXCEPTION 'commit name "%" asks for parent number %, but commits here have one parent', spec, step[2]
+          USING ERRCODE = '22023', HINT = 'use ~N to go N commits back';
+      END IF;
+    END LOOP;
+  END IF;
+  IF upper(base) IN ('HEAD', 'WORKING', 'STAGED') OR base = 'main' THEN
+    SELECT max(seq) INTO found_seq FROM strata.commits;
+    IF found_seq IS NULL THEN
+      RAISE EXCEPTION 'there are no commits yet' USING ERRCODE = '22023';
+    END IF;
+  END IF;
+  IF found_seq IS NULL AND base ~ '^[0-9a-v]+$' THEN
+    SELECT count(*), min(seq) INTO n, found_seq FROM (
+      SELECT seq FROM strata.commits WHERE hash ~>=~ base AND hash ~<~ (base || 'w') LIMIT 2) m;
+    IF n > 1 THEN
+      RAISE EXCEPTION 'commit name "%" is ambiguous: more than one commit hash starts with it', base
+        USING ERRCODE = '22023', HINT = 'give more characters of the hash';
+    END IF;
+  END IF;
+  IF found_seq IS NULL THEN
+    BEGIN
+      at := base::timestamptz;
+    EXCEPTION WHEN others THEN
+      RAISE EXCEPTION 'no commit named "%"', base USING ERRCODE = '22023', HINT = forms;
+    END;
+    SELECT seq INTO found_seq FROM strata.commits WHERE date <= at ORDER BY date DESC, seq DESC LIMIT 1;
+    IF found_seq IS NULL THEN
+      RAISE EXCEPTION 'no commit at or before %', at
+        USING ERRCODE = '22023',
+              HINT = format('the first commit is at %s', coalesce((SELECT min(date)::text FROM strata.commits), 'no commit yet'));
+    END IF;
+  END IF;
+  IF back > 0 THEN
+    SELECT seq INTO n FROM strata.commits WHERE seq <= found_seq ORDER BY seq DESC OFFSET back LIMIT 1;
+    IF n IS NULL THEN
+      RAISE EXCEPTION 'commit name "%" goes back before the first commit', spec
+        USING ERRCODE = '22023',
+              HINT = format('%s has %s ancestors', base,
+                            (SELECT count(*) - 1 FROM strata.commits WHERE seq <= found_seq));
+    END IF;
+    found_seq := n;
+  END IF;
+  RETURN found_seq;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION dolt.commit_hash(commit_name text) RETURNS text
+LANGUAGE sql STABLE AS $$ SELECT hash FROM strata.commits WHERE seq = dolt.commit_seq(commit_name) $$;
+
+-- dolt_log from a commit: that commit and its ancestors, newest first.
+CREATE OR REPLACE FUNCTION dolt.dolt_log(revision text) RETURNS SETOF dolt.dolt_log
+LANGUAGE sql STABLE AS $$
+  SELECT l.* FROM dolt.dolt_log l WHERE l.commit_order <= dolt.commit_seq(revision) ORDER BY l.commit_order DESC
+$$;
+
+-- Per key touched in commits (lo, hi]: the row before the first change and after the last
+-- (NULL: no row), for a keyed table.
+CREATE OR REPLACE FUNCTION strata.key_states(p_rel text, lo bigint, hi bigint)
+RETURNS TABLE (row_key jsonb, from_row jsonb, to_row jsonb)
+LANGUAGE sql STABLE AS $$
+  SELECT m.k,
+         (array_agg(m.before ORDER BY m.seq, m.ord, m.side))[1],
+         (array_agg(m.after ORDER BY m.seq DESC, m.ord DESC, m.side DESC))[1]
+    FROM (
+      SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
+             CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
+             CASE WHEN c.op = 'I' OR (c.op = 'U' AND c.old_key IS NULL) THEN c.new_row END AS after
+        FROM strata.changes c
+       WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel
+      UNION ALL
+      SELECT c.commit_seq, c.ord, 1, c.row_key, NULL, c.new_row
+        FROM strata.changes c
+       WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.op = 'U' AND c.old_key IS NOT NULL
+    ) m
+   GROUP BY m.k
+$$;
+
+-- The first snapshot base of a table after commit at (NULL: none).
+CREATE OR REPLACE FUNCTION strata.base_after(p_rel text, at bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$ SELECT min(commit_seq) FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > at $$;
+
+-- SQL that builds a row's key (as history records it) from alias.columns.
+CREATE OR REPLACE FUNCTION strata.key_expression(key_columns text[], alias text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT 'jsonb_build_object(' || string_agg(format('%L, %s.%I', k, alias, k), ', ' ORDER BY i) || ')'
+    FROM unnest(key_columns) WITH ORDINALITY AS u(k, i)
+$$;
+
+-- Every row of a table as of commit at, as row images.
+CREATE OR REPLACE FUNCTION strata.rows_as_of(p_rel text, tbl regclass, key_columns text[], at bigint)
+RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  b bigint := strata.base_after(p_rel, at);
+  upto bigint := coalesce(b - 1, 9223372036854775807);
+BEGIN
+  IF cardinality(key_columns) > 0 THEN
+    RETURN QUERY SELECT s.from_row FROM strata.key_states(p_rel, at, upto) s WHERE s.from_row IS NOT NULL;
+    IF b IS NULL THEN
+      RETURN QUERY EXECUTE format(
+        'SELECT to_jsonb(t) FROM %s t
+          WHERE NOT EXISTS (SELECT 1 FROM strata.changes c WHERE c.rel = $1 AND c.row_key = %s AND c.commit_seq > $2)
+            AND NOT EXISTS (SELECT 1 FROM strata.changes c WHERE c.rel = $1 AND c.old_key = %s AND c.commit_seq > $2)',
+        tbl, strata.key_expression(key_columns, 't'), strata.key_expression(key_columns, 't'))
+        USING p_rel, at;
+    END IF;
+  ELSE
+    RETURN QUERY EXECUTE format(
+      'SELECT g.j FROM (
+         SELECT x.j, sum(x.w) AS n FROM (
+           %s
+           SELECT c.old_row, 1 FROM strata.changes c
+            WHERE c.commit_seq > $2 AND c.commit_seq <= $3 AND c.rel = $1 AND c.old_row IS NOT NULL
+           UNION ALL
+           SELECT c.new_row, -1 FROM strata.changes c
+            WHERE c.commit_seq > $2 AND c.commit_seq <= $3 AND c.rel = $1 AND c.new_row IS NOT NULL
+         ) AS x(j, w) GROUP BY x.j
+       ) g CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0',
+      CASE WHEN b IS NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', tbl) ELSE '' END)
+      USING p_rel, at, upto;
+  END IF;
+END
+$fn$;
+
+-- The row with key p_key as of commit at (zero or one row image): index lookups only.
+CREATE OR REPLACE FUNCTION strata.row_as_of(p_rel text, tbl regclass, key_columns text[], at bigint, p_key jsonb)
+RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  b bigint := strata.base_after(p_rel, at);
+  upto bigint := coalesce(b - 1, 9223372036854775807);
+  m record;
+BEGIN
+  SELECT * INTO m FROM (
+    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, false AS moved_away FROM strata.changes c
+      WHERE c.rel = p_rel AND c.row_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
+      ORDER BY c.commit_seq, c.ord LIMIT 1)
+    UNION ALL
+    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, true FROM strata.changes c
+      WHERE c.rel = p_rel AND c.old_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
+      ORDER BY c.commit_seq, c.ord LIMIT 1)
+  ) first_mention ORDER BY commit_seq, ord LIMIT 1;
+  IF FOUND THEN
+    IF m.moved_away OR (m.op <> 'I' AND NOT (m.op = 'U' AND m.old_key IS NOT NULL)) THEN
+      RETURN NEXT m.old_row;
+    END IF;
+  ELSIF b IS NULL THEN
+    RETURN QUERY EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %s', tbl,
+      (SELECT string_agg(format('t.%I = (jsonb_populate_record(NULL::%s, $1)).%I', k, tbl, k), ' AND ')
+         FROM unnest(key_columns) k))
+      USING p_key;
+  END IF;
+END
+$fn$;
+
+-- The rows that differ between commits from_seq and to_seq (either order): the row image at
+-- each side (NULL: no row).
+CREATE OR REPLACE FUNCTION strata.diff_rows(p_rel text, tbl regclass, key_columns text[], from_seq bigint, to_seq bigint)
+RETURNS TABLE (from_row jsonb, to_row jsonb)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  swapped boolean := from_seq > to_seq;
+  lo bigint := least(from_seq, to_seq);
+  hi bigint := greatest(from_seq, to_seq);
+BEGIN
+  IF lo = hi THEN RETURN; END IF;
+  IF EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo AND commit_seq <= hi) THEN
+    -- Rows appeared without history in between: compare the two states whole.
+    IF cardinality(key_columns) > 0 THEN
+      RETURN QUERY
+        SELECT CASE WHEN swapped THEN t.j ELSE f.j END, CASE WHEN swapped THEN f.j ELSE t.j END
+          FROM (SELECT j, strata.key_of(j, key_columns) AS k FROM strata.rows_as_of(p_rel, tbl, key_columns, lo) AS r(j)) f
+          FULL JOIN (SELECT j, strata.key_of(j, key_columns) AS k FROM strata.rows_as_of(p_rel, tbl, key_columns, hi) AS r(j)) t
+            ON f.k = t.k
+         WHERE f.j IS DISTINCT FROM t.j;
+    ELSE
+      RETURN QUERY
+        SELECT CASE WHEN swapped THEN NULL ELSE d.j END, CASE WHEN swapped THEN d.j ELSE NULL END
+          FROM (SELECT j FROM strata.rows_as_of(p_rel, tbl, key_columns, lo) AS r(j)
+                EXCEPT ALL SELECT j FROM strata.rows_as_of(p_rel, tbl, key_columns, hi) AS r(j)) d
+        UNION ALL
+        SELECT CASE WHEN swapped THEN a.j ELSE NULL END, CASE WHEN swapped THEN NULL ELSE a.j END
+          FROM (SELECT j FROM strata.rows_as_of(p_rel, tbl, key_columns, hi) AS r(j)
+                EXCEPT ALL SELECT j FROM strata.rows_as_of(p_rel, tbl, key_columns, lo) AS r(j)) a;
+    END IF;
+  ELSIF cardinality(key_columns) > 0 THEN
+    RETURN QUERY
+      SELECT CASE WHEN swapped THEN s.to_row ELSE s.from_row END, CASE WHEN swapped THEN s.from_row ELSE s.to_row END
+        FROM strata.key_states(p_rel, lo, hi) s
+       WHERE s.from_row IS DISTINCT FROM s.to_row;
+  ELSE
+    RETURN QUERY
+      SELECT CASE WHEN (g.n < 0) <> swapped THEN g.j END, CASE WHEN (g.n > 0) <> swapped THEN g.j END
+        FROM (SELECT x.j, sum(x.w) AS n FROM (
+                SELECT c.new_row, 1 FROM strata.changes c
+                 WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.new_row IS NOT NULL
+                UNION ALL
+                SELECT c.old_row, -1 FROM strata.changes c
+                 WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.old_row IS NOT NULL
+              ) AS x(j, w) GROUP BY x.j HAVING sum(x.w) <> 0) g
+        CROSS JOIN LATERAL generate_series(1, abs(g.n));
+  END IF;
+END
+$fn$;
+
+-- A table named by a user: its history name and key.
+CREATE OR REPLACE FUNCTION strata.surface_of(table_name text)
+RETURNS TABLE (rel text, tbl regclass, key_columns text[])
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  t regclass := to_regclass(table_name);
+BEGIN
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = '42P01';
+  END IF;
+  RETURN QUERY SELECT s.rel, t, s.key_columns FROM strata.table_surfaces s
+    JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE s.schema_name = n.nspname AND s.table_name = c.relname;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'table "%" has no history', table_name
+      USING ERRCODE = '42P01', HINT = 'history is kept for replicated tables while dolt_transaction_commit is on';
+  END IF;
+END
+$fn$;
+
+-- dolt_diff on the store itself: rows as jsonb, since a function's columns cannot depend on its
+-- arguments. Through Strata's front door, dolt_diff('A', 'B', 't') returns t's columns as
+-- to_<column> / from_<column> (it becomes t's dolt_diff_<t>('A', 'B')).
+CREATE OR REPLACE FUNCTION dolt.dolt_diff(from_commit text, to_commit text, table_name text)
+RETURNS TABLE (to_row jsonb, to_commit text, to_commit_date timestamptz,
+               from_row jsonb, from_commit text, from_commit_date timestamptz, diff_type text)
+LANGUAGE sql STABLE AS $$
+  SELECT d.to_row, tc.hash, tc.date, d.from_row, fc.hash, fc.date,
+         CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
+    FROM strata.surface_of(table_name) s
+    CROSS JOIN LATERAL (SELECT dolt.commit_seq(from_commit) AS f, dolt.commit_seq(to_commit) AS t) q
+    JOIN strata.commits fc ON fc.seq = q.f
+    JOIN strata.commits tc ON tc.seq = q.t
+    CROSS JOIN LATERAL strata.diff_rows(s.rel, s.tbl, s.key_columns, q.f, q.t) d
+$$;
+
+-- The tables each commit changed (Doltgres's dolt_diff system table).
+CREATE OR REPLACE VIEW dolt.dolt_diff AS
+  SELECT k.hash AS commit_hash, x.rel AS table_name, k.committer, k.email, k.date, k.message,
+         x.data_change, x.schema_change
+    FROM strata.commits k
+   CROSS JOIN LATERAL (
+     SELECT y.rel, bool_or(y.data) AS data_change, bool_or(NOT y.data) AS schema_change FROM (
+       SELECT DISTINCT c.rel, true AS data FROM strata.changes c WHERE c.commit_seq = k.seq
+       UNION ALL SELECT b.rel, true FROM strata.snapshot_bases b WHERE b.commit_seq = k.seq
+       UNION ALL SELECT DISTINCT s.rel, false FROM strata.schema_changes s WHERE s.commit_seq = k.seq
+     ) y GROUP BY y.rel
+   ) x;
+
+-- Nothing is uncommitted on a replica: every applied transaction is a commit.
+CREATE OR REPLACE VIEW dolt.dolt_status AS
+  SELECT NULL::text AS table_name, NULL::boolean AS staged, NULL::text AS status WHERE false;
+`;
