@@ -5,9 +5,11 @@
 // server.
 import { mkdirSync } from "node:fs";
 import type { LoadedConfig } from "./config/load.ts";
+import { defaultSettings } from "./config/variables.ts";
 import { connect } from "./db.ts";
-import { type Listener, startListener } from "./frontdoor/passthrough.ts";
-import { installStrataSchema } from "./history/install.ts";
+import { type Listener, type QueryRewriter, startListener } from "./frontdoor/listener.ts";
+import { StrataRewriter } from "./frontdoor/rewriter.ts";
+import { installStrataSchema, writeSettingDefaults } from "./history/install.ts";
 import type { Logger } from "./log.ts";
 import { ensureDatabase, openStore, type StoreHandle } from "./store/store.ts";
 import { Replicator } from "./upstream/replicator.ts";
@@ -23,10 +25,15 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-export async function startServer({ config, dataDir }: LoadedConfig, log: Logger): Promise<RunningServer> {
+export async function startServer(
+  { config, dataDir }: LoadedConfig,
+  log: Logger,
+  rewriter?: QueryRewriter,
+): Promise<RunningServer> {
   mkdirSync(dataDir, { recursive: true });
   const store = await openStore(config, dataDir, log);
   let listener: Listener | undefined;
+  let frontDoor: QueryRewriter | undefined;
   let replicator: Replicator | undefined;
   let sequenceSync: SequenceSyncTimer | undefined;
   let slotMonitor: SlotMonitor | undefined;
@@ -37,18 +44,26 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
     const database = config.postgres_replication?.postgres_database ?? "postgres";
     await ensureDatabase(store, database, log);
     const client = await connect(store.connectionConfig(database));
+    let history: boolean;
     try {
       await installStrataSchema(client, database);
+      await writeSettingDefaults(client, defaultSettings(config));
+      // Read through the store: ALTER SYSTEM SET dolt_transaction_commit persists over the config
+      // file's value, and takes effect at the next start.
+      const { rows } = await client.query<{ value: string }>(
+        "SELECT dolt.setting('dolt_transaction_commit') AS value",
+      );
+      history = rows[0]?.value === "1";
     } finally {
       await client.end();
     }
+    if (store.kind === "managed") await prepareNewDatabases(store, defaultSettings(config));
     if (config.postgres_replication) {
       replicator = new Replicator({
         config: config.postgres_replication,
         store,
         dataDir,
-        // A replica records a commit per replicated transaction unless told otherwise.
-        history: config.behavior.dolt_transaction_commit ?? true,
+        history,
         log,
       });
       replicator.start();
@@ -76,7 +91,8 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
         sequenceSync.start();
       }
     }
-    listener = await startListener(config.listener.host, config.listener.port, store.endpoint, log);
+    frontDoor = rewriter ?? new StrataRewriter(store, log);
+    listener = await startListener(config.listener, store.endpoint, frontDoor, log);
     log.info(
       { host: listener.address.host, port: listener.address.port, database, data_dir: dataDir },
       "strata is ready for connections",
@@ -88,6 +104,7 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
     throw err;
   }
   const running = listener;
+  const frontDoorInUse = frontDoor;
   return {
     listener: running,
     store,
@@ -96,9 +113,26 @@ export async function startServer({ config, dataDir }: LoadedConfig, log: Logger
     slotMonitor,
     stop: async () => {
       await running.close();
+      if (frontDoorInUse instanceof StrataRewriter) await frontDoorInUse.close();
       await stopTimers();
       await replicator?.stop();
       await store.stop();
     },
   };
+}
+
+/**
+ * Databases created later (CREATE DATABASE through the front door) are copies of template1: give
+ * it the Strata schema, and every database the search path that finds dolt_* names unqualified.
+ * Only on the managed store, whose roles and templates are Strata's own.
+ */
+async function prepareNewDatabases(store: StoreHandle, settings: Record<string, string>): Promise<void> {
+  const client = await connect(store.connectionConfig("template1"));
+  try {
+    await installStrataSchema(client, "template1");
+    await writeSettingDefaults(client, settings);
+    await client.query(`ALTER ROLE ALL SET search_path = "$user", public, dolt`);
+  } finally {
+    await client.end();
+  }
 }

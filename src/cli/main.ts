@@ -1,6 +1,6 @@
 // The `strata` command line.
 import { readFileSync } from "node:fs";
-import { Command } from "commander";
+import { Command, InvalidArgumentError } from "commander";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger } from "../log.ts";
 import { startServer } from "../server.ts";
@@ -70,12 +70,16 @@ function loadForCommand(opts: { config?: string; dataDir?: string }) {
   }
 }
 
-/** Run a one-shot command: its errors are printed (with their remedy) and exit 1. */
+/**
+ * Run a one-shot command: its errors are printed (with their remedy) and exit 1. An error from
+ * the store carries its remedy as a hint (dolt.commit_seq's ways to name a commit), printed too.
+ */
 async function runCommand(work: () => Promise<void>): Promise<void> {
   try {
     await work();
   } catch (err) {
-    process.stderr.write(`strata: ${(err as Error).message}\n`);
+    const { message, hint } = err as Error & { hint?: string };
+    process.stderr.write(`strata: ${message}\n${hint ? `hint: ${hint}\n` : ""}`);
     process.exit(1);
   }
 }
@@ -119,6 +123,75 @@ program
     const loaded = loadForCommand(opts);
     const { syncSequencesCommand } = await import("./sync-sequences.ts");
     await runCommand(() => syncSequencesCommand(loaded));
+  });
+
+function parseLimit(value: string): number {
+  if (!/^\d+$/.test(value)) {
+    throw new InvalidArgumentError("give a whole number of commits (0 for all of them)");
+  }
+  return Number(value);
+}
+
+program
+  .command("log")
+  .description(
+    "list the commits from REVISION (default HEAD) back, newest first; a table on a terminal, else JSON lines (one dolt_log row per line)",
+  )
+  .argument("[revision]", "where to start: HEAD, HEAD~N, a hash or unique prefix, a timestamp, or lsn:X/Y")
+  .option("-c, --config <file>", "config.yaml to read")
+  .option("--data-dir <dir>", "data directory (overrides data_dir in the config)")
+  .option("-n, --limit <n>", "show at most N commits; 0 shows all", parseLimit, 50)
+  .option("--json", "JSON lines even on a terminal")
+  .action(
+    async (
+      revision: string | undefined,
+      opts: { config?: string; dataDir?: string; limit: number; json?: boolean },
+    ) => {
+      const loaded = loadForCommand(opts);
+      const { logCommand } = await import("./log.ts");
+      const { stdoutOutput } = await import("./output.ts");
+      await runCommand(() =>
+        logCommand(loaded, { revision, limit: opts.limit }, stdoutOutput(Boolean(opts.json))),
+      );
+    },
+  );
+
+program
+  .command("diff")
+  .description(
+    "what changed from commit FROM to commit TO: the tables changed with their row counts, or with TABLE that table's rows; text on a terminal, else JSON lines",
+  )
+  .argument("<from>", "the older commit (any name log takes)")
+  .argument("<to>", "the newer commit")
+  .argument("[table]", "a table (schema.table, or as search_path finds it) whose differing rows to show")
+  .option("-c, --config <file>", "config.yaml to read")
+  .option("--data-dir <dir>", "data directory (overrides data_dir in the config)")
+  .option("--json", "JSON lines even on a terminal")
+  .action(
+    async (
+      from: string,
+      to: string,
+      table: string | undefined,
+      opts: { config?: string; dataDir?: string; json?: boolean },
+    ) => {
+      const loaded = loadForCommand(opts);
+      const { diffCommand } = await import("./diff.ts");
+      const { stdoutOutput } = await import("./output.ts");
+      await runCommand(() => diffCommand(loaded, { from, to, table }, stdoutOutput(Boolean(opts.json))));
+    },
+  );
+
+program
+  .command("status")
+  .description("replication status, uncommitted changes and HEAD; text on a terminal, else one JSON line")
+  .option("-c, --config <file>", "config.yaml to read")
+  .option("--data-dir <dir>", "data directory (overrides data_dir in the config)")
+  .option("--json", "JSON even on a terminal")
+  .action(async (opts: { config?: string; dataDir?: string; json?: boolean }) => {
+    const loaded = loadForCommand(opts);
+    const { statusCommand } = await import("./status.ts");
+    const { stdoutOutput } = await import("./output.ts");
+    await runCommand(() => statusCommand(loaded, stdoutOutput(Boolean(opts.json))));
   });
 
 await program.parseAsync(process.argv);

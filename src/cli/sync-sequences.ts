@@ -1,16 +1,17 @@
 // `strata sync-sequences`: copy the primary's sequence values to the replica now (the same copy
 // `strata serve` runs every sequence_sync_interval_ms; see upstream/sequences.ts). It works on
-// the store of a Strata that is running and never starts the managed store itself: starting it
-// while `strata serve` owns it would stop the serving postmaster as an orphan.
+// the store of a Strata that is running and never starts the managed store itself (see
+// replica-client.ts).
 import type pg from "pg";
 import type { LoadedConfig } from "../config/load.ts";
 import { connect } from "../db.ts";
 import { createLogger } from "../log.ts";
-import { attachRunningStore } from "../store/store.ts";
 import { formatSequenceSummary, syncSequences } from "../upstream/sequences.ts";
 import { upstreamConnectionConfig } from "../upstream/setup.ts";
+import { connectRunningReplica } from "./replica-client.ts";
 
-export async function syncSequencesCommand({ config, dataDir }: LoadedConfig): Promise<void> {
+export async function syncSequencesCommand(loaded: LoadedConfig): Promise<void> {
+  const { config } = loaded;
   const cfg = config.postgres_replication;
   if (!cfg) {
     throw new Error(
@@ -18,30 +19,7 @@ export async function syncSequencesCommand({ config, dataDir }: LoadedConfig): P
     );
   }
   const log = createLogger(config.log_level);
-  const store = attachRunningStore(config, dataDir);
-  const database = cfg.postgres_database;
-  let replica: pg.Client;
-  try {
-    replica = await connect({
-      ...store.connectionConfig(database),
-      application_name: "strata sync-sequences",
-    });
-  } catch (err) {
-    const e = err as { code?: string; message: string };
-    if (e.code === "3D000") {
-      throw new Error(
-        `the replica database "${database}" does not exist on the store yet: start \`strata serve\` with this config first (it creates it), then run sync-sequences again`,
-      );
-    }
-    if (store.kind === "managed" && (e.code === "ENOENT" || e.code === "ECONNREFUSED")) {
-      throw new Error(
-        `the managed store in ${dataDir} is not accepting connections (${e.message}): start \`strata serve\` with this config first, then run sync-sequences again`,
-      );
-    }
-    throw new Error(
-      `cannot connect to the store${config.store.url ? " (store.url)" : ` in ${dataDir}`}: ${e.message}; check that \`strata serve\` is running with this config${config.store.url ? " and that store.url is right" : ""}`,
-    );
-  }
+  const replica = await connectRunningReplica(loaded, "sync-sequences");
   try {
     let primary: pg.Client;
     try {

@@ -2,6 +2,7 @@
 // Key names follow Doltgres (listener, data_dir, postgres_replication.*, behavior.*) so that its
 // documentation works for Strata. Strata's own additions are documented in the README.
 import { z } from "zod";
+import { findVariable, normalizeValue, VARIABLES, type VariableError } from "./variables.ts";
 
 const port = (key: string) =>
   z
@@ -112,6 +113,43 @@ export const configSchema = z.object({
         .min(1)
         .default("127.0.0.1"),
       port: port("listener.port").default(5432),
+      /** PEM private key and certificate: clients that send SSLRequest get TLS. */
+      tls_key: z
+        .string({ error: "listener.tls_key must be the path of a PEM private key file" })
+        .min(1, { error: "listener.tls_key must be the path of a PEM private key file" })
+        .optional(),
+      tls_cert: z
+        .string({ error: "listener.tls_cert must be the path of a PEM certificate file" })
+        .min(1, { error: "listener.tls_cert must be the path of a PEM certificate file" })
+        .optional(),
+      /** Refuse clients that did not negotiate TLS. */
+      require_secure_transport: z
+        .boolean({ error: "listener.require_secure_transport must be true or false" })
+        .default(false),
+      /** Sessions the front door serves at once. */
+      max_connections: z
+        .number({ error: "listener.max_connections must be a whole number of connections (1 or more)" })
+        .int({ error: "listener.max_connections must be a whole number of connections (1 or more)" })
+        .min(1, { error: "listener.max_connections must be a whole number of connections (1 or more)" })
+        .default(100),
+    })
+    .superRefine((listener, ctx) => {
+      if (Boolean(listener.tls_key) !== Boolean(listener.tls_cert)) {
+        const missing = listener.tls_key ? "tls_cert" : "tls_key";
+        ctx.addIssue({
+          code: "custom",
+          path: [missing],
+          message: `listener.${missing} is needed too: TLS takes both listener.tls_key and listener.tls_cert (or neither)`,
+        });
+      }
+      if (listener.require_secure_transport && !listener.tls_key && !listener.tls_cert) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["require_secure_transport"],
+          message:
+            "listener.require_secure_transport: true refuses every client without TLS, so it needs listener.tls_key and listener.tls_cert",
+        });
+      }
     })
     .prefault({}),
   store: z
@@ -144,6 +182,34 @@ export const configSchema = z.object({
         .optional(),
     })
     .prefault({}),
+  // Doltgres's system variables (dolt_*), as their defaults: ALTER SYSTEM SET and SET override them.
+  system_variables: z
+    .record(z.string(), z.union([z.string(), z.number(), z.boolean()]), {
+      error: "system_variables must map variable names (dolt_*) to values",
+    })
+    .superRefine((values, ctx) => {
+      for (const [name, value] of Object.entries(values)) {
+        const variable = findVariable(name);
+        if (!variable) {
+          ctx.addIssue({
+            code: "custom",
+            path: [name],
+            message: `not a Strata system variable (known: ${VARIABLES.map((v) => v.name).join(", ")})`,
+          });
+          continue;
+        }
+        try {
+          normalizeValue(variable, typeof value === "boolean" ? (value ? "1" : "0") : String(value));
+        } catch (err) {
+          ctx.addIssue({
+            code: "custom",
+            path: [name],
+            message: `${(err as Error).message} (${(err as VariableError).hint})`,
+          });
+        }
+      }
+    })
+    .default({}),
 });
 
 export type Config = z.infer<typeof configSchema>;

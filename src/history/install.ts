@@ -158,3 +158,15 @@ export async function installStrataSchema(client: pg.Client, database: string): 
     throw err;
   }
 }
+
+/** Record the system variables' defaults (config file values) for dolt.setting(). */
+export async function writeSettingDefaults(
+  client: pg.Client,
+  settings: Record<string, string>,
+): Promise<void> {
+  await client.query(
+    `INSERT INTO strata.setting_defaults (name, value) SELECT key, value FROM jsonb_each_text($1::jsonb)
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+    [JSON.stringify(settings)],
+  );
+}

@@ -336,6 +336,16 @@ CREATE OR REPLACE VIEW dolt.dolt_diff AS
      ) y GROUP BY y.rel
    ) x;
 
+-- Strata's system variables (strata.dolt_* settings; the front door maps SHOW dolt_x and
+-- current_setting('dolt_x') here). The defaults table serves stores whose configuration files
+-- Strata does not write (store.url).
+CREATE TABLE IF NOT EXISTS strata.setting_defaults (name text PRIMARY KEY, value text NOT NULL);
+CREATE OR REPLACE FUNCTION dolt.setting(variable text) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(current_setting('strata.' || lower(variable), true),
+                  (SELECT value FROM strata.setting_defaults WHERE name = 'strata.' || lower(variable)))
+$$;
+
 -- Nothing is uncommitted on a replica: every applied transaction is a commit.
 CREATE OR REPLACE VIEW dolt.dolt_status AS
   SELECT NULL::text AS table_name, NULL::boolean AS staged, NULL::text AS status WHERE false;

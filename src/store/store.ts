@@ -5,6 +5,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import type { Config } from "../config/schema.ts";
+import { defaultSettings } from "../config/variables.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { findPgBinaries } from "./binaries.ts";
@@ -47,6 +48,8 @@ export async function openStore(config: Config, dataDir: string, log: Logger): P
       max_wal_senders: 10,
       max_replication_slots: 10,
       wal_log_hints: true,
+      // Strata's system variables: the config file's values are the defaults ALTER SYSTEM overrides.
+      ...defaultSettings(config),
       ...config.store.settings,
     },
   };

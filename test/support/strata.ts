@@ -1,5 +1,5 @@
-// Runs `strata serve` as a child process against a test primary, the way a user does, and
-// compares replica and primary.
+// Runs `strata serve` as a child process against a test primary (or standalone, without
+// replication), the way a user does, and compares replica and primary.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -8,6 +8,7 @@ import { stringify } from "yaml";
 import { findPgBinaries } from "../../src/store/binaries.ts";
 import { clusterPaths } from "../../src/store/cluster.ts";
 import { storeOsUser } from "../../src/store/os-user.ts";
+import type { StoreEndpoint } from "../../src/store/store.ts";
 import { onProcessExit } from "./cleanup.ts";
 import { freePort, TEST_PASSWORD, TEST_USER, type TestCluster, tempDir, waitFor } from "./postgres.ts";
 
@@ -120,6 +121,11 @@ export class StrataProcess {
     });
   }
 
+  /** The managed store's own socket, behind the listener (for tests that start a listener of their own). */
+  storeEndpoint(): StoreEndpoint {
+    return { path: join(clusterPaths({ root: join(this.dataDir, "store") }).socketDir, ".s.PGSQL.5432") };
+  }
+
   connectionConfig(database = "postgres"): pg.ClientConfig {
     return { host: "127.0.0.1", port: this.port, user: TEST_USER, password: TEST_PASSWORD, database };
   }
@@ -162,6 +168,34 @@ export async function createStrata(options: StrataOptions): Promise<StrataProces
     ...options.config,
   };
   return new StrataProcess(dataDir, port, config);
+}
+
+export interface StandaloneStrataOptions {
+  dataDir?: string;
+  /** Keys added to the `listener` section (its host and port are chosen here). */
+  listener?: Record<string, unknown>;
+  config?: Record<string, unknown>;
+}
+
+/** A Strata without replication (no `postgres_replication`): its listener over its managed store. */
+export async function createStandaloneStrata(options: StandaloneStrataOptions = {}): Promise<StrataProcess> {
+  const port = await freePort();
+  const dataDir = options.dataDir ?? join(tempDir("strata-standalone-"), "data");
+  const config = {
+    log_level: "debug",
+    data_dir: dataDir,
+    listener: { host: "127.0.0.1", port, ...options.listener },
+    store: { settings: { fsync: false } },
+    ...options.config,
+  };
+  return new StrataProcess(dataDir, port, config);
+}
+
+/** Start a standalone Strata and wait until it is ready for connections. */
+export async function startStandaloneStrata(options: StandaloneStrataOptions = {}): Promise<StrataProcess> {
+  const strata = await createStandaloneStrata(options);
+  await strata.start();
+  return strata;
 }
 
 /**

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ConfigError, validateConfig } from "../../src/config/load.ts";
+import { defaultSettings } from "../../src/config/variables.ts";
 
 const replication = {
   postgres_server_address: "127.0.0.1",
@@ -62,4 +63,84 @@ test("unknown keys are warnings naming them, at any depth", () => {
 
 test("a file that is not a mapping is an error", () => {
   assert.throws(() => validateConfig(["a"], "config.yaml"), /must hold a YAML mapping/);
+});
+
+test("listener: TLS, secure transport and connection limit default off, off and 100", () => {
+  const { config } = validateConfig({}, "config.yaml");
+  assert.equal(config.listener.tls_key, undefined);
+  assert.equal(config.listener.tls_cert, undefined);
+  assert.equal(config.listener.require_secure_transport, false);
+  assert.equal(config.listener.max_connections, 100);
+  const tls = validateConfig(
+    { listener: { tls_key: "k.pem", tls_cert: "c.pem", require_secure_transport: true, max_connections: 5 } },
+    "config.yaml",
+  );
+  assert.deepEqual(tls.warnings, []);
+  assert.equal(tls.config.listener.require_secure_transport, true);
+  assert.equal(tls.config.listener.max_connections, 5);
+});
+
+test("listener: a TLS key without its certificate (or the reverse) is an error naming the missing key", () => {
+  assert.throws(
+    () => validateConfig({ listener: { tls_key: "k.pem" } }, "config.yaml"),
+    (err: Error) =>
+      err instanceof ConfigError && /listener\.tls_cert: listener\.tls_cert is needed too/.test(err.message),
+  );
+  assert.throws(
+    () => validateConfig({ listener: { tls_cert: "c.pem" } }, "config.yaml"),
+    /listener\.tls_key: listener\.tls_key is needed too: TLS takes both/,
+  );
+});
+
+test("listener: require_secure_transport without TLS, and bad limits, are errors naming the key", () => {
+  assert.throws(
+    () => validateConfig({ listener: { require_secure_transport: true } }, "config.yaml"),
+    /listener\.require_secure_transport: .* needs listener\.tls_key and listener\.tls_cert/,
+  );
+  assert.throws(
+    () => validateConfig({ listener: { require_secure_transport: "yes" } }, "config.yaml"),
+    /listener\.require_secure_transport must be true or false; got "yes"/,
+  );
+  for (const bad of [0, 2.5, "many"]) {
+    assert.throws(
+      () => validateConfig({ listener: { max_connections: bad } }, "config.yaml"),
+      /listener\.max_connections: listener\.max_connections must be a whole number of connections/,
+    );
+  }
+  assert.throws(
+    () => validateConfig({ listener: { tls_key: "", tls_cert: "c.pem" } }, "config.yaml"),
+    /listener\.tls_key must be the path of a PEM private key file/,
+  );
+});
+
+test("system_variables: known names are defaults for the store; unknown names and bad values are errors", () => {
+  const { config } = validateConfig(
+    {
+      postgres_replication: replication,
+      system_variables: { dolt_async_replication: true, dolt_replicate_heads: "main" },
+    },
+    "config.yaml",
+  );
+  const settings = defaultSettings(config);
+  assert.equal(settings["strata.dolt_async_replication"], "1");
+  assert.equal(settings["strata.dolt_replicate_heads"], "main");
+  assert.equal(
+    settings["strata.dolt_transaction_commit"],
+    "1",
+    "a replica records commits unless told otherwise",
+  );
+  assert.equal(
+    defaultSettings(validateConfig({}, "config.yaml").config)["strata.dolt_transaction_commit"],
+    "0",
+  );
+  assert.throws(
+    () => validateConfig({ system_variables: { dolt_nope: 1 } }, "config.yaml"),
+    (err: Error) =>
+      /system_variables\.dolt_nope/.test(err.message) && /dolt_transaction_commit/.test(err.message),
+  );
+  assert.throws(
+    () => validateConfig({ system_variables: { dolt_async_replication: "often" } }, "config.yaml"),
+    (err: Error) =>
+      /system_variables\.dolt_async_replication/.test(err.message) && /boolean/.test(err.message),
+  );
 });

@@ -1,0 +1,114 @@
+// The front door's rewriter (see rewrite.ts for what it changes): it answers the catalog questions
+// a rewrite needs from the store (one small pool per database), and after an ALTER SYSTEM of a
+// Strata variable reloads the store's configuration once the new value is in the file, so that
+// new sessions see it without a restart.
+import pg from "pg";
+import type { Logger } from "../log.ts";
+import type { StoreHandle } from "../store/store.ts";
+import { type AlteredSetting, rewriteSql } from "./rewrite.ts";
+import type { QueryRewriter, RewriteContext } from "./session.ts";
+
+const CANDIDATE = /dolt_|\bof\b|alter\s+system/i;
+/** How long the key parameters of a table's as-of function are remembered. */
+const CATALOG_TTL_MS = 5_000;
+/** How long an ALTER SYSTEM may take to reach postgresql.auto.conf before the reload is given up. */
+const RELOAD_WAIT_MS = 10_000;
+
+export class StrataRewriter implements QueryRewriter {
+  private readonly pools = new Map<string, pg.Pool>();
+  private readonly keyCache = new Map<string, { at: number; keys: string[] | undefined }>();
+  private closed = false;
+
+  constructor(
+    private readonly store: StoreHandle,
+    private readonly log: Logger,
+  ) {}
+
+  rewrite(sql: string, context: RewriteContext): Promise<string | undefined> | undefined {
+    if (!CANDIDATE.test(sql)) return undefined;
+    return this.rewriteCandidate(sql, context);
+  }
+
+  private async rewriteCandidate(sql: string, context: RewriteContext): Promise<string | undefined> {
+    const result = await rewriteSql(sql, {
+      asOfKeys: (schema, fn) => this.asOfKeys(context.database, schema, fn),
+    });
+    if (!result) return undefined;
+    if (result.altersSystem.length > 0) void this.reloadWhenWritten(result.altersSystem);
+    return result.sql;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.pools.values()].map((pool) => pool.end().catch(() => {})));
+    this.pools.clear();
+  }
+
+  private pool(database: string): pg.Pool {
+    let pool = this.pools.get(database);
+    if (!pool) {
+      pool = new pg.Pool({
+        ...this.store.connectionConfig(database),
+        application_name: "strata front door",
+        max: 2,
+        idleTimeoutMillis: 10_000,
+      });
+      pool.on("error", () => {}); // an idle connection the store closed: the next query opens another
+      this.pools.set(database, pool);
+    }
+    return pool;
+  }
+
+  private async asOfKeys(
+    database: string,
+    schema: string | undefined,
+    fn: string,
+  ): Promise<string[] | undefined> {
+    const cacheKey = `${database}\u0000${schema ?? ""}\u0000${fn}`;
+    const cached = this.keyCache.get(cacheKey);
+    if (cached && Date.now() - cached.at < CATALOG_TTL_MS) return cached.keys;
+    let keys: string[] | undefined;
+    try {
+      const { rows } = await this.pool(database).query<{ names: string[] }>(
+        `SELECT p.proargnames[2:] AS names FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE p.proname = $1 AND p.pronargs > 1
+            AND CASE WHEN $2::text IS NULL THEN pg_function_is_visible(p.oid) ELSE n.nspname = $2 END
+          LIMIT 1`,
+        [fn, schema ?? null],
+      );
+      keys = rows[0]?.names;
+    } catch (err) {
+      // Without the key the query still runs (as a whole-table as-of); say why it is slower.
+      this.log.debug({ err: (err as Error).message, fn }, "front door: cannot read the as-of key");
+    }
+    this.keyCache.set(cacheKey, { at: Date.now(), keys });
+    return keys;
+  }
+
+  /** Reload the store's configuration once the ALTER SYSTEM a client sent has written its file. */
+  private async reloadWhenWritten(settings: AlteredSetting[]): Promise<void> {
+    const deadline = Date.now() + RELOAD_WAIT_MS;
+    const pool = this.pool("postgres");
+    try {
+      while (!this.closed && Date.now() < deadline) {
+        const { rows } = await pool.query<{ written: boolean }>(
+          `SELECT bool_and(CASE WHEN s.value IS NULL THEN f.setting IS NULL ELSE f.setting = s.value END) AS written
+             FROM jsonb_to_recordset($1::jsonb) AS s(name text, value text)
+             LEFT JOIN pg_file_settings f ON f.name = s.name AND f.sourcefile LIKE '%postgresql.auto.conf'`,
+          [JSON.stringify(settings)],
+        );
+        if (rows[0]?.written) {
+          await pool.query("SELECT pg_reload_conf()");
+          this.log.info(
+            { settings: settings.map((s) => s.name) },
+            "ALTER SYSTEM: store configuration reloaded",
+          );
+          return;
+        }
+        await new Promise((resolveWait) => setTimeout(resolveWait, 50));
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "ALTER SYSTEM: cannot reload the store's configuration");
+    }
+  }
+}

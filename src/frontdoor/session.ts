@@ -1,0 +1,361 @@
+// One client session through the front door, from its StartupMessage to its end:
+//
+//   client ──▶ FrameSplitter(Q, P) ──▶ runs of bytes as they came ───────────────▶ store
+//                                 └──▶ Query / Parse ─▶ rewriter ─▶ as is, or re-encoded
+//   client ◀──────────────────── chunks as they came ◀───────────────────────────── store
+//                                 └──▶ FrameSplitter observes Z, K, S (session state)
+//
+// Order is kept strictly: while a rewrite is pending, the rest of the client's bytes wait (the
+// client socket is paused). Each direction pushes back on its own: when the side being written
+// to is full, the side being read is paused until it drains, so a slow client slows only its own
+// store backend, and memory per session stays at a few socket buffers (plus the one Query or
+// Parse being rewritten). Authentication is the store's: its messages pass through untouched.
+import type { Socket } from "node:net";
+import type { Logger } from "../log.ts";
+import { errorStatement, highestParameter } from "./error-statement.ts";
+import {
+  decodeBackendKeyData,
+  decodeParameterStatus,
+  decodeParse,
+  decodeQuery,
+  decodeReadyForQuery,
+  type ErrorFields,
+  encodeErrorResponse,
+  encodeParse,
+  encodeQuery,
+  type Frame,
+  FrameSplitter,
+  type ParseMessage,
+  ProtocolError,
+  TAG,
+  type TextEncoding,
+} from "./wire.ts";
+
+/** What the rest of Strata sees of a session: `listener.sessions()`. */
+export interface SessionInfo {
+  readonly id: number;
+  readonly database: string;
+  readonly user: string;
+  readonly applicationName: string | undefined;
+  readonly remoteAddress: string | undefined;
+  /** Whether the client negotiated TLS with the front door. */
+  readonly tls: boolean;
+  readonly startedAt: Date;
+  /** The store backend's pid (from BackendKeyData), once authentication has succeeded. */
+  readonly backendPid: number | undefined;
+  /** The last ReadyForQuery's status: 'I' idle, 'T' in a transaction block, 'E' in a failed one. */
+  readonly txStatus: "I" | "T" | "E" | undefined;
+  /**
+   * End the session: the store backend goes (its socket is closed) and the client gets `error`
+   * as a FATAL ErrorResponse when it can be delivered between two messages, then the socket ends.
+   */
+  terminate(error?: Omit<ErrorFields, "severity">): void;
+}
+
+export interface RewriteContext {
+  database: string;
+  user: string;
+  /** "query": a simple-protocol Query; "parse": an extended-protocol Parse. */
+  message: "query" | "parse";
+  session: SessionInfo;
+}
+
+/**
+ * Sees the SQL of every Query and Parse a client sends, before the store does. Return undefined to
+ * pass the message through unchanged (the common case: decide cheaply), or the SQL to send
+ * instead. For a Parse, the replacement must take the same parameters. To fail the statement,
+ * throw: an Error whose `code` (SQLSTATE), `hint` and `detail` properties, when present, reach the
+ * client with its message, in order (see error-statement.ts). A Promise holds the session's later
+ * messages until it settles.
+ */
+export interface QueryRewriter {
+  rewrite(sql: string, context: RewriteContext): string | undefined | Promise<string | undefined>;
+}
+
+/** Rewrites nothing: the front door then only decodes Query and Parse when asked to. */
+export const passThroughRewriter: QueryRewriter = { rewrite: () => undefined };
+
+/** Postgres's OID of `text`: the type given to parameters a failed Parse left to the server. */
+const TEXT_OID = 25;
+/** How long a closing client may take to read the last bytes sent to it. */
+const CLOSE_GRACE_MS = 5_000;
+
+export interface SessionStart {
+  id: number;
+  client: Socket;
+  store: Socket;
+  tls: boolean;
+  /** The StartupMessage as received, forwarded as is. */
+  startupPacket: Buffer;
+  parameters: Map<string, string>;
+  /** Bytes the client sent after its StartupMessage. */
+  rest: Buffer;
+  rewriter: QueryRewriter;
+  log: Logger;
+  onEnd: (session: Session) => void;
+}
+
+export class Session implements SessionInfo {
+  readonly id: number;
+  readonly database: string;
+  readonly user: string;
+  readonly applicationName: string | undefined;
+  readonly remoteAddress: string | undefined;
+  readonly tls: boolean;
+  readonly startedAt = new Date();
+  backendPid: number | undefined;
+  backendSecret: Buffer | undefined;
+  txStatus: "I" | "T" | "E" | undefined;
+
+  private readonly client: Socket;
+  private readonly store: Socket;
+  private readonly rewriter: QueryRewriter | undefined;
+  private readonly log: Logger;
+  private readonly onEnd: (session: Session) => void;
+  private readonly fromClient: FrameSplitter;
+  private readonly fromStore = new FrameSplitter(
+    [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus],
+    false,
+  );
+  /** Client chunks not yet given to `fromClient` (they arrived while a rewrite was pending). */
+  private readonly queued: Buffer[] = [];
+  private encoding: TextEncoding = "utf8";
+  private rewriting = false;
+  private storeFull = false;
+  private heardFromStore = false;
+  private ended = false;
+
+  constructor(start: SessionStart) {
+    this.id = start.id;
+    this.client = start.client;
+    this.store = start.store;
+    this.tls = start.tls;
+    this.log = start.log;
+    this.onEnd = start.onEnd;
+    this.user = start.parameters.get("user") ?? "";
+    this.database = start.parameters.get("database") || this.user;
+    this.applicationName = start.parameters.get("application_name");
+    this.remoteAddress = start.client.remoteAddress;
+    // Walsender connections speak replication commands, not the SQL the rewriter is for.
+    const replication = start.parameters.get("replication");
+    const walsender = replication !== undefined && !/^(false|off|no|0)$/i.test(replication);
+    this.rewriter = start.rewriter === passThroughRewriter || walsender ? undefined : start.rewriter;
+    this.fromClient = new FrameSplitter(this.rewriter ? [TAG.query, TAG.parse] : []);
+
+    const { client, store } = this;
+    client
+      .on("data", (chunk: Buffer) => this.fromClientData(chunk))
+      .on("drain", () => store.resume())
+      .on("error", (err) => this.fail("client", err))
+      .on("close", () => this.end("the client closed the connection"));
+    store
+      .on("data", (chunk: Buffer) => this.fromStoreData(chunk))
+      .on("drain", () => {
+        this.storeFull = false;
+        this.updateClientFlow();
+      })
+      .on("error", (err) => this.fail("store", err))
+      .on("close", () => this.end("the store closed the connection"));
+    this.toStore(start.startupPacket);
+    if (start.rest.length) this.fromClientData(start.rest);
+    this.updateClientFlow();
+  }
+
+  terminate(error?: Omit<ErrorFields, "severity">): void {
+    if (this.ended) return;
+    if (error && this.fromStore.atMessageBoundary())
+      this.client.write(encodeErrorResponse({ severity: "FATAL", ...error }));
+    this.end("terminated by the server");
+  }
+
+  private fromClientData(chunk: Buffer): void {
+    if (this.ended) return;
+    if (this.rewriting || this.queued.length) {
+      this.queued.push(chunk);
+      return;
+    }
+    this.fromClient.push(chunk);
+    this.pumpClient();
+  }
+
+  /** Forward what the client sent, up to the end of what arrived or to a pending rewrite. */
+  private pumpClient(): void {
+    this.store.cork();
+    try {
+      for (;;) {
+        const frame = this.fromClient.next();
+        if (!frame) {
+          const chunk = this.queued.shift();
+          if (!chunk) break;
+          this.fromClient.push(chunk);
+          continue;
+        }
+        if (frame.kind === "bytes") {
+          this.toStore(frame.bytes);
+          continue;
+        }
+        const rewritten = this.rewrite(frame);
+        if (!(rewritten instanceof Promise)) {
+          this.toStore(rewritten);
+          continue;
+        }
+        this.rewriting = true;
+        rewritten
+          .then((bytes) => {
+            this.rewriting = false;
+            if (this.ended) return;
+            this.toStore(bytes);
+            this.pumpClient();
+          })
+          .catch((err) => {
+            this.log.error({ session: this.id, err: (err as Error).message }, "front door: session failed");
+            this.end("internal error");
+          });
+        break;
+      }
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      this.log.warn({ session: this.id, err: err.message }, "front door: client broke the protocol; closing");
+      this.terminate({ code: err.code, message: err.message });
+    } finally {
+      this.store.uncork();
+    }
+    this.updateClientFlow();
+  }
+
+  /** The bytes to send the store for a Query or Parse: itself, or re-encoded, now or later. */
+  private rewrite(frame: Extract<Frame, { kind: "message" }>): Buffer | Promise<Buffer> {
+    const rewriter = this.rewriter!;
+    let parse: ParseMessage | undefined;
+    let sql: string;
+    try {
+      if (frame.tag === TAG.parse) {
+        parse = decodeParse(frame.bytes, this.encoding);
+        sql = parse.sql;
+      } else sql = decodeQuery(frame.bytes, this.encoding);
+    } catch {
+      return frame.bytes; // malformed: the store refuses it with its own error
+    }
+    const context: RewriteContext = {
+      database: this.database,
+      user: this.user,
+      message: parse ? "parse" : "query",
+      session: this,
+    };
+    let result: ReturnType<QueryRewriter["rewrite"]>;
+    try {
+      result = rewriter.rewrite(sql, context);
+    } catch (err) {
+      return this.failedStatement(err, sql, parse);
+    }
+    if (result === undefined || result === null) return frame.bytes;
+    if (typeof result === "string") return this.encode(result, parse);
+    return Promise.resolve(result).then(
+      (text) => (text === undefined || text === null ? frame.bytes : this.encode(text, parse)),
+      (err) => this.failedStatement(err, sql, parse),
+    );
+  }
+
+  private encode(sql: string, parse: ParseMessage | undefined): Buffer {
+    return parse ? encodeParse({ ...parse, sql }, this.encoding) : encodeQuery(sql, this.encoding);
+  }
+
+  /** The statement that fails with the rewriter's error, in place of the client's. */
+  private failedStatement(err: unknown, sql: string, parse: ParseMessage | undefined): Buffer {
+    const e = (err ?? {}) as { message?: unknown; code?: unknown; hint?: unknown; detail?: unknown };
+    const text = (value: unknown) => (typeof value === "string" && value ? value : undefined);
+    this.log.debug({ session: this.id, err: text(e.message) }, "front door: the rewriter failed a statement");
+    const failing = errorStatement({
+      message: text(e.message) ?? String(err),
+      code: text(e.code),
+      hint: text(e.hint),
+      detail: text(e.detail),
+    });
+    if (!parse) return encodeQuery(failing, this.encoding);
+    // The client will Bind as many values as the statement has parameters: the DO block must
+    // take them all, with types the server accepts (those left to the server become text).
+    const count = Math.max(parse.paramTypes.length, highestParameter(sql));
+    const paramTypes = Array.from({ length: count }, (_, i) => parse.paramTypes[i] || TEXT_OID);
+    return encodeParse({ name: parse.name, sql: failing, paramTypes }, this.encoding);
+  }
+
+  private toStore(bytes: Buffer): void {
+    if (!this.store.write(bytes)) this.storeFull = true;
+  }
+
+  private updateClientFlow(): void {
+    if (this.ended) return;
+    if (this.rewriting || this.storeFull) this.client.pause();
+    else this.client.resume();
+  }
+
+  private fromStoreData(chunk: Buffer): void {
+    if (this.ended) return;
+    this.heardFromStore = true;
+    if (!this.client.write(chunk)) this.store.pause();
+    this.fromStore.push(chunk);
+    try {
+      for (let frame = this.fromStore.next(); frame; frame = this.fromStore.next()) {
+        if (frame.kind === "message") this.observe(frame);
+      }
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      this.log.warn({ session: this.id, err: err.message }, "front door: unreadable message from the store");
+      this.end("unreadable message from the store");
+    }
+  }
+
+  private observe(frame: Extract<Frame, { kind: "message" }>): void {
+    switch (frame.tag) {
+      case TAG.readyForQuery:
+        this.txStatus = decodeReadyForQuery(frame.bytes);
+        break;
+      case TAG.backendKeyData: {
+        const key = decodeBackendKeyData(frame.bytes);
+        this.backendPid = key.pid;
+        this.backendSecret = Buffer.from(key.secret);
+        break;
+      }
+      case TAG.parameterStatus: {
+        const { name, value } = decodeParameterStatus(frame.bytes);
+        // Any encoding but UTF-8 is read as latin1, which gives back the same bytes: the SQL a
+        // rewriter leaves alone, and the parts of it a rewriter keeps, reach the store unchanged.
+        if (name === "client_encoding") this.encoding = /^utf-?8$/i.test(value) ? "utf8" : "latin1";
+        break;
+      }
+    }
+  }
+
+  private fail(side: "client" | "store", err: Error): void {
+    if (this.ended) return;
+    if (side === "store" && !this.heardFromStore) {
+      // Nothing reached the client yet: it can be told why, in its protocol.
+      this.log.warn({ session: this.id, err: err.message }, "front door: cannot reach the store");
+      this.client.write(
+        encodeErrorResponse({
+          severity: "FATAL",
+          code: "08006",
+          message: `the front door cannot reach the store: ${err.message}`,
+          hint: "check that the store is running (the Strata log says why it stopped)",
+        }),
+      );
+    } else this.log.debug({ session: this.id, side, err: err.message }, "front door: connection error");
+    this.end(`${side} error: ${err.message}`);
+  }
+
+  /**
+   * Close both sides. The store's socket is destroyed at once: a client that went away can be
+   * told nothing, and its backend must end (an open transaction is rolled back). The client's is
+   * ended, so that what the store said last (a FATAL error) still reaches it, within a grace time.
+   */
+  private end(reason: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.log.debug({ session: this.id, reason }, "front door: session ended");
+    this.store.destroy();
+    this.client.end();
+    this.client.resume(); // read (and drop) until the client closes its side
+    if (!this.client.destroyed) setTimeout(() => this.client.destroy(), CLOSE_GRACE_MS).unref();
+    this.onEnd(this);
+  }
+}

@@ -1,0 +1,179 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { VariableError } from "../../src/config/variables.ts";
+import { type RewriteCatalog, rewriteSql } from "../../src/frontdoor/rewrite.ts";
+
+/** A catalog where table t's as-of function takes the key `id` and u has no keyed form. */
+const catalog: RewriteCatalog = {
+  asOfKeys: async (_schema, fn) =>
+    fn === "dolt_as_of_t" ? ["id"] : fn === "dolt_as_of_pair" ? ["a", "b"] : undefined,
+};
+const sql = async (text: string) => (await rewriteSql(text, catalog))?.sql;
+
+test("queries without Strata syntax pass through untouched", async () => {
+  for (const text of [
+    "SELECT 1",
+    "SELECT * FROM dolt_log",
+    "SELECT 'FROM t AS OF ''x''' AS s",
+    "SELECT * FROM t /* AS OF 'HEAD' */",
+    "SELECT * FROM t -- AS OF 'HEAD'\n",
+    "SELECT * FROM t FOR UPDATE OF t",
+    "SET search_path TO public",
+    "SELECT current_setting('work_mem')",
+    "SELECT 'unterminated",
+  ])
+    assert.equal(await sql(text), undefined, text);
+});
+
+test("AS OF becomes the table's as-of function, under the table's name or the alias given", async () => {
+  assert.equal(await sql("SELECT * FROM u AS OF 'HEAD~3'"), `SELECT * FROM "dolt_as_of_u"('HEAD~3') AS "u"`);
+  assert.equal(
+    await sql("SELECT x.v FROM u AS OF 'abc' AS x ORDER BY 1"),
+    `SELECT x.v FROM "dolt_as_of_u"('abc') AS x ORDER BY 1`,
+  );
+  assert.equal(await sql("select * from u as of $1 x"), `select * from "dolt_as_of_u"($1) x`);
+  assert.equal(
+    await sql(`SELECT * FROM "My Schema"."Odd" AS OF '2026-01-01 00:00:00+00'`),
+    `SELECT * FROM "My Schema"."dolt_as_of_Odd"('2026-01-01 00:00:00+00') AS "Odd"`,
+  );
+  assert.equal(
+    await sql("SELECT * FROM u AS OF 'HEAD' JOIN w AS OF 'HEAD~1' ON u.k = w.k"),
+    `SELECT * FROM "dolt_as_of_u"('HEAD') AS "u" JOIN "dolt_as_of_w"('HEAD~1') AS "w" ON u.k = w.k`,
+  );
+});
+
+test("a lookup of every key column by equality uses the keyed as-of form; other queries do not", async () => {
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD~1' WHERE id = 5"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD~1', "id" => 5) AS "t" WHERE id = 5`,
+  );
+  assert.equal(
+    await sql("SELECT v FROM t AS OF $1 AS x WHERE x.id = $2 AND v > 0"),
+    `SELECT v FROM "dolt_as_of_t"($1, "id" => $2) AS x WHERE x.id = $2 AND v > 0`,
+  );
+  assert.equal(
+    await sql("SELECT * FROM pair AS OF 'HEAD' WHERE b = 'x' AND a = -2"),
+    `SELECT * FROM "dolt_as_of_pair"('HEAD', "a" => -2, "b" => 'x') AS "pair" WHERE b = 'x' AND a = -2`,
+  );
+  // Not every key column, an OR, or a join: the whole table as of then, filtered as written.
+  assert.equal(
+    await sql("SELECT * FROM pair AS OF 'HEAD' WHERE a = 1"),
+    `SELECT * FROM "dolt_as_of_pair"('HEAD') AS "pair" WHERE a = 1`,
+  );
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD' WHERE id = 1 OR id = 2"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD') AS "t" WHERE id = 1 OR id = 2`,
+  );
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD', u WHERE id = 1"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD') AS "t", u WHERE id = 1`,
+  );
+});
+
+test("dolt_diff(from, to, table) becomes the table's typed diff function", async () => {
+  assert.equal(
+    await sql("SELECT * FROM dolt_diff('HEAD~', 'HEAD', 'orders')"),
+    `SELECT * FROM "dolt_diff_orders"('HEAD~', 'HEAD')`,
+  );
+  assert.equal(
+    await sql("SELECT count(*) FROM dolt_diff('a1', 'b2', 'sales.orders') WHERE diff_type = 'added'"),
+    `SELECT count(*) FROM "sales"."dolt_diff_orders"('a1', 'b2') WHERE diff_type = 'added'`,
+  );
+  // A table named by a parameter: the store's jsonb form answers.
+  assert.equal(await sql("SELECT * FROM dolt_diff($1, $2, $3)"), undefined);
+});
+
+test("system variables: SHOW, SET, RESET, current_setting and set_config map onto strata.* settings", async () => {
+  assert.equal(
+    await sql("SHOW dolt_transaction_commit"),
+    `SELECT dolt.setting('dolt_transaction_commit') AS "dolt_transaction_commit"`,
+  );
+  assert.equal(await sql("SET dolt_async_replication = on"), "SET strata.dolt_async_replication TO '1'");
+  assert.equal(
+    await sql("SET LOCAL dolt_replicate_heads TO 'main,feature-*'"),
+    "SET LOCAL strata.dolt_replicate_heads TO 'main,feature-*'",
+  );
+  assert.equal(
+    await sql("SET SESSION dolt_async_replication TO DEFAULT"),
+    "SET strata.dolt_async_replication TO DEFAULT",
+  );
+  assert.equal(await sql("RESET dolt_async_replication"), "RESET strata.dolt_async_replication");
+  assert.equal(
+    await sql(
+      "SELECT current_setting('dolt_transaction_commit'), current_setting('dolt_async_replication', true)",
+    ),
+    "SELECT dolt.setting('dolt_transaction_commit'), dolt.setting('dolt_async_replication')",
+  );
+  assert.equal(
+    await sql("SELECT set_config('dolt_async_replication', '1', false)"),
+    "SELECT set_config('strata.dolt_async_replication', '1', false)",
+  );
+  assert.equal(
+    await sql("SET dolt_async_replication TO 1; SELECT * FROM u AS OF 'HEAD'"),
+    `SET strata.dolt_async_replication TO '1'; SELECT * FROM "dolt_as_of_u"('HEAD') AS "u"`,
+  );
+});
+
+test("ALTER SYSTEM: the reference's forms, persisted under strata.*, and what to reload", async () => {
+  const cases: [string, string, { name: string; value: string | null }][] = [
+    [
+      "ALTER SYSTEM SET dolt_replicate_to_remote 'origin';",
+      "ALTER SYSTEM SET strata.dolt_replicate_to_remote TO 'origin';",
+      { name: "strata.dolt_replicate_to_remote", value: "origin" },
+    ],
+    [
+      "ALTER SYSTEM SET dolt_transaction_commit TO 1;",
+      "ALTER SYSTEM SET strata.dolt_transaction_commit TO '1';",
+      { name: "strata.dolt_transaction_commit", value: "1" },
+    ],
+    [
+      'ALTER SYSTEM SET dolt_replicate_all_heads TO 1"',
+      "ALTER SYSTEM SET strata.dolt_replicate_all_heads TO '1'",
+      { name: "strata.dolt_replicate_all_heads", value: "1" },
+    ],
+    [
+      "ALTER SYSTEM SET dolt_replication_remote_url_template = 'file:///share/doltRemotes/{database}'; -- file based remote",
+      "ALTER SYSTEM SET strata.dolt_replication_remote_url_template TO 'file:///share/doltRemotes/{database}'; -- file based remote",
+      { name: "strata.dolt_replication_remote_url_template", value: "file:///share/doltRemotes/{database}" },
+    ],
+    [
+      "ALTER SYSTEM SET dolt_replicate_to_remote '';",
+      "ALTER SYSTEM SET strata.dolt_replicate_to_remote TO '';",
+      { name: "strata.dolt_replicate_to_remote", value: "" },
+    ],
+    [
+      "alter system reset dolt_async_replication",
+      "ALTER SYSTEM RESET strata.dolt_async_replication",
+      { name: "strata.dolt_async_replication", value: null },
+    ],
+  ];
+  for (const [input, output, altered] of cases) {
+    const result = await rewriteSql(input, catalog);
+    assert.equal(result?.sql, output, input);
+    assert.deepEqual(result?.altersSystem, [altered], input);
+  }
+  assert.equal(await sql("ALTER SYSTEM SET work_mem = '64MB'"), undefined);
+});
+
+test("a bad variable name or value is refused with what is wrong and what to write", async () => {
+  const refused = async (text: string) => {
+    const err = await rewriteSql(text, catalog).then(
+      () => assert.fail(`${text} should be refused`),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof VariableError, String(err));
+    return err;
+  };
+  const unknown = await refused("SET dolt_no_such_thing = 1");
+  assert.equal(unknown.code, "42704");
+  assert.match(unknown.message, /unrecognized configuration parameter "dolt_no_such_thing"/);
+  assert.match(unknown.hint, /dolt_transaction_commit/);
+  const bad = await refused("ALTER SYSTEM SET dolt_async_replication TO 'sometimes'");
+  assert.equal(bad.code, "22023");
+  assert.match(bad.hint, /boolean/);
+  assert.match(
+    (await refused("ALTER SYSTEM SET dolt_replication_remote_url_template = 'file:///x'")).message,
+    /no \{database\}/,
+  );
+  assert.match((await refused("SHOW dolt_bogus")).message, /dolt_bogus/);
+});
