@@ -9,7 +9,7 @@ import { defaultSettings } from "./config/variables.ts";
 import { connect } from "./db.ts";
 import { type Listener, type QueryRewriter, startListener } from "./frontdoor/listener.ts";
 import { StrataRewriter } from "./frontdoor/rewriter.ts";
-import { installStrataSchema, writeSettingDefaults } from "./history/install.ts";
+import { installStrataSchema, setDatabaseRole, writeSettingDefaults } from "./history/install.ts";
 import type { Logger } from "./log.ts";
 import { ensureDatabase, openStore, type StoreHandle } from "./store/store.ts";
 import { Replicator } from "./upstream/replicator.ts";
@@ -48,6 +48,7 @@ export async function startServer(
     try {
       await installStrataSchema(client, database);
       await writeSettingDefaults(client, defaultSettings(config));
+      await setDatabaseRole(client, Boolean(config.postgres_replication));
       // Read through the store: ALTER SYSTEM SET dolt_transaction_commit persists over the config
       // file's value, and takes effect at the next start.
       const { rows } = await client.query<{ value: string }>(
@@ -131,6 +132,7 @@ async function prepareNewDatabases(store: StoreHandle, settings: Record<string, 
   try {
     await installStrataSchema(client, "template1");
     await writeSettingDefaults(client, settings);
+    await setDatabaseRole(client, false);
     await client.query(`ALTER ROLE ALL SET search_path = "$user", public, dolt`);
   } finally {
     await client.end();

@@ -234,6 +234,8 @@ export async function resolveTarget(
         ])
       ).rows[0]?.relkind === "p",
   };
+  // Clients may not write to it (unless strata_allow_replica_writes): the primary owns its rows.
+  await client.query("SELECT strata.guard_replicated($1::regclass)", [target.qualified]);
   if (history)
     await ensureTableSurface(
       client,

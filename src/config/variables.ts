@@ -1,4 +1,4 @@
-// Strata's system variables, named as Doltgres names them (dolt_*). In the store they are custom
+// Strata's system variables, named as Doltgres names them (dolt_*), and Strata's own (strata_*). In the store they are custom
 // settings under the `strata.` prefix, so Postgres itself gives them their semantics: SET (and SET
 // LOCAL) per session or transaction, RESET, ALTER SYSTEM SET persisted in postgresql.auto.conf,
 // config file values as the defaults underneath. The front door maps the Doltgres names onto them
@@ -74,6 +74,14 @@ export const VARIABLES: readonly VariableDefinition[] = [
     default: "0",
     description: "pushes to the remote happen after the commit returns",
     readAt: "start",
+  },
+  {
+    name: "strata_allow_replica_writes",
+    kind: "boolean",
+    default: "0",
+    description:
+      "clients may write to tables replicated from upstream (the writes are not versioned, and the primary's next change to those rows may conflict)",
+    readAt: "session",
   },
 ];
 

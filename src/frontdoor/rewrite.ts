@@ -4,7 +4,7 @@
 //
 //   SELECT ... FROM t AS OF 'HEAD~3' [alias]   → FROM dolt_as_of_t('HEAD~3') AS t
 //       with `WHERE <every key column> = <constant or $n>`, the keyed form dolt_as_of_t('HEAD~3',
-//       id => 5): one index lookup instead of the whole table as of then
+//       5) (key values in key order): one index lookup instead of the whole table as of then
 //   dolt_diff('A', 'B', 't')                    → dolt_diff_t('A', 'B') (t's own columns)
 //   SHOW dolt_x                                 → SELECT dolt.setting('dolt_x') AS dolt_x
 //   SET [LOCAL] dolt_x TO v, RESET dolt_x       → the same on strata.dolt_x, v checked
@@ -35,6 +35,7 @@ interface Token {
 /** An as-of call written by rewriteExpressions: `call` is its text, fn(<one token>). */
 interface AsOfCall {
   call: string;
+  table: string;
   fn: string;
   schema?: string;
   alias: string;
@@ -47,8 +48,8 @@ interface Edit {
 }
 
 export interface RewriteCatalog {
-  /** The key parameters of the keyed as-of function `fn` (in `schema`, or on the search path). */
-  asOfKeys(schema: string | undefined, fn: string): Promise<string[] | undefined>;
+  /** The key columns of `table`'s keyed as-of function (`table` in `schema`, or on the search path). */
+  asOfKeys(schema: string | undefined, table: string): Promise<string[] | undefined>;
 }
 
 /** A store setting an ALTER SYSTEM sets (value) or resets (null). */
@@ -63,7 +64,14 @@ export interface Rewritten {
   altersSystem: AlteredSetting[];
 }
 
-const CANDIDATE = /dolt_|\bof\b|alter\s+system/i;
+const CANDIDATE = /dolt_|strata_|\bof\b|alter\s+system/i;
+
+/** Whether `sql` could hold Strata syntax: a cheap test on the text before any scanning. */
+export const mayRewrite = (sql: string): boolean => CANDIDATE.test(sql);
+
+/** Names of Strata's system variables: Doltgres's dolt_*, and Strata's own strata_*. */
+const isVariableName = (name: string | undefined): name is string =>
+  !!name && (name.startsWith("dolt_") || name.startsWith("strata_"));
 
 let ready: Promise<void> | undefined;
 /** Load the parser (WebAssembly) once, before the first rewrite. */
@@ -107,7 +115,7 @@ function settingValue(tokens: Token[]): string | undefined {
 function variableOf(t: Token | undefined): VariableDefinition | undefined {
   if (!t || !isName(t)) return undefined;
   const name = identName(t);
-  if (!name.startsWith("dolt_")) return undefined;
+  if (!isVariableName(name)) return undefined;
   const variable = findVariable(name);
   if (!variable) throw unknownVariable(name);
   return variable;
@@ -246,7 +254,7 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
     const word = t[i].tokenName === "IDENT" ? t[i].text.toLowerCase() : "";
     if (word === "current_setting" && t[i + 1]?.text === "(") {
       const name = stringValue(t[i + 2]);
-      const variable = name?.startsWith("dolt_") ? findVariable(name) : undefined;
+      const variable = isVariableName(name) ? findVariable(name) : undefined;
       if (!variable) continue;
       // current_setting(name [, missing_ok]): the closing parenthesis of the call.
       let close = i + 3;
@@ -262,7 +270,7 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
     }
     if (word === "set_config" && t[i + 1]?.text === "(") {
       const name = stringValue(t[i + 2]);
-      const variable = name?.startsWith("dolt_") ? findVariable(name) : undefined;
+      const variable = isVariableName(name) ? findVariable(name) : undefined;
       if (variable)
         edits.push({
           start: t[i + 2].start,
@@ -302,7 +310,13 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
         text: aliased ? call : `${call} AS ${quoteIdent(table)}`,
       });
       const aliasToken = upper(next) === "AS" ? t[i + 4] : next;
-      asOfCalls.push({ call, fn, schema, alias: aliased && aliasToken ? identName(aliasToken) : table });
+      asOfCalls.push({
+        call,
+        table,
+        fn,
+        schema,
+        alias: aliased && aliasToken ? identName(aliasToken) : table,
+      });
       i += 2;
     }
   }
@@ -372,7 +386,7 @@ async function withKeyLookups(sql: string, calls: AsOfCall[], catalog: RewriteCa
     const fnName: string | undefined = call?.funcname?.at(-1)?.String?.sval;
     const target = calls.find((c) => c.fn === fnName && sql.startsWith(c.call, call?.location));
     if (!call || !target || call.args?.length !== 1) continue;
-    const keys = await catalog.asOfKeys(target.schema, target.fn);
+    const keys = await catalog.asOfKeys(target.schema, target.table);
     if (!keys || keys.length === 0) continue;
     const terms = equalities(select.whereClause).filter(
       (e) => e.qualifier === undefined || e.qualifier === target.alias,
@@ -383,7 +397,7 @@ async function withKeyLookups(sql: string, calls: AsOfCall[], catalog: RewriteCa
     edits.push({
       start: close,
       end: close,
-      text: args.map((a, i) => `, ${quoteIdent(keys[i])} => ${a!.value}`).join(""),
+      text: args.map((a) => `, ${a!.value}`).join(""),
     });
   }
   return edits.length ? applyEdits(sql, edits) : sql;

@@ -5,10 +5,10 @@
 import pg from "pg";
 import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
-import { type AlteredSetting, rewriteSql } from "./rewrite.ts";
+import { type AlteredSetting, mayRewrite, rewriteSql } from "./rewrite.ts";
 import type { QueryRewriter, RewriteContext } from "./session.ts";
 
-const CANDIDATE = /dolt_|\bof\b|alter\s+system/i;
+const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 /** How long the key parameters of a table's as-of function are remembered. */
 const CATALOG_TTL_MS = 5_000;
 /** How long an ALTER SYSTEM may take to reach postgresql.auto.conf before the reload is given up. */
@@ -25,13 +25,13 @@ export class StrataRewriter implements QueryRewriter {
   ) {}
 
   rewrite(sql: string, context: RewriteContext): Promise<string | undefined> | undefined {
-    if (!CANDIDATE.test(sql)) return undefined;
+    if (!mayRewrite(sql)) return undefined;
     return this.rewriteCandidate(sql, context);
   }
 
   private async rewriteCandidate(sql: string, context: RewriteContext): Promise<string | undefined> {
     const result = await rewriteSql(sql, {
-      asOfKeys: (schema, fn) => this.asOfKeys(context.database, schema, fn),
+      asOfKeys: (schema, table) => this.asOfKeys(context.database, schema, table),
     });
     if (!result) return undefined;
     if (result.altersSystem.length > 0) void this.reloadWhenWritten(result.altersSystem);
@@ -62,24 +62,25 @@ export class StrataRewriter implements QueryRewriter {
   private async asOfKeys(
     database: string,
     schema: string | undefined,
-    fn: string,
+    table: string,
   ): Promise<string[] | undefined> {
-    const cacheKey = `${database}\u0000${schema ?? ""}\u0000${fn}`;
+    const name = schema === undefined ? quoteIdent(table) : `${quoteIdent(schema)}.${quoteIdent(table)}`;
+    const cacheKey = `${database}\u0000${name}`;
     const cached = this.keyCache.get(cacheKey);
     if (cached && Date.now() - cached.at < CATALOG_TTL_MS) return cached.keys;
     let keys: string[] | undefined;
     try {
-      const { rows } = await this.pool(database).query<{ names: string[] }>(
-        `SELECT p.proargnames[2:] AS names FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-          WHERE p.proname = $1 AND p.pronargs > 1
-            AND CASE WHEN $2::text IS NULL THEN pg_function_is_visible(p.oid) ELSE n.nspname = $2 END
-          LIMIT 1`,
-        [fn, schema ?? null],
+      // The table as the query names it (search path included), and the key its history is kept under.
+      const { rows } = await this.pool(database).query<{ keys: string[] }>(
+        `SELECT s.key_columns AS keys FROM strata.table_surfaces s
+           JOIN pg_class c ON c.relname = s.table_name JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schema_name
+          WHERE c.oid = to_regclass($1) AND s.signature <> ''`,
+        [name],
       );
-      keys = rows[0]?.names;
+      keys = rows[0]?.keys?.length ? rows[0].keys : undefined;
     } catch (err) {
       // Without the key the query still runs (as a whole-table as-of); say why it is slower.
-      this.log.debug({ err: (err as Error).message, fn }, "front door: cannot read the as-of key");
+      this.log.debug({ err: (err as Error).message, table: name }, "front door: cannot read the as-of key");
     }
     this.keyCache.set(cacheKey, { at: Date.now(), keys });
     return keys;

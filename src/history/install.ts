@@ -19,6 +19,8 @@
 //                   name and columns as last seen, so that later changes to them can be followed.
 import type pg from "pg";
 import { SURFACE_SQL } from "./surface-sql.ts";
+import { META_NAME_SQL, TABLE_SURFACE_SQL } from "./table-surface-sql.ts";
+import { WORKING_SET_SQL } from "./working-set-sql.ts";
 
 export const SCHEMA_VERSION = 1;
 
@@ -147,6 +149,9 @@ export async function installStrataSchema(client: pg.Client, database: string): 
     await client.query("SELECT pg_advisory_xact_lock(hashtext('strata.install'))");
     await client.query(INSTALL);
     await client.query(SURFACE_SQL);
+    await client.query(META_NAME_SQL);
+    await client.query(TABLE_SURFACE_SQL);
+    await client.query(WORKING_SET_SQL);
     await client.query("DELETE FROM strata.schema_version");
     await client.query("INSERT INTO strata.schema_version VALUES ($1)", [SCHEMA_VERSION]);
     await client.query(
@@ -168,5 +173,17 @@ export async function writeSettingDefaults(
     `INSERT INTO strata.setting_defaults (name, value) SELECT key, value FROM jsonb_each_text($1::jsonb)
      ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
     [JSON.stringify(settings)],
+  );
+}
+
+/**
+ * Whether this database replicates from upstream: then clients cannot write to its replicated
+ * tables and it makes no commits of its own (see working-set-sql.ts).
+ */
+export async function setDatabaseRole(client: pg.Client, replicating: boolean): Promise<void> {
+  await client.query(
+    `INSERT INTO strata.database_role (replicating) VALUES ($1)
+     ON CONFLICT (singleton) DO UPDATE SET replicating = excluded.replicating`,
+    [replicating],
   );
 }

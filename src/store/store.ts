@@ -29,6 +29,10 @@ export interface StoreHandle {
   stop(): Promise<void>;
 }
 
+// Strata's own connections to the store: the store's triggers let their writes through (replicated
+// tables refuse clients' writes; the working set captures clients' writes only).
+const INTERNAL_WRITER = "-c strata.applying=on";
+
 // The managed store listens only on its unix socket; the port just names the socket file.
 const MANAGED_SOCKET_PORT = 5432;
 
@@ -88,6 +92,7 @@ function managedStoreHandle(
       user,
       password,
       database,
+      options: INTERNAL_WRITER,
     }),
     stop,
   };
@@ -124,6 +129,7 @@ function openExternalStore(url: string): StoreHandle {
       user: decodeURIComponent(parsed.username || "postgres"),
       password: decodeURIComponent(parsed.password),
       database,
+      options: INTERNAL_WRITER,
     }),
     stop: async () => {},
   };

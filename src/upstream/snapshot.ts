@@ -703,6 +703,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
           });
           deferredByTable.set(tables.indexOf(table), { table: rel(table), statements });
         }
+        await store.query("SELECT strata.guard_replicated($1::regclass)", [qualify(table)]);
         if (opts.history) await ensureTableSurface(store, table.schema, table.name, table.keyColumns);
         await store.query(
           "INSERT INTO strata.snapshot_tables (slot_name, schema_name, table_name, created, commit_seq) VALUES ($1, $2, $3, $4, $5)",

@@ -172,6 +172,31 @@ test("system variables: SHOW, SET, current_setting, and bad names and values ref
   });
 });
 
+test("a replica refuses clients' writes to replicated tables (unless allowed) and makes no commits of its own", async () => {
+  await withClient(async (client) => {
+    const refused = await client.query("UPDATE accounts SET balance = 0").catch((err) => err);
+    assert.equal(refused.code, "25006");
+    assert.match(refused.message, /table public\.accounts is replicated from the primary/);
+    assert.match(refused.hint, /strata_allow_replica_writes/);
+    const truncate = await client.query("TRUNCATE accounts").catch((err) => err);
+    assert.equal(truncate.code, "25006");
+    const commit = await client
+      .query("SELECT dolt_commit('--allow-empty', '-m', 'mine')")
+      .catch((err) => err);
+    assert.match(commit.message, /replicates from upstream/);
+    // A table of the replica's own takes writes (not versioned: the replica's history is the primary's).
+    await client.query("CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    await client.query("INSERT INTO notes VALUES (1, 'local')");
+    assert.deepEqual((await client.query("SELECT * FROM dolt_status")).rows, []);
+    await client.query("SET strata_allow_replica_writes TO 1");
+    await client.query("UPDATE accounts SET owner = 'local edit' WHERE id = 3");
+    await client.query("UPDATE accounts SET owner = 'cy' WHERE id = 3");
+  });
+  // Replication carries on.
+  await primary.query("INSERT INTO accounts VALUES (4, 'dee', 40)");
+  await waitForSameRows(primary, strata, "accounts", "id");
+});
+
 test("CREATE DATABASE through the front door makes a database with the version-control surface; \\c and DROP work", async () => {
   await withClient((client) => client.query("CREATE DATABASE inventory"));
   const { stdout } = await run(

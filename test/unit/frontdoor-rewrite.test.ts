@@ -3,10 +3,9 @@ import { test } from "node:test";
 import { VariableError } from "../../src/config/variables.ts";
 import { type RewriteCatalog, rewriteSql } from "../../src/frontdoor/rewrite.ts";
 
-/** A catalog where table t's as-of function takes the key `id` and u has no keyed form. */
+/** A catalog where table t is keyed by id, pair by (a, b), and u has no key. */
 const catalog: RewriteCatalog = {
-  asOfKeys: async (_schema, fn) =>
-    fn === "dolt_as_of_t" ? ["id"] : fn === "dolt_as_of_pair" ? ["a", "b"] : undefined,
+  asOfKeys: async (_schema, table) => (table === "t" ? ["id"] : table === "pair" ? ["a", "b"] : undefined),
 };
 const sql = async (text: string) => (await rewriteSql(text, catalog))?.sql;
 
@@ -45,15 +44,15 @@ test("AS OF becomes the table's as-of function, under the table's name or the al
 test("a lookup of every key column by equality uses the keyed as-of form; other queries do not", async () => {
   assert.equal(
     await sql("SELECT * FROM t AS OF 'HEAD~1' WHERE id = 5"),
-    `SELECT * FROM "dolt_as_of_t"('HEAD~1', "id" => 5) AS "t" WHERE id = 5`,
+    `SELECT * FROM "dolt_as_of_t"('HEAD~1', 5) AS "t" WHERE id = 5`,
   );
   assert.equal(
     await sql("SELECT v FROM t AS OF $1 AS x WHERE x.id = $2 AND v > 0"),
-    `SELECT v FROM "dolt_as_of_t"($1, "id" => $2) AS x WHERE x.id = $2 AND v > 0`,
+    `SELECT v FROM "dolt_as_of_t"($1, $2) AS x WHERE x.id = $2 AND v > 0`,
   );
   assert.equal(
     await sql("SELECT * FROM pair AS OF 'HEAD' WHERE b = 'x' AND a = -2"),
-    `SELECT * FROM "dolt_as_of_pair"('HEAD', "a" => -2, "b" => 'x') AS "pair" WHERE b = 'x' AND a = -2`,
+    `SELECT * FROM "dolt_as_of_pair"('HEAD', -2, 'x') AS "pair" WHERE b = 'x' AND a = -2`,
   );
   // Not every key column, an OR, or a join: the whole table as of then, filtered as written.
   assert.equal(

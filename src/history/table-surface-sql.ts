@@ -1,0 +1,227 @@
+// The per-table part of the version-control surface, generated in the store itself so that every
+// writer of history — the replication apply path and dolt_commit() run by any SQL client — makes
+// the same objects. For a table T in schema S:
+//
+//   S.dolt_history_T            view: every version of every row, with its commit
+//   S.dolt_diff_T               view: each commit's changes to T against its parent
+//                               (to_<col>, to_commit, to_commit_date, from_<col>, from_commit,
+//                               from_commit_date, diff_type added / modified / removed)
+//   S.dolt_diff_T(from, to)     function: the same columns between any two commits
+//   S.dolt_as_of_T(commit)      function: T's rows as of a commit (the store-side form of
+//                               `SELECT ... FROM T AS OF 'commit'`)
+//   S.dolt_as_of_T(commit, key columns...)  the row with that key as of a commit (index lookups)
+//   S.dolt_blame_T              view: the last commit that touched each row (keyed tables)
+//
+// All of them are SQL functions that declare their columns (the views select from them), so that
+// nothing depends on T's row type: any DDL on T, by the primary or by a client, goes through, and
+// the functions are regenerated after it (their signature, kept in strata.table_surfaces, no
+// longer matches). Being single SELECTs, they are inlined into the queries that use them, so
+// filters reach the indexes. The logic lives in the generic functions of surface-sql.ts; these are
+// typed wrappers.
+
+export const TABLE_SURFACE_SQL = `
+-- The key a table's history is kept under: as recorded, else its snapshot base's, else its
+-- primary key's (NULL: none).
+CREATE OR REPLACE FUNCTION strata.history_keys(p_rel text, tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+  SELECT nullif(coalesce(
+    (SELECT key_columns FROM strata.table_surfaces WHERE rel = p_rel),
+    (SELECT key_columns FROM strata.snapshot_bases WHERE rel = p_rel ORDER BY commit_seq DESC LIMIT 1),
+    (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index i
+       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+      WHERE i.indrelid = tbl AND i.indisprimary)), '{}')
+$$;
+
+CREATE OR REPLACE FUNCTION strata.drop_table_surface(p_schema text, p_table text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  f regprocedure;
+BEGIN
+  EXECUTE format('DROP VIEW IF EXISTS %I.%I', p_schema, 'dolt_history_' || p_table);
+  EXECUTE format('DROP VIEW IF EXISTS %I.%I', p_schema, 'dolt_diff_' || p_table);
+  EXECUTE format('DROP VIEW IF EXISTS %I.%I', p_schema, 'dolt_blame_' || p_table);
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = p_schema
+              AND p.proname IN ('dolt_history_' || p_table, 'dolt_as_of_' || p_table, 'dolt_diff_' || p_table, 'dolt_blame_' || p_table) LOOP
+    EXECUTE format('DROP FUNCTION IF EXISTS %s', f);
+  END LOOP;
+  UPDATE strata.table_surfaces SET signature = '' WHERE schema_name = p_schema AND table_name = p_table;
+END
+$fn$;
+
+-- (Re)create T's surface when it is missing or T's columns or key changed. p_keys is the key the
+-- writer records T's changes under ('{}' for none); NULL keeps the recorded one.
+CREATE OR REPLACE FUNCTION strata.ensure_table_surface(p_schema text, p_table text, p_keys text[] DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+  tbl regclass := to_regclass(format('%I.%I', p_schema, p_table));
+  v_rel text := p_schema || '.' || p_table;
+  q text := format('%I.%I', p_schema, p_table);
+  names text[];
+  types text[];
+  keys text[];
+  v_sig text;
+  rel_l text := quote_literal(p_schema || '.' || p_table);
+  reg_l text := quote_literal(format('%I.%I', p_schema, p_table)) || '::regclass';
+  keys_l text;
+  col_defs text;
+  m_hash text; m_committer text; m_date text;
+  diff_to text;
+  diff_from text;
+  diff_out text;
+  m_to text; m_to_date text; m_from text; m_from_date text; m_type text;
+  key_params text;
+  key_json text;
+  i int;
+BEGIN
+  IF tbl IS NULL THEN RETURN; END IF;
+  SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+    INTO names, types
+    FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+  IF names IS NULL THEN RETURN; END IF;
+  keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
+  v_sig := jsonb_build_object('v', 4, 'names', names, 'types', types, 'keys', keys)::text;
+  IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
+     AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
+    RETURN;
+  END IF;
+  PERFORM strata.drop_table_surface(p_schema, p_table);
+  keys_l := CASE WHEN cardinality(keys) = 0 THEN 'ARRAY[]::text[]' ELSE quote_literal(keys::text) || '::text[]' END;
+  SELECT string_agg(format('%I %s', n, types[o]), ', ' ORDER BY o) INTO col_defs
+    FROM unnest(names) WITH ORDINALITY AS u(n, o);
+
+  -- History: versions written as history, then the versions of snapshot bases (rows untouched
+  -- since the base as they are now, the others as their first later change found them). A
+  -- change's identity is the key it found the row under. A later base (a resync) only follows a
+  -- truncate, which touched every row of the earlier one.
+  m_hash := strata.meta_name('commit_hash', names);
+  m_committer := strata.meta_name('committer', names);
+  m_date := strata.meta_name('commit_date', names);
+  EXECUTE format($sql$
+    CREATE FUNCTION %1$I.%2$I() RETURNS TABLE (%3$s, %4$I text, %5$I text, %6$I timestamptz) LANGUAGE sql STABLE AS $strata$
+      SELECT r.*, k.hash, k.committer, k.date
+        FROM strata.changes c
+        JOIN strata.commits k ON k.seq = c.commit_seq
+        CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, c.new_row) r
+       WHERE c.rel = %8$s AND c.new_row IS NOT NULL
+      UNION ALL
+      SELECT r.*, k.hash, k.committer, k.date
+        FROM strata.snapshot_bases b
+        JOIN strata.commits k ON k.seq = b.commit_seq
+        CROSS JOIN LATERAL (
+          SELECT t.* FROM %7$s t
+           WHERE NOT EXISTS (SELECT 1 FROM strata.snapshot_bases later
+                              WHERE later.rel = b.rel AND later.commit_seq > b.commit_seq)
+             AND NOT EXISTS (SELECT 1 FROM strata.changes c
+                              WHERE c.rel = b.rel AND c.row_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
+             AND NOT EXISTS (SELECT 1 FROM strata.changes c
+                              WHERE c.rel = b.rel AND c.old_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
+          UNION ALL
+          SELECT f.* FROM (
+            SELECT DISTINCT ON (coalesce(c.old_key, c.row_key)) c.op, c.old_row
+              FROM strata.changes c
+             WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq
+             ORDER BY coalesce(c.old_key, c.row_key), c.commit_seq, c.ord
+          ) first_touch
+          CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, first_touch.old_row) f
+           WHERE first_touch.op <> 'I'
+        ) r
+       WHERE b.rel = %8$s
+    $strata$$sql$,
+    p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date, q, rel_l);
+  EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_history_' || p_table);
+
+  -- As of a commit: the whole table, and one row by key (key values in key order).
+  EXECUTE format($sql$
+    CREATE FUNCTION %1$I.%2$I(text) RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
+      SELECT r.* FROM strata.rows_as_of(%4$s, %5$s, %6$s, dolt.commit_seq($1)) AS j(j)
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, j.j) r
+    $strata$$sql$,
+    p_schema, 'dolt_as_of_' || p_table, col_defs, rel_l, reg_l, keys_l, q);
+  IF cardinality(keys) > 0 AND keys <@ names THEN
+    SELECT string_agg(types[array_position(names, k)], ', ' ORDER BY o),
+           'jsonb_build_object(' || string_agg(format('%L, $%s', k, o + 1), ', ' ORDER BY o) || ')'
+      INTO key_params, key_json
+      FROM unnest(keys) WITH ORDINALITY AS u(k, o);
+    EXECUTE format($sql$
+      CREATE FUNCTION %1$I.%2$I(text, %3$s) RETURNS TABLE (%4$s) LANGUAGE sql STABLE AS $strata$
+        SELECT r.* FROM strata.row_as_of(%5$s, %6$s, %7$s, dolt.commit_seq($1), %8$s) AS j(j)
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, j.j) r
+      $strata$$sql$,
+      p_schema, 'dolt_as_of_' || p_table, key_params, col_defs, rel_l, reg_l, keys_l, key_json, q);
+  END IF;
+
+  -- Diffs: to_<col>, to_commit, to_commit_date, from_<col>, from_commit, from_commit_date, diff_type.
+  m_to := strata.meta_name('to_commit', names, 'to_', 'from_');
+  m_to_date := strata.meta_name('to_commit_date', names, 'to_', 'from_');
+  m_from := strata.meta_name('from_commit', names, 'to_', 'from_');
+  m_from_date := strata.meta_name('from_commit_date', names, 'to_', 'from_');
+  m_type := strata.meta_name('diff_type', names, 'to_', 'from_');
+  SELECT string_agg(format('t.%I', n), ', ' ORDER BY o), string_agg(format('f.%I', n), ', ' ORDER BY o)
+    INTO diff_to, diff_from FROM unnest(names) WITH ORDINALITY AS u(n, o);
+  SELECT string_agg(format('%I %s', 'to_' || n, types[o]), ', ' ORDER BY o) || format(', %I text, %I timestamptz, ', m_to, m_to_date)
+         || string_agg(format('%I %s', 'from_' || n, types[o]), ', ' ORDER BY o) || format(', %I text, %I timestamptz, %I text', m_from, m_from_date, m_type)
+    INTO diff_out FROM unnest(names) WITH ORDINALITY AS u(n, o);
+  EXECUTE format($sql$
+    CREATE FUNCTION %1$I.%2$I(text, text) RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
+      SELECT %4$s, tc.hash, tc.date, %5$s, fc.hash, fc.date,
+             CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
+        FROM (SELECT dolt.commit_seq($1) AS fs, dolt.commit_seq($2) AS ts) q
+        JOIN strata.commits fc ON fc.seq = q.fs
+        JOIN strata.commits tc ON tc.seq = q.ts
+       CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, q.fs, q.ts) d
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
+    $strata$$sql$,
+    p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l, q);
+  EXECUTE format($sql$
+    CREATE FUNCTION %1$I.%2$I() RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
+      SELECT %4$s, k.hash, k.date, %5$s, p.hash, p.date,
+             CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
+        FROM strata.commits k
+        LEFT JOIN strata.commits p ON p.hash = k.parent_hash
+       CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, coalesce(p.seq, 0), k.seq) d
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
+    $strata$$sql$,
+    p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l, q);
+  EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_diff_' || p_table);
+
+  -- Blame: the last commit that touched each row now present (its last change, else its base).
+  IF cardinality(keys) > 0 AND keys <@ names THEN
+    EXECUTE format($sql$
+      CREATE FUNCTION %1$I.%2$I() RETURNS TABLE (%3$s, %4$I text, %5$I timestamptz, %6$I text, %7$I text, %8$I text)
+      LANGUAGE sql STABLE AS $strata$
+        SELECT %9$s, k.hash, k.date, k.committer, k.email, k.message
+          FROM %10$s t
+         CROSS JOIN LATERAL (SELECT coalesce(
+                 (SELECT c.commit_seq FROM strata.changes c
+                   WHERE c.rel = %11$s AND c.row_key = %12$s ORDER BY c.commit_seq DESC LIMIT 1),
+                 (SELECT max(b.commit_seq) FROM strata.snapshot_bases b WHERE b.rel = %11$s)) AS seq) last
+         JOIN strata.commits k ON k.seq = last.seq
+      $strata$$sql$,
+      p_schema, 'dolt_blame_' || p_table,
+      (SELECT string_agg(format('%I %s', k, types[array_position(names, k)]), ', ' ORDER BY o)
+         FROM unnest(keys) WITH ORDINALITY AS u(k, o)),
+      strata.meta_name('commit', keys), strata.meta_name('commit_date', keys), strata.meta_name('committer', keys),
+      strata.meta_name('email', keys), strata.meta_name('message', keys),
+      (SELECT string_agg(format('t.%I', k), ', ' ORDER BY o) FROM unnest(keys) WITH ORDINALITY AS u(k, o)),
+      q, rel_l, strata.key_expression(keys, 't'));
+    EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_blame_' || p_table);
+  END IF;
+
+  INSERT INTO strata.table_surfaces (rel, schema_name, table_name, key_columns, signature)
+  VALUES (v_rel, p_schema, p_table, keys, v_sig)
+  ON CONFLICT (rel) DO UPDATE SET key_columns = excluded.key_columns, signature = excluded.signature;
+END
+$fn$;
+`;
+
+/** Installed before TABLE_SURFACE_SQL: a metadata column's name, prefixed strata_ where taken. */
+export const META_NAME_SQL = `
+CREATE OR REPLACE FUNCTION strata.meta_name(name text, taken text[], VARIADIC prefixes text[] DEFAULT ARRAY['']) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN EXISTS (SELECT 1 FROM unnest(prefixes) p, unnest(taken) t WHERE p || t = name)
+              THEN 'strata_' || name ELSE name END
+$$;
+`;

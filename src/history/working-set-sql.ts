@@ -1,0 +1,471 @@
+// Writes and commits from SQL, in the store, for databases that do not replicate from upstream.
+//
+//   client writes ──capture triggers──▶ strata.working_changes ─┐   dolt_add: staged = true
+//   client DDL ──event triggers─────▶ strata.working_schema_changes ┤  dolt_reset: staged = false,
+//                                                                  │   or --hard: undone
+//   dolt_commit('-m', ...) / COMMIT with dolt_transaction_commit ──┴▶ strata.commits + changes
+//
+// Everything is in the store, so it works in the client's own transaction (dolt_commit sees the
+// writes before it and is rolled back with them) and from any client, through the front door or
+// not. A database that replicates (strata.database_role) takes no writes to replicated tables
+// (the replica guard) and captures nothing: its commits are the primary's transactions. Strata's
+// own connections set strata.applying, which the triggers let through.
+//
+// A SQL commit's hash covers a canonical text of the commit (header, then each schema change and
+// row change with its row images as jsonb text, in order), so equal hashes mean equal history, as
+// for replicated commits.
+
+export const WORKING_SET_SQL = `
+CREATE SEQUENCE IF NOT EXISTS strata.working_seq;
+CREATE TABLE IF NOT EXISTS strata.working_changes (
+  id bigint PRIMARY KEY DEFAULT nextval('strata.working_seq'),
+  relid oid NOT NULL,
+  rel text NOT NULL,
+  op "char" NOT NULL,
+  row_key jsonb,
+  old_key jsonb,
+  old_row jsonb,
+  new_row jsonb,
+  staged boolean NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS strata.working_schema_changes (
+  id bigint PRIMARY KEY DEFAULT nextval('strata.working_seq'),
+  relid oid NOT NULL,
+  rel text NOT NULL,
+  kind text NOT NULL,
+  ddl text NOT NULL,
+  staged boolean NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS strata.database_role (
+  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  replicating boolean NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION strata.replicating() RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT coalesce((SELECT replicating FROM strata.database_role), false) $$;
+
+CREATE OR REPLACE FUNCTION strata.internal_writer() RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT coalesce(current_setting('strata.applying', true), '') = 'on' $$;
+
+CREATE OR REPLACE FUNCTION strata.primary_key_columns(tbl oid) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+  SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+   WHERE i.indrelid = tbl AND i.indisprimary
+$$;
+
+CREATE OR REPLACE FUNCTION strata.capture_row() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  keys text[];
+  v_rel text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+  new_key jsonb;
+  old_key jsonb;
+BEGIN
+  IF strata.internal_writer() THEN RETURN NULL; END IF;
+  keys := strata.primary_key_columns(TG_RELID);
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
+    VALUES (TG_RELID, v_rel, 'I', strata.key_of(to_jsonb(NEW), keys), to_jsonb(NEW));
+  ELSIF TG_OP = 'UPDATE' THEN
+    new_key := strata.key_of(to_jsonb(NEW), keys);
+    old_key := strata.key_of(to_jsonb(OLD), keys);
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_key, old_row, new_row)
+    VALUES (TG_RELID, v_rel, 'U', new_key, CASE WHEN old_key IS DISTINCT FROM new_key THEN old_key END,
+            to_jsonb(OLD), to_jsonb(NEW));
+  ELSE
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+    VALUES (TG_RELID, v_rel, 'D', strata.key_of(to_jsonb(OLD), keys), to_jsonb(OLD));
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION strata.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF strata.internal_writer() THEN RETURN NULL; END IF;
+  EXECUTE format(
+    'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+     SELECT %s, %L, ''T'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
+    TG_RELID, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, strata.primary_key_columns(TG_RELID), TG_RELID::regclass);
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION strata.attach_capture(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON %s
+                  FOR EACH ROW EXECUTE FUNCTION strata.capture_row()', tbl);
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_truncate BEFORE TRUNCATE ON %s
+                  FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_truncate()', tbl);
+END
+$fn$;
+
+-- A table replicated from upstream: clients' writes are refused (unless allowed), none captured.
+CREATE OR REPLACE FUNCTION strata.replica_guard() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF strata.internal_writer() OR dolt.setting('strata_allow_replica_writes') = '1' THEN RETURN NULL; END IF;
+  RAISE EXCEPTION 'table %.% is replicated from the primary: clients cannot write to it', TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = '25006',
+          HINT = 'write on the primary; or SET strata_allow_replica_writes TO 1 to write here anyway (such writes are not versioned, and the primary''s next change to those rows may conflict with them)';
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION strata.guard_replicated(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'strata_replica_guard') THEN RETURN; END IF;
+  EXECUTE format('DROP TRIGGER IF EXISTS strata_capture ON %s', tbl);
+  EXECUTE format('DROP TRIGGER IF EXISTS strata_capture_truncate ON %s', tbl);
+  EXECUTE format('CREATE TRIGGER strata_replica_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s
+                  FOR EACH STATEMENT EXECUTE FUNCTION strata.replica_guard()', tbl);
+END
+$fn$;
+
+-- Client DDL: new tables are captured (with the rows a CREATE TABLE AS wrote), and table DDL is
+-- part of the working set; the table's history surface is made again after DDL changed it.
+CREATE OR REPLACE FUNCTION strata.on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  c record;
+  v_rel text;
+  v_schema text;
+  v_table text;
+BEGIN
+  IF strata.internal_writer() THEN RETURN; END IF;
+  FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    CONTINUE WHEN c.object_type <> 'table' OR c.in_extension
+      OR c.schema_name IN ('strata', 'dolt', 'pg_catalog', 'information_schema')
+      OR (SELECT relpersistence = 't' FROM pg_class WHERE oid = c.objid);
+    SELECT n.nspname, k.relname INTO v_schema, v_table
+      FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = c.objid;
+    v_rel := v_schema || '.' || v_table;
+    IF c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') THEN
+      IF strata.replicating() THEN CONTINUE; END IF;
+      PERFORM strata.attach_capture(c.objid::regclass);
+      INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
+      VALUES (c.objid, v_rel, 'CREATE TABLE', 'CREATE TABLE ' || c.object_identity);
+      EXECUTE format(
+        'INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
+         SELECT %s, %L, ''I'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
+        c.objid, v_rel, strata.primary_key_columns(c.objid), c.objid::regclass);
+    ELSIF c.command_tag = 'ALTER TABLE' THEN
+      IF NOT strata.replicating() AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = c.objid AND tgname = 'strata_capture') THEN
+        INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
+        VALUES (c.objid, v_rel, 'ALTER TABLE', 'ALTER TABLE ' || c.object_identity);
+      END IF;
+      IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel) THEN
+        PERFORM strata.ensure_table_surface(v_schema, v_table);
+      END IF;
+    END IF;
+  END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION strata.on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  d record;
+BEGIN
+  IF strata.internal_writer() THEN RETURN; END IF;
+  FOR d IN SELECT * FROM pg_event_trigger_dropped_objects()
+            WHERE object_type = 'table' AND original AND NOT is_temporary
+              AND schema_name NOT IN ('strata', 'dolt') LOOP
+    PERFORM strata.drop_table_surface(d.schema_name, d.object_name);
+    IF NOT strata.replicating() THEN
+      INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
+      VALUES (d.objid, d.schema_name || '.' || d.object_name, 'DROP TABLE', 'DROP TABLE ' || d.object_identity);
+    END IF;
+  END LOOP;
+END
+$fn$;
+
+DO $do$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'strata_ddl_end') THEN
+    CREATE EVENT TRIGGER strata_ddl_end ON ddl_command_end EXECUTE FUNCTION strata.on_ddl_end();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'strata_sql_drop') THEN
+    CREATE EVENT TRIGGER strata_sql_drop ON sql_drop EXECUTE FUNCTION strata.on_sql_drop();
+  END IF;
+END
+$do$;
+
+-- Dolt's base32 of bytes (the alphabet commits/hash.ts uses).
+CREATE OR REPLACE FUNCTION strata.base32(bytes bytea) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+  alphabet constant text := '0123456789abcdefghijklmnopqrstuv';
+  out text := '';
+  buffer bigint := 0;
+  bits int := 0;
+  i int;
+BEGIN
+  FOR i IN 0 .. length(bytes) - 1 LOOP
+    buffer := (buffer << 8) | get_byte(bytes, i);
+    bits := bits + 8;
+    WHILE bits >= 5 LOOP
+      out := out || substr(alphabet, ((buffer >> (bits - 5)) & 31)::int + 1, 1);
+      bits := bits - 5;
+    END LOOP;
+    buffer := buffer & ((1::bigint << bits) - 1);
+  END LOOP;
+  IF bits > 0 THEN out := out || substr(alphabet, ((buffer << (5 - bits)) & 31)::int + 1, 1); END IF;
+  RETURN out;
+END
+$fn$;
+
+-- Commit the staged working set (everything with stage_all; new tables too with stage_new).
+CREATE OR REPLACE FUNCTION strata.commit_working(message text, committer text, email text,
+                                                 stage_all boolean, stage_new boolean, allow_empty boolean)
+RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_seq bigint;
+  parent text;
+  at timestamptz := clock_timestamp();
+  canonical text;
+  v_hash text;
+  r record;
+BEGIN
+  IF strata.replicating() THEN
+    RAISE EXCEPTION 'this database replicates from upstream: its commits are the primary''s transactions'
+      USING ERRCODE = '25006', HINT = 'make commits in a database that does not replicate (CREATE DATABASE through Strata)';
+  END IF;
+  -- One commit at a time per database: each commit's parent is the one before.
+  PERFORM pg_advisory_xact_lock(hashtext('strata.commit'));
+  IF stage_all THEN
+    UPDATE strata.working_schema_changes SET staged = true
+     WHERE NOT staged AND (stage_new OR kind <> 'CREATE TABLE');
+    UPDATE strata.working_changes w SET staged = true
+     WHERE NOT w.staged AND (stage_new OR NOT EXISTS (
+       SELECT 1 FROM strata.working_schema_changes s WHERE s.relid = w.relid AND s.kind = 'CREATE TABLE' AND NOT s.staged));
+  END IF;
+  IF NOT allow_empty AND NOT EXISTS (SELECT 1 FROM strata.working_changes WHERE staged)
+     AND NOT EXISTS (SELECT 1 FROM strata.working_schema_changes WHERE staged) THEN
+    RAISE EXCEPTION 'nothing to commit'
+      USING ERRCODE = '55000',
+            HINT = CASE WHEN EXISTS (SELECT 1 FROM strata.working_changes) OR EXISTS (SELECT 1 FROM strata.working_schema_changes)
+                        THEN 'stage changes with dolt_add(''table'') or dolt_add(''.''), or commit with -a (changed tables) or -A (new tables too)'
+                        ELSE 'no changes since the last commit; dolt_commit(''--allow-empty'', ''-m'', ...) makes an empty commit' END;
+  END IF;
+  SELECT seq, hash INTO v_seq, parent FROM strata.commits ORDER BY seq DESC LIMIT 1;
+  v_seq := coalesce(v_seq, 0) + 1;
+  canonical := format(E'strata sql commit v1\\nparent %s\\ncommitter %s <%s>\\ndate %s\\nmessage %s\\n',
+                      coalesce(parent, '-'), committer, email,
+                      to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), message)
+    || coalesce((SELECT string_agg(x.line, '' ORDER BY x.id) FROM (
+         SELECT id, format(E'schema %s %s\\n', rel, ddl) AS line FROM strata.working_schema_changes WHERE staged
+         UNION ALL
+         SELECT id, format(E'row %s %s %s %s %s %s\\n', rel, op, row_key, old_key, old_row, new_row)
+           FROM strata.working_changes WHERE staged) x), '');
+  v_hash := strata.base32(substring(sha256(convert_to(canonical, 'UTF8')) FROM 1 FOR 20));
+  INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message)
+  VALUES (v_seq, v_hash, parent, committer, email, at, message);
+  -- Rows and schema changes share the commit's ordinals, in the order they happened.
+  WITH ordered AS (
+    SELECT id, row_number() OVER (ORDER BY id) - 1 AS ord FROM (
+      SELECT id FROM strata.working_schema_changes WHERE staged UNION ALL
+      SELECT id FROM strata.working_changes WHERE staged) ids
+  ), schema_rows AS (
+    INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl)
+    SELECT v_seq, o.ord, s.rel, s.ddl FROM strata.working_schema_changes s JOIN ordered o USING (id) WHERE s.staged
+  )
+  INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
+  SELECT v_seq, o.ord, w.rel, w.op, w.row_key, w.old_key, w.old_row, w.new_row
+    FROM strata.working_changes w JOIN ordered o USING (id) WHERE w.staged;
+  FOR r IN SELECT DISTINCT w.relid FROM strata.working_changes w WHERE w.staged
+           UNION SELECT s.relid FROM strata.working_schema_changes s WHERE s.staged LOOP
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = r.relid) THEN
+      PERFORM strata.ensure_table_surface(
+        (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = r.relid),
+        (SELECT relname FROM pg_class WHERE oid = r.relid),
+        coalesce(strata.primary_key_columns(r.relid), '{}'));
+    END IF;
+  END LOOP;
+  DELETE FROM strata.working_changes WHERE staged;
+  DELETE FROM strata.working_schema_changes WHERE staged;
+  RETURN v_hash;
+END
+$fn$;
+
+-- dolt_commit('-m', 'message'), with -a / -A / --all (stage first), --allow-empty, --author.
+CREATE OR REPLACE FUNCTION dolt.dolt_commit(VARIADIC args text[]) RETURNS text[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  i int := 1;
+  j int;
+  a text;
+  flag text;
+  message text;
+  author text;
+  name text := session_user;
+  email text := session_user || '@localhost';
+  stage_all boolean := false;
+  stage_new boolean := false;
+  allow_empty boolean := false;
+  usage constant text := 'dolt_commit(''-m'', ''message'') commits what dolt_add staged; -a stages changed tables first, -A new tables too; also --allow-empty, --author ''Name <email>''';
+BEGIN
+  WHILE i <= coalesce(cardinality(args), 0) LOOP
+    a := args[i];
+    IF a = '--allow-empty' THEN allow_empty := true;
+    ELSIF a = '--all' THEN stage_all := true; stage_new := true;
+    ELSIF a IN ('-m', '--message') THEN i := i + 1; message := args[i];
+    ELSIF a LIKE '--message=%' THEN message := substr(a, 11);
+    ELSIF a = '--author' THEN i := i + 1; author := args[i];
+    ELSIF a LIKE '--author=%' THEN author := substr(a, 10);
+    ELSIF a ~ '^-[A-Za-z]+$' THEN
+      FOR j IN 2 .. length(a) LOOP
+        flag := substr(a, j, 1);
+        IF flag = 'a' THEN stage_all := true;
+        ELSIF flag = 'A' THEN stage_all := true; stage_new := true;
+        ELSIF flag = 'm' AND j = length(a) THEN i := i + 1; message := args[i];
+        ELSE
+          RAISE EXCEPTION 'dolt_commit: unknown option -% in "%"', flag, a USING ERRCODE = '22023', HINT = usage;
+        END IF;
+      END LOOP;
+    ELSE
+      RAISE EXCEPTION 'dolt_commit: unexpected argument "%"', a USING ERRCODE = '22023', HINT = usage;
+    END IF;
+    i := i + 1;
+  END LOOP;
+  IF message IS NULL OR btrim(message) = '' THEN
+    RAISE EXCEPTION 'dolt_commit needs a message' USING ERRCODE = '22023', HINT = usage;
+  END IF;
+  IF author IS NOT NULL THEN
+    IF author !~ '^[^<>]+<[^<>]+>\\s*$' THEN
+      RAISE EXCEPTION 'dolt_commit: --author must be "Name <email>", got "%"', author USING ERRCODE = '22023';
+    END IF;
+    name := btrim(split_part(author, '<', 1));
+    email := btrim(split_part(split_part(author, '<', 2), '>', 1));
+  END IF;
+  RETURN ARRAY[strata.commit_working(message, name, email, stage_all, stage_new, allow_empty)];
+END
+$fn$;
+
+-- dolt_add('table', ...) or dolt_add('.') / ('-A'): stage those tables' working changes.
+CREATE OR REPLACE FUNCTION dolt.dolt_add(VARIADIC tables text[]) RETURNS text[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  t text;
+  ids oid[] := '{}';
+  found_id oid;
+BEGIN
+  IF '.' = ANY (tables) OR '-A' = ANY (tables) OR '--all' = ANY (tables) THEN
+    UPDATE strata.working_changes SET staged = true WHERE NOT staged;
+    UPDATE strata.working_schema_changes SET staged = true WHERE NOT staged;
+    RETURN ARRAY['0'];
+  END IF;
+  FOREACH t IN ARRAY tables LOOP
+    found_id := to_regclass(t);
+    IF found_id IS NULL THEN
+      -- A table dropped in the working set is staged by its name.
+      SELECT relid INTO found_id FROM strata.working_schema_changes
+       WHERE kind = 'DROP TABLE' AND (rel = t OR rel = 'public.' || t) ORDER BY id DESC LIMIT 1;
+    END IF;
+    IF found_id IS NULL THEN
+      RAISE EXCEPTION 'dolt_add: table "%" does not exist', t USING ERRCODE = '42P01', HINT = 'SELECT * FROM dolt_status lists the changed tables';
+    END IF;
+    ids := ids || found_id;
+  END LOOP;
+  UPDATE strata.working_changes SET staged = true WHERE NOT staged AND relid = ANY (ids);
+  UPDATE strata.working_schema_changes SET staged = true WHERE NOT staged AND relid = ANY (ids);
+  RETURN ARRAY['0'];
+END
+$fn$;
+
+-- dolt_reset() / ('--soft') unstages; ('table', ...) unstages those; ('--hard') undoes the whole
+-- working set: rows back as they were at the last commit, tables it created dropped.
+CREATE OR REPLACE FUNCTION dolt.dolt_reset(VARIADIC args text[] DEFAULT '{}') RETURNS text[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  c record;
+  tbl regclass;
+  ids oid[] := '{}';
+  t text;
+BEGIN
+  IF '--hard' = ANY (args) THEN
+    SELECT * INTO c FROM strata.working_schema_changes WHERE kind <> 'CREATE TABLE' ORDER BY id LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'dolt_reset --hard cannot undo "%"', c.ddl
+        USING ERRCODE = '0A000', HINT = 'undo that schema change by hand (the rows are restored by dolt_reset --hard afterwards), or commit it';
+    END IF;
+    -- Strata's own writes: the capture triggers let them through.
+    PERFORM set_config('strata.applying', 'on', true);
+    FOR c IN SELECT * FROM strata.working_changes ORDER BY id DESC LOOP
+      tbl := c.relid::regclass;
+      IF c.op IN ('I', 'U') THEN
+        EXECUTE format('DELETE FROM %s WHERE ctid = (SELECT ctid FROM %s t WHERE to_jsonb(t.*) = $1 LIMIT 1)', tbl, tbl)
+          USING c.new_row;
+      END IF;
+      IF c.op IN ('U', 'D', 'T') THEN
+        EXECUTE format('INSERT INTO %s SELECT (jsonb_populate_record(NULL::%s, $1)).*', tbl, tbl) USING c.old_row;
+      END IF;
+    END LOOP;
+    FOR c IN SELECT DISTINCT relid FROM strata.working_schema_changes WHERE kind = 'CREATE TABLE' LOOP
+      IF EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid) THEN
+        EXECUTE format('DROP TABLE %s', c.relid::regclass);
+      END IF;
+    END LOOP;
+    PERFORM set_config('strata.applying', 'off', true);
+    DELETE FROM strata.working_changes;
+    DELETE FROM strata.working_schema_changes;
+    RETURN ARRAY['0'];
+  END IF;
+  FOREACH t IN ARRAY args LOOP
+    CONTINUE WHEN t = '--soft';
+    tbl := to_regclass(t);
+    IF tbl IS NULL THEN
+      RAISE EXCEPTION 'dolt_reset: table "%" does not exist', t USING ERRCODE = '42P01';
+    END IF;
+    ids := ids || tbl::oid;
+  END LOOP;
+  UPDATE strata.working_changes SET staged = false WHERE staged AND (cardinality(ids) = 0 OR relid = ANY (ids));
+  UPDATE strata.working_schema_changes SET staged = false WHERE staged AND (cardinality(ids) = 0 OR relid = ANY (ids));
+  RETURN ARRAY['0'];
+END
+$fn$;
+
+-- With dolt_transaction_commit on, COMMIT of a transaction that changed the working set commits
+-- it (deferred to commit time; the first of the transaction's deferred firings does the work).
+CREATE OR REPLACE FUNCTION strata.commit_on_transaction_end() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  tables text;
+BEGIN
+  IF dolt.setting('dolt_transaction_commit') IS DISTINCT FROM '1' OR strata.replicating() THEN RETURN NULL; END IF;
+  SELECT string_agg(DISTINCT rel, ', ' ORDER BY rel) INTO tables FROM (
+    SELECT rel FROM strata.working_changes UNION ALL SELECT rel FROM strata.working_schema_changes) w;
+  IF tables IS NULL THEN RETURN NULL; END IF;
+  PERFORM strata.commit_working(format('Transaction commit: %s', tables), session_user, session_user || '@localhost',
+                                true, true, false);
+  RETURN NULL;
+END
+$fn$;
+DO $do$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'strata_commit_on_end' AND tgrelid = 'strata.working_changes'::regclass) THEN
+    CREATE CONSTRAINT TRIGGER strata_commit_on_end AFTER INSERT ON strata.working_changes
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION strata.commit_on_transaction_end();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'strata_commit_on_end' AND tgrelid = 'strata.working_schema_changes'::regclass) THEN
+    CREATE CONSTRAINT TRIGGER strata_commit_on_end AFTER INSERT ON strata.working_schema_changes
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION strata.commit_on_transaction_end();
+  END IF;
+END
+$do$;
+
+-- What is not committed yet, per table: staged or not; new table, deleted, or modified.
+CREATE OR REPLACE VIEW dolt.dolt_status AS
+  SELECT CASE WHEN x.rel LIKE 'public.%' THEN substr(x.rel, 8) ELSE x.rel END AS table_name,
+         x.staged,
+         CASE WHEN bool_or(x.kind = 'DROP TABLE') THEN 'deleted'
+              WHEN bool_or(x.kind = 'CREATE TABLE') THEN 'new table'
+              ELSE 'modified' END AS status
+    FROM (SELECT rel, staged, 'ROWS' AS kind FROM strata.working_changes
+          UNION ALL SELECT rel, staged, kind FROM strata.working_schema_changes) x
+   GROUP BY x.rel, x.staged;
+`;

@@ -1,0 +1,174 @@
+// Writes and commits from SQL on a Strata that does not replicate: the working set, dolt_add,
+// dolt_commit, dolt_reset, dolt_status, every COMMIT a commit with dolt_transaction_commit, and
+// the history surface over SQL commits. The reference's statements run verbatim.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import pg from "pg";
+import { type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
+
+let strata: StrataProcess;
+let client: pg.Client;
+
+before(async () => {
+  strata = await startStandaloneStrata();
+  client = new pg.Client(strata.connectionConfig());
+  await client.connect();
+});
+after(async () => {
+  await client?.end();
+  await strata?.stop();
+});
+
+const q = async (sql: string, params: unknown[] = []) => (await client.query(sql, params)).rows;
+const status = async () =>
+  (await q("SELECT table_name, staged, status FROM dolt_status ORDER BY table_name, staged")).map(
+    (r) => `${r.table_name}:${r.staged ? "staged" : "working"}:${r.status}`,
+  );
+const failure = async (sql: string) =>
+  (await client.query(sql).then(
+    () => assert.fail(`${sql} should fail`),
+    (err) => err,
+  )) as pg.DatabaseError;
+
+test("the reference's example: create, insert, dolt_commit('-Am', ...), then -am", async () => {
+  await q("create table test (pk int, c1 int, primary key(pk));");
+  await q("insert into test values (0,0);");
+  assert.deepEqual(await status(), ["test:working:new table"]);
+  const [first] = await q("select dolt_commit('-Am', 'trigger replication');");
+  assert.match(first.dolt_commit[0], /^[0-9a-v]{32}$/);
+  assert.deepEqual(await status(), []);
+  await q("insert into test values (1,1);");
+  await q("insert into test values (2,2);");
+  const [second] = await q("select dolt_commit('-am', 'Inserted (2,2)');");
+  const log = await q("SELECT commit_hash, message, parent_hash, committer FROM dolt_log");
+  assert.deepEqual(
+    log.map((c) => [c.commit_hash, c.message]),
+    [
+      [second.dolt_commit[0], "Inserted (2,2)"],
+      [first.dolt_commit[0], "trigger replication"],
+    ],
+  );
+  assert.equal(log[0].parent_hash, first.dolt_commit[0]);
+  assert.equal(log[0].committer, "postgres");
+  const history = await q("SELECT pk, c1, commit_hash FROM dolt_history_test ORDER BY pk");
+  assert.deepEqual(
+    history.map((r) => [r.pk, r.commit_hash === first.dolt_commit[0] ? "first" : "second"]),
+    [
+      [0, "first"],
+      [1, "second"],
+      [2, "second"],
+    ],
+  );
+  const asOf = await q("SELECT pk FROM test AS OF 'HEAD~1' ORDER BY pk");
+  assert.deepEqual(
+    asOf.map((r) => r.pk),
+    [0],
+  );
+  const diff = await q("SELECT diff_type, to_pk FROM dolt_diff('HEAD~1', 'HEAD', 'test') ORDER BY to_pk");
+  assert.deepEqual(diff, [
+    { diff_type: "added", to_pk: 1 },
+    { diff_type: "added", to_pk: 2 },
+  ]);
+});
+
+test("dolt_add stages, dolt_commit -m commits only what is staged, dolt_reset unstages", async () => {
+  await q("CREATE TABLE other (id int PRIMARY KEY, v text)");
+  await q("INSERT INTO other VALUES (1, 'one')");
+  await q("UPDATE test SET c1 = 10 WHERE pk = 1");
+  assert.deepEqual(await status(), ["other:working:new table", "test:working:modified"]);
+  const nothing = await failure("SELECT dolt_commit('-m', 'nothing staged')");
+  assert.equal(nothing.message, "nothing to commit");
+  assert.match(nothing.hint ?? "", /dolt_add/);
+  await q("SELECT dolt_add('test')");
+  assert.deepEqual(await status(), ["other:working:new table", "test:staged:modified"]);
+  await q("SELECT dolt_reset()");
+  assert.deepEqual(await status(), ["other:working:new table", "test:working:modified"]);
+  await q("SELECT dolt_add('test')");
+  await q("UPDATE test SET c1 = 20 WHERE pk = 2"); // after dolt_add: not staged
+  await q("SELECT dolt_commit('-m', 'only the staged update', '--author', 'Ann Example <ann@example.com>')");
+  const [head] = await q("SELECT message, committer, email FROM dolt_log LIMIT 1");
+  assert.deepEqual(head, {
+    message: "only the staged update",
+    committer: "Ann Example",
+    email: "ann@example.com",
+  });
+  const changed = await q("SELECT to_pk, to_c1 FROM dolt_diff_test('HEAD~1', 'HEAD')");
+  assert.deepEqual(changed, [{ to_pk: 1, to_c1: 10 }]);
+  assert.deepEqual(await status(), ["other:working:new table", "test:working:modified"]);
+  await q("SELECT dolt_add('.')");
+  await q("SELECT dolt_commit('-m', 'the rest')");
+  assert.deepEqual(await status(), []);
+  await q("SELECT dolt_commit('--allow-empty', '-m', 'empty')");
+  assert.equal((await q("SELECT message FROM dolt_log LIMIT 1"))[0].message, "empty");
+  assert.match((await failure("SELECT dolt_commit('-x', 'y')")).message, /unknown option -x/);
+  assert.match((await failure("SELECT dolt_commit('-a')")).message, /needs a message/);
+});
+
+test("dolt_reset --hard puts rows back as committed and drops tables made since", async () => {
+  const before = await q("SELECT pk, c1 FROM test ORDER BY pk");
+  const otherBefore = await q("SELECT * FROM other");
+  await q("INSERT INTO test VALUES (7, 7)");
+  await q("UPDATE test SET pk = 70, c1 = -1 WHERE pk = 1");
+  await q("DELETE FROM test WHERE pk = 2");
+  await q("TRUNCATE other");
+  await q("CREATE TABLE scratch AS SELECT generate_series(1, 3) AS n");
+  assert.deepEqual(await status(), ["other:working:modified", "scratch:working:new table", "test:working:modified"]);
+  await q("SELECT dolt_reset('--hard')");
+  assert.deepEqual(await q("SELECT pk, c1 FROM test ORDER BY pk"), before);
+  assert.deepEqual(await q("SELECT * FROM other"), otherBefore);
+  assert.deepEqual(await status(), []);
+  assert.equal((await q("SELECT to_regclass('scratch') AS t"))[0].t, null);
+  await q("ALTER TABLE test ADD COLUMN c2 text");
+  const refused = await failure("SELECT dolt_reset('--hard')");
+  assert.match(refused.message, /cannot undo "ALTER TABLE public.test"/);
+  await q("SELECT dolt_commit('-am', 'add c2')");
+  // The history surface follows the new column.
+  const columns = await q(
+    "SELECT array_agg(attname::text ORDER BY attnum) AS cols FROM pg_attribute WHERE attrelid = 'dolt_history_test'::regclass AND attnum > 0",
+  );
+  assert.deepEqual(columns[0].cols, ["pk", "c1", "c2", "commit_hash", "committer", "commit_date"]);
+});
+
+test("with dolt_transaction_commit, every COMMIT is a commit (and a rollback none)", async () => {
+  const count = async () => Number((await q("SELECT count(*) AS n FROM dolt_log"))[0].n);
+  const start = await count();
+  await q("SET dolt_transaction_commit TO 1");
+  await q("BEGIN");
+  await q("INSERT INTO test VALUES (100, 100, 'x')");
+  await q("UPDATE test SET c1 = 101 WHERE pk = 100");
+  await q("COMMIT");
+  assert.equal(await count(), start + 1);
+  const [head] = await q("SELECT message FROM dolt_log LIMIT 1");
+  assert.equal(head.message, "Transaction commit: public.test");
+  assert.deepEqual(await q("SELECT diff_type, to_c1 FROM dolt_diff('HEAD~1', 'HEAD', 'test')"), [
+    { diff_type: "added", to_c1: 101 },
+  ]);
+  await q("BEGIN");
+  await q("DELETE FROM test WHERE pk = 100");
+  await q("ROLLBACK");
+  await q("INSERT INTO test VALUES (200, 200, 'autocommit')");
+  assert.equal(
+    await count(),
+    start + 2,
+    "a rolled-back transaction is no commit; an autocommitted statement is one",
+  );
+  // dolt_commit inside a transaction that rolls back leaves no commit.
+  await q("SET dolt_transaction_commit TO 0");
+  await q("BEGIN");
+  await q("INSERT INTO test VALUES (300, 300, 'y')");
+  await q("SELECT dolt_commit('-am', 'rolled back')");
+  await q("ROLLBACK");
+  assert.equal(await count(), start + 2);
+  assert.deepEqual(await status(), []);
+});
+
+test("DROP TABLE is a change too; the table's history stays in the log", async () => {
+  await q("DROP TABLE other");
+  assert.deepEqual(await status(), ["other:working:deleted"]);
+  await q("SELECT dolt_commit('-Am', 'drop other')");
+  assert.deepEqual(await status(), []);
+  const [change] = await q(
+    "SELECT ddl FROM strata.schema_changes WHERE commit_seq = (SELECT max(seq) FROM strata.commits)",
+  );
+  assert.equal(change.ddl, "DROP TABLE public.other");
+});
