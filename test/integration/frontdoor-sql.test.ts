@@ -33,6 +33,28 @@ after(async () => {
   await primary?.stop();
 });
 
+/** psql through the front door, as the reference's reader would type the statements. */
+async function psql(...args: string[]): Promise<string> {
+  const { stdout } = await run(
+    "psql",
+    [
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(strata.port),
+      "-U",
+      "postgres",
+      "-d",
+      "postgres",
+      "-v",
+      "ON_ERROR_STOP=1",
+      ...args,
+    ],
+    { env: { ...process.env, PGPASSWORD: TEST_PASSWORD } },
+  );
+  return stdout;
+}
+
 async function withClient<T>(body: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client(strata.connectionConfig());
   await client.connect();
@@ -199,25 +221,11 @@ test("a replica refuses clients' writes to replicated tables (unless allowed) an
 
 test("CREATE DATABASE through the front door makes a database with the version-control surface; \\c and DROP work", async () => {
   await withClient((client) => client.query("CREATE DATABASE inventory"));
-  const { stdout } = await run(
-    "psql",
-    [
-      "-h",
-      "127.0.0.1",
-      "-p",
-      String(strata.port),
-      "-U",
-      "postgres",
-      "-d",
-      "postgres",
-      "-v",
-      "ON_ERROR_STOP=1",
-      "-Atc",
-      "\\c inventory",
-      "-c",
-      "SELECT current_database(), (SELECT count(*) FROM dolt_log), current_setting('dolt_transaction_commit')",
-    ],
-    { env: { ...process.env, PGPASSWORD: TEST_PASSWORD } },
+  const stdout = await psql(
+    "-Atc",
+    "\\c inventory",
+    "-c",
+    "SELECT current_database(), (SELECT count(*) FROM dolt_log), current_setting('dolt_transaction_commit')",
   );
   assert.match(stdout, /inventory\|0\|1/);
   await withClient((client) => client.query("DROP DATABASE inventory"));
@@ -234,28 +242,7 @@ test("ALTER SYSTEM SET persists (the reference's statements verbatim), across a 
     "ALTER SYSTEM SET dolt_replicate_heads TO '';",
     "ALTER SYSTEM SET dolt_replication_remote_url_template = 'file:///share/doltRemotes/{database}'; -- file based remote",
   ];
-  // psql, as the reference's reader would type them.
-  for (const statement of reference) {
-    const { stdout } = await run(
-      "psql",
-      [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        String(strata.port),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
-        statement,
-      ],
-      { env: { ...process.env, PGPASSWORD: TEST_PASSWORD } },
-    );
-    assert.match(stdout, /ALTER SYSTEM/);
-  }
+  for (const statement of reference) assert.match(await psql("-c", statement), /ALTER SYSTEM/);
   const expected = {
     dolt_replicate_to_remote: "origin",
     dolt_async_replication: "1",
@@ -283,21 +270,5 @@ test("ALTER SYSTEM SET persists (the reference's statements verbatim), across a 
         (await client.query("SHOW dolt_replicate_heads")).rows[0].dolt_replicate_heads === "main",
     ),
   );
-  const { stdout } = await run(
-    "psql",
-    [
-      "-h",
-      "127.0.0.1",
-      "-p",
-      String(strata.port),
-      "-U",
-      "postgres",
-      "-d",
-      "postgres",
-      "-Atc",
-      "SHOW dolt_async_replication",
-    ],
-    { env: { ...process.env, PGPASSWORD: TEST_PASSWORD } },
-  );
-  assert.equal(stdout.trim(), "1");
+  assert.equal((await psql("-Atc", "SHOW dolt_async_replication")).trim(), "1");
 });
