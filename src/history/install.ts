@@ -3,7 +3,8 @@
 // search_path) over them.
 //
 // Storage of history (designed for the diff and as-of surface):
-//   strata.commits  one row per commit, `seq` orders them (linear history on a replica).
+//   strata.commits  one row per commit, `seq` orders them: history is linear and `seq` dense
+//                   (commit n's parent is commit n - 1), which HEAD~N relies on.
 //   strata.changes  one row per row change: (commit_seq, ord) orders changes within a commit;
 //                   old_row / new_row are the exact row images as stored (to_jsonb), row_key the
 //                   replica-identity columns (after the change; before it for deletes), old_key

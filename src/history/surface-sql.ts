@@ -115,7 +115,10 @@ BEGIN
     END IF;
   END IF;
   IF back > 0 THEN
-    SELECT seq INTO n FROM strata.commits WHERE seq <= found_seq ORDER BY seq DESC OFFSET back LIMIT 1;
+    -- History is linear and commit_order dense (each commit's parent is the one numbered before
+    -- it: every writer takes max + 1 in the transaction that writes it), so the N-th ancestor is
+    -- one index lookup, not a walk.
+    SELECT seq INTO n FROM strata.commits WHERE seq = found_seq - back;
     IF n IS NULL THEN
       RAISE EXCEPTION 'commit name "%" goes back before the first commit', spec
         USING ERRCODE = '22023',
