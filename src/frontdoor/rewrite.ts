@@ -159,14 +159,17 @@ export async function rewriteSql(sql: string, catalog: RewriteCatalog): Promise<
     rewriteExpressions(statement, edits, asOfCalls);
   }
   if (edits.length === 0) return text === sql ? undefined : { sql: text, altersSystem };
-  let rewritten = applyEdits(text, edits);
-  if (asOfCalls.length > 0) rewritten = await withKeyLookups(rewritten, asOfCalls, catalog);
+  const rewritten = applyEdits(text, edits);
+  // One parse: it checks the rewrite (a failure lets the store report the client's own syntax
+  // error) and finds the key lookups; adding key arguments keeps the statement valid.
+  let tree: unknown;
   try {
-    parseSync(rewritten);
+    tree = parseSync(rewritten);
   } catch {
-    return undefined; // let the store report the client's own syntax error
+    return undefined;
   }
-  return { sql: rewritten, altersSystem };
+  const sqlOut = asOfCalls.length > 0 ? await withKeyLookups(rewritten, tree, asOfCalls, catalog) : rewritten;
+  return { sql: sqlOut, altersSystem };
 }
 
 function applyEdits(text: string, edits: Edit[]): string {
@@ -371,13 +374,12 @@ function* selects(node: unknown): Generator<ParseNode> {
 }
 
 /** Add the key arguments to as-of calls whose query names every key column by equality. */
-async function withKeyLookups(sql: string, calls: AsOfCall[], catalog: RewriteCatalog): Promise<string> {
-  let tree: unknown;
-  try {
-    tree = parseSync(sql);
-  } catch {
-    return sql;
-  }
+async function withKeyLookups(
+  sql: string,
+  tree: unknown,
+  calls: AsOfCall[],
+  catalog: RewriteCatalog,
+): Promise<string> {
   const edits: Edit[] = [];
   for (const select of selects(tree)) {
     const from = select.fromClause;

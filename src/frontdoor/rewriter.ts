@@ -11,12 +11,16 @@ import type { QueryRewriter, RewriteContext } from "./session.ts";
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 /** How long the key parameters of a table's as-of function are remembered. */
 const CATALOG_TTL_MS = 5_000;
+/** Rewrites remembered (per database and SQL text; unnamed statements repeat). */
+const REWRITE_CACHE_SIZE = 500;
 /** How long an ALTER SYSTEM may take to reach postgresql.auto.conf before the reload is given up. */
 const RELOAD_WAIT_MS = 10_000;
 
 export class StrataRewriter implements QueryRewriter {
   private readonly pools = new Map<string, pg.Pool>();
   private readonly keyCache = new Map<string, { at: number; keys: string[] | undefined }>();
+  /** Recent rewrites: they depend on the catalog (keys) only, so they live as long as its cache. */
+  private readonly rewrites = new Map<string, { at: number; sql: string | undefined }>();
   private closed = false;
 
   constructor(
@@ -30,12 +34,20 @@ export class StrataRewriter implements QueryRewriter {
   }
 
   private async rewriteCandidate(sql: string, context: RewriteContext): Promise<string | undefined> {
+    const cacheKey = `${context.database}\u0000${sql}`;
+    const cached = this.rewrites.get(cacheKey);
+    if (cached && Date.now() - cached.at < CATALOG_TTL_MS) return cached.sql;
     const result = await rewriteSql(sql, {
       asOfKeys: (schema, table) => this.asOfKeys(context.database, schema, table),
     });
-    if (!result) return undefined;
-    if (result.altersSystem.length > 0) void this.reloadWhenWritten(result.altersSystem);
-    return result.sql;
+    if (result && result.altersSystem.length > 0) {
+      // Not cached: each one must reload the configuration once written.
+      void this.reloadWhenWritten(result.altersSystem);
+      return result.sql;
+    }
+    if (this.rewrites.size >= REWRITE_CACHE_SIZE) this.rewrites.delete(this.rewrites.keys().next().value!);
+    this.rewrites.set(cacheKey, { at: Date.now(), sql: result?.sql });
+    return result?.sql;
   }
 
   async close(): Promise<void> {

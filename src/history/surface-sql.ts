@@ -320,7 +320,7 @@ LANGUAGE sql STABLE AS $$
   SELECT d.to_row, tc.hash, tc.date, d.from_row, fc.hash, fc.date,
          CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
     FROM strata.surface_of(table_name) s
-    CROSS JOIN LATERAL (SELECT dolt.commit_seq(from_commit) AS f, dolt.commit_seq(to_commit) AS t) q
+    CROSS JOIN LATERAL (SELECT dolt.commit_seq(from_commit) AS f, dolt.commit_seq(to_commit) AS t OFFSET 0) q
     JOIN strata.commits fc ON fc.seq = q.f
     JOIN strata.commits tc ON tc.seq = q.t
     CROSS JOIN LATERAL strata.diff_rows(s.rel, s.tbl, s.key_columns, q.f, q.t) d

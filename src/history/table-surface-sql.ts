@@ -33,7 +33,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION strata.drop_table_surface(p_schema text, p_table text) RETURNS void
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET client_min_messages = warning AS $fn$
 DECLARE
   f regprocedure;
 BEGIN
@@ -52,7 +52,7 @@ $fn$;
 -- (Re)create T's surface when it is missing or T's columns or key changed. p_keys is the key the
 -- writer records T's changes under ('{}' for none); NULL keeps the recorded one.
 CREATE OR REPLACE FUNCTION strata.ensure_table_surface(p_schema text, p_table text, p_keys text[] DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $fn$
+RETURNS void LANGUAGE plpgsql SET client_min_messages = warning AS $fn$
 DECLARE
   tbl regclass := to_regclass(format('%I.%I', p_schema, p_table));
   v_rel text := p_schema || '.' || p_table;
@@ -80,7 +80,7 @@ BEGIN
     FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
   IF names IS NULL THEN RETURN; END IF;
   keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
-  v_sig := jsonb_build_object('v', 4, 'names', names, 'types', types, 'keys', keys)::text;
+  v_sig := jsonb_build_object('v', 5, 'names', names, 'types', types, 'keys', keys)::text;
   IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
      AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
     RETURN;
@@ -166,7 +166,7 @@ BEGIN
     CREATE FUNCTION %1$I.%2$I(text, text) RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
       SELECT %4$s, tc.hash, tc.date, %5$s, fc.hash, fc.date,
              CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
-        FROM (SELECT dolt.commit_seq($1) AS fs, dolt.commit_seq($2) AS ts) q
+        FROM (SELECT dolt.commit_seq($1) AS fs, dolt.commit_seq($2) AS ts OFFSET 0) q  -- OFFSET 0: name each commit once
         JOIN strata.commits fc ON fc.seq = q.fs
         JOIN strata.commits tc ON tc.seq = q.ts
        CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, q.fs, q.ts) d

@@ -11,9 +11,9 @@
 // (the replica guard) and captures nothing: its commits are the primary's transactions. Strata's
 // own connections set strata.applying, which the triggers let through.
 //
-// A SQL commit's hash covers a canonical text of the commit (header, then each schema change and
-// row change with its row images as jsonb text, in order), so equal hashes mean equal history, as
-// for replicated commits.
+// A SQL commit's hash covers a canonical form of the commit: its header (parent, author, date,
+// message), then the digest of each schema change's and row change's line (row images as jsonb
+// text), in order. Equal hashes mean equal history, as for replicated commits.
 
 export const WORKING_SET_SQL = `
 CREATE SEQUENCE IF NOT EXISTS strata.working_seq;
@@ -54,29 +54,45 @@ LANGUAGE sql STABLE AS $$
    WHERE i.indrelid = tbl AND i.indisprimary
 $$;
 
-CREATE OR REPLACE FUNCTION strata.capture_row() RETURNS trigger
+-- Capture, by the table's root (a partition's rows are its partitioned table's). Inserts and
+-- deletes are captured per statement from its transition table (one INSERT ... SELECT, not a
+-- function call per row); updates per row, since a transition table does not pair old and new.
+-- The table's root, name and key are the triggers' arguments (set again after DDL on it), so
+-- capturing reads no catalog; PL/pgSQL keeps a compiled copy (and plans) per table.
+CREATE OR REPLACE FUNCTION strata.capture_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF strata.internal_writer() THEN RETURN NULL; END IF;
+  INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
+  SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'I', strata.key_of(to_jsonb(n.*), TG_ARGV[2]::text[]), to_jsonb(n.*)
+    FROM strata_inserted n;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION strata.capture_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF strata.internal_writer() THEN RETURN NULL; END IF;
+  INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+  SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'D', strata.key_of(to_jsonb(o.*), TG_ARGV[2]::text[]), to_jsonb(o.*)
+    FROM strata_deleted o;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION strata.capture_updated() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  keys text[];
-  v_rel text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
   new_key jsonb;
   old_key jsonb;
 BEGIN
   IF strata.internal_writer() THEN RETURN NULL; END IF;
-  keys := strata.primary_key_columns(TG_RELID);
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
-    VALUES (TG_RELID, v_rel, 'I', strata.key_of(to_jsonb(NEW), keys), to_jsonb(NEW));
-  ELSIF TG_OP = 'UPDATE' THEN
-    new_key := strata.key_of(to_jsonb(NEW), keys);
-    old_key := strata.key_of(to_jsonb(OLD), keys);
-    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_key, old_row, new_row)
-    VALUES (TG_RELID, v_rel, 'U', new_key, CASE WHEN old_key IS DISTINCT FROM new_key THEN old_key END,
-            to_jsonb(OLD), to_jsonb(NEW));
-  ELSE
-    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
-    VALUES (TG_RELID, v_rel, 'D', strata.key_of(to_jsonb(OLD), keys), to_jsonb(OLD));
-  END IF;
+  new_key := strata.key_of(to_jsonb(NEW), TG_ARGV[2]::text[]);
+  old_key := strata.key_of(to_jsonb(OLD), TG_ARGV[2]::text[]);
+  INSERT INTO strata.working_changes (relid, rel, op, row_key, old_key, old_row, new_row)
+  VALUES (TG_ARGV[0]::oid, TG_ARGV[1], 'U', new_key, CASE WHEN old_key IS DISTINCT FROM new_key THEN old_key END,
+          to_jsonb(OLD), to_jsonb(NEW));
   RETURN NULL;
 END
 $fn$;
@@ -88,18 +104,29 @@ BEGIN
   EXECUTE format(
     'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
      SELECT %s, %L, ''T'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
-    TG_RELID, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, strata.primary_key_columns(TG_RELID), TG_RELID::regclass);
+    TG_ARGV[0]::oid, TG_ARGV[1], TG_ARGV[2], TG_RELID::regclass);
   RETURN NULL;
 END
 $fn$;
 
+-- Partitions are captured through their partitioned table (transition tables are not allowed on
+-- partitions); rows written straight into a partition are not captured.
 CREATE OR REPLACE FUNCTION strata.attach_capture(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $fn$
+DECLARE
+  args text;
 BEGIN
-  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture AFTER INSERT OR UPDATE OR DELETE ON %s
-                  FOR EACH ROW EXECUTE FUNCTION strata.capture_row()', tbl);
+  IF (SELECT relispartition FROM pg_class WHERE oid = tbl) THEN RETURN; END IF;
+  args := (SELECT format('%L, %L, %L', c.oid, n.nspname || '.' || c.relname, coalesce(strata.primary_key_columns(c.oid), '{}'))
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl);
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_insert AFTER INSERT ON %s
+                  REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_inserted(%s)', tbl, args);
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_delete AFTER DELETE ON %s
+                  REFERENCING OLD TABLE AS strata_deleted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_deleted(%s)', tbl, args);
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_update AFTER UPDATE ON %s
+                  FOR EACH ROW EXECUTE FUNCTION strata.capture_updated(%s)', tbl, args);
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_truncate BEFORE TRUNCATE ON %s
-                  FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_truncate()', tbl);
+                  FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_truncate(%s)', tbl, args);
 END
 $fn$;
 
@@ -118,7 +145,9 @@ CREATE OR REPLACE FUNCTION strata.guard_replicated(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'strata_replica_guard') THEN RETURN; END IF;
-  EXECUTE format('DROP TRIGGER IF EXISTS strata_capture ON %s', tbl);
+  EXECUTE format('DROP TRIGGER IF EXISTS strata_capture_insert ON %s', tbl);
+  EXECUTE format('DROP TRIGGER IF EXISTS strata_capture_delete ON %s', tbl);
+  EXECUTE format('DROP TRIGGER IF EXISTS strata_capture_update ON %s', tbl);
   EXECUTE format('DROP TRIGGER IF EXISTS strata_capture_truncate ON %s', tbl);
   EXECUTE format('CREATE TRIGGER strata_replica_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s
                   FOR EACH STATEMENT EXECUTE FUNCTION strata.replica_guard()', tbl);
@@ -139,7 +168,7 @@ BEGIN
   FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     CONTINUE WHEN c.object_type <> 'table' OR c.in_extension
       OR c.schema_name IN ('strata', 'dolt', 'pg_catalog', 'information_schema')
-      OR (SELECT relpersistence = 't' FROM pg_class WHERE oid = c.objid);
+      OR (SELECT relpersistence = 't' OR relispartition FROM pg_class WHERE oid = c.objid);
     SELECT n.nspname, k.relname INTO v_schema, v_table
       FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = c.objid;
     v_rel := v_schema || '.' || v_table;
@@ -150,12 +179,13 @@ BEGIN
       VALUES (c.objid, v_rel, 'CREATE TABLE', 'CREATE TABLE ' || c.object_identity);
       EXECUTE format(
         'INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
-         SELECT %s, %L, ''I'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
-        c.objid, v_rel, strata.primary_key_columns(c.objid), c.objid::regclass);
+         SELECT %s, %L, ''I'', %s, to_jsonb(t.*) FROM %s t',
+        c.objid, v_rel, coalesce(strata.key_expression(strata.primary_key_columns(c.objid), 't'), 'NULL::jsonb'), c.objid::regclass);
     ELSIF c.command_tag = 'ALTER TABLE' THEN
-      IF NOT strata.replicating() AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = c.objid AND tgname = 'strata_capture') THEN
+      IF NOT strata.replicating() AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = c.objid AND tgname = 'strata_capture_update') THEN
         INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
         VALUES (c.objid, v_rel, 'ALTER TABLE', 'ALTER TABLE ' || c.object_identity);
+        PERFORM strata.attach_capture(c.objid::regclass);
       END IF;
       IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel) THEN
         PERFORM strata.ensure_table_surface(v_schema, v_table);
@@ -254,15 +284,17 @@ BEGIN
   END IF;
   SELECT seq, hash INTO v_seq, parent FROM strata.commits ORDER BY seq DESC LIMIT 1;
   v_seq := coalesce(v_seq, 0) + 1;
-  canonical := format(E'strata sql commit v1\\nparent %s\\ncommitter %s <%s>\\ndate %s\\nmessage %s\\n',
+  -- The canonical text's header, then each change's line by its own digest (in order), so that a
+  -- large commit is hashed without building its whole text in memory.
+  canonical := format(E'strata sql commit v2\nparent %s\ncommitter %s <%s>\ndate %s\nmessage %s\n',
                       coalesce(parent, '-'), committer, email,
-                      to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), message)
-    || coalesce((SELECT string_agg(x.line, '' ORDER BY x.id) FROM (
-         SELECT id, format(E'schema %s %s\\n', rel, ddl) AS line FROM strata.working_schema_changes WHERE staged
-         UNION ALL
-         SELECT id, format(E'row %s %s %s %s %s %s\\n', rel, op, row_key, old_key, old_row, new_row)
-           FROM strata.working_changes WHERE staged) x), '');
-  v_hash := strata.base32(substring(sha256(convert_to(canonical, 'UTF8')) FROM 1 FOR 20));
+                      to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), message);
+  v_hash := strata.base32(substring(sha256(convert_to(canonical, 'UTF8') || coalesce((
+    SELECT string_agg(sha256(convert_to(x.line, 'UTF8')), ''::bytea ORDER BY x.id) FROM (
+      SELECT id, format('schema %s %s', rel, ddl) AS line FROM strata.working_schema_changes WHERE staged
+      UNION ALL
+      SELECT id, format('row %s %s %s %s %s %s', rel, op, row_key, old_key, old_row, new_row)
+        FROM strata.working_changes WHERE staged) x), ''::bytea)) FROM 1 FOR 20));
   INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message)
   VALUES (v_seq, v_hash, parent, committer, email, at, message);
   -- Rows and schema changes share the commit's ordinals, in the order they happened.
