@@ -3,6 +3,7 @@
 // Strata variable reloads the store's configuration once the new value is in the file, so that
 // new sessions see it without a restart.
 import pg from "pg";
+import { findVariable } from "../config/variables.ts";
 import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { type AlteredSetting, mayRewrite, rewriteSql } from "./rewrite.ts";
@@ -112,9 +113,16 @@ export class StrataRewriter implements QueryRewriter {
         );
         if (rows[0]?.written) {
           await pool.query("SELECT pg_reload_conf()");
+          // New sessions see the value now; what Strata itself reads at start waits for a restart.
+          const atStart = settings
+            .map((s) => findVariable(s.name.replace(/^strata\./, "")))
+            .filter((v) => v?.readAt === "start")
+            .map((v) => v!.name);
           this.log.info(
-            { settings: settings.map((s) => s.name) },
-            "ALTER SYSTEM: store configuration reloaded",
+            { settings: settings.map((s) => s.name), takes_effect_at_restart: atStart },
+            atStart.length > 0
+              ? `ALTER SYSTEM: store configuration reloaded; ${atStart.join(", ")} take${atStart.length === 1 ? "s" : ""} effect when Strata restarts`
+              : "ALTER SYSTEM: store configuration reloaded",
           );
           return;
         }

@@ -260,6 +260,10 @@ test("ALTER SYSTEM SET persists (the reference's statements verbatim), across a 
     "new sessions to see ALTER SYSTEM's values",
     async () => JSON.stringify(await current()) === JSON.stringify(expected),
   );
+  // What Strata reads at start says so in its log.
+  await waitFor("the log to say ALTER SYSTEM takes effect at restart", async () =>
+    /dolt_replicate_to_remote takes effect when Strata restarts/.test(strata.logs),
+  );
   await strata.stop();
   await strata.start();
   assert.deepEqual(await current(), expected, "persisted across a restart");
