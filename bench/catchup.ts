@@ -18,13 +18,9 @@
 // for Strata one history commit per upstream transaction); a run that fails a check is reported
 // as FAILED and left out of the figures. See docs/performance.md.
 // Progress goes to stderr; the tables to stdout; all figures to bench/results/catchup-<ts>.json.
-import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
-import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type pg from "pg";
-import { findPgBinaries } from "../src/store/binaries.ts";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
@@ -33,9 +29,12 @@ import { fixed, type Summary, summarize, table, thousands } from "./support/repo
 import {
   compareChecksums,
   durabilitySettings,
+  machineInfo,
   progressReporter,
   runBench,
   type TableSum,
+  usageExits,
+  writeResults,
 } from "./support/scaffold.ts";
 import {
   bulkWorkload,
@@ -78,28 +77,17 @@ function options() {
       help: { type: "boolean", short: "h", default: false },
     },
   });
-  if (values.help) {
-    process.stdout.write(`${USAGE}\n`);
-    process.exit(0);
-  }
+  const fail = usageExits(USAGE, values.help);
   const int = (name: string, text: string, min: number) => {
     const n = Number(text);
-    if (!Number.isInteger(n) || n < min) {
-      process.stderr.write(`--${name} must be an integer >= ${min}, got ${text}\n${USAGE}\n`);
-      process.exit(2);
-    }
+    if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got ${text}`);
     return n;
   };
   const workload = values.workload;
-  if (!["bulk", "mixed", "all"].includes(workload)) {
-    process.stderr.write(`--workload must be bulk, mixed or all, got ${workload}\n${USAGE}\n`);
-    process.exit(2);
-  }
+  if (!["bulk", "mixed", "all"].includes(workload))
+    fail(`--workload must be bulk, mixed or all, got ${workload}`);
   for (const name of ["fsync", "history"] as const) {
-    if (!["on", "off"].includes(values[name])) {
-      process.stderr.write(`--${name} must be on or off, got ${values[name]}\n${USAGE}\n`);
-      process.exit(2);
-    }
+    if (!["on", "off"].includes(values[name])) fail(`--${name} must be on or off, got ${values[name]}`);
   }
   return {
     runs: int("runs", values.runs, 1),
@@ -433,7 +421,10 @@ async function runStrata(
     instances.push(prime);
     try {
       await prime.start();
-      await w.createTables(endpointOfStrata(prime));
+      // As Strata's own writer (strata.applying): the replica's tables start as a copy, not as
+      // changes of a working set that a standalone Strata would otherwise capture.
+      const prep = endpointOfStrata(prime);
+      await w.createTables({ ...prep, config: { ...prep.config, options: "-c strata.applying=on" } });
     } finally {
       await prime.stop();
     }
@@ -620,19 +611,6 @@ async function consumer(fn: () => Promise<ConsumerRun>, run: number): Promise<Co
 // ---------------------------------------------------------------------------------------------
 // Report
 
-function machine() {
-  const bin = findPgBinaries();
-  const cpus = os.cpus();
-  return {
-    cpus: cpus.length,
-    cpuModel: cpus[0]?.model,
-    memoryGb: Number((os.totalmem() / 1024 ** 3).toFixed(1)),
-    os: `${os.type()} ${os.release()}`,
-    node: process.version,
-    postgres: execFileSync(bin.postgres, ["--version"], { encoding: "utf8" }).trim(),
-  };
-}
-
 const seconds = (s: Summary) => `${fixed(s.min)} / ${fixed(s.median)} / ${fixed(s.max)}`;
 
 function summaryOf(runs: { seconds?: number; ok?: boolean }[]): Summary {
@@ -743,7 +721,7 @@ function render(results: WorkloadResult[]): string {
 }
 
 async function main() {
-  const info = machine();
+  const info = machineInfo();
   const startedAt = new Date();
   progress(
     `machine: ${info.cpus} × ${info.cpuModel}, ${info.memoryGb} GB, ${info.os}, node ${info.node}, ${info.postgres}`,
@@ -770,52 +748,37 @@ async function main() {
       .map(([who, x]) => `${r.workload} ${who} run ${x.run}: ${x.error}`),
   );
   for (const f of failures) process.stdout.write(`FAILED ${f}\n`);
-  const dir = join(import.meta.dirname, "results");
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `catchup-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
-  writeFileSync(
-    file,
-    `${JSON.stringify(
-      {
-        benchmark: "catchup",
-        startedAt: startedAt.toISOString(),
-        finishedAt: new Date().toISOString(),
-        machine: info,
-        options: {
-          runs: opts.runs,
-          rows: opts.rows,
-          workloads: opts.workloads,
-          scale: opts.scale,
-          fsync: opts.fsync,
-          strataHistory: opts.history,
-        },
-        durability: { settings: DURABILITY, description: DURABILITY_TEXT },
-        method: {
-          timing:
-            "native: CREATE SUBSCRIPTION (create_slot=false, copy_data=false) → slot confirmed_flush_lsn >= end LSN; strata: spawn of `strata serve` → same condition",
-          endLsn:
-            "end of the last commit record of the backlog (max lsn of pg_logical_slot_peek_binary_changes)",
-          decodingCeiling:
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(slot, NULL, NULL, 'proto_version', '1', 'publication_names', pub)",
-          memory:
-            "strata: VmHWM of the strata process; servers: peak of the summed PSS of all processes, sampled every 0.5 s",
-        },
-        workloads: results.map((r) => ({
-          ...r,
-          summary: {
-            decode: summaryOf(r.decode),
-            native: summaryOf(r.native),
-            strata: summaryOf(r.strata),
-            ratioStrataToNative: summaryOf(r.strata).median / summaryOf(r.native).median,
-          },
-        })),
-        failures,
+  writeResults("catchup", startedAt, {
+    machine: info,
+    options: {
+      runs: opts.runs,
+      rows: opts.rows,
+      workloads: opts.workloads,
+      scale: opts.scale,
+      fsync: opts.fsync,
+      strataHistory: opts.history,
+    },
+    durability: { settings: DURABILITY, description: DURABILITY_TEXT },
+    method: {
+      timing:
+        "native: CREATE SUBSCRIPTION (create_slot=false, copy_data=false) → slot confirmed_flush_lsn >= end LSN; strata: spawn of `strata serve` → same condition",
+      endLsn: "end of the last commit record of the backlog (max lsn of pg_logical_slot_peek_binary_changes)",
+      decodingCeiling:
+        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(slot, NULL, NULL, 'proto_version', '1', 'publication_names', pub)",
+      memory:
+        "strata: VmHWM of the strata process; servers: peak of the summed PSS of all processes, sampled every 0.5 s",
+    },
+    workloads: results.map((r) => ({
+      ...r,
+      summary: {
+        decode: summaryOf(r.decode),
+        native: summaryOf(r.native),
+        strata: summaryOf(r.strata),
+        ratioStrataToNative: summaryOf(r.strata).median / summaryOf(r.native).median,
       },
-      null,
-      2,
-    )}\n`,
-  );
-  process.stdout.write(`\nfigures written to ${file}\n`);
+    })),
+    failures,
+  });
   return failures.length === 0 ? 0 : 1;
 }
 

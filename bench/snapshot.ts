@@ -25,11 +25,10 @@
 // leaves it out of the figures. Progress goes to stderr, the table to stdout, every figure to
 // bench/results/snapshot-<ts>.json. See docs/performance.md, "Initial snapshot".
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { findPgBinaries } from "../src/store/binaries.ts";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { onProcessExit } from "../test/support/cleanup.ts";
 import { startPrimary, TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
@@ -39,9 +38,13 @@ import { fixed, type Summary, summarize, table, thousands } from "./support/repo
 import {
   compareChecksums,
   durabilitySettings,
+  machineInfo,
+  pgProgram,
   progressReporter,
   runBench,
   type TableSum,
+  usageExits,
+  writeResults,
 } from "./support/scaffold.ts";
 import { type Endpoint, withClient } from "./support/workloads.ts";
 
@@ -88,14 +91,7 @@ function options() {
       help: { type: "boolean", short: "h", default: false },
     },
   });
-  if (values.help) {
-    process.stdout.write(`${USAGE}\n`);
-    process.exit(0);
-  }
-  const fail = (message: string): never => {
-    process.stderr.write(`${message}\n${USAGE}\n`);
-    process.exit(2);
-  };
+  const fail = usageExits(USAGE, values.help);
   const int = (name: string, text: string, min: number, max = Number.MAX_SAFE_INTEGER) => {
     const n = Number(text);
     if (!Number.isInteger(n) || n < min || n > max)
@@ -186,16 +182,6 @@ async function guarded<T>(start: () => Promise<T>): Promise<T> {
     starting--;
     if (interrupted && starting === 0) exitOnSignal(interrupted);
   }
-}
-
-const BIN = findPgBinaries();
-/** A client program of the same installation as the server binaries. */
-function tool(name: string): string {
-  for (const dir of [dirname(realpathSync(BIN.postgres)), BIN.dir]) {
-    const path = join(dir, name);
-    if (existsSync(path)) return path;
-  }
-  return name;
 }
 
 const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
@@ -312,7 +298,7 @@ async function generate(primary: TestCluster): Promise<Dataset> {
   progress(`pgbench -i -s ${opts.scale} (${thousands(opts.scale * 100_000)} accounts)`);
   // pgbench's -d is --debug: the database name goes last.
   const pgbenchConn = connArgs(primary).replace(/ -d postgres$/, " postgres");
-  await sh(`${quote(tool("pgbench"))} -i -I dtGvp -s ${opts.scale} -q ${pgbenchConn}`);
+  await sh(`${quote(pgProgram("pgbench"))} -i -I dtGvp -s ${opts.scale} -q ${pgbenchConn}`);
   const wideRows = Math.ceil((opts.toastMb * 1024 * 1024) / WIDE_ROW_BYTES);
   progress(`bench_wide: ${thousands(wideRows)} rows of ${thousands(WIDE_ROW_BYTES)} bytes (md5 chains)`);
   await withClient(endpointOfCluster(primary), async (c) => {
@@ -445,7 +431,7 @@ async function runDumpPlain(primary: TestCluster, dataset: Dataset, run: number)
     progress("pg_dump -Fp | psql");
     const started = performance.now();
     await sh(
-      `${quote(tool("pg_dump"))} -Fp ${tableArgs} ${connArgs(primary)} | ${quote(tool("psql"))} -X -q -v ON_ERROR_STOP=1 ${connArgs(cluster)} >/dev/null`,
+      `${quote(pgProgram("pg_dump"))} -Fp ${tableArgs} ${connArgs(primary)} | ${quote(pgProgram("psql"))} -X -q -v ON_ERROR_STOP=1 ${connArgs(cluster)} >/dev/null`,
     );
     const seconds = (performance.now() - started) / 1000;
     const serverCpu = procfs.clusterCpuSeconds(postmaster) - cpuBefore;
@@ -472,9 +458,11 @@ async function runDumpDir(primary: TestCluster, dataset: Dataset, run: number): 
     const w = opts.workers;
     progress(`pg_dump -Fd -j ${w} -Z 0, then pg_restore -j ${w}`);
     const started = performance.now();
-    await sh(`${quote(tool("pg_dump"))} -Fd -j ${w} -Z 0 -f ${quote(dir)} ${tableArgs} ${connArgs(primary)}`);
+    await sh(
+      `${quote(pgProgram("pg_dump"))} -Fd -j ${w} -Z 0 -f ${quote(dir)} ${tableArgs} ${connArgs(primary)}`,
+    );
     const dumped = performance.now();
-    await sh(`${quote(tool("pg_restore"))} -j ${w} -e ${connArgs(cluster)} ${quote(dir)}`);
+    await sh(`${quote(pgProgram("pg_restore"))} -j ${w} -e ${connArgs(cluster)} ${quote(dir)}`);
     const seconds = (performance.now() - started) / 1000;
     const restoreSeconds = (performance.now() - dumped) / 1000;
     const serverCpu = procfs.clusterCpuSeconds(postmaster) - cpuBefore;
@@ -506,7 +494,7 @@ async function runNative(primary: TestCluster, dataset: Dataset, run: number): P
   try {
     progress("creating the tables (schema-only dump, not timed)");
     await sh(
-      `${quote(tool("pg_dump"))} --schema-only ${tableArgs} ${connArgs(primary)} | ${quote(tool("psql"))} -X -q -v ON_ERROR_STOP=1 ${connArgs(cluster)} >/dev/null`,
+      `${quote(pgProgram("pg_dump"))} --schema-only ${tableArgs} ${connArgs(primary)} | ${quote(pgProgram("psql"))} -X -q -v ON_ERROR_STOP=1 ${connArgs(cluster)} >/dev/null`,
     );
     const cpuBefore = procfs.clusterCpuSeconds(postmaster);
     const conninfo = `host=${primary.host} port=${primary.port} user=${primary.spec.superuser} password=${primary.spec.password} dbname=postgres`;
@@ -770,16 +758,7 @@ async function attempt(target: string, run: number, fn: () => Promise<TargetRun>
 // Report
 
 function machine() {
-  const cpus = os.cpus();
-  return {
-    cpus: cpus.length,
-    cpuModel: cpus[0]?.model,
-    memoryGb: Number((os.totalmem() / 1024 ** 3).toFixed(1)),
-    os: `${os.type()} ${os.release()}`,
-    node: process.version,
-    postgres: execFileSync(BIN.postgres, ["--version"], { encoding: "utf8" }).trim(),
-    loadAverage: os.loadavg().map((l) => Number(l.toFixed(2))),
-  };
+  return { ...machineInfo(), loadAverage: os.loadavg().map((l) => Number(l.toFixed(2))) };
 }
 
 const MB = 1024 * 1024;
@@ -919,52 +898,38 @@ async function main() {
     .filter((r) => !r.ok)
     .map((r) => `${r.target} run ${r.run}: ${r.error}`);
   for (const f of failures) process.stdout.write(`FAILED ${f}\n`);
-  const dir = join(import.meta.dirname, "results");
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `snapshot-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
   const strataMedian = summaryOf(byTarget.get("strata") ?? []).median;
-  writeFileSync(
-    file,
-    `${JSON.stringify(
-      {
-        benchmark: "snapshot",
-        startedAt: startedAt.toISOString(),
-        finishedAt: new Date().toISOString(),
-        machine: { ...info, loadAverageAtEnd: os.loadavg().map((l) => Number(l.toFixed(2))) },
-        note: "shared machine: other sessions may run tests at the same time",
-        options: {
-          scale: opts.scale,
-          toastMb: opts.toastMb,
-          runs: opts.runs,
-          workers: opts.workers,
-          fsync: opts.fsync,
-          only: [...opts.only],
-          strataHistory: opts.histories,
-          strataChunkMb: opts.chunkMb ?? "default",
+  writeResults("snapshot", startedAt, {
+    machine: { ...info, loadAverageAtEnd: os.loadavg().map((l) => Number(l.toFixed(2))) },
+    note: "shared machine: other sessions may run tests at the same time",
+    options: {
+      scale: opts.scale,
+      toastMb: opts.toastMb,
+      runs: opts.runs,
+      workers: opts.workers,
+      fsync: opts.fsync,
+      only: [...opts.only],
+      strataHistory: opts.histories,
+      strataChunkMb: opts.chunkMb ?? "default",
+    },
+    durability: { settings: DURABILITY, description: DURABILITY_TEXT },
+    dataset,
+    targets: [...byTarget].map(([target, runs]) => {
+      const s = summaryOf(runs);
+      return {
+        target,
+        summary: {
+          seconds: s,
+          rowsPerSecond: dataset.rows / s.median,
+          mbPerSecond: dataset.bytes / MB / s.median,
+          /** Strata's median time ÷ this target's: above 1, Strata is slower. */
+          strataTimeRatio: strataMedian / s.median,
         },
-        durability: { settings: DURABILITY, description: DURABILITY_TEXT },
-        dataset,
-        targets: [...byTarget].map(([target, runs]) => {
-          const s = summaryOf(runs);
-          return {
-            target,
-            summary: {
-              seconds: s,
-              rowsPerSecond: dataset.rows / s.median,
-              mbPerSecond: dataset.bytes / MB / s.median,
-              /** Strata's median time ÷ this target's: above 1, Strata is slower. */
-              strataTimeRatio: strataMedian / s.median,
-            },
-            runs,
-          };
-        }),
-        failures,
-      },
-      null,
-      2,
-    )}\n`,
-  );
-  process.stdout.write(`\nfigures written to ${file}\n`);
+        runs,
+      };
+    }),
+    failures,
+  });
   return failures.length === 0 ? 0 : 1;
 }
 

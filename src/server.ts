@@ -48,7 +48,12 @@ export async function startServer(
     try {
       await installStrataSchema(client, database);
       await writeSettingDefaults(client, defaultSettings(config));
-      await setDatabaseRole(client, Boolean(config.postgres_replication));
+      const dropped = await setDatabaseRole(client, Boolean(config.postgres_replication));
+      if (dropped > 0)
+        log.warn(
+          { database, changes: dropped },
+          "this database now replicates from upstream: its uncommitted SQL changes (dolt_status) were dropped, since only the primary's transactions are commits here",
+        );
       // Read through the store: ALTER SYSTEM SET dolt_transaction_commit persists over the config
       // file's value, and takes effect at the next start.
       const { rows } = await client.query<{ value: string }>(

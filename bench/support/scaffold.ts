@@ -1,6 +1,27 @@
-// What every benchmark script repeats: the durability settings its target clusters share, and
-// its progress lines on stderr.
+// What every benchmark script repeats: its usage and option errors, the durability settings its
+// target clusters share, its progress lines on stderr, the Postgres programs it runs, the
+// machine it ran on, and the file of its figures.
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, realpathSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { dirname, join } from "node:path";
+import { findPgBinaries, type PgBinaries } from "../../src/store/binaries.ts";
 import { clock } from "./report.ts";
+
+/**
+ * A bench's usage text: with `help` (its -h/--help option) it is printed to stdout and the process
+ * exits 0; the function returned prints an option error and the usage to stderr and exits 2.
+ */
+export function usageExits(usage: string, help: boolean | undefined): (message: string) => never {
+  if (help) {
+    process.stdout.write(`${usage}\n`);
+    process.exit(0);
+  }
+  return (message: string): never => {
+    process.stderr.write(`${message}\n${usage}\n`);
+    process.exit(2);
+  };
+}
 
 /** The same durability on every target cluster (and on Strata's managed store). */
 export function durabilitySettings(fsync: boolean): Record<string, boolean> {
@@ -53,6 +74,58 @@ export function compareChecksums(
       problems.push(`${name}: same row count (${want.rows}) but different contents`);
   }
   return problems;
+}
+
+let binaries: PgBinaries | undefined;
+
+/** The Postgres server binaries (looked up once). */
+function serverBinaries(): PgBinaries {
+  binaries ??= findPgBinaries();
+  return binaries;
+}
+
+/**
+ * A client program (pgbench, psql, pg_dump, ...) of the same installation as the server binaries
+ * (which may be symlinks into it); its bare name, for the PATH, when there is none there.
+ */
+export function pgProgram(name: string): string {
+  const bin = serverBinaries();
+  for (const dir of [dirname(realpathSync(bin.postgres)), bin.dir]) {
+    const path = join(dir, name);
+    if (existsSync(path)) return path;
+  }
+  return name;
+}
+
+/** The machine a bench ran on, for its report and its JSON: CPUs, memory, OS, Node and Postgres. */
+export function machineInfo() {
+  const cpus = os.cpus();
+  return {
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model,
+    memoryGb: Number((os.totalmem() / 1024 ** 3).toFixed(1)),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    postgres: execFileSync(serverBinaries().postgres, ["--version"], { encoding: "utf8" }).trim(),
+  };
+}
+
+/**
+ * Write a bench's figures to bench/results/<benchmark>-<startedAt>.json (after its name, start and
+ * finish) and say where on stdout.
+ */
+export function writeResults(benchmark: string, startedAt: Date, figures: Record<string, unknown>): void {
+  const dir = join(import.meta.dirname, "..", "results");
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `${benchmark}-${startedAt.toISOString().replace(/[:.]/g, "-")}.json`);
+  const json = {
+    benchmark,
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    ...figures,
+  };
+  writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
+  process.stdout.write(`\nfigures written to ${file}\n`);
 }
 
 /** Run a bench's main: its result is the exit code; an error is printed with its stack, exit 1. */

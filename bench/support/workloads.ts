@@ -4,11 +4,8 @@
 //   bulk   few large transactions: INSERT ... SELECT generate_series into a pgbench-like table
 //   mixed  many small transactions: pgbench's default (TPC-B like) script, 3 UPDATEs + 1 INSERT
 //          each, from several concurrent clients
-import { spawn } from "node:child_process";
-import { existsSync, realpathSync } from "node:fs";
-import { dirname, join } from "node:path";
 import pg from "pg";
-import { findPgBinaries } from "../../src/store/binaries.ts";
+import { pgbenchClientArgs, runPgbench } from "./pgbench.ts";
 
 /** A server the benchmark connects to. */
 export interface Endpoint {
@@ -52,56 +49,20 @@ export async function withClient<T>(
   }
 }
 
-/** pgbench of the same installation as the server binaries (which may be symlinks into it). */
-function pgbenchPath(): string {
-  const bin = findPgBinaries();
-  for (const dir of [dirname(realpathSync(bin.postgres)), bin.dir]) {
-    const path = join(dir, "pgbench");
-    if (existsSync(path)) return path;
-  }
-  return "pgbench";
-}
-
-/** Run pgbench against `target`; its stderr lines go to `log`, its stdout is returned. */
-async function pgbench(target: Endpoint, args: string[], log: (line: string) => void): Promise<string> {
-  const env: NodeJS.ProcessEnv = { ...process.env, PGPASSWORD: String(target.config.password ?? "") };
-  for (const key of Object.keys(env)) if (key.startsWith("PG") && key !== "PGPASSWORD") delete env[key];
-  const full = [
-    ...args,
-    "-h",
-    target.host,
-    "-p",
-    String(target.port),
-    "-U",
-    String(target.config.user),
-    String(target.config.database ?? "postgres"),
-  ];
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(pgbenchPath(), full, { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d.toString();
-    });
-    let partial = "";
-    child.stderr.on("data", (d) => {
-      stderr += d.toString();
-      partial += d.toString();
-      const lines = partial.split("\n");
-      partial = lines.pop() ?? "";
-      for (const line of lines) if (/^progress:/.test(line)) log(`pgbench ${line}`);
-    });
-    child.once("error", reject);
-    child.once("exit", (code) => {
-      if (code === 0) resolveRun(stdout);
-      else
-        reject(
-          new Error(
-            `pgbench ${args.join(" ")} exited with ${code}\n${stderr.slice(-2000)}${stdout.slice(-2000)}`,
-          ),
-        );
-    });
-  });
+/** Run pgbench against `target`; its progress lines go to `log`, its stdout is returned. */
+function pgbench(target: Endpoint, args: string[], log: (line: string) => void): Promise<string> {
+  return runPgbench(
+    {
+      host: target.host,
+      port: target.port,
+      user: String(target.config.user),
+      password: String(target.config.password ?? ""),
+      database: String(target.config.database ?? "postgres"),
+      options: target.config.options,
+    },
+    args,
+    log,
+  );
 }
 
 const ROWS_PER_BRANCH = 100_000; // as pgbench
@@ -159,23 +120,7 @@ export function mixedWorkload(rows: number, scale: number, clients = 4): Workloa
       await pgbench(target, ["-i", "-I", "dtGvp", "-s", String(scale), "-q"], () => {});
     },
     async generate(primary, log) {
-      const out = await pgbench(
-        primary,
-        [
-          "-n",
-          "-c",
-          String(clients),
-          "-j",
-          String(Math.min(clients, 2)),
-          "-t",
-          String(perClient),
-          "-M",
-          "prepared",
-          "-P",
-          "10",
-        ],
-        log,
-      );
+      const out = await pgbench(primary, ["-n", ...pgbenchClientArgs(clients, perClient)], log);
       const processed = /number of transactions actually processed: (\d+)/.exec(out)?.[1];
       const tps = /tps = ([\d.]+)/.exec(out)?.[1];
       return {

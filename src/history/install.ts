@@ -179,12 +179,16 @@ export async function writeSettingDefaults(
 
 /**
  * Whether this database replicates from upstream: then clients cannot write to its replicated
- * tables and it makes no commits of its own (see working-set-sql.ts).
+ * tables and it makes no commits of its own (see working-set-sql.ts). A database that starts
+ * replicating stops capturing; returns how many uncommitted changes it held (dropped).
  */
-export async function setDatabaseRole(client: pg.Client, replicating: boolean): Promise<void> {
+export async function setDatabaseRole(client: pg.Client, replicating: boolean): Promise<number> {
   await client.query(
     `INSERT INTO strata.database_role (replicating) VALUES ($1)
      ON CONFLICT (singleton) DO UPDATE SET replicating = excluded.replicating`,
     [replicating],
   );
+  if (!replicating) return 0;
+  const { rows } = await client.query<{ dropped: string }>("SELECT strata.stop_capturing() AS dropped");
+  return Number(rows[0]?.dropped ?? 0);
 }

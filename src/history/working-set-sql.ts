@@ -154,6 +154,24 @@ BEGIN
 END
 $fn$;
 
+-- A database that starts replicating: nothing of a working set can be committed there, so the
+-- capture stops and what was captured goes (returns how many changes went).
+CREATE OR REPLACE FUNCTION strata.stop_capturing() RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  t record;
+  dropped bigint;
+BEGIN
+  FOR t IN SELECT tgrelid::regclass AS tbl, tgname FROM pg_trigger WHERE tgname LIKE 'strata_capture_%' LOOP
+    EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.tbl);
+  END LOOP;
+  WITH w AS (DELETE FROM strata.working_changes RETURNING 1),
+       s AS (DELETE FROM strata.working_schema_changes RETURNING 1)
+  SELECT (SELECT count(*) FROM w) + (SELECT count(*) FROM s) INTO dropped;
+  RETURN dropped;
+END
+$fn$;
+
 -- Client DDL: new tables are captured (with the rows a CREATE TABLE AS wrote), and table DDL is
 -- part of the working set; the table's history surface is made again after DDL changed it.
 CREATE OR REPLACE FUNCTION strata.on_ddl_end() RETURNS event_trigger

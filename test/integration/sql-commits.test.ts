@@ -112,7 +112,11 @@ test("dolt_reset --hard puts rows back as committed and drops tables made since"
   await q("DELETE FROM test WHERE pk = 2");
   await q("TRUNCATE other");
   await q("CREATE TABLE scratch AS SELECT generate_series(1, 3) AS n");
-  assert.deepEqual(await status(), ["other:working:modified", "scratch:working:new table", "test:working:modified"]);
+  assert.deepEqual(await status(), [
+    "other:working:modified",
+    "scratch:working:new table",
+    "test:working:modified",
+  ]);
   await q("SELECT dolt_reset('--hard')");
   assert.deepEqual(await q("SELECT pk, c1 FROM test ORDER BY pk"), before);
   assert.deepEqual(await q("SELECT * FROM other"), otherBefore);
