@@ -9,7 +9,7 @@
 //
 // The store authenticates (the client's password goes to it untouched) and keeps its own cancel
 // keys: a CancelRequest is forwarded as it came, on a connection of its own.
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type OnReadOpts, type Server, type Socket } from "node:net";
 import type { SecureContext } from "node:tls";
 import type { Logger } from "../log.ts";
 import type { StoreEndpoint } from "../store/store.ts";
@@ -101,13 +101,15 @@ export async function startListener(
       });
       return;
     }
-    const store = connectTo(target);
-    track(store);
     const id = nextId++;
     const session = new Session({
       id,
       client: socket,
-      store,
+      connectStore: (onread) => {
+        const store = connectTo(target, onread);
+        track(store);
+        return store;
+      },
       tls,
       startupPacket: packet.bytes,
       parameters: packet.parameters,
@@ -166,11 +168,9 @@ function tlsContextFor(options: ListenerOptions): SecureContext | undefined {
   return loadTlsContext(options.tls_key, options.tls_cert);
 }
 
-function connectTo(target: StoreEndpoint): Socket {
-  if ("path" in target) return createConnection(target.path);
-  const socket = createConnection(target.port, target.host);
-  socket.setNoDelay(true);
-  return socket;
+function connectTo(target: StoreEndpoint, onread?: OnReadOpts): Socket {
+  if ("path" in target) return createConnection({ path: target.path, onread });
+  return createConnection({ port: target.port, host: target.host, noDelay: true, onread });
 }
 
 /** Send a FATAL error before the session starts, then close. */

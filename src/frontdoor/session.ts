@@ -10,7 +10,12 @@
 // to is full, the side being read is paused until it drains, so a slow client slows only its own
 // store backend, and memory per session stays at a few socket buffers (plus the one Query or
 // Parse being rewritten). Authentication is the store's: its messages pass through untouched.
-import type { Socket } from "node:net";
+//
+// The store's replies are the hot path (every query's result): they are read into one buffer per
+// session, reused from read to read, and written to the client from it with no copy in between
+// (see fromStoreData for when a chunk must leave the buffer). docs/frontdoor.md, "Cost", has
+// the measurements.
+import type { OnReadOpts, Socket } from "node:net";
 import type { Logger } from "../log.ts";
 import { errorStatement, highestParameter } from "./error-statement.ts";
 import {
@@ -79,11 +84,14 @@ export const passThroughRewriter: QueryRewriter = { rewrite: () => undefined };
 const TEXT_OID = 25;
 /** How long a closing client may take to read the last bytes sent to it. */
 const CLOSE_GRACE_MS = 5_000;
+/** The most read from the store at once (what Node reads into by default). */
+const STORE_READ_SIZE = 64 * 1024;
 
 export interface SessionStart {
   id: number;
   client: Socket;
-  store: Socket;
+  /** Open the session's connection to the store, reading as `onread` says. */
+  connectStore: (onread: OnReadOpts) => Socket;
   tls: boolean;
   /** The StartupMessage as received, forwarded as is. */
   startupPacket: Buffer;
@@ -116,7 +124,10 @@ export class Session implements SessionInfo {
   private readonly fromStore = new FrameSplitter(
     [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus],
     false,
+    true,
   );
+  /** What the store is read into; replaced when the client's socket keeps the last chunk read. */
+  private storeBuffer: Buffer | undefined;
   /** Client chunks not yet given to `fromClient` (they arrived while a rewrite was pending). */
   private readonly queued: Buffer[] = [];
   private encoding: TextEncoding = "utf8";
@@ -128,7 +139,6 @@ export class Session implements SessionInfo {
   constructor(start: SessionStart) {
     this.id = start.id;
     this.client = start.client;
-    this.store = start.store;
     this.tls = start.tls;
     this.log = start.log;
     this.onEnd = start.onEnd;
@@ -141,6 +151,16 @@ export class Session implements SessionInfo {
     const walsender = replication !== undefined && !/^(false|off|no|0)$/i.test(replication);
     this.rewriter = start.rewriter === passThroughRewriter || walsender ? undefined : start.rewriter;
     this.fromClient = new FrameSplitter(this.rewriter ? [TAG.query, TAG.parse] : []);
+    this.store = start.connectStore({
+      buffer: () => {
+        this.storeBuffer ??= Buffer.allocUnsafeSlow(STORE_READ_SIZE);
+        return this.storeBuffer;
+      },
+      callback: (length, buffer) => {
+        this.fromStoreData((buffer as Buffer).subarray(0, length));
+        return true; // the session pauses the store itself, when the client is full
+      },
+    });
 
     const { client, store } = this;
     client
@@ -149,7 +169,6 @@ export class Session implements SessionInfo {
       .on("error", (err) => this.fail("client", err))
       .on("close", () => this.end("the client closed the connection"));
     store
-      .on("data", (chunk: Buffer) => this.fromStoreData(chunk))
       .on("drain", () => {
         this.storeFull = false;
         this.updateClientFlow();
@@ -289,10 +308,20 @@ export class Session implements SessionInfo {
     else this.client.resume();
   }
 
+  /**
+   * A chunk from the store, in `storeBuffer`: written to the client at once, and read for the
+   * session's state. The next read reuses the buffer, so a chunk the client's socket keeps (its
+   * write did not complete at once: the client is not reading) takes the buffer with it, and the
+   * client gets a copy when its write would wait behind another. A TLS socket completes every
+   * write later, whatever it did with the bytes: it always gets a copy (as Node's own reads make).
+   */
   private fromStoreData(chunk: Buffer): void {
     if (this.ended) return;
     this.heardFromStore = true;
-    if (!this.client.write(chunk)) this.store.pause();
+    const client = this.client;
+    const copy = this.tls || client.writableLength > 0;
+    if (!client.write(copy ? Buffer.from(chunk) : chunk)) this.store.pause();
+    if (!copy && client.writableLength > 0) this.storeBuffer = undefined;
     this.fromStore.push(chunk);
     try {
       for (let frame = this.fromStore.next(); frame; frame = this.fromStore.next()) {

@@ -178,10 +178,13 @@ export class FrameSplitter {
    * @param wholeTags message tags to hand back whole; every other message is handed back as runs
    * @param passRuns false when the caller only observes the stream (it forwards the chunks
    *   itself): runs are then skipped rather than handed back
+   * @param reusedChunks true when the caller reads the next chunk into the memory of the last one:
+   *   the part of a message asked for whole that a chunk ends in is then copied, not kept as a view
    */
   constructor(
     wholeTags: readonly number[],
     private readonly passRuns = true,
+    private readonly reusedChunks = false,
   ) {
     for (const tag of wholeTags) this.whole[tag] = 1;
   }
@@ -215,7 +218,7 @@ export class FrameSplitter {
       if (this.state === COLLECT) {
         // Only entered at the start of a call (a run before it was handed back first).
         const n = Math.min(this.remaining, end - pos);
-        this.parts.push(chunk.subarray(pos, pos + n));
+        this.parts.push(this.held(chunk.subarray(pos, pos + n)));
         pos += n;
         this.remaining -= n;
         this.offset = pos;
@@ -234,8 +237,21 @@ export class FrameSplitter {
         const tag = chunk[pos];
         const length = checkedLength(tag, chunk.readInt32BE(pos + 1));
         if (this.whole[tag] === 0) {
-          this.state = PASS;
-          this.remaining = length + 1;
+          // Step over it, and over the messages after it that this chunk holds whole and that are
+          // not asked for either (rows of a result, say), without leaving this loop.
+          const whole = this.whole;
+          let next = pos + length + 1;
+          while (next <= end - 5 && whole[chunk[next]] === 0) {
+            const n =
+              (chunk[next + 1] << 24) | (chunk[next + 2] << 16) | (chunk[next + 3] << 8) | chunk[next + 4];
+            next += (n < 4 || n > MAX_MESSAGE_LENGTH ? checkedLength(chunk[next], n) : n) + 1;
+          }
+          if (next <= end) pos = next;
+          else {
+            this.state = PASS;
+            this.remaining = next - end;
+            pos = end;
+          }
           continue;
         }
         if (pos > runStart && this.passRuns) {
@@ -247,7 +263,7 @@ export class FrameSplitter {
           return { kind: "message", tag, bytes: chunk.subarray(pos, pos + length + 1) };
         }
         this.tag = tag;
-        this.parts = [chunk.subarray(pos)];
+        this.parts = [this.held(chunk.subarray(pos))];
         this.remaining = length + 1 - (end - pos);
         this.state = COLLECT;
         this.offset = end;
@@ -286,6 +302,11 @@ export class FrameSplitter {
     this.offset = pos;
     if (pos > runStart && this.passRuns) return { kind: "bytes", bytes: chunk.subarray(runStart, pos) };
     return undefined;
+  }
+
+  /** A part of a message asked for whole, kept until the message ends (perhaps chunks later). */
+  private held(part: Buffer): Buffer {
+    return this.reusedChunks ? Buffer.from(part) : part;
   }
 }
 

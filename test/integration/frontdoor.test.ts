@@ -5,6 +5,7 @@
 // session registry and the rewriter hook.
 import assert from "node:assert/strict";
 import { execFile, execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { readFileSync, writeFileSync } from "node:fs";
 import { connect as connectTcp, type Socket } from "node:net";
@@ -235,6 +236,43 @@ test("COPY FROM STDIN and COPY TO STDOUT through the proxy", async () => {
     );
     assert.equal(Buffer.concat(out).toString(), lines.join(""));
   });
+});
+
+test("a client that reads in fits and starts gets every byte, in order, in clear and over TLS", {
+  timeout: 120_000,
+}, async () => {
+  // The front door reads each store connection into one buffer it reuses: a write to a client
+  // that is not reading stays pending, and the bytes it holds must not be overwritten meanwhile.
+  const rows = 200_000;
+  const md5 = (text: string) => createHash("md5").update(text).digest("hex");
+  const expected = Array.from({ length: rows }, (_, i) => `${i + 1}\t${md5(String(i + 1))}\n`).join("");
+  // A short sleep every 500 rows: the store sends its 8 kB buffers one at a time, each below the
+  // client socket's high-water mark, so the store is still read while a write to the client waits.
+  const sql = `COPY (SELECT i, md5(i::text) FROM generate_series(1, ${rows}) i
+                      WHERE i % 500 <> 0 OR length(pg_sleep(0.002)::text) = 0) TO STDOUT`;
+  const listener = await ownListener({ tls_key: tlsKey, tls_cert: tlsCert });
+  for (const ssl of [false, { rejectUnauthorized: false }]) {
+    const client = await connect(listener.address.port, { ssl });
+    const { stream } = internals(client);
+    const out: Buffer[] = [];
+    let reads = 0;
+    try {
+      await pipeline(client.query(copyTo(sql)), async (source) => {
+        for await (const chunk of source) {
+          out.push(chunk as Buffer);
+          // Stop reading now and then, long enough for the socket buffers on the way to fill.
+          if (++reads % 500 === 1) {
+            stream.pause();
+            await new Promise((resolveWait) => setTimeout(resolveWait, reads === 1 ? 1500 : 200));
+            stream.resume();
+          }
+        }
+      });
+      assert.equal(Buffer.concat(out).toString(), expected, `ssl: ${JSON.stringify(ssl)}`);
+    } finally {
+      await client.end();
+    }
+  }
 });
 
 /** Send a CancelRequest in clear, or inside TLS (SSLRequest first, as libpq 17 does), and wait for the close. */

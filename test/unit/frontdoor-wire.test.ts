@@ -141,6 +141,30 @@ test("typed framing: an observer gets only the messages it asked for, wherever c
   }
 });
 
+test("typed framing: an observer whose chunks are read into one reused buffer keeps what it holds", () => {
+  // As the front door reads the store: every chunk lands in the same memory, overwritten (here
+  // with 0xff) once the splitter has had it. Messages cut by a chunk must come back intact.
+  const whole = [
+    msg("S", "client_encoding\0UTF8\0"),
+    msg("K", Buffer.from([0, 0, 0x30, 0x39, 1, 2, 3, 4])),
+    msg("Z", "T"),
+  ];
+  const stream = Buffer.concat([whole[0], msg("D", Buffer.alloc(50, 7)), whole[1], whole[2]]);
+  const tags = [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus];
+  const scratch = Buffer.alloc(stream.length);
+  for (const chunks of [bytewise(stream), cutAt(stream, 3, 20, 60, 90), [stream]]) {
+    const splitter = new FrameSplitter(tags, false, true);
+    const frames: Buffer[] = [];
+    for (const chunk of chunks) {
+      chunk.copy(scratch);
+      splitter.push(scratch.subarray(0, chunk.length));
+      for (let f = splitter.next(); f; f = splitter.next()) frames.push(Buffer.from(f.bytes));
+      scratch.fill(0xff);
+    }
+    assert.deepEqual(frames, whole);
+  }
+});
+
 test("typed framing: message boundaries are known", () => {
   const splitter = new FrameSplitter([TAG.query]);
   const stream = Buffer.concat([msg("D", "abc"), query]);
