@@ -59,24 +59,21 @@ $$;
 -- function call per row); updates per row, since a transition table does not pair old and new.
 -- The table's root, name and key are the triggers' arguments (set again after DDL on it), so
 -- capturing reads no catalog; PL/pgSQL keeps a compiled copy (and plans) per table.
-CREATE OR REPLACE FUNCTION strata.capture_inserted() RETURNS trigger
+-- An INSERT's or a DELETE's rows, from the statement's transition table (PL/pgSQL plans each
+-- branch at its first use, so each trigger only ever touches its own).
+CREATE OR REPLACE FUNCTION strata.capture_statement() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
   IF strata.internal_writer() THEN RETURN NULL; END IF;
-  INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
-  SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'I', strata.key_of(to_jsonb(n.*), TG_ARGV[2]::text[]), to_jsonb(n.*)
-    FROM strata_inserted n;
-  RETURN NULL;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION strata.capture_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-  IF strata.internal_writer() THEN RETURN NULL; END IF;
-  INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
-  SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'D', strata.key_of(to_jsonb(o.*), TG_ARGV[2]::text[]), to_jsonb(o.*)
-    FROM strata_deleted o;
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
+    SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'I', strata.key_of(to_jsonb(n.*), TG_ARGV[2]::text[]), to_jsonb(n.*)
+      FROM strata_inserted n;
+  ELSE
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+    SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'D', strata.key_of(to_jsonb(o.*), TG_ARGV[2]::text[]), to_jsonb(o.*)
+      FROM strata_deleted o;
+  END IF;
   RETURN NULL;
 END
 $fn$;
@@ -120,9 +117,9 @@ BEGIN
   args := (SELECT format('%L, %L, %L', c.oid, n.nspname || '.' || c.relname, coalesce(strata.primary_key_columns(c.oid), '{}'))
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl);
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_insert AFTER INSERT ON %s
-                  REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_inserted(%s)', tbl, args);
+                  REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_statement(%s)', tbl, args);
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_delete AFTER DELETE ON %s
-                  REFERENCING OLD TABLE AS strata_deleted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_deleted(%s)', tbl, args);
+                  REFERENCING OLD TABLE AS strata_deleted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_statement(%s)', tbl, args);
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_update AFTER UPDATE ON %s
                   FOR EACH ROW EXECUTE FUNCTION strata.capture_updated(%s)', tbl, args);
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_truncate BEFORE TRUNCATE ON %s
