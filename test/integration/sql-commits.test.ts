@@ -71,6 +71,26 @@ test("the reference's example: create, insert, dolt_commit('-Am', ...), then -am
   ]);
 });
 
+test("the README's example: status, commits, AS OF", async () => {
+  await q("CREATE DATABASE readme");
+  const readme = new pg.Client(strata.connectionConfig("readme"));
+  await readme.connect();
+  try {
+    const run = async (sql: string) => (await readme.query(sql)).rows;
+    await run("create table test (pk int, c1 int, primary key(pk));");
+    await run("insert into test values (0,0);");
+    await run("select dolt_commit('-Am', 'first commit');");
+    await run("update test set c1 = 1;");
+    assert.deepEqual(await run("select * from dolt_status;"), [
+      { table_name: "test", staged: false, status: "modified" },
+    ]);
+    await run("select dolt_commit('-am', 'c1 = 1');");
+    assert.deepEqual(await run("select * from test as of 'HEAD~1';"), [{ pk: 0, c1: 0 }]);
+  } finally {
+    await readme.end();
+  }
+});
+
 test("dolt_add stages, dolt_commit -m commits only what is staged, dolt_reset unstages", async () => {
   await q("CREATE TABLE other (id int PRIMARY KEY, v text)");
   await q("INSERT INTO other VALUES (1, 'one')");
