@@ -149,10 +149,10 @@ export async function installStrataSchema(client: pg.Client, database: string): 
     // One installer at a time (two Strata processes pointed at one external store).
     await client.query("SELECT pg_advisory_xact_lock(hashtext('strata.install'))");
     await client.query(INSTALL);
+    await client.query(WORKING_SET_SQL);
     await client.query(SURFACE_SQL);
     await client.query(META_NAME_SQL);
     await client.query(TABLE_SURFACE_SQL);
-    await client.query(WORKING_SET_SQL);
     await client.query("DELETE FROM strata.schema_version");
     await client.query("INSERT INTO strata.schema_version VALUES ($1)", [SCHEMA_VERSION]);
     await client.query(

@@ -20,11 +20,20 @@
 // between two commits touching k rows is a range scan of changes(commit_seq): O(k log n).
 // Tables without a key (REPLICA IDENTITY FULL, no primary key) are multisets of row images: the
 // state at C is the rows now, plus the images changes after C removed, minus those they added.
+// "Changes after C" include the uncommitted working set of a database written through SQL: the
+// rows now are the working state, not the last commit's.
 
 export const SURFACE_SQL = `
 CREATE INDEX IF NOT EXISTS commits_upstream_commit_lsn ON strata.commits (upstream_commit_lsn);
 CREATE INDEX IF NOT EXISTS commits_date ON strata.commits (date, seq);
 CREATE INDEX IF NOT EXISTS commits_hash_prefix ON strata.commits (hash text_pattern_ops);
+
+-- Every change, committed or not: the working set (working-set-sql.ts) comes after the last
+-- commit, so that a table's state as of a commit is not taken from rows changed since.
+CREATE OR REPLACE VIEW strata.changes_and_working AS
+  SELECT commit_seq, ord::bigint AS ord, rel, op, row_key, old_key, old_row, new_row FROM strata.changes
+  UNION ALL
+  SELECT 9223372036854775807, id, rel, op, row_key, old_key, old_row, new_row FROM strata.working_changes;
 
 -- The tables that have the per-table surface, and the key their history is kept under.
 CREATE TABLE IF NOT EXISTS strata.table_surfaces (
@@ -152,11 +161,11 @@ LANGUAGE sql STABLE AS $$
       SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
              CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
              CASE WHEN c.op = 'I' OR (c.op = 'U' AND c.old_key IS NULL) THEN c.new_row END AS after
-        FROM strata.changes c
+        FROM strata.changes_and_working c
        WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel
       UNION ALL
       SELECT c.commit_seq, c.ord, 1, c.row_key, NULL, c.new_row
-        FROM strata.changes c
+        FROM strata.changes_and_working c
        WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.op = 'U' AND c.old_key IS NOT NULL
     ) m
    GROUP BY m.k
@@ -186,8 +195,8 @@ BEGIN
     IF b IS NULL THEN
       RETURN QUERY EXECUTE format(
         'SELECT to_jsonb(t) FROM %s t
-          WHERE NOT EXISTS (SELECT 1 FROM strata.changes c WHERE c.rel = $1 AND c.row_key = %s AND c.commit_seq > $2)
-            AND NOT EXISTS (SELECT 1 FROM strata.changes c WHERE c.rel = $1 AND c.old_key = %s AND c.commit_seq > $2)',
+          WHERE NOT EXISTS (SELECT 1 FROM strata.changes_and_working c WHERE c.rel = $1 AND c.row_key = %s AND c.commit_seq > $2)
+            AND NOT EXISTS (SELECT 1 FROM strata.changes_and_working c WHERE c.rel = $1 AND c.old_key = %s AND c.commit_seq > $2)',
         tbl, strata.key_expression(key_columns, 't'), strata.key_expression(key_columns, 't'))
         USING p_rel, at;
     END IF;
@@ -196,10 +205,10 @@ BEGIN
       'SELECT g.j FROM (
          SELECT x.j, sum(x.w) AS n FROM (
            %s
-           SELECT c.old_row, 1 FROM strata.changes c
+           SELECT c.old_row, 1 FROM strata.changes_and_working c
             WHERE c.commit_seq > $2 AND c.commit_seq <= $3 AND c.rel = $1 AND c.old_row IS NOT NULL
            UNION ALL
-           SELECT c.new_row, -1 FROM strata.changes c
+           SELECT c.new_row, -1 FROM strata.changes_and_working c
             WHERE c.commit_seq > $2 AND c.commit_seq <= $3 AND c.rel = $1 AND c.new_row IS NOT NULL
          ) AS x(j, w) GROUP BY x.j
        ) g CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0',
@@ -219,11 +228,11 @@ DECLARE
   m record;
 BEGIN
   SELECT * INTO m FROM (
-    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, false AS moved_away FROM strata.changes c
+    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, false AS moved_away FROM strata.changes_and_working c
       WHERE c.rel = p_rel AND c.row_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
       ORDER BY c.commit_seq, c.ord LIMIT 1)
     UNION ALL
-    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, true FROM strata.changes c
+    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, true FROM strata.changes_and_working c
       WHERE c.rel = p_rel AND c.old_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
       ORDER BY c.commit_seq, c.ord LIMIT 1)
   ) first_mention ORDER BY commit_seq, ord LIMIT 1;
@@ -349,7 +358,4 @@ LANGUAGE sql STABLE AS $$
                   (SELECT value FROM strata.setting_defaults WHERE name = 'strata.' || lower(variable)))
 $$;
 
--- Nothing is uncommitted on a replica: every applied transaction is a commit.
-CREATE OR REPLACE VIEW dolt.dolt_status AS
-  SELECT NULL::text AS table_name, NULL::boolean AS staged, NULL::text AS status WHERE false;
 `;

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS strata.working_changes (
   new_row jsonb,
   staged boolean NOT NULL DEFAULT false
 );
+-- As-of reads find a key's uncommitted changes (see surface-sql.ts).
+CREATE INDEX IF NOT EXISTS working_changes_row ON strata.working_changes (rel, row_key);
+CREATE INDEX IF NOT EXISTS working_changes_moved_row ON strata.working_changes (rel, old_key) WHERE old_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS strata.working_schema_changes (
   id bigint PRIMARY KEY DEFAULT nextval('strata.working_seq'),
   relid oid NOT NULL,

@@ -137,6 +137,14 @@ test("dolt_reset --hard puts rows back as committed and drops tables made since"
     "scratch:working:new table",
     "test:working:modified",
   ]);
+  // As of the last commit, uncommitted changes are not there: whole table and by key.
+  assert.deepEqual(await q("SELECT pk, c1 FROM test AS OF 'HEAD' ORDER BY pk"), before);
+  assert.deepEqual(
+    await q("SELECT pk, c1 FROM test AS OF 'HEAD' WHERE pk = 1"),
+    before.filter((r) => r.pk === 1),
+  );
+  assert.deepEqual(await q("SELECT pk FROM test AS OF 'HEAD' WHERE pk = 7"), []);
+  assert.deepEqual(await q("SELECT * FROM other AS OF 'HEAD'"), otherBefore);
   await q("SELECT dolt_reset('--hard')");
   assert.deepEqual(await q("SELECT pk, c1 FROM test ORDER BY pk"), before);
   assert.deepEqual(await q("SELECT * FROM other"), otherBefore);
