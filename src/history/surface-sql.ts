@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS strata.table_surfaces (
   signature text NOT NULL
 );
 
--- A commit named the way Doltgres names them: HEAD (or main, WORKING, STAGED), a hash or a unique
+-- A commit named the way Doltgres names them: HEAD (or main, STAGED), WORKING (the working set,
+-- numbered after every commit), a hash or a unique
 -- prefix of one, a timestamp (the last commit at or before it), or lsn:X/Y (the last commit of an
 -- upstream transaction that committed at or before that LSN); any of them followed by ~N or ^
 -- (ancestors).
@@ -95,6 +96,10 @@ BEGIN
           USING ERRCODE = '22023', HINT = 'use ~N to go N commits back';
       END IF;
     END LOOP;
+  END IF;
+  -- WORKING: the tables as they are now, uncommitted changes included (after every commit).
+  IF upper(base) = 'WORKING' AND back = 0 THEN
+    RETURN 9223372036854775807;
   END IF;
   IF upper(base) IN ('HEAD', 'WORKING', 'STAGED') OR base = 'main' THEN
     SELECT max(seq) INTO found_seq FROM strata.commits;
@@ -288,10 +293,10 @@ BEGIN
     RETURN QUERY
       SELECT CASE WHEN (g.n < 0) <> swapped THEN g.j END, CASE WHEN (g.n > 0) <> swapped THEN g.j END
         FROM (SELECT x.j, sum(x.w) AS n FROM (
-                SELECT c.new_row, 1 FROM strata.changes c
+                SELECT c.new_row, 1 FROM strata.changes_and_working c
                  WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.new_row IS NOT NULL
                 UNION ALL
-                SELECT c.old_row, -1 FROM strata.changes c
+                SELECT c.old_row, -1 FROM strata.changes_and_working c
                  WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.old_row IS NOT NULL
               ) AS x(j, w) GROUP BY x.j HAVING sum(x.w) <> 0) g
         CROSS JOIN LATERAL generate_series(1, abs(g.n));
@@ -326,12 +331,12 @@ CREATE OR REPLACE FUNCTION dolt.dolt_diff(from_commit text, to_commit text, tabl
 RETURNS TABLE (to_row jsonb, to_commit text, to_commit_date timestamptz,
                from_row jsonb, from_commit text, from_commit_date timestamptz, diff_type text)
 LANGUAGE sql STABLE AS $$
-  SELECT d.to_row, tc.hash, tc.date, d.from_row, fc.hash, fc.date,
+  SELECT d.to_row, coalesce(tc.hash, 'WORKING'), tc.date, d.from_row, coalesce(fc.hash, 'WORKING'), fc.date,
          CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
     FROM strata.surface_of(table_name) s
     CROSS JOIN LATERAL (SELECT dolt.commit_seq(from_commit) AS f, dolt.commit_seq(to_commit) AS t OFFSET 0) q
-    JOIN strata.commits fc ON fc.seq = q.f
-    JOIN strata.commits tc ON tc.seq = q.t
+    LEFT JOIN strata.commits fc ON fc.seq = q.f
+    LEFT JOIN strata.commits tc ON tc.seq = q.t
     CROSS JOIN LATERAL strata.diff_rows(s.rel, s.tbl, s.key_columns, q.f, q.t) d
 $$;
 

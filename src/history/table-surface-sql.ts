@@ -80,7 +80,7 @@ BEGIN
     FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
   IF names IS NULL THEN RETURN; END IF;
   keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
-  v_sig := jsonb_build_object('v', 5, 'names', names, 'types', types, 'keys', keys)::text;
+  v_sig := jsonb_build_object('v', 6, 'names', names, 'types', types, 'keys', keys)::text;
   IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
      AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
     RETURN;
@@ -164,11 +164,11 @@ BEGIN
     INTO diff_out FROM unnest(names) WITH ORDINALITY AS u(n, o);
   EXECUTE format($sql$
     CREATE FUNCTION %1$I.%2$I(text, text) RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
-      SELECT %4$s, tc.hash, tc.date, %5$s, fc.hash, fc.date,
+      SELECT %4$s, coalesce(tc.hash, 'WORKING'), tc.date, %5$s, coalesce(fc.hash, 'WORKING'), fc.date,
              CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
         FROM (SELECT dolt.commit_seq($1) AS fs, dolt.commit_seq($2) AS ts OFFSET 0) q  -- OFFSET 0: name each commit once
-        JOIN strata.commits fc ON fc.seq = q.fs
-        JOIN strata.commits tc ON tc.seq = q.ts
+        LEFT JOIN strata.commits fc ON fc.seq = q.fs
+        LEFT JOIN strata.commits tc ON tc.seq = q.ts
        CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, q.fs, q.ts) d
        CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
        CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
@@ -181,6 +181,14 @@ BEGIN
         FROM strata.commits k
         LEFT JOIN strata.commits p ON p.hash = k.parent_hash
        CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, coalesce(p.seq, 0), k.seq) d
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
+       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
+      UNION ALL
+      -- The uncommitted working set, against the last commit, as Doltgres shows it.
+      SELECT %4$s, 'WORKING', NULL::timestamptz, %5$s, h.hash, h.date,
+             CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
+        FROM (SELECT seq, hash, date FROM strata.commits ORDER BY seq DESC LIMIT 1) h
+       CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, h.seq, 9223372036854775807) d
        CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
        CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
     $strata$$sql$,

@@ -84,6 +84,10 @@ test("the README's example: status, commits, AS OF", async () => {
     assert.deepEqual(await run("select * from dolt_status;"), [
       { table_name: "test", staged: false, status: "modified" },
     ]);
+    assert.deepEqual(
+      await run("select to_c1, from_c1, diff_type from dolt_diff('HEAD', 'WORKING', 'test');"),
+      [{ to_c1: 1, from_c1: 0, diff_type: "modified" }],
+    );
     await run("select dolt_commit('-am', 'c1 = 1');");
     assert.deepEqual(await run("select * from test as of 'HEAD~1';"), [{ pk: 0, c1: 0 }]);
   } finally {
@@ -145,6 +149,23 @@ test("dolt_reset --hard puts rows back as committed and drops tables made since"
   );
   assert.deepEqual(await q("SELECT pk FROM test AS OF 'HEAD' WHERE pk = 7"), []);
   assert.deepEqual(await q("SELECT * FROM other AS OF 'HEAD'"), otherBefore);
+  // WORKING names the tables as they are now: diffs against it show what is uncommitted.
+  const now = await q("SELECT pk, c1 FROM test ORDER BY pk");
+  assert.deepEqual(await q("SELECT pk, c1 FROM test AS OF 'WORKING' ORDER BY pk"), now);
+  const expected = [...new Set([...before, ...now].map((r) => r.pk))]
+    .flatMap((pk) => {
+      const a = before.find((r) => r.pk === pk);
+      const b = now.find((r) => r.pk === pk);
+      if (JSON.stringify(a) === JSON.stringify(b)) return [];
+      return [`${a ? (b ? "modified" : "removed") : "added"} ${pk}`];
+    })
+    .sort();
+  const lines = (rows: Record<string, unknown>[]) =>
+    rows.map((r) => `${r.diff_type} ${r.to_pk ?? r.from_pk}`).sort();
+  assert.deepEqual(lines(await q("SELECT * FROM dolt_diff('HEAD', 'WORKING', 'test')")), expected);
+  const working = await q("SELECT * FROM dolt_diff_test WHERE to_commit = 'WORKING'");
+  assert.deepEqual(lines(working), expected);
+  assert.equal(working[0].from_commit, (await q("SELECT commit_hash FROM dolt_log LIMIT 1"))[0].commit_hash);
   await q("SELECT dolt_reset('--hard')");
   assert.deepEqual(await q("SELECT pk, c1 FROM test ORDER BY pk"), before);
   assert.deepEqual(await q("SELECT * FROM other"), otherBefore);
