@@ -104,7 +104,9 @@ BEGIN
   IF upper(base) IN ('HEAD', 'WORKING', 'STAGED') OR base = 'main' THEN
     SELECT max(seq) INTO found_seq FROM strata.commits;
     IF found_seq IS NULL THEN
-      RAISE EXCEPTION 'there are no commits yet' USING ERRCODE = '22023';
+      RAISE EXCEPTION 'there are no commits yet, so "%" names none', spec
+        USING ERRCODE = '22023',
+              HINT = 'on a replica, the first commit is the initial snapshot or the first replicated transaction; elsewhere, make one with dolt_commit(''-Am'', ''message''); AS OF ''WORKING'' reads the tables as they are';
     END IF;
   END IF;
   IF found_seq IS NULL AND base ~ '^[0-9a-v]+$' THEN

@@ -77,6 +77,9 @@ test("the README's example: status, commits, AS OF", async () => {
   await readme.connect();
   try {
     const run = async (sql: string) => (await readme.query(sql)).rows;
+    const none = await readme.query("SELECT dolt.commit_seq('HEAD')").catch((err) => err);
+    assert.match(none.message, /there are no commits yet, so "HEAD" names none/);
+    assert.match(none.hint, /dolt_commit/);
     await run("create table test (pk int, c1 int, primary key(pk));");
     await run("insert into test values (0,0);");
     await run("select dolt_commit('-Am', 'first commit');");
