@@ -16,6 +16,7 @@ import { formatLsn, parseLsn } from "../protocol/lsn.ts";
 import {
   type DeleteMessage,
   type InsertMessage,
+  type PgoutputMessage,
   type RelationMessage,
   type TruncateMessage,
   type TupleData,
@@ -23,7 +24,22 @@ import {
   UNCHANGED_TOAST,
   type UpdateMessage,
 } from "../protocol/messages.ts";
+import { decodePgoutput, encodePgoutput } from "../protocol/pgoutput.ts";
 import { ApplyError, explainStoreError } from "./errors.ts";
+import {
+  dropHeldMessages,
+  type HeldMessage,
+  type HeldTable,
+  hasHeldChanges,
+  holdMessageQuery,
+  holdTable,
+  loadHeldTables,
+  readHeldCopy,
+  readHeldMessages,
+  releaseTable,
+  setHoldError,
+  setHoldReason,
+} from "./held-tables.ts";
 import {
   type ColumnShape,
   mergeShape,
@@ -66,16 +82,17 @@ export interface ApplierOptions {
   /** For columns added on the primary: the value its existing rows have (see upstreamMissingValues). */
   upstreamMissingValues?: (relid: number, columns: string[]) => Promise<Map<string, string>>;
   /**
-   * Copies an upstream table that joins the replica mid-stream (a new table, or one added to the
-   * publication) into the (empty) replica table on `store`, under a snapshot taken now; returns
-   * the LSN from which the stream carries its changes. Without it, such a table starts empty.
+   * Whether an upstream table that joins the replica mid-stream (a new table, or one added to the
+   * publication) is copied: it is then held (its changes kept aside) while the replicator copies
+   * it in the background (see held-tables.ts). Without it, such a table starts empty.
    */
-  syncTable?: (
-    relation: RelationMessage,
-    store: pg.Client,
-    onData: (chunk: Buffer) => void,
-  ) => Promise<{ rows: number; bytes: number; lsn: bigint }>;
+  copyJoiningTables?: boolean;
 }
+
+/** Held changes replayed per store transaction. */
+const REPLAY_CHUNK = 5000;
+/** After a failed attempt, a retry replays only this many first: the failure is likely to repeat. */
+const RETRY_CHUNK = 100;
 
 /** A DDL message sent by the event trigger that `strata setup-primary` installs on the primary. */
 export interface DdlMessage {
@@ -206,6 +223,8 @@ interface OpenTransaction {
   changes: number;
   date: string;
   message: string;
+  /** A held table's changes applied later: a commit of its own, which moves no position. */
+  replay: boolean;
 }
 
 export class Applier {
@@ -242,6 +261,16 @@ export class Applier {
   private queuedBytes = 0;
   /** Relations copied mid-stream: their changes committed before the LSN are skipped. */
   private readonly syncedBefore = new Map<number, bigint>();
+  /** Tables whose changes are held (strata.held_tables), by upstream relation oid. */
+  private readonly held = new Map<number, HeldTable>();
+  /** The stream's latest Relation message of each relation, as received (held with changes). */
+  private readonly rawRelations = new Map<number, Buffer>();
+  /** The Relation message last held for each relation in this session. */
+  private readonly heldRelation = new Map<number, Buffer>();
+  /** The held table whose changes are being replayed (so they are applied, not held again). */
+  private replaying: number | undefined;
+  /** Held tables whose last replay failed: the next attempt is a small one. */
+  private readonly replayFailed = new Set<number>();
   /** Changes applied in the current batch (store transaction). */
   batchChanges = 0;
   batchTransactions = 0;
@@ -270,6 +299,9 @@ export class Applier {
     }
     this.seq = this.durableSeq;
     this.head = this.durableHash;
+    this.held.clear();
+    for (const table of await loadHeldTables(this.client, this.options.slot))
+      this.held.set(table.relid, table);
   }
 
   /** Record a starting position (seeded LSN) when there is none yet. */
@@ -294,7 +326,10 @@ export class Applier {
     return this.inStoreTx;
   }
 
-  relation(msg: RelationMessage): void {
+  relation(msg: RelationMessage, raw?: Buffer): void {
+    if (raw) this.rawRelations.set(msg.relationOid, raw);
+    // A held table's descriptions are held with its changes; a replay applies them in turn.
+    if (this.isHeld(msg.relationOid)) return;
     const previous = this.relations.get(msg.relationOid);
     this.relations.set(msg.relationOid, msg);
     if (!previous || JSON.stringify(previous) !== JSON.stringify(msg)) this.targets.delete(msg.relationOid);
@@ -309,7 +344,8 @@ export class Applier {
    * no row changes (all rolled back to savepoints, or touching only unpublished tables, which
    * PostgreSQL 14 still sends) becomes no commit, whether or not the primary streamed it.
    */
-  beginTransaction(meta: UpstreamTransaction): void {
+  beginTransaction(meta: UpstreamTransaction, heldFor?: string): void {
+    const message = `replicated transaction ${meta.xid} (commit LSN ${formatLsn(meta.commitLsn)})`;
     this.tx = {
       meta,
       hasher: undefined,
@@ -317,8 +353,10 @@ export class Applier {
       started: false,
       ord: 0,
       changes: 0,
-      date: pgTimeToIso(meta.commitTime),
-      message: `replicated transaction ${meta.xid} (commit LSN ${formatLsn(meta.commitLsn)})`,
+      // A replayed transaction lands now: its date orders it among the commits as it is placed.
+      date: heldFor ? new Date().toISOString().replace("Z", "000Z") : pgTimeToIso(meta.commitTime),
+      message: heldFor ? `${message}, held for ${heldFor} and applied later` : message,
+      replay: heldFor !== undefined,
     };
   }
 
@@ -510,15 +548,27 @@ export class Applier {
           : new Map<string, string>();
       await this.applyPlan(next, planTableChanges(known?.shape, next, replica, false, new Set(), missing));
     } else await createTable(this.client, relation, this.typeResolver);
-    // A table seen for the first time whose replica table is empty joins mid-stream: its rows are
-    // copied now. (One with rows was loaded by an initial snapshot or by the user: adopted.)
+    // A table seen for the first time whose replica table is empty joins mid-stream: it is held
+    // while its rows are copied. (One with rows was loaded by an initial snapshot or by the user:
+    // adopted.)
     if (
       !known &&
       this.bootstrapped &&
-      this.options.syncTable &&
+      this.options.copyJoiningTables &&
       !(await replicaTableHasRows(this.client, qualifiedName(next)))
     ) {
-      await this.joinTable(relation, next);
+      await this.saveKnown(relation.relationOid, { rel, shape: next, syncedLsn: undefined });
+      const table: HeldTable = { relid: relation.relationOid, rel, reason: "joining", error: null };
+      // The description the copy selects by (without a streamed transaction's xid).
+      const { xid: _, ...described } = relation;
+      await holdTable(
+        this.client,
+        this.options.slot,
+        table,
+        this.tx!.meta.commitLsn,
+        encodePgoutput(described, { inStream: false }),
+      );
+      this.held.set(relation.relationOid, table);
       return;
     }
     const shape = mergeShape(known?.shape, next);
@@ -527,20 +577,24 @@ export class Applier {
   }
 
   /**
-   * A table the replica has not had yet (created on the primary, or added to the publication):
-   * its rows are copied under a snapshot taken now, as part of this commit, and its changes
-   * committed before that snapshot are skipped, since the copy holds them.
+   * A table that joined the replica mid-stream has been copied (in its own store transaction,
+   * under a snapshot taken then): its commit says so, and its changes committed before that
+   * snapshot are skipped from now on, since the copy holds them.
    */
-  private async joinTable(relation: RelationMessage, next: TableShape): Promise<void> {
+  private async completeJoin(
+    relation: RelationMessage,
+    copied: { lsn: bigint; rows: number; bytes: number; sha256: Buffer },
+  ): Promise<void> {
     const tx = this.tx!;
+    await this.startTransaction(tx);
+    const known = await this.loadKnown(relation.relationOid);
+    const next = known?.shape ?? { schema: relation.namespace, name: relation.name, columns: [] };
     const rel = `${next.schema}.${next.name}`;
     tx.hasher?.addSnapshotTable(
       rel,
-      next.columns.map((c) => c.name),
+      relation.columns.map((c) => c.name),
     );
-    const copied = await this.options.syncTable!(relation, this.client, (chunk) =>
-      tx.hasher?.addSnapshotData(chunk),
-    );
+    tx.hasher?.addSnapshotChunk(copied.sha256, copied.rows, copied.bytes);
     tx.hasher?.addSnapshotTableEnd(copied.rows, copied.bytes);
     const keys =
       relation.replicaIdentity === "f" ? [] : relation.columns.filter((c) => c.isKey).map((c) => c.name);
@@ -559,9 +613,232 @@ export class Applier {
     }
     tx.ord++;
     tx.changes++;
-    tx.notes.push(`${rel} joined the replica (${copied.rows} rows copied at ${formatLsn(copied.lsn)})`);
+    // Made here too: a table found in the catalog may have had no change resolved yet.
+    if (this.options.history) await ensureTableSurface(this.client, next.schema, next.name);
     this.syncedBefore.set(relation.relationOid, copied.lsn);
     await this.saveKnown(relation.relationOid, { rel, shape: next, syncedLsn: copied.lsn });
+  }
+
+  /** Whether changes to this relation are held rather than applied. */
+  private isHeld(relid: number): boolean {
+    return this.replaying !== relid && this.held.has(relid);
+  }
+
+  /**
+   * Keep a change to a held table aside, after the Relation message it was sent under (once per
+   * description). Sent with the batch, so it is durable exactly when the position is.
+   */
+  private async hold(relid: number, raw: Buffer | undefined, inStream: boolean): Promise<void> {
+    const tx = this.tx!;
+    if (!raw)
+      throw new ApplyError(
+        `a change to the held table ${this.held.get(relid)?.rel} arrived without its message bytes`,
+        "this is a bug in Strata; restart it and report it",
+      );
+    const relation = this.rawRelations.get(relid);
+    if (relation && !this.heldRelation.get(relid)?.equals(relation)) {
+      const q = holdMessageQuery(this.options.slot, relid, "R", tx.meta, false, relation);
+      await this.enqueue(this.client.query(q.text, q.values), undefined, this.held.get(relid)!.rel, 0);
+      this.heldRelation.set(relid, relation);
+    }
+    const q = holdMessageQuery(this.options.slot, relid, "C", tx.meta, inStream, raw);
+    await this.enqueue(this.client.query(q.text, q.values), undefined, this.held.get(relid)!.rel, raw.length);
+    this.batchChanges++;
+  }
+
+  /** Whether tables that join mid-stream are copied (and so may be looked for in the catalog). */
+  get copiesJoiningTables(): boolean {
+    return this.bootstrapped && Boolean(this.options.copyJoiningTables);
+  }
+
+  /**
+   * A table found in the publication (by the primary's catalog) before any change to it was
+   * streamed: if the replica has not had it, its replica table is made and it is held as joining
+   * (its copy then starts), exactly as its first change would have done. Between batches only.
+   * Returns whether it was taken.
+   */
+  async joinFromCatalog(relation: RelationMessage): Promise<boolean> {
+    if (this.tx || this.inStoreTx) throw new Error("joinFromCatalog() inside a batch");
+    const relid = relation.relationOid;
+    if (this.held.has(relid) || (await this.loadKnown(relid))) return false;
+    await this.client.query("BEGIN");
+    this.inStoreTx = true;
+    this.beginTransaction({ xid: 0, commitLsn: this.position, commitTime: 0n });
+    try {
+      await this.startTransaction(this.tx!);
+      await this.followRelation(relation);
+      this.tx = undefined;
+      // Not held: the replica table had rows (adopted, as the stream's first change will decide).
+      if (!this.held.has(relid)) {
+        await this.abort();
+        return false;
+      }
+      await this.client.query("COMMIT");
+      this.inStoreTx = false;
+      return true;
+    } catch (err) {
+      this.held.delete(relid);
+      await this.abort();
+      throw err;
+    }
+  }
+
+  /** The tables held now (for the status row). */
+  get heldTables(): HeldTable[] {
+    return [...this.held.values()];
+  }
+
+  /**
+   * The table an error is about, if holding that table would let the rest of the stream go on: an
+   * ApplyError naming a table the stream described, not held already.
+   */
+  holdFor(err: unknown): HeldTable | undefined {
+    if (!(err instanceof ApplyError) || !err.context.table) return undefined;
+    let relid = err.context.relid;
+    if (relid === undefined)
+      for (const [oid, r] of this.relations)
+        if (`${r.namespace}.${r.name}` === err.context.table) relid = oid;
+    if (relid === undefined || this.held.has(relid)) return undefined;
+    return { relid, rel: err.context.table, reason: "schema", error: err.message };
+  }
+
+  /** Hold a table after an error (the failed batch has been rolled back: see holdFor). */
+  async holdAfterError(table: HeldTable): Promise<void> {
+    await holdTable(this.client, this.options.slot, table, this.position);
+    this.held.set(table.relid, table);
+  }
+
+  /**
+   * Replay a held table's changes, oldest first, each upstream transaction as a commit of its own:
+   * one chunk per call, in one store transaction that also forgets them. Called between batches.
+   * A joining table first waits for its copy, which becomes a commit. Returns "released" when
+   * none are left (the table is then streamed again), "more" when another chunk waits, and
+   * "held" when it cannot go on yet (no copy yet, or the changes still fail: the error is kept).
+   */
+  async replayHeld(
+    relid: number,
+    apply: (msg: PgoutputMessage, raw: Buffer) => Promise<void>,
+  ): Promise<"released" | "more" | "held"> {
+    const table = this.held.get(relid);
+    if (!table) return "released";
+    if (this.tx || this.inStoreTx) throw new Error("replayHeld() inside a batch");
+    let copy: Awaited<ReturnType<typeof readHeldCopy>>;
+    if (table.reason === "joining") {
+      copy = await readHeldCopy(this.client, this.options.slot, relid);
+      if (!copy) return "held";
+    }
+    const limit = this.replayFailed.has(relid) ? RETRY_CHUNK : REPLAY_CHUNK;
+    const messages = await readHeldMessages(this.client, this.options.slot, relid, limit);
+    let chunk = messages;
+    if (messages.length > limit) {
+      // Whole upstream transactions only, unless one alone is larger than a chunk.
+      const last = messages[limit];
+      const cut = messages.findIndex((m) => m.xid === last.xid && m.commitLsn === last.commitLsn);
+      chunk = messages.slice(0, cut > 0 ? cut : limit);
+    }
+    // A table held for an error with no change held yet: whether its description can be followed
+    // now is tried, and rolled back (the stream follows it for real with the next change).
+    const probe = table.reason === "schema" && !chunk.some((m) => m.kind === "C");
+    const description = chunk.filter((m) => m.kind === "R").at(-1)?.message ?? this.rawRelations.get(relid);
+    if (probe && !description) return "held";
+    await this.client.query("BEGIN");
+    this.inStoreTx = true;
+    this.batchChanges = 0;
+    this.batchTransactions = 0;
+    this.replaying = relid;
+    try {
+      if (probe && description) {
+        this.relation(decodePgoutput(description, { inStream: false }) as RelationMessage);
+        this.beginTransaction({ xid: 0, commitLsn: this.position, commitTime: 0n }, table.rel);
+        await this.startTransaction(this.tx!);
+        await this.target(relid);
+        this.replaying = undefined;
+        await this.abort();
+        await this.client.query("BEGIN");
+        await releaseTable(this.client, this.options.slot, relid);
+        await this.client.query("COMMIT");
+        this.released(relid);
+        return "released";
+      }
+      if (copy) {
+        const raw = (
+          await this.client.query<{ relation: Buffer }>(
+            "SELECT relation FROM strata.held_tables WHERE slot_name = $1 AND relid = $2",
+            [this.options.slot, relid],
+          )
+        ).rows[0].relation;
+        const relation = decodePgoutput(raw, { inStream: false }) as RelationMessage;
+        this.beginTransaction({ xid: 0, commitLsn: copy.lsn, commitTime: 0n }, table.rel);
+        this.tx!.message =
+          `${table.rel} joined the replica (${copy.rows} rows copied at ${formatLsn(copy.lsn)})`;
+        await this.completeJoin(relation, copy);
+        await this.commitTransaction(copy.lsn);
+        await setHoldReason(this.client, this.options.slot, relid, "catching up");
+      }
+      await this.loadKnown(relid);
+      const skipBefore = this.syncedBefore.get(relid);
+      let keep: HeldMessage | undefined;
+      /** The first message of the replayed upstream transaction open now. */
+      let group: HeldMessage | undefined;
+      for (const m of chunk) {
+        const msg = decodePgoutput(m.message, { inStream: m.inStream });
+        if (m.kind === "R") {
+          keep = m;
+          this.relation(msg as RelationMessage);
+          continue;
+        }
+        // The copy holds what committed before its snapshot.
+        if (skipBefore !== undefined && m.commitLsn < skipBefore) continue;
+        if (group && (group.xid !== m.xid || group.commitLsn !== m.commitLsn)) {
+          await this.commitTransaction(group.commitLsn);
+          group = undefined;
+        }
+        if (!group) {
+          this.beginTransaction(m, table.rel);
+          group = m;
+        }
+        await apply(msg.tag === "Truncate" ? { ...msg, relationOids: [relid] } : msg, m.message);
+      }
+      if (group) await this.commitTransaction(group.commitLsn);
+      // What was sent ahead must have succeeded before the held changes are forgotten.
+      await this.settle();
+      const last = chunk.at(-1);
+      if (last) await dropHeldMessages(this.client, this.options.slot, relid, last.id, keep?.id);
+      const released = !(await hasHeldChanges(this.client, this.options.slot, relid));
+      if (released) await releaseTable(this.client, this.options.slot, relid);
+      await this.flush();
+      this.replayFailed.delete(relid);
+      if (!released) {
+        if (copy) this.held.set(relid, { ...table, reason: "catching up" });
+        return "more";
+      }
+      this.released(relid);
+      return "released";
+    } catch (err) {
+      this.replaying = undefined;
+      await this.abort();
+      if (!(err instanceof ApplyError)) throw err;
+      this.replayFailed.add(relid);
+      const error = err.message;
+      if (error !== table.error) {
+        await setHoldError(this.client, this.options.slot, relid, error);
+        this.held.set(relid, { ...table, error });
+      }
+      return "held";
+    } finally {
+      this.replaying = undefined;
+    }
+  }
+
+  /** A table is no longer held: from now on the stream's own description of it applies. */
+  private released(relid: number): void {
+    this.held.delete(relid);
+    this.heldRelation.delete(relid);
+    this.replayFailed.delete(relid);
+    this.replaying = undefined;
+    const current = this.rawRelations.get(relid);
+    if (current) this.relation(decodePgoutput(current, { inStream: false }) as RelationMessage);
+    this.targets.delete(relid);
   }
 
   /** Changes of a table copied mid-stream that the copy already holds. */
@@ -575,7 +852,7 @@ export class Applier {
    * or altered is brought to the shape the primary's catalog gives, each table it dropped is
    * dropped. Part of the replicated transaction's commit.
    */
-  async applyDdl(message: DdlMessage, publication: string): Promise<void> {
+  async applyDdl(message: DdlMessage, publication: string, raw?: Buffer, inStream = false): Promise<void> {
     const tx = this.tx;
     if (!tx)
       throw new ApplyError(
@@ -586,8 +863,20 @@ export class Applier {
     await this.settle();
     let touched = false;
     const notesBefore = tx.notes.length;
-    for (const table of message.tables ?? []) {
-      if (!table.publications.includes(publication)) continue;
+    // A held table's part of the statement is held with its changes (and replayed on its own).
+    const replaying = this.replaying;
+    const tables = (message.tables ?? []).filter((t) => replaying === undefined || t.oid === replaying);
+    const dropped = (message.dropped ?? []).filter(
+      (d) => replaying === undefined || (d.type === "table" && d.oid === replaying),
+    );
+    const heldHere = new Set<number>();
+    for (const oid of [...tables.map((t) => t.oid), ...dropped.map((d) => d.oid)])
+      if (this.isHeld(oid) && !heldHere.has(oid)) {
+        heldHere.add(oid);
+        await this.hold(oid, raw, inStream);
+      }
+    for (const table of tables) {
+      if (!table.publications.includes(publication) || heldHere.has(table.oid)) continue;
       const { oid, publications: _, renamedColumns, ...shape } = table;
       const rel = `${shape.schema}.${shape.name}`;
       try {
@@ -601,7 +890,7 @@ export class Applier {
           !known &&
           !replica &&
           this.bootstrapped &&
-          this.options.syncTable &&
+          this.options.copyJoiningTables &&
           message.tag !== "CREATE TABLE"
         )
           continue;
@@ -617,27 +906,32 @@ export class Applier {
         }
         await this.saveKnown(oid, { rel, shape, syncedLsn: known?.syncedLsn });
       } catch (err) {
-        throw withLsn(explainStoreError(err, rel), tx.meta.commitLsn);
+        const explained = explainStoreError(err, rel);
+        throw withLsn(
+          explained instanceof ApplyError ? explained.withContext({ relid: oid }) : explained,
+          tx.meta.commitLsn,
+        );
       }
       this.targets.delete(oid);
       touched = true;
     }
-    for (const dropped of message.dropped ?? []) {
-      const qualified = qualifiedName(dropped);
-      if (dropped.type === "table") {
-        const known = await this.loadKnown(dropped.oid);
+    for (const gone of dropped) {
+      if (heldHere.has(gone.oid)) continue;
+      const qualified = qualifiedName(gone);
+      if (gone.type === "table") {
+        const known = await this.loadKnown(gone.oid);
         if (!known) continue;
-        await dropTableSurface(this.client, dropped.schema, dropped.name);
+        await dropTableSurface(this.client, gone.schema, gone.name);
         if ((await replicaTableHasRows(this.client, qualified)) !== undefined)
           await this.recordRemoval(known.rel, qualified);
         await this.runSchemaChange(known.rel, `DROP TABLE IF EXISTS ${qualified}`);
-        await this.forgetKnown(dropped.oid);
-        this.targets.delete(dropped.oid);
+        await this.forgetKnown(gone.oid);
+        this.targets.delete(gone.oid);
         touched = true;
-      } else if (dropped.type === "index") {
+      } else if (gone.type === "index") {
         const exists = await this.client.query("SELECT to_regclass($1) IS NOT NULL AS ok", [qualified]);
         if (!exists.rows[0].ok) continue;
-        await this.runSchemaChange(`${dropped.schema}.${dropped.name}`, `DROP INDEX IF EXISTS ${qualified}`);
+        await this.runSchemaChange(`${gone.schema}.${gone.name}`, `DROP INDEX IF EXISTS ${qualified}`);
         touched = true;
       }
     }
@@ -646,7 +940,11 @@ export class Applier {
     if (touched) tx.notes.push(message.query.trim().replace(/\s+/g, " ").slice(0, 500));
   }
 
-  async applyChange(msg: RowChange | TruncateMessage): Promise<void> {
+  /**
+   * One row change or truncate. `raw` is its pgoutput message as received (`inStream`: inside a
+   * streamed transaction), kept instead of applied when the table is held.
+   */
+  async applyChange(msg: RowChange | TruncateMessage, raw?: Buffer, inStream = false): Promise<void> {
     const tx = this.tx;
     if (!tx)
       throw new ApplyError(
@@ -654,8 +952,19 @@ export class Applier {
         "this is a protocol error; restart Strata",
       );
     await this.startTransaction(tx);
-    if (msg.tag === "Truncate") return this.applyTruncate(msg);
-    const target = await this.target(msg.relationOid);
+    if (msg.tag === "Truncate") {
+      const held = msg.relationOids.filter((oid) => this.isHeld(oid));
+      for (const oid of held) await this.hold(oid, raw, inStream);
+      if (held.length === 0) return this.applyTruncate(msg);
+      const rest = msg.relationOids.filter((oid) => !held.includes(oid));
+      return rest.length ? this.applyTruncate({ ...msg, relationOids: rest }) : undefined;
+    }
+    if (this.isHeld(msg.relationOid)) return this.hold(msg.relationOid, raw, inStream);
+    const target = await this.target(msg.relationOid).catch((err) => {
+      throw err instanceof ApplyError ? err.withContext({ relid: msg.relationOid }) : err;
+    });
+    // A table that joined just now is held while it is copied.
+    if (this.isHeld(msg.relationOid)) return this.hold(msg.relationOid, raw, inStream);
     if (this.inCopy(msg.relationOid)) return;
     const ord = tx.ord++;
     tx.changes++;
@@ -680,7 +989,11 @@ export class Applier {
         }
       }
     } catch (err) {
-      throw withLsn(explainStoreError(err, target.rel), tx.meta.commitLsn);
+      const explained = explainStoreError(err, target.rel);
+      throw withLsn(
+        explained instanceof ApplyError ? explained.withContext({ relid: msg.relationOid }) : explained,
+        tx.meta.commitLsn,
+      );
     }
   }
 
@@ -1046,8 +1359,10 @@ export class Applier {
         "this is a protocol error; restart Strata",
       );
     if (!tx.started || tx.changes === 0) {
-      // No row changes (or only ones an earlier copy holds): no commit. Its end still counts as reached (nothing to lose there).
+      // No row changes (or only ones an earlier copy holds, or held ones): no commit. Its end
+      // still counts as reached (nothing to lose there).
       this.tx = undefined;
+      if (tx.replay) return;
       if (this.inStoreTx) this.pendingEnd = endLsn;
       else if (endLsn > this.position) this.position = endLsn;
       return;
@@ -1059,9 +1374,11 @@ export class Applier {
         email: this.options.email,
         date: tx.date,
         message: tx.notes.length ? `${tx.message}: ${tx.notes.join("; ")}` : tx.message,
-        upstreamXid: tx.meta.xid,
-        upstreamCommitLsn: tx.meta.commitLsn,
-        upstreamEndLsn: endLsn,
+        // A replayed transaction's commit is not where the primary was at its LSN (the other
+        // tables have moved on): it names the transaction, and no LSN resolves to it.
+        ...(tx.replay
+          ? { upstreamXid: tx.meta.xid || undefined }
+          : { upstreamXid: tx.meta.xid, upstreamCommitLsn: tx.meta.commitLsn, upstreamEndLsn: endLsn }),
       };
       const hash = tx.hasher.digestWith(header);
       const seq = this.seq + 1n;
@@ -1070,7 +1387,7 @@ export class Applier {
       this.seq = seq;
       this.head = hash;
     }
-    this.pendingEnd = endLsn;
+    if (!tx.replay) this.pendingEnd = endLsn;
     this.batchTransactions++;
     this.tx = undefined;
   }

@@ -4,6 +4,8 @@
 
 export interface ApplyErrorContext {
   table?: string;
+  /** The upstream relation oid of the table, when known (the table can then be held). */
+  relid?: number;
   column?: string;
   lsn?: string;
 }

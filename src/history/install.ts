@@ -18,7 +18,9 @@
 //   strata.schema_changes  DDL applied to the replica, in its commit (by the same ordinal as rows).
 //   strata.upstream_tables  what the replica knows of each upstream table (by upstream oid): its
 //                   name and columns as last seen, so that later changes to them can be followed.
+//   strata.held_tables, strata.held_changes  tables whose changes wait aside (apply/held-tables.ts).
 import type pg from "pg";
+import { HELD_TABLES_SQL } from "../apply/held-tables.ts";
 import { SURFACE_SQL } from "./surface-sql.ts";
 import { META_NAME_SQL, TABLE_SURFACE_SQL } from "./table-surface-sql.ts";
 import { WORKING_SET_SQL } from "./working-set-sql.ts";
@@ -116,7 +118,8 @@ ALTER TABLE strata.replication_status
   ADD COLUMN IF NOT EXISTS snapshot_rows_estimate bigint,
   ADD COLUMN IF NOT EXISTS snapshot_bytes_estimate bigint,
   ADD COLUMN IF NOT EXISTS slot_retained_wal_bytes bigint,
-  ADD COLUMN IF NOT EXISTS warning text;
+  ADD COLUMN IF NOT EXISTS warning text,
+  ADD COLUMN IF NOT EXISTS held_tables text;
 -- The tables an initial snapshot is filling, until its final transaction commits it (and
 -- deletes these rows): what the next start empties (or drops, when the snapshot created them)
 -- after a crash mid-copy, with the history rows of the unfinished snapshot commit (commit_seq).
@@ -138,7 +141,8 @@ CREATE OR REPLACE VIEW dolt.dolt_replication_status AS
               THEN greatest(s.upstream_lsn - p.end_lsn, 0)::bigint END AS lag_bytes,
          s.lag_ms, s.last_message_time, s.error AS current_error, s.updated_at,
          s.phase, s.snapshot_tables_done, s.snapshot_tables_total, s.snapshot_rows, s.snapshot_bytes,
-         s.snapshot_rows_estimate, s.snapshot_bytes_estimate, s.slot_retained_wal_bytes, s.warning
+         s.snapshot_rows_estimate, s.snapshot_bytes_estimate, s.slot_retained_wal_bytes, s.warning,
+         s.held_tables
   FROM strata.replication_status s LEFT JOIN strata.source_position p USING (slot_name);
 `;
 
@@ -149,6 +153,7 @@ export async function installStrataSchema(client: pg.Client, database: string): 
     // One installer at a time (two Strata processes pointed at one external store).
     await client.query("SELECT pg_advisory_xact_lock(hashtext('strata.install'))");
     await client.query(INSTALL);
+    await client.query(HELD_TABLES_SQL);
     await client.query(WORKING_SET_SQL);
     await client.query(SURFACE_SQL);
     await client.query(META_NAME_SQL);

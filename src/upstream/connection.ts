@@ -17,6 +17,9 @@ export interface SystemIdentity {
   dbname: string | null;
 }
 
+/** Not a message from the primary: the consumer asked to be woken (poke()), e.g. for a timer's work. */
+export const WAKE_UP = Object.freeze({ tag: "WakeUp" as const });
+
 const QUEUE_HIGH_BYTES = 8 * 1024 * 1024;
 const QUEUE_LOW_BYTES = 2 * 1024 * 1024;
 
@@ -38,6 +41,7 @@ export class ReplicationConnection {
   private paused = false;
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
+  private poked = false;
   private streaming = false;
   private lastDataAt = Date.now();
 
@@ -92,7 +96,7 @@ export class ReplicationConnection {
     slot: string,
     startLsn: string,
     options: Record<string, string>,
-  ): AsyncIterable<ReplicationMessage> {
+  ): AsyncIterable<ReplicationMessage | typeof WAKE_UP> {
     const opts = Object.entries(options)
       .map(([k, v]) => `${pg.escapeIdentifier(k)} ${pg.escapeLiteral(v)}`)
       .join(", ");
@@ -116,7 +120,13 @@ export class ReplicationConnection {
     return { [Symbol.asyncIterator]: () => this.iterate() };
   }
 
-  private async *iterate(): AsyncGenerator<ReplicationMessage> {
+  /** Make the message iterator yield WAKE_UP once it has nothing else to give (see WAKE_UP). */
+  poke(): void {
+    this.poked = true;
+    this.wake?.();
+  }
+
+  private async *iterate(): AsyncGenerator<ReplicationMessage | typeof WAKE_UP> {
     for (;;) {
       const next = this.queue[this.head];
       if (next) {
@@ -134,6 +144,11 @@ export class ReplicationConnection {
         continue;
       }
       if (this.failure) throw this.failure;
+      if (this.poked) {
+        this.poked = false;
+        yield WAKE_UP;
+        continue;
+      }
       await new Promise<void>((resolveWake) => {
         this.wake = resolveWake;
       });

@@ -21,6 +21,7 @@ import { dirname, join } from "node:path";
 import type pg from "pg";
 import { Applier, insertCommitRow } from "../apply/applier.ts";
 import { ApplyError } from "../apply/errors.ts";
+import type { HeldTable } from "../apply/held-tables.ts";
 import { quoteIdent } from "../apply/schema-follow.ts";
 import { CommitHasher, type CommitHeader } from "../commits/hash.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
@@ -31,14 +32,16 @@ import { formatLsn, nowPgTime, parseLsn, pgTimeToDate } from "../protocol/lsn.ts
 import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
 import type { StoreHandle } from "../store/store.ts";
-import { ReplicationConnection } from "./connection.ts";
+import { ReplicationConnection, WAKE_UP } from "./connection.ts";
 import { DDL_MESSAGE_PREFIX, parseDdlMessage } from "./ddl-trigger.ts";
+import { HeldTableWork } from "./held-work.ts";
 import { SnapshotProgress } from "./progress.ts";
 import { syncSequencesOnce } from "./sequences.ts";
 import {
   describeUpstreamType,
   dropSlot,
   prepareUpstream,
+  publishedRelations,
   publishedTableNames,
   SESSION_OPTIONS,
   upstreamAttnums,
@@ -49,6 +52,13 @@ import { inspectSlot, slotLostError } from "./slot-health.ts";
 import { cleanUpUnfinishedSnapshot, copyInitialSnapshot } from "./snapshot.ts";
 import { StreamBuffer } from "./stream-buffer.ts";
 import { copyJoiningTable } from "./table-sync.ts";
+
+/** A table was held after an error: the session starts again at once, without it. */
+class TableHeld extends Error {
+  constructor(readonly table: HeldTable) {
+    super(`holding ${table.rel}: ${table.error}`);
+  }
+}
 
 export type ReplicationState = "connecting" | "snapshot" | "streaming" | "error" | "reconnecting" | "stopped";
 
@@ -91,6 +101,8 @@ export class Replicator {
   /** WAL the slot holds back on the primary, and a warning to show in the status row (set by the slot monitor). */
   slotRetainedWalBytes: bigint | undefined;
   warning: string | undefined;
+  /** The current session's held tables (for the status row). */
+  private heldWork: HeldTableWork | undefined;
 
   constructor(private readonly options: ReplicatorOptions) {
     this.publication = options.config.publication_name ?? options.config.slot_name;
@@ -123,6 +135,12 @@ export class Replicator {
         await this.session();
       } catch (err) {
         if (this.stopping) break;
+        if (err instanceof TableHeld) {
+          // Nothing is wrong with the stream: it starts again at once, holding that table.
+          attempt = 0;
+          this.setState("connecting");
+          continue;
+        }
         const definite = err instanceof ApplyError || err instanceof ProtocolError;
         const message = (err as Error).message;
         if (definite) {
@@ -197,6 +215,8 @@ export class Replicator {
     let repl: ReplicationConnection | undefined;
     let statusTimer: NodeJS.Timeout | undefined;
     let statusTableTimer: NodeJS.Timeout | undefined;
+    let heldTimer: NodeJS.Timeout | undefined;
+    let stopHeldWork: (() => Promise<void>) | undefined;
     let applier: Applier | undefined;
     try {
       await store.query("SET session_replication_role = replica").catch(() => {
@@ -212,15 +232,7 @@ export class Replicator {
         defineUpstreamType: (oid, name) => describeUpstreamType(cfg, oid, name),
         upstreamAttnums: (relid) => upstreamAttnums(cfg, relid),
         upstreamMissingValues: (relid, columns) => upstreamMissingValues(cfg, relid, columns),
-        syncTable: upstream.publicationAllTables
-          ? undefined
-          : (relation, client, onData) => {
-              this.log.info(
-                { table: `${relation.namespace}.${relation.name}` },
-                "a table joined the replica mid-stream; copying its rows",
-              );
-              return copyJoiningTable(cfg, this.publication, relation, client, onData);
-            },
+        copyJoiningTables: !upstream.publicationAllTables,
       });
       await applier.init();
       // A replica with no position and no slot takes an initial snapshot. The marker file says a
@@ -406,14 +418,47 @@ export class Replicator {
       const idle = () =>
         current === undefined && inStream === undefined && buffer.openTransactions === 0 && !ap.hasUnflushed;
       let batchStartedAt = 0;
+      const held = new HeldTableWork(ap, {
+        slot: cfg.slot_name,
+        store,
+        log: this.log,
+        wake: () => conn.poke(),
+        apply: (msg, raw, inStream) => this.applyData(ap, msg, raw, inStream),
+        copy: (relid, relation, signal) =>
+          copyJoiningTable({
+            cfg,
+            publication: this.publication,
+            slot: cfg.slot_name,
+            relid,
+            relation,
+            storeConfig: {
+              ...this.options.store.connectionConfig(cfg.postgres_database),
+              options: SESSION_OPTIONS,
+              application_name: "strata table copy",
+            },
+            signal,
+          }),
+        changed: () => {
+          this.statusDirty = true;
+        },
+        published: () => publishedRelations(cfg, this.publication),
+      });
+      stopHeldWork = () => held.stop();
+      this.heldWork = held;
+      heldTimer = setInterval(() => {
+        if (held.active) conn.poke();
+      }, 1000);
 
       for await (const message of messages) {
-        this.lastMessageAt = new Date();
-        if (message.tag === "PrimaryKeepalive") {
+        if (message.tag === WAKE_UP.tag) {
+          // Nothing from the primary: a timer's or a finished copy's turn (below).
+        } else if (message.tag === "PrimaryKeepalive") {
+          this.lastMessageAt = new Date();
           if (message.walEnd > this.serverWalEnd) this.serverWalEnd = message.walEnd;
           if (idle() && message.walEnd > this.acked) this.acked = message.walEnd;
           if (message.replyRequested) sendStatus();
         } else {
+          this.lastMessageAt = new Date();
           if (message.walEnd > this.serverWalEnd) this.serverWalEnd = message.walEnd;
           if (message.walStart > this.received) this.received = message.walStart;
           const msg = decodePgoutput(message.data, { inStream: inStream !== undefined });
@@ -462,7 +507,7 @@ export class Replicator {
               });
               for await (const raw of buffer.take(msg.xid)) {
                 if (this.stopping) return;
-                await this.applyData(ap, decodePgoutput(raw, { inStream: true }));
+                await this.applyData(ap, decodePgoutput(raw, { inStream: true }), raw, true);
               }
               await ap.commitTransaction(msg.endLsn);
               this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
@@ -476,12 +521,14 @@ export class Replicator {
               } else if (!current?.skip || msg.tag === "Relation" || msg.tag === "Type") {
                 // Descriptions count even inside a skipped (already applied) transaction: pgoutput
                 // sends each relation once per session, and later transactions rely on it.
-                await this.applyData(ap, msg);
+                await this.applyData(ap, msg, message.data, false);
               }
           }
         }
         if (ap.hasUnflushed && !ap.inTransaction && current === undefined && conn.backlog === 0)
           await flush();
+        // Held tables move on between batches: copies start, held changes replay.
+        if (held.active && idle() && !this.stopping) await held.tend();
         if (this.stopping) {
           // Between transactions, keep what was applied; inside one, roll it back (the slot
           // resends it) rather than make a stop wait for the rest of a large transaction.
@@ -490,6 +537,17 @@ export class Replicator {
         }
       }
     } catch (err) {
+      const hold = this.stopping ? undefined : applier?.holdFor(err);
+      if (hold && applier) {
+        // A table the stream cannot apply to is held; the rest of the stream goes on.
+        await applier.abort();
+        await applier.holdAfterError(hold);
+        this.log.warn(
+          { table: hold.rel, err: hold.error },
+          "holding this table's changes until the error is fixed; the other tables keep replicating",
+        );
+        throw new TableHeld(hold);
+      }
       if (this.stopping && applier && !applier.inTransaction && applier.hasUnflushed) {
         // Stopping between transactions: keep what was applied.
         try {
@@ -504,6 +562,8 @@ export class Replicator {
     } finally {
       clearInterval(statusTimer);
       clearInterval(statusTableTimer);
+      clearInterval(heldTimer);
+      await stopHeldWork?.();
       await applier?.abort();
       buffer.clear();
       await repl?.close();
@@ -606,10 +666,11 @@ export class Replicator {
     if (rowCount) this.log.info({ consistent_point: formatLsn(at) }, "resync complete");
   }
 
-  private async applyData(ap: Applier, msg: PgoutputMessage): Promise<void> {
+  /** One data message; `raw` is its bytes as received (kept as they are when its table is held). */
+  private async applyData(ap: Applier, msg: PgoutputMessage, raw: Buffer, inStream: boolean): Promise<void> {
     switch (msg.tag) {
       case "Relation":
-        ap.relation(msg);
+        ap.relation(msg, raw);
         return;
       case "Type":
         ap.type(msg);
@@ -618,11 +679,11 @@ export class Replicator {
       case "Update":
       case "Delete":
       case "Truncate":
-        await ap.applyChange(msg);
+        await ap.applyChange(msg, raw, inStream);
         return;
       case "Message":
         if (msg.prefix === DDL_MESSAGE_PREFIX && msg.transactional)
-          await ap.applyDdl(parseDdlMessage(msg.content), this.publication);
+          await ap.applyDdl(parseDdlMessage(msg.content), this.publication, raw, inStream);
         return;
       case "Origin":
         return;
@@ -667,18 +728,19 @@ export class Replicator {
             : "streaming"
           : null;
     const snapshot = this.snapshotProgress?.planned ? this.snapshotProgress.summary() : undefined;
+    const held = this.heldWork?.summary() ?? { text: null, error: null };
     await client.query(
       `INSERT INTO strata.replication_status (slot_name, upstream, publication, state, received_lsn, upstream_lsn, last_message_time, lag_ms, error, updated_at,
          phase, snapshot_tables_done, snapshot_tables_total, snapshot_rows, snapshot_bytes, snapshot_rows_estimate, snapshot_bytes_estimate,
-         slot_retained_wal_bytes, warning)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         slot_retained_wal_bytes, warning, held_tables)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp(), $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
        ON CONFLICT (slot_name) DO UPDATE SET upstream = excluded.upstream, publication = excluded.publication, state = excluded.state,
          received_lsn = excluded.received_lsn, upstream_lsn = excluded.upstream_lsn, last_message_time = excluded.last_message_time,
          lag_ms = excluded.lag_ms, error = excluded.error, updated_at = excluded.updated_at,
          phase = excluded.phase, snapshot_tables_done = excluded.snapshot_tables_done, snapshot_tables_total = excluded.snapshot_tables_total,
          snapshot_rows = excluded.snapshot_rows, snapshot_bytes = excluded.snapshot_bytes,
          snapshot_rows_estimate = excluded.snapshot_rows_estimate, snapshot_bytes_estimate = excluded.snapshot_bytes_estimate,
-         slot_retained_wal_bytes = excluded.slot_retained_wal_bytes, warning = excluded.warning`,
+         slot_retained_wal_bytes = excluded.slot_retained_wal_bytes, warning = excluded.warning, held_tables = excluded.held_tables`,
       [
         cfg.slot_name,
         `${cfg.postgres_server_address}:${cfg.postgres_port}/${cfg.postgres_database}`,
@@ -688,7 +750,7 @@ export class Replicator {
         this.serverWalEnd ? formatLsn(this.serverWalEnd) : null,
         this.lastMessageAt ?? null,
         caughtUp ? 0 : (this.lastApplyLagMs ?? null),
-        this.lastError ?? null,
+        this.lastError ?? held.error,
         phase,
         snapshot?.tablesDone ?? null,
         snapshot?.tablesTotal ?? null,
@@ -700,6 +762,7 @@ export class Replicator {
         snapshot?.total.bytesEstimate ?? null,
         this.slotRetainedWalBytes === undefined ? null : String(this.slotRetainedWalBytes),
         this.warning ?? null,
+        held.text,
       ],
     );
   }

@@ -5,6 +5,7 @@ import type { PostgresReplicationConfig } from "../config/schema.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { parseLsn } from "../protocol/lsn.ts";
+import type { RelationMessage } from "../protocol/messages.ts";
 
 /**
  * Settings that fix the text form of values, on the walsender and on the store session alike, so
@@ -235,6 +236,60 @@ export async function dropSlot(cfg: PostgresReplicationConfig): Promise<void> {
   const client = await connect(upstreamConnectionConfig(cfg));
   try {
     await client.query("SELECT pg_drop_replication_slot($1)", [cfg.slot_name]);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/**
+ * The publication's tables on the primary now, described as pgoutput's Relation message would
+ * describe them (published columns, replica identity, key flags): how a table added to the
+ * publication is found before any change to it is streamed.
+ */
+export async function publishedRelations(
+  cfg: PostgresReplicationConfig,
+  publication: string,
+): Promise<RelationMessage[]> {
+  const client = await connect(upstreamConnectionConfig(cfg));
+  try {
+    const version = Number((await client.query("SHOW server_version_num")).rows[0].server_version_num);
+    // Column lists (PostgreSQL 15+) publish only some columns; generated columns are never sent.
+    const listed = version >= 150000 ? "AND (pt.attnames IS NULL OR a.attname = ANY (pt.attnames))" : "";
+    const { rows } = await client.query<{
+      oid: string;
+      schema: string;
+      name: string;
+      ident: string;
+      columns: { name: string; type: number; typmod: number; key: boolean }[];
+    }>(
+      `SELECT c.oid::text AS oid, n.nspname AS schema, c.relname AS name, c.relreplident::text AS ident,
+              (SELECT coalesce(json_agg(json_build_object(
+                        'name', a.attname, 'type', a.atttypid::bigint, 'typmod', a.atttypmod,
+                        'key', c.relreplident = 'f' OR EXISTS (
+                          SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND a.attnum = ANY (i.indkey)
+                             AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))))
+                      ORDER BY a.attnum), '[]')
+                 FROM pg_attribute a
+                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ${listed}) AS columns
+         FROM pg_publication_tables pt
+         JOIN pg_namespace n ON n.nspname = pt.schemaname
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+        WHERE pt.pubname = $1`,
+      [publication],
+    );
+    return rows.map((r) => ({
+      tag: "Relation",
+      relationOid: Number(r.oid),
+      namespace: r.schema,
+      name: r.name,
+      replicaIdentity: r.ident as RelationMessage["replicaIdentity"],
+      columns: r.columns.map((c) => ({
+        isKey: c.key,
+        name: c.name,
+        typeOid: Number(c.type),
+        typeMod: c.typmod,
+      })),
+    }));
   } finally {
     await client.end().catch(() => {});
   }

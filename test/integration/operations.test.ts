@@ -43,7 +43,7 @@ test("a malformed config exits non-zero naming the key, value and expected form;
   assert.match(err.stderr, /postgres_replication\.slot_name: .*got nothing \(the key is missing\)/);
 });
 
-test("an apply error stops the stream visibly, keeps the server up, and resumes after the fix", async () => {
+test("an apply error holds that table visibly, keeps the server up, and resumes after the fix", async () => {
   await primary.query("CREATE TABLE narrow (id int PRIMARY KEY, a text, b text)");
   // A slot made by hand (Doltgres's flow): no initial snapshot, the replica's tables are the user's.
   await primary.query("SELECT pg_create_logical_replication_slot('narrow_slot', 'pgoutput')");
@@ -54,20 +54,22 @@ test("an apply error stops the stream visibly, keeps the server up, and resumes 
     await primary.query("INSERT INTO narrow VALUES (1, 'a', 'b')");
     const status = await waitFor("the error in dolt_replication_status", async () => {
       const [row] = await strata.query(
-        "SELECT state, current_error, flushed_lsn FROM dolt_replication_status",
+        "SELECT state, current_error, held_tables FROM dolt_replication_status",
       );
-      return row?.state === "error" ? row : undefined;
+      return row?.current_error ? row : undefined;
     });
-    assert.match(status.current_error, /public\.narrow/);
+    // Only the table is held: the stream itself goes on.
+    assert.equal(status.state, "streaming");
+    assert.equal(status.held_tables, "public.narrow (schema)");
+    assert.match(status.current_error, /public\.narrow is held/);
     assert.match(status.current_error, /column "extra"/);
     assert.match(status.current_error, /make the replica-only column extra nullable or give it a default/);
-    assert.match(strata.logs, /replication stopped by an error/);
-    // The slot keeps the change: nothing was acknowledged past it.
-    const [slot] = await primary.query(
-      "SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = 'narrow_slot'",
+    assert.match(strata.logs, /holding this table's changes until the error is fixed/);
+    // The change is kept, in the store, until it can be applied.
+    const [held] = await strata.query(
+      "SELECT table_name, reason, held_changes FROM dolt_replication_held_tables",
     );
-    const [wal] = await primary.query("SELECT pg_current_wal_lsn()::text AS lsn");
-    assert.notEqual(slot.lsn, wal.lsn);
+    assert.deepEqual(held, { table_name: "public.narrow", reason: "schema", held_changes: "1" });
     // The server still answers, then the fix lets replication resume by itself.
     await strata.query("ALTER TABLE narrow ALTER COLUMN extra DROP NOT NULL");
     const rows = await waitFor("the row after the fix", async () => {
@@ -76,8 +78,10 @@ test("an apply error stops the stream visibly, keeps the server up, and resumes 
     });
     assert.deepEqual(rows, [{ id: 1, a: "a", b: "b", extra: null }]);
     await waitFor("state streaming, error cleared", async () => {
-      const [row] = await strata.query("SELECT state, current_error FROM dolt_replication_status");
-      return row.state === "streaming" && row.current_error === null;
+      const [row] = await strata.query(
+        "SELECT state, current_error, held_tables FROM dolt_replication_status",
+      );
+      return row.state === "streaming" && row.current_error === null && row.held_tables === null;
     });
     const commits = await strata.query("SELECT upstream_xid FROM dolt_log");
     assert.equal(commits.length, 1, "applied exactly once after the retries");
