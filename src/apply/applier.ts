@@ -327,7 +327,14 @@ export class Applier {
   }
 
   relation(msg: RelationMessage, raw?: Buffer): void {
-    if (raw) this.rawRelations.set(msg.relationOid, raw);
+    if (raw) {
+      // Kept as sent outside a streamed transaction (no xid), as every held description is read.
+      const { xid, ...described } = msg;
+      this.rawRelations.set(
+        msg.relationOid,
+        xid === undefined ? raw : encodePgoutput(described, { inStream: false }),
+      );
+    }
     // A held table's descriptions are held with its changes; a replay applies them in turn.
     if (this.isHeld(msg.relationOid)) return;
     const previous = this.relations.get(msg.relationOid);
@@ -683,6 +690,41 @@ export class Applier {
     }
   }
 
+  /**
+   * A table that left the publication and is in it again: what changed while it was out never came
+   * through the stream, so its rows are removed (as truncate history, in a commit that says why)
+   * and it joins again like a new table — copied under a snapshot taken now. Between batches only.
+   */
+  async rejoinTable(relation: RelationMessage): Promise<boolean> {
+    if (this.tx || this.inStoreTx) throw new Error("rejoinTable() inside a batch");
+    const relid = relation.relationOid;
+    const known = await this.loadKnown(relid);
+    if (!known || this.held.has(relid)) return false;
+    const qualified = qualifiedName(known.shape);
+    await this.client.query("BEGIN");
+    this.inStoreTx = true;
+    this.beginTransaction({ xid: 0, commitLsn: this.position, commitTime: 0n }, known.rel);
+    this.tx!.message =
+      `${known.rel} was added to the publication again: its rows are copied anew (what changed while it was out of the publication never reached the replica)`;
+    try {
+      await this.startTransaction(this.tx!);
+      if ((await replicaTableHasRows(this.client, qualified)) !== undefined) {
+        this.tx!.hasher?.addTruncate([known.rel], false, false);
+        await this.recordRemoval(known.rel, qualified);
+        await this.client.query(`TRUNCATE ${qualified}`);
+      }
+      this.tx!.changes++;
+      await this.forgetKnown(relid);
+      await this.commitTransaction(this.position);
+      await this.flush();
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+    this.targets.delete(relid);
+    return this.joinFromCatalog(relation);
+  }
+
   /** The tables held now (for the status row). */
   get heldTables(): HeldTable[] {
     return [...this.held.values()];
@@ -731,14 +773,15 @@ export class Applier {
     const messages = await readHeldMessages(this.client, this.options.slot, relid, limit);
     let chunk = messages;
     if (messages.length > limit) {
-      // Whole upstream transactions only, unless one alone is larger than a chunk.
+      // Whole upstream transactions only, unless the first alone is larger than a chunk.
       const last = messages[limit];
       const cut = messages.findIndex((m) => m.xid === last.xid && m.commitLsn === last.commitLsn);
-      chunk = messages.slice(0, cut > 0 ? cut : limit);
+      chunk = messages.slice(0, cut);
+      if (!chunk.some((m) => m.kind === "C")) chunk = messages.slice(0, limit);
     }
     // A table held for an error with no change held yet: whether its description can be followed
     // now is tried, and rolled back (the stream follows it for real with the next change).
-    const probe = table.reason === "schema" && !chunk.some((m) => m.kind === "C");
+    const probe = table.reason === "schema" && !messages.some((m) => m.kind === "C");
     const description = chunk.filter((m) => m.kind === "R").at(-1)?.message ?? this.rawRelations.get(relid);
     if (probe && !description) return "held";
     await this.client.query("BEGIN");

@@ -166,8 +166,9 @@ export async function readHeldMessages(
     in_stream: boolean;
     message: Buffer;
   }>(
-    `SELECT id::text, kind, xid::text, commit_lsn::text, commit_time::text, in_stream, message
-       FROM strata.held_changes WHERE slot_name = $1 AND relid = $2 ORDER BY id LIMIT $3`,
+    // Ordered by the column, not the text output of the same name (which sorts "10" before "9").
+    `SELECT h.id::text, h.kind, h.xid::text, h.commit_lsn::text, h.commit_time::text, h.in_stream, h.message
+       FROM strata.held_changes h WHERE h.slot_name = $1 AND h.relid = $2 ORDER BY h.id LIMIT $3`,
     [slot, relid, limit + 1],
   );
   return rows.map((r) => ({
@@ -248,4 +249,26 @@ export async function recordHeldCopy(client: pg.Client, slot: string, relid: num
       WHERE slot_name = $1 AND relid = $2`,
     [slot, relid, formatLsn(copy.lsn), copy.rows, copy.bytes, copy.sha256],
   );
+}
+
+/**
+ * Compare the publication's tables now with the tables the replica knows: mark those gone from
+ * it, and return the known ones that are back after being gone (they are copied anew).
+ */
+export async function notePublicationMembers(
+  client: pg.Client,
+  slot: string,
+  published: number[],
+): Promise<number[]> {
+  await client.query(
+    `UPDATE strata.upstream_tables SET unpublished_at = clock_timestamp()
+      WHERE slot_name = $1 AND unpublished_at IS NULL AND NOT (relid::bigint = ANY ($2::bigint[]))`,
+    [slot, published],
+  );
+  const { rows } = await client.query<{ relid: string }>(
+    `SELECT relid::text FROM strata.upstream_tables
+      WHERE slot_name = $1 AND unpublished_at IS NOT NULL AND relid::bigint = ANY ($2::bigint[])`,
+    [slot, published],
+  );
+  return rows.map((r) => Number(r.relid));
 }

@@ -96,6 +96,8 @@ CREATE TABLE IF NOT EXISTS strata.source_position (
 -- Whether the position began with Strata's own initial snapshot (not a seed or a slot made by
 -- hand): only then does Strata copy tables that join the publication later.
 ALTER TABLE strata.source_position ADD COLUMN IF NOT EXISTS bootstrapped boolean NOT NULL DEFAULT false;
+-- When the table was last seen gone from the publication (a later return copies it anew).
+ALTER TABLE strata.upstream_tables ADD COLUMN IF NOT EXISTS unpublished_at timestamptz;
 CREATE UNLOGGED TABLE IF NOT EXISTS strata.replication_status (
   slot_name text PRIMARY KEY,
   upstream text NOT NULL,

@@ -3,7 +3,7 @@
 // stream keeps moving — once the copy has committed or the error that held the table is fixed.
 import type pg from "pg";
 import type { Applier } from "../apply/applier.ts";
-import { type HeldCopy, pendingCopies } from "../apply/held-tables.ts";
+import { type HeldCopy, notePublicationMembers, pendingCopies } from "../apply/held-tables.ts";
 import type { Logger } from "../log.ts";
 import { formatLsn } from "../protocol/lsn.ts";
 import type { PgoutputMessage, RelationMessage } from "../protocol/messages.ts";
@@ -95,7 +95,25 @@ export class HeldTableWork {
       this.options.log.debug({ err: (err as Error).message }, "could not read the publication's tables");
       return;
     }
+    const returned = new Set(
+      await notePublicationMembers(
+        this.options.store,
+        this.options.slot,
+        relations.map((r) => r.relationOid),
+      ),
+    );
     for (const relation of relations) {
+      if (returned.has(relation.relationOid)) {
+        this.adopted.delete(relation.relationOid);
+        if (await this.ap.rejoinTable(relation)) {
+          this.options.log.warn(
+            { table: `${relation.namespace}.${relation.name}` },
+            "a table is in the publication again after it left it: its rows are copied anew",
+          );
+          this.options.changed();
+        }
+        continue;
+      }
       if (this.adopted.has(relation.relationOid)) continue;
       if (!(await this.ap.joinFromCatalog(relation))) this.adopted.add(relation.relationOid);
       else {
