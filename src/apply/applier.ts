@@ -120,7 +120,23 @@ interface PendingInserts {
   firstLsn: bigint;
 }
 
+/**
+ * Updates of one table applied together: full new rows of a keyed table whose key does not
+ * change, each key once in a run (so the run's order within the table does not matter).
+ */
+interface PendingUpdates {
+  target: TargetTable;
+  keys: Set<string>;
+  /** Per column of the target, the rows' new values as text. */
+  columns: (string | null)[][];
+  seqs: string[];
+  ords: number[];
+  bytes: number;
+  firstLsn: bigint;
+}
+
 const INSERT_RUN_MAX = 1000;
+const UPDATE_RUN_MAX = 1000;
 /** Bounds of the statements sent ahead without waiting (see enqueue). */
 const QUEUE_MAX_STATEMENTS = 1000;
 const QUEUE_MAX_BYTES = 16 * 1024 * 1024;
@@ -253,6 +269,8 @@ export class Applier {
   private pendingCommits: CommitRow[] = [];
   /** Inserts waiting to be applied as one statement (see flushInserts). */
   private pendingInserts: PendingInserts | undefined;
+  /** Updates waiting to be applied as one statement per table (see flushUpdates). */
+  private readonly pendingUpdates = new Map<TargetTable, PendingUpdates>();
   /** The run of inserts the store is applying, and its failure once it has failed. */
   private inflight: Promise<void> | undefined;
   private inflightError: Error | undefined;
@@ -950,10 +968,7 @@ export class Applier {
         await this.saveKnown(oid, { rel, shape, syncedLsn: known?.syncedLsn });
       } catch (err) {
         const explained = explainStoreError(err, rel);
-        throw withLsn(
-          explained instanceof ApplyError ? explained.withContext({ relid: oid }) : explained,
-          tx.meta.commitLsn,
-        );
+        throw withLsn(withRelid(explained, rel, oid), tx.meta.commitLsn);
       }
       this.targets.delete(oid);
       touched = true;
@@ -1004,7 +1019,8 @@ export class Applier {
     }
     if (this.isHeld(msg.relationOid)) return this.hold(msg.relationOid, raw, inStream);
     const target = await this.target(msg.relationOid).catch((err) => {
-      throw err instanceof ApplyError ? err.withContext({ relid: msg.relationOid }) : err;
+      const r = this.relations.get(msg.relationOid);
+      throw withRelid(err, r && `${r.namespace}.${r.name}`, msg.relationOid);
     });
     // A table that joined just now is held while it is copied.
     if (this.isHeld(msg.relationOid)) return this.hold(msg.relationOid, raw, inStream);
@@ -1033,10 +1049,7 @@ export class Applier {
       }
     } catch (err) {
       const explained = explainStoreError(err, target.rel);
-      throw withLsn(
-        explained instanceof ApplyError ? explained.withContext({ relid: msg.relationOid }) : explained,
-        tx.meta.commitLsn,
-      );
+      throw withLsn(withRelid(explained, target.rel, msg.relationOid), tx.meta.commitLsn);
     }
   }
 
@@ -1058,6 +1071,8 @@ export class Applier {
   }
 
   private async insert(target: TargetTable, tuple: TupleData, ord: number) {
+    // An insert may re-use a key a pending update names (after a delete): order within the table holds.
+    if (this.pendingUpdates.has(target)) await this.flushUpdates(target);
     if (this.batchable(target, tuple)) {
       const run = this.pendingInserts;
       // A keyless table's rows are matched back by content, where duplicates are interchangeable.
@@ -1189,12 +1204,88 @@ export class Applier {
    */
   private async settle(): Promise<void> {
     if (this.pendingInserts) await this.flushInserts();
+    for (const target of [...this.pendingUpdates.keys()]) await this.flushUpdates(target);
     // The client runs statements in order, so the last one done means all are.
     await this.inflight;
     this.inflight = undefined;
     this.queued = 0;
     this.queuedBytes = 0;
     if (this.inflightError) throw this.inflightError;
+  }
+
+  /**
+   * Whether an update can join its table's run of updates: a keyed table (keys that compare with
+   * `=`), a full new row in text (no unchanged-TOAST markers, no binary values), and a key that
+   * the update does not change (so each row is found by the key the new row carries).
+   */
+  private updateBatchable(target: TargetTable, msg: UpdateMessage): boolean {
+    if (target.keyIndexes.length === 0) return false;
+    for (const i of target.keyIndexes) if (target.columns[i].compareAsText) return false;
+    for (const v of msg.newTuple) if (v !== null && typeof v !== "string") return false;
+    if (msg.oldTuple) {
+      if (msg.oldKind !== "K") return false;
+      for (const i of target.keyIndexes) if (msg.oldTuple[i] !== msg.newTuple[i]) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Send a table's pending run of updates as one statement: the rows are found by key, their
+   * images before (for history) read in the same statement, and each must change exactly one row.
+   * Sent without waiting, like single statements (see enqueue).
+   */
+  private async flushUpdates(target: TargetTable): Promise<void> {
+    const run = this.pendingUpdates.get(target);
+    if (!run) return;
+    this.pendingUpdates.delete(target);
+    let sql = target.sqlCache.get("U*");
+    if (!sql) {
+      const aliases = target.columns.map((_, i) => `strata_c${i}`);
+      const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
+      const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")}))`;
+      const match = target.keyIndexes
+        .map(
+          (i) => `strata_s.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
+        )
+        .join(" AND ");
+      const assignments = target.columns
+        .map((c, i) => `${c.quoted} = strata_o.${aliases[i]}::${c.type}`)
+        .join(", ");
+      const n = target.columns.length;
+      sql = this.options.history
+        ? `WITH ${input},
+                strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid, to_jsonb(strata_s.*) AS strata_old, strata_in.*
+                               FROM ${target.qualified} strata_s JOIN strata_in ON ${match}),
+                strata_u AS (UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}
+                      RETURNING strata_o.strata_seq, strata_o.strata_ord, strata_o.strata_old, to_jsonb(strata_t.*) AS strata_new, ${target.keyJson("strata_t")} AS strata_key)
+           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row, new_row)
+           SELECT strata_u.strata_seq, strata_u.strata_ord, $${n + 3}::text, 'U', strata_u.strata_key, strata_u.strata_old, strata_u.strata_new FROM strata_u`
+        : `WITH ${input},
+                strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid, strata_in.*
+                               FROM ${target.qualified} strata_s JOIN strata_in ON ${match})
+           UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}`;
+      target.sqlCache.set("U*", sql);
+    }
+    const params: unknown[] = [run.seqs, run.ords, ...run.columns];
+    if (this.options.history) params.push(target.rel);
+    const expected = run.seqs.length;
+    const lsn = run.firstLsn;
+    await this.enqueue(
+      this.exec(sql, params),
+      (result) => {
+        if (result.rowCount !== expected)
+          throw withLsn(
+            new ApplyError(
+              `${expected - (result.rowCount ?? 0)} of ${expected} rows to update are missing on the replica`,
+              `the replica table ${target.rel} diverged from the primary (rows were changed or removed on the replica); restore them or re-seed the table, then replication resumes`,
+              { table: target.rel },
+            ),
+            lsn,
+          );
+      },
+      target.rel,
+      run.bytes,
+    );
   }
 
   /** WHERE clause locating one row (alias s), and its parameters. */
@@ -1253,6 +1344,34 @@ export class Applier {
   private async update(target: TargetTable, msg: UpdateMessage, ord: number) {
     // A pending run of inserts into another table does not interact with this row: it stays.
     if (this.pendingInserts?.target === target) await this.flushInserts();
+    if (this.updateBatchable(target, msg)) {
+      const key = JSON.stringify(target.keyIndexes.map((i) => msg.newTuple[i]));
+      let run = this.pendingUpdates.get(target);
+      if (run?.keys.has(key)) {
+        await this.flushUpdates(target);
+        run = undefined;
+      }
+      if (!run) {
+        run = {
+          target,
+          keys: new Set(),
+          columns: target.columns.map(() => []),
+          seqs: [],
+          ords: [],
+          bytes: 0,
+          firstLsn: this.tx!.meta.commitLsn,
+        };
+        this.pendingUpdates.set(target, run);
+      }
+      run.keys.add(key);
+      for (let i = 0; i < msg.newTuple.length; i++) run.columns[i].push(msg.newTuple[i] as string | null);
+      run.seqs.push(String(this.seq + 1n));
+      run.ords.push(ord);
+      run.bytes += tupleBytes(msg.newTuple);
+      if (run.seqs.length >= UPDATE_RUN_MAX || run.bytes >= QUEUE_MAX_BYTES) await this.flushUpdates(target);
+      return;
+    }
+    if (this.pendingUpdates.has(target)) await this.flushUpdates(target);
     const set = msg.newTuple.flatMap((v, i) => (v === UNCHANGED_TOAST ? [] : [i]));
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.newTuple);
     const m = this.match(target, id.tuple, id.all, set.length + 1);
@@ -1286,6 +1405,7 @@ export class Applier {
 
   private async delete(target: TargetTable, msg: DeleteMessage, ord: number) {
     if (this.pendingInserts?.target === target) await this.flushInserts();
+    if (this.pendingUpdates.has(target)) await this.flushUpdates(target);
     const id = this.identityOf(target, msg.oldTuple, msg.oldKind, msg.oldTuple);
     const m = this.match(target, id.tuple, id.all, 1);
     const cacheKey = `D:${id.all ? "A" : "K"}:${m.key}`;
@@ -1462,6 +1582,7 @@ export class Applier {
   async abort(): Promise<void> {
     this.tx = undefined;
     this.pendingInserts = undefined;
+    this.pendingUpdates.clear();
     this.pendingCommits = [];
     await this.inflight;
     this.inflight = undefined;
@@ -1480,6 +1601,16 @@ export class Applier {
       await this.client.query("ROLLBACK").catch(() => {});
     }
   }
+}
+
+/**
+ * Name the upstream relation an error is about (so its table can be held), only if the error is
+ * about that table: a failure of an earlier statement, reported late, names its own table.
+ */
+function withRelid<E>(err: E, rel: string | undefined, relid: number): E {
+  if (!(err instanceof ApplyError) || err.context.relid !== undefined || err.context.table !== rel)
+    return err;
+  return err.withContext({ relid }) as E;
 }
 
 /** Add the upstream LSN to an error, unless it names one already (a deferred failure's own). */

@@ -109,6 +109,42 @@ describe("a table whose schema change cannot be followed is held; the others go 
   });
 });
 
+describe("a row the replica lost holds its table until it is restored", () => {
+  let primary: TestCluster;
+  let strata: StrataProcess;
+  before(async () => {
+    primary = await startPrimary();
+    await primary.query("CREATE TABLE d (id int PRIMARY KEY, n int); CREATE TABLE e (id int PRIMARY KEY)");
+    await primary.query("INSERT INTO d SELECT g, 0 FROM generate_series(1, 5) g");
+    strata = await startStrata({ primary });
+  });
+  after(async () => {
+    await strata?.stop();
+    await primary?.stop();
+  });
+
+  test("updates applied as one statement find every row, or hold the table with the count missing", async () => {
+    await strata.query("SET strata_allow_replica_writes TO 1; DELETE FROM d WHERE id = 2");
+    await primary.query("UPDATE d SET n = n + 1; INSERT INTO e VALUES (1)");
+    await primary.query("UPDATE d SET n = n + 10 WHERE id >= 4; INSERT INTO e VALUES (2)");
+    await waitForSameRows(primary, strata, "e", "id");
+    const held = await waitFor("d to be held", async () => {
+      const s = await status(strata);
+      return s.current_error ? s : undefined;
+    });
+    assert.equal(held.held_tables, "public.d (schema)");
+    assert.match(held.current_error!, /1 of 5 rows to update are missing on the replica/);
+    assert.match(held.current_error!, /the replica table public\.d diverged from the primary/);
+    // Restoring the row as it was lets the held updates apply, in order.
+    await strata.query("SET strata_allow_replica_writes TO 1; INSERT INTO d VALUES (2, 0)");
+    await waitForSameRows(primary, strata, "d", "id");
+    assert.deepEqual(
+      await strata.query("SELECT id, n FROM d ORDER BY id"),
+      [1, 2, 3, 4, 5].map((id) => ({ id, n: id >= 4 ? 11 : 1 })),
+    );
+  });
+});
+
 describe("a table joining mid-stream is copied in the background", () => {
   let primary: TestCluster;
   let strata: StrataProcess;
