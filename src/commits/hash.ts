@@ -122,11 +122,6 @@ export class CommitHasher {
     this.hash.update(`${JSON.stringify(["snapshot", rel, columns])}\n`);
   }
 
-  /** Rows of a snapshot as COPY text (chunk boundaries do not matter). */
-  addSnapshotData(chunk: Buffer): void {
-    this.hash.update(chunk);
-  }
-
   /** End of one table's rows: its size seals where the table's bytes stop. */
   addSnapshotTableEnd(rows: number, bytes: number): void {
     this.hash.update(`\n${JSON.stringify(["end", rows, bytes])}\n`);
@@ -137,8 +132,8 @@ export class CommitHasher {
   }
 
   /**
-   * One chunk of a table's rows in a parallel snapshot: the SHA-256 of its COPY text with its
-   * size. Chunks are added in chunk order (not the order workers finished them), between
+   * One piece of a table's rows in a snapshot (or a table's copy when it joins mid-stream): the
+   * SHA-256 of its COPY data as forwarded (CopyData messages, framing included) with its size. Chunks are added in chunk order (not the order workers finished them), between
    * addSnapshotTable and addSnapshotTableEnd, so the hash does not depend on scheduling.
    */
   addSnapshotChunk(sha256: Buffer, rows: number, bytes: number): void {

@@ -7,7 +7,7 @@
 //        │ snapshot name, consistent point S
 //        ▼
 //   primary: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT; COPY (published columns, row filter)
-//        ──text rows──▶ store, a transaction of its own: TRUNCATE, COPY into the replica table,
+//        ──CopyData messages, forwarded as read (copy-forward.ts)──▶ store, a transaction of its own: TRUNCATE, COPY into the replica table,
 //                        strata.held_tables records S and the copy's figures, COMMIT
 //
 // The copy holds every change to the table committed before S, so the replay skips the held
@@ -15,16 +15,14 @@
 // sync does with its sync LSN). A crash mid-copy rolls the copy back; the next start copies again
 // under a new snapshot. The temporary slot goes away with its connection.
 import { createHash } from "node:crypto";
-import { Transform } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import pg from "pg";
-import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { type HeldCopy, recordHeldCopy } from "../apply/held-tables.ts";
 import { quoteIdent } from "../apply/schema-follow.ts";
 import type { PostgresReplicationConfig } from "../config/schema.ts";
 import { connect } from "../db.ts";
 import type { RelationMessage } from "../protocol/messages.ts";
 import { ReplicationConnection } from "./connection.ts";
+import { forwardCopy } from "./copy-forward.ts";
 import { upstreamConnectionConfig } from "./setup.ts";
 
 /**
@@ -73,18 +71,15 @@ export async function copyJoiningTable(job: JoiningTableCopy): Promise<HeldCopy>
     let rows = 0;
     const source = await copySource(primary, job.publication, relation.relationOid, cols);
     if (source) {
-      await pipeline(
-        primary.query(copyTo(`COPY (${source}) TO STDOUT`)),
-        new Transform({
-          transform(chunk: Buffer, _enc, done) {
-            bytes += chunk.length;
-            for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) rows++;
-            sha.update(chunk);
-            done(null, chunk);
-          },
-        }),
-        store.query(copyFrom(`COPY ${target} (${cols}) FROM STDIN`)),
+      const copied = await forwardCopy(
+        primary,
+        `COPY (${source}) TO STDOUT`,
+        store,
+        `COPY ${target} (${cols}) FROM STDIN`,
+        (framed) => sha.update(framed),
       );
+      rows = copied.rows;
+      bytes = copied.bytes;
     }
     const copy: HeldCopy = { lsn: created.consistentPoint, rows, bytes, sha256: sha.digest() };
     await recordHeldCopy(store, job.slot, job.relid, copy);
