@@ -103,25 +103,30 @@ export class HeldTableWork {
       ),
     );
     for (const relation of relations) {
-      if (returned.has(relation.relationOid)) {
-        this.adopted.delete(relation.relationOid);
-        if (await this.ap.rejoinTable(relation)) {
-          this.options.log.warn(
-            { table: `${relation.namespace}.${relation.name}` },
-            "a table is in the publication again after it left it: its rows are copied anew",
-          );
-          this.options.changed();
+      const table = `${relation.namespace}.${relation.name}`;
+      try {
+        if (returned.has(relation.relationOid)) {
+          this.adopted.delete(relation.relationOid);
+          if (await this.ap.rejoinTable(relation)) {
+            this.options.log.warn(
+              { table },
+              "a table is in the publication again after it left it: its rows are copied anew",
+            );
+            this.options.changed();
+          }
+        } else if (!this.adopted.has(relation.relationOid)) {
+          if (await this.ap.joinFromCatalog(relation)) {
+            this.options.log.info({ table }, "a table was added to the publication");
+            this.options.changed();
+          } else this.adopted.add(relation.relationOid);
         }
-        continue;
-      }
-      if (this.adopted.has(relation.relationOid)) continue;
-      if (!(await this.ap.joinFromCatalog(relation))) this.adopted.add(relation.relationOid);
-      else {
-        this.options.log.info(
-          { table: `${relation.namespace}.${relation.name}` },
-          "a table was added to the publication",
+      } catch (err) {
+        // Left to the stream: its first change to the table joins it, or holds it with this error.
+        this.adopted.add(relation.relationOid);
+        this.options.log.warn(
+          { table, err: (err as Error).message },
+          "could not take a table added to the publication; its first streamed change will",
         );
-        this.options.changed();
       }
     }
   }
