@@ -244,8 +244,15 @@ interface OpenTransaction {
 }
 
 export class Applier {
-  /** End LSN of the last durable upstream transaction (0 when none). */
+  /** End LSN of the last committed upstream transaction (0 when none). */
   position = 0n;
+  /**
+   * Where the store's WAL ended just after flush()'s last COMMIT, and where it was flushed then:
+   * with synchronous_commit off on the apply connection, a commit is durable once the store's WAL
+   * is flushed past it (see upstream/durable-acks.ts).
+   */
+  lastCommitWal = 0n;
+  lastFlushedWal = 0n;
   /**
    * The replica began with Strata's own initial snapshot. A seeded replica (or one on a slot made
    * by hand) has the user's baseline, so tables first seen later are never copied into it.
@@ -1569,7 +1576,15 @@ export class Applier {
         [this.options.slot, formatLsn(this.pendingEnd)],
       );
     }
-    await this.client.query("COMMIT");
+    // One round trip: the commit, then where the store's WAL ends after it and how far it is flushed.
+    const results = (await this.client.query(
+      "COMMIT; SELECT pg_current_wal_insert_lsn()::text AS wal_end, pg_current_wal_flush_lsn()::text AS flushed",
+    )) as unknown as pg.QueryResult<{ wal_end: string; flushed: string }>[];
+    const wal = results[1]?.rows[0];
+    if (wal) {
+      this.lastCommitWal = parseLsn(wal.wal_end);
+      this.lastFlushedWal = parseLsn(wal.flushed);
+    }
     this.inStoreTx = false;
     if (this.pendingEnd !== undefined) this.position = this.pendingEnd;
     this.pendingEnd = undefined;

@@ -34,6 +34,7 @@ import { decodePgoutput } from "../protocol/pgoutput.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { ReplicationConnection, WAKE_UP } from "./connection.ts";
 import { DDL_MESSAGE_PREFIX, parseDdlMessage } from "./ddl-trigger.ts";
+import { DurableAcks } from "./durable-acks.ts";
 import { HeldTableWork } from "./held-work.ts";
 import { SnapshotProgress } from "./progress.ts";
 import { syncSequencesOnce } from "./sequences.ts";
@@ -72,6 +73,8 @@ export interface ReplicatorOptions {
 }
 
 const BATCH_MAX_CHANGES = 5000;
+/** How often the store's WAL flush position is read while committed batches wait for it. */
+const DURABLE_CHECK_MS = 50;
 const BATCH_MAX_AGE_MS = 100;
 const STATUS_TABLE_INTERVAL_MS = 1000;
 /** How far behind the primary's WAL end the stream may be and still count as caught up. */
@@ -216,9 +219,12 @@ export class Replicator {
     let statusTimer: NodeJS.Timeout | undefined;
     let statusTableTimer: NodeJS.Timeout | undefined;
     let heldTimer: NodeJS.Timeout | undefined;
+    let flushTimer: NodeJS.Timeout | undefined;
     let stopHeldWork: (() => Promise<void>) | undefined;
     let applier: Applier | undefined;
     try {
+      // A batch is visible as soon as it commits; it is acknowledged once durable (durable-acks.ts).
+      await store.query("SET synchronous_commit = off");
       await store.query("SET session_replication_role = replica").catch(() => {
         this.log.warn(
           "cannot set session_replication_role = replica on the store (not a superuser): replica triggers will fire",
@@ -410,11 +416,34 @@ export class Replicator {
       const ap = applier;
       let inStream: number | undefined;
       let current: { skip: boolean } | undefined;
+      // Batches commit without waiting for the store's WAL flush; the primary is told a position
+      // only once the store's WAL is flushed past its batch (durable-acks.ts).
+      const acks = new DurableAcks();
+      let committed = ap.position;
+      const acknowledge = (flushed: bigint) => {
+        const durable = acks.flushedTo(flushed);
+        if (durable !== undefined && durable > this.acked) {
+          this.acked = durable;
+          sendStatus();
+        }
+      };
       const flush = async () => {
         const position = await ap.flush();
-        if (position > this.acked) this.acked = position;
-        sendStatus();
+        if (position > committed) {
+          committed = position;
+          acks.committed(ap.lastCommitWal, position);
+        }
+        acknowledge(ap.lastFlushedWal);
       };
+      // The store's walwriter flushes within wal_writer_delay: ask it how far, while batches wait.
+      flushTimer = setInterval(() => {
+        if (!acks.waiting) return;
+        this.storeWalFlushed()
+          .then(acknowledge)
+          .catch((err) =>
+            this.log.debug({ err: err.message }, "could not read the store's WAL flush position"),
+          );
+      }, DURABLE_CHECK_MS);
       const idle = () =>
         current === undefined && inStream === undefined && buffer.openTransactions === 0 && !ap.hasUnflushed;
       let batchStartedAt = 0;
@@ -455,7 +484,7 @@ export class Replicator {
         } else if (message.tag === "PrimaryKeepalive") {
           this.lastMessageAt = new Date();
           if (message.walEnd > this.serverWalEnd) this.serverWalEnd = message.walEnd;
-          if (idle() && message.walEnd > this.acked) this.acked = message.walEnd;
+          if (idle() && !acks.waiting && message.walEnd > this.acked) this.acked = message.walEnd;
           if (message.replyRequested) sendStatus();
         } else {
           this.lastMessageAt = new Date();
@@ -551,8 +580,8 @@ export class Replicator {
       if (this.stopping && applier && !applier.inTransaction && applier.hasUnflushed) {
         // Stopping between transactions: keep what was applied.
         try {
-          const position = await applier.flush();
-          if (position > this.acked) this.acked = position;
+          // Kept (the slot resends it if the store loses it before its WAL is flushed).
+          await applier.flush();
           return;
         } catch {
           // fall through to abort
@@ -563,6 +592,7 @@ export class Replicator {
       clearInterval(statusTimer);
       clearInterval(statusTableTimer);
       clearInterval(heldTimer);
+      clearInterval(flushTimer);
       await stopHeldWork?.();
       await applier?.abort();
       buffer.clear();
@@ -698,15 +728,14 @@ export class Replicator {
     }
   }
 
-  /** Write the status row read by dolt_replication_status. */
-  async writeStatus(): Promise<void> {
-    if (!this.statusDirty) return;
-    this.statusDirty = false;
-    const cfg = this.options.config;
-    // One connection, shared by concurrent callers (the timer and the loop) while it opens.
+  /** The status connection to the store: one, shared by concurrent callers while it opens. */
+  private statusConnection(): Promise<pg.Client> {
     if (!this.statusClient) {
       const opening = connect(
-        { ...this.options.store.connectionConfig(cfg.postgres_database), application_name: "strata status" },
+        {
+          ...this.options.store.connectionConfig(this.options.config.postgres_database),
+          application_name: "strata status",
+        },
         () => {
           if (this.statusClient === opening) this.statusClient = undefined;
         },
@@ -716,7 +745,22 @@ export class Replicator {
         if (this.statusClient === opening) this.statusClient = undefined;
       });
     }
-    const client = await this.statusClient;
+    return this.statusClient;
+  }
+
+  /** How far the store's WAL is flushed (on the status connection: the apply one is busy). */
+  private async storeWalFlushed(): Promise<bigint> {
+    const client = await this.statusConnection();
+    const { rows } = await client.query<{ lsn: string }>("SELECT pg_current_wal_flush_lsn()::text AS lsn");
+    return parseLsn(rows[0].lsn);
+  }
+
+  /** Write the status row read by dolt_replication_status. */
+  async writeStatus(): Promise<void> {
+    if (!this.statusDirty) return;
+    this.statusDirty = false;
+    const cfg = this.options.config;
+    const client = await this.statusConnection();
     const caughtUp = this.acked >= this.serverWalEnd;
     // Streaming but further behind the primary's WAL end than a keepalive's worth: catching up.
     const phase =
