@@ -36,6 +36,9 @@ export class HeldTableWork {
   private readonly copyErrors = new Map<number, string>();
   private readonly retryAt = new Map<number, number>();
   private nextWatchAt = 0;
+  /** The publication's tables being read from the primary (off the stream's loop), and the result. */
+  private reading: Promise<void> | undefined;
+  private read: RelationMessage[] | undefined;
   /** Published tables the replica already has (with rows): left to the stream, not looked at again. */
   private readonly adopted = new Set<number>();
 
@@ -50,9 +53,8 @@ export class HeldTableWork {
   }
 
   private watching(): boolean {
-    return (
-      this.options.published !== undefined && this.ap.copiesJoiningTables && Date.now() >= this.nextWatchAt
-    );
+    if (this.options.published === undefined || !this.ap.copiesJoiningTables) return false;
+    return this.read !== undefined || (this.reading === undefined && Date.now() >= this.nextWatchAt);
   }
 
   /** One turn: call between batches only (no upstream transaction open, nothing unflushed). */
@@ -87,12 +89,23 @@ export class HeldTableWork {
    * it is streamed (a table nobody writes to would otherwise never be copied).
    */
   private async watch(): Promise<void> {
-    this.nextWatchAt = Date.now() + WATCH_MS;
-    let relations: RelationMessage[];
-    try {
-      relations = await this.options.published!();
-    } catch (err) {
-      this.options.log.debug({ err: (err as Error).message }, "could not read the publication's tables");
+    const relations = this.read;
+    this.read = undefined;
+    if (!relations) {
+      // Read in the background (a connection to the primary and a catalog query): the stream's
+      // loop goes on meanwhile, and takes the result at a later turn.
+      this.nextWatchAt = Date.now() + WATCH_MS;
+      this.reading = this.options.published!()
+        .then((read) => {
+          this.read = read;
+        })
+        .catch((err: Error) => {
+          this.options.log.debug({ err: err.message }, "could not read the publication's tables");
+        })
+        .finally(() => {
+          this.reading = undefined;
+          this.options.wake();
+        });
       return;
     }
     const returned = new Set(
@@ -197,5 +210,6 @@ export class HeldTableWork {
   async stop(): Promise<void> {
     for (const { controller } of this.copies.values()) controller.abort();
     await Promise.all([...this.copies.values()].map((c) => c.done));
+    await this.reading;
   }
 }
