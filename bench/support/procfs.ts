@@ -5,7 +5,7 @@
 // the children still alive. Memory of a cluster is the sum of its processes' PSS (proportional
 // set size), so shared buffers mapped by every backend are counted once, not once per process.
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 let ticks: number | undefined;
@@ -79,6 +79,20 @@ function statusKb(pid: number, field: string): number | undefined {
 /** Peak resident set size of a process (VmHWM), in kB. */
 export function peakRssKb(pid: number): number | undefined {
   return statusKb(pid, "VmHWM");
+}
+
+/**
+ * Reset a process's peak RSS (VmHWM) to its current RSS, so that a later peakRssKb() is the peak
+ * since now: writes "5" to /proc/<pid>/clear_refs (Linux 4.0+; the process must be ours). False
+ * when that is not possible.
+ */
+export function resetPeakRss(pid: number): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, "5");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Proportional set size of a process, in kB (0 when it is gone). */
