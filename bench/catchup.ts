@@ -38,9 +38,10 @@ import {
 } from "./support/scaffold.ts";
 import {
   bulkWorkload,
-  type Endpoint,
+  checksums,
+  endpointOfCluster,
+  endpointOfStrata,
   mixedWorkload,
-  type TableCheck,
   type Workload,
   withClient,
 } from "./support/workloads.ts";
@@ -50,7 +51,6 @@ const DECODE_SLOT = "bench_decode";
 const POLL_MS = 50;
 const SAMPLE_MS = 500;
 const PROGRESS_MS = 10_000;
-const CHECK_SESSION = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3";
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -180,31 +180,6 @@ interface WorkloadResult {
   decode: DecodeRun[];
   native: ConsumerRun[];
   strata: ConsumerRun[];
-}
-
-function endpointOfCluster(c: TestCluster): Endpoint {
-  return { host: c.host, port: c.port, config: c.connectionConfig() };
-}
-
-function endpointOfStrata(s: StrataProcess): Endpoint {
-  return { host: "127.0.0.1", port: s.port, config: s.connectionConfig() };
-}
-
-async function checksums(target: Endpoint, tables: TableCheck[]): Promise<Record<string, TableSum>> {
-  return withClient(
-    target,
-    async (c) => {
-      const out: Record<string, TableSum> = {};
-      for (const t of tables) {
-        const { rows } = await c.query<{ n: string; h: string }>(
-          `SELECT count(*) AS n, md5(coalesce(string_agg(md5(t::text), '' ORDER BY ${t.order}), '')) AS h FROM ${t.name} t`,
-        );
-        out[t.name] = { rows: Number(rows[0].n), digest: rows[0].h };
-      }
-      return out;
-    },
-    CHECK_SESSION,
-  );
 }
 
 /** One pass of pgoutput (proto 1) over the scratch slot's backlog, counting messages by kind. */

@@ -62,11 +62,18 @@ import {
   machineInfo,
   progressReporter,
   runBench,
-  type TableSum,
   usageExits,
   writeResults,
 } from "./support/scaffold.ts";
-import { type Endpoint, mixedWorkload, type TableCheck, withClient } from "./support/workloads.ts";
+import {
+  checksums,
+  type Endpoint,
+  endpointOfCluster,
+  endpointOfStrata,
+  mixedWorkload,
+  type TableCheck,
+  withClient,
+} from "./support/workloads.ts";
 
 const PUBLICATION = "lag_pub";
 const SUBSCRIPTION = "lag_sub";
@@ -76,7 +83,6 @@ const PROBE_INTERVAL_MS = 10;
 /** The start of the load left out of lagMsAfterStart (in the JSON only). */
 const SETTLE_SECONDS = 5;
 const WARMUP_TIMEOUT_MS = 60_000;
-const CHECK_SESSION = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3";
 /** Strata's own writer: the store's triggers let its DDL and writes through (src/store/store.ts). */
 const INTERNAL_WRITER = "-c strata.applying=on";
 const CPUS = os.cpus().length;
@@ -284,32 +290,6 @@ interface LagRun {
   logWarnings?: number;
   logErrors?: number;
   logTail?: string;
-}
-
-function endpointOfCluster(c: TestCluster): Endpoint {
-  return { host: c.host, port: c.port, config: c.connectionConfig() };
-}
-
-function endpointOfStrata(s: StrataProcess, options?: string): Endpoint {
-  const config = s.connectionConfig();
-  return { host: "127.0.0.1", port: s.port, config: options ? { ...config, options } : config };
-}
-
-async function checksums(target: Endpoint): Promise<Record<string, TableSum>> {
-  return withClient(
-    target,
-    async (c) => {
-      const out: Record<string, TableSum> = {};
-      for (const t of TABLES) {
-        const { rows } = await c.query<{ n: string; h: string }>(
-          `SELECT count(*) AS n, md5(coalesce(string_agg(md5(t::text), '' ORDER BY ${t.order}), '')) AS h FROM ${t.name} t`,
-        );
-        out[t.name] = { rows: Number(rows[0].n), digest: rows[0].h };
-      }
-      return out;
-    },
-    CHECK_SESSION,
-  );
 }
 
 /** The pgbench tables (deterministic, server-side generation) and, on a replica, the probe's trigger. */
@@ -656,8 +636,8 @@ async function measure(primary: TestCluster, consumer: Consumer, run: number, c:
     problems.push(
       `${samples.length - distinct} probes were recorded more than once on the ${consumer} replica`,
     );
-  const primarySums = await checksums(primaryTarget);
-  const replicaSums = await checksums(c.replica);
+  const primarySums = await checksums(primaryTarget, TABLES);
+  const replicaSums = await checksums(c.replica, TABLES);
   problems.push(...compareChecksums(primarySums, replicaSums).map((p) => `replica differs: ${p}`));
   const replicaCommits = history?.commits;
   if (replicaCommits !== undefined && replicaCommits !== changes.commits)

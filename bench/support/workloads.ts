@@ -5,7 +5,10 @@
 //   mixed  many small transactions: pgbench's default (TPC-B like) script, 3 UPDATEs + 1 INSERT
 //          each, from several concurrent clients
 import pg from "pg";
+import type { TestCluster } from "../../test/support/postgres.ts";
+import type { StrataProcess } from "../../test/support/strata.ts";
 import { pgbenchClientArgs, runPgbench } from "./pgbench.ts";
+import type { TableSum } from "./scaffold.ts";
 
 /** A server the benchmark connects to. */
 export interface Endpoint {
@@ -47,6 +50,37 @@ export async function withClient<T>(
   } finally {
     await client.end().catch(() => {});
   }
+}
+
+/** Session settings that make table checksums independent of each server's defaults. */
+const CHECK_SESSION = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3";
+
+/** Row count and an md5 over every row (in key order) of each table: equal tables, equal sums. */
+export async function checksums(target: Endpoint, tables: TableCheck[]): Promise<Record<string, TableSum>> {
+  return withClient(
+    target,
+    async (c) => {
+      const out: Record<string, TableSum> = {};
+      for (const t of tables) {
+        const { rows } = await c.query<{ n: string; h: string }>(
+          `SELECT count(*) AS n, md5(coalesce(string_agg(md5(t::text), '' ORDER BY ${t.order}), '')) AS h FROM ${t.name} t`,
+        );
+        out[t.name] = { rows: Number(rows[0].n), digest: rows[0].h };
+      }
+      return out;
+    },
+    CHECK_SESSION,
+  );
+}
+
+export function endpointOfCluster(c: TestCluster): Endpoint {
+  return { host: c.host, port: c.port, config: c.connectionConfig() };
+}
+
+/** Strata's listener, optionally with session options (e.g. `-c strata.applying=on`). */
+export function endpointOfStrata(s: StrataProcess, options?: string): Endpoint {
+  const config = s.connectionConfig();
+  return { host: "127.0.0.1", port: s.port, config: options ? { ...config, options } : config };
 }
 
 /** Run pgbench against `target`; its progress lines go to `log`, its stdout is returned. */
