@@ -106,32 +106,22 @@ export interface DdlMessage {
 }
 
 /** Inserts into one table applied together; the longest run is INSERT_RUN_MAX rows. */
-interface PendingInserts {
+/**
+ * Rows of one table applied together as one statement: a run of inserts, or of updates (full new
+ * rows of a keyed table whose key does not change, so the run's order within the table does not
+ * matter).
+ */
+interface PendingRun {
   target: TargetTable;
-  /** The rows' keys (no key twice in a run: history rows are matched to rows by key); empty for a keyless table. */
+  /** The rows' keys (no key twice in a run: rows are matched back by key); empty for a keyless table. */
   keys: Set<string>;
-  /** Per column of the target, the rows' values as text. */
+  /** Per column of the target, the rows' (new) values as text. */
   columns: (string | null)[][];
   seqs: string[];
   ords: number[];
   /** Bytes of the rows' values. */
   bytes: number;
   /** The commit LSN of the run's first row, for errors. */
-  firstLsn: bigint;
-}
-
-/**
- * Updates of one table applied together: full new rows of a keyed table whose key does not
- * change, each key once in a run (so the run's order within the table does not matter).
- */
-interface PendingUpdates {
-  target: TargetTable;
-  keys: Set<string>;
-  /** Per column of the target, the rows' new values as text. */
-  columns: (string | null)[][];
-  seqs: string[];
-  ords: number[];
-  bytes: number;
   firstLsn: bigint;
 }
 
@@ -275,9 +265,9 @@ export class Applier {
   /** Commit rows of the batch, written together by flush(). */
   private pendingCommits: CommitRow[] = [];
   /** Inserts waiting to be applied as one statement (see flushInserts). */
-  private pendingInserts: PendingInserts | undefined;
+  private pendingInserts: PendingRun | undefined;
   /** Updates waiting to be applied as one statement per table (see flushUpdates). */
-  private readonly pendingUpdates = new Map<TargetTable, PendingUpdates>();
+  private readonly pendingUpdates = new Map<TargetTable, PendingRun>();
   /** The run of inserts the store is applying, and its failure once it has failed. */
   private inflight: Promise<void> | undefined;
   private inflightError: Error | undefined;
@@ -1087,22 +1077,10 @@ export class Applier {
       if (run && (run.target !== target || (key !== "" && run.keys.has(key)))) await this.flushInserts();
       let current = this.pendingInserts;
       if (!current) {
-        current = {
-          target,
-          keys: new Set(),
-          columns: target.columns.map(() => []),
-          seqs: [],
-          ords: [],
-          bytes: 0,
-          firstLsn: this.tx!.meta.commitLsn,
-        };
+        current = this.newRun(target);
         this.pendingInserts = current;
       }
-      current.keys.add(key);
-      for (let i = 0; i < tuple.length; i++) current.columns[i].push(tuple[i] as string | null);
-      current.seqs.push(String(this.seq + 1n));
-      current.ords.push(ord);
-      current.bytes += tupleBytes(tuple);
+      this.addToRun(current, key, tuple, ord);
       // Bounded in rows and bytes: memory stays flat whatever the rows' size.
       if (current.seqs.length >= INSERT_RUN_MAX || current.bytes >= QUEUE_MAX_BYTES)
         await this.flushInserts();
@@ -1125,6 +1103,27 @@ export class Applier {
     const params: unknown[] = present.map((i) => tuple[i]);
     if (this.options.history) params.push(...this.historyParams(ord, target));
     await this.enqueue(this.exec(sql, params), undefined, target.rel, tupleBytes(tuple));
+  }
+
+  private newRun(target: TargetTable): PendingRun {
+    return {
+      target,
+      keys: new Set(),
+      columns: target.columns.map(() => []),
+      seqs: [],
+      ords: [],
+      bytes: 0,
+      firstLsn: this.tx!.meta.commitLsn,
+    };
+  }
+
+  /** A row of the open commit joins a run (its values are text: see batchable/updateBatchable). */
+  private addToRun(run: PendingRun, key: string, tuple: TupleData, ord: number): void {
+    run.keys.add(key);
+    for (let i = 0; i < tuple.length; i++) run.columns[i].push(tuple[i] as string | null);
+    run.seqs.push(String(this.seq + 1n));
+    run.ords.push(ord);
+    run.bytes += tupleBytes(tuple);
   }
 
   /**
@@ -1359,22 +1358,10 @@ export class Applier {
         run = undefined;
       }
       if (!run) {
-        run = {
-          target,
-          keys: new Set(),
-          columns: target.columns.map(() => []),
-          seqs: [],
-          ords: [],
-          bytes: 0,
-          firstLsn: this.tx!.meta.commitLsn,
-        };
+        run = this.newRun(target);
         this.pendingUpdates.set(target, run);
       }
-      run.keys.add(key);
-      for (let i = 0; i < msg.newTuple.length; i++) run.columns[i].push(msg.newTuple[i] as string | null);
-      run.seqs.push(String(this.seq + 1n));
-      run.ords.push(ord);
-      run.bytes += tupleBytes(msg.newTuple);
+      this.addToRun(run, key, msg.newTuple, ord);
       if (run.seqs.length >= UPDATE_RUN_MAX || run.bytes >= QUEUE_MAX_BYTES) await this.flushUpdates(target);
       return;
     }
