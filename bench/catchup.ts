@@ -34,6 +34,7 @@ import {
   runBench,
   type TableSum,
   usageExits,
+  withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
 import {
@@ -472,10 +473,7 @@ async function runStrata(
       logTail: stats.notable.length ? stats.notable.slice(-10).join("\n") : undefined,
     };
   } catch (err) {
-    if (strata)
-      (err as Error).message +=
-        `\n--- strata log (tail) ---\n${strata.logs.split("\n").slice(-20).join("\n")}`;
-    throw err;
+    throw withStrataLogTail(err, strata);
   } finally {
     await strata?.stop().catch(() => {});
     for (const instance of instances) instance.destroySync();

@@ -54,7 +54,14 @@ import { loadWindow } from "./support/machine-load.ts";
 import { type PgbenchTarget, parsePgbenchSummary, pgbenchClientArgs, runPgbench } from "./support/pgbench.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
-import { machineInfo, progressReporter, runBench, usageExits, writeResults } from "./support/scaffold.ts";
+import {
+  machineInfo,
+  progressReporter,
+  runBench,
+  usageExits,
+  withStrataLogTail,
+  writeResults,
+} from "./support/scaffold.ts";
 import { startTcpPipe, type TcpPipe } from "./support/tcp-pipe.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -351,8 +358,7 @@ async function pgbenchPart(): Promise<PgbenchResult> {
       runs,
     };
   } catch (err) {
-    if (strata) (err as Error).message += `\n--- strata log (tail) ---\n${tail(strata.logs)}`;
-    throw err;
+    throw withStrataLogTail(err, strata);
   } finally {
     await pipe?.close();
     await stopStrata(strata);
@@ -800,18 +806,13 @@ async function historyPart(): Promise<HistoryResult> {
       latencies,
     };
   } catch (err) {
-    if (strata) (err as Error).message += `\n--- strata log (tail) ---\n${tail(strata.logs)}`;
-    throw err;
+    throw withStrataLogTail(err, strata);
   } finally {
     for (const c of clients) await c.end().catch(() => {});
     await stopStrata(strata);
     await stopCluster(primary);
     endPhase();
   }
-}
-
-function tail(logs: string): string {
-  return logs.split("\n").slice(-20).join("\n");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ import {
   progressReporter,
   runBench,
   usageExits,
+  withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
 import {
@@ -836,10 +837,7 @@ async function runStrata(run: number): Promise<LagRun> {
     result.logTail = stats.notable.length ? stats.notable.slice(-10).join("\n") : undefined;
     return result;
   } catch (err) {
-    if (strata)
-      (err as Error).message +=
-        `\n--- strata log (tail) ---\n${strata.logs.split("\n").slice(-20).join("\n")}`;
-    throw err;
+    throw withStrataLogTail(err, strata);
   } finally {
     await strata?.stop().catch(() => {});
     for (const instance of instances) instance.destroySync();

@@ -44,6 +44,7 @@ import {
   runBench,
   type TableSum,
   usageExits,
+  withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
 import { type Endpoint, withClient } from "./support/workloads.ts";
@@ -726,10 +727,7 @@ async function runStrata(
       checksums: sums,
     };
   } catch (err) {
-    if (strata)
-      (err as Error).message +=
-        `\n--- strata log (tail) ---\n${strata.logs.split("\n").slice(-20).join("\n")}`;
-    throw err;
+    throw withStrataLogTail(err, strata);
   } finally {
     await strata?.stop().catch(() => {});
     for (const instance of instances) {

@@ -138,3 +138,10 @@ export function runBench(main: () => Promise<number>): void {
     },
   );
 }
+
+/** Add the tail of a Strata process's log to an error from a run that used it. */
+export function withStrataLogTail(err: unknown, strata: { logs: string } | undefined): unknown {
+  if (strata && err instanceof Error)
+    err.message += `\n--- strata log (tail) ---\n${strata.logs.split("\n").slice(-20).join("\n")}`;
+  return err;
+}

@@ -819,13 +819,7 @@ export class Applier {
         return "released";
       }
       if (copy) {
-        const raw = (
-          await this.client.query<{ relation: Buffer }>(
-            "SELECT relation FROM strata.held_tables WHERE slot_name = $1 AND relid = $2",
-            [this.options.slot, relid],
-          )
-        ).rows[0].relation;
-        const relation = decodePgoutput(raw, { inStream: false }) as RelationMessage;
+        const relation = decodePgoutput(copy.relation, { inStream: false }) as RelationMessage;
         this.beginTransaction({ xid: 0, commitLsn: copy.lsn, commitTime: 0n }, table.rel);
         this.tx!.message =
           `${table.rel} joined the replica (${copy.rows} rows copied at ${formatLsn(copy.lsn)})`;

@@ -32,6 +32,11 @@ export interface HeldCopy {
   sha256: Buffer;
 }
 
+/** A committed copy, with the Relation message it selected by. */
+export interface RecordedCopy extends HeldCopy {
+  relation: Buffer;
+}
+
 /** One held message: a Relation ('R') or a change ('C': row change, truncate, DDL message). */
 export interface HeldMessage {
   id: string;
@@ -213,20 +218,32 @@ export async function releaseTable(client: pg.Client, slot: string, relid: numbe
   await client.query("DELETE FROM strata.held_tables WHERE slot_name = $1 AND relid = $2", [slot, relid]);
 }
 
-/** A joining table's copy, once it committed. */
+/** A joining table's copy, once it committed, with the Relation message it selected by. */
 export async function readHeldCopy(
   client: pg.Client,
   slot: string,
   relid: number,
-): Promise<HeldCopy | undefined> {
-  const { rows } = await client.query<{ lsn: string | null; rows: string; bytes: string; sha: Buffer }>(
-    `SELECT copied_lsn::text AS lsn, copied_rows AS rows, copied_bytes AS bytes, copied_sha256 AS sha
+): Promise<RecordedCopy | undefined> {
+  const { rows } = await client.query<{
+    lsn: string | null;
+    rows: string;
+    bytes: string;
+    sha: Buffer;
+    relation: Buffer;
+  }>(
+    `SELECT copied_lsn::text AS lsn, copied_rows AS rows, copied_bytes AS bytes, copied_sha256 AS sha, relation
        FROM strata.held_tables WHERE slot_name = $1 AND relid = $2`,
     [slot, relid],
   );
   const row = rows[0];
   if (!row?.lsn) return undefined;
-  return { lsn: parseLsn(row.lsn), rows: Number(row.rows), bytes: Number(row.bytes), sha256: row.sha };
+  return {
+    lsn: parseLsn(row.lsn),
+    rows: Number(row.rows),
+    bytes: Number(row.bytes),
+    sha256: row.sha,
+    relation: row.relation,
+  };
 }
 
 /** Joining tables whose copy has not committed yet, with the Relation message to copy by. */
