@@ -570,7 +570,10 @@ test("the session registry: database, user, backend pid, transaction status; ter
     await a.query("BEGIN");
     assert.equal(session.txStatus, "T");
     await assert.rejects(a.query("SELECT 1/0"));
-    assert.equal(session.txStatus, "E");
+    // node-postgres rejects at the ErrorResponse; the status comes with the ReadyForQuery after it.
+    await waitFor("the failed transaction's status", async () =>
+      session.txStatus === "E" ? true : undefined,
+    );
     await a.query("ROLLBACK");
     assert.equal(session.txStatus, "I");
 
