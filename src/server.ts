@@ -37,8 +37,9 @@ export async function startServer(
   let replicator: Replicator | undefined;
   let sequenceSync: SequenceSyncTimer | undefined;
   let slotMonitor: SlotMonitor | undefined;
+  let backgroundPush: { stop(): Promise<void> } | undefined;
   const stopTimers = async () => {
-    await Promise.all([sequenceSync?.stop(), slotMonitor?.stop()]);
+    await Promise.all([sequenceSync?.stop(), slotMonitor?.stop(), backgroundPush?.stop()]);
   };
   try {
     const database = config.postgres_replication?.postgres_database ?? "postgres";
@@ -98,6 +99,7 @@ export async function startServer(
       }
     }
     frontDoor = rewriter ?? new StrataRewriter(store, log);
+    if (frontDoor instanceof StrataRewriter) backgroundPush = frontDoor.remotes.startBackgroundPush();
     listener = await startListener(config.listener, store.endpoint, frontDoor, log);
     log.info(
       { host: listener.address.host, port: listener.address.port, database, data_dir: dataDir },

@@ -456,16 +456,21 @@ export class Applier {
     ]);
   }
 
-  /** Run DDL on the replica as part of the open commit. */
-  private async runSchemaChange(rel: string, ddl: string): Promise<void> {
+  /**
+   * Run DDL on the replica as part of the open commit. `after` names the table once the DDL ran
+   * (a rename's new name): history records its definition then, for remotes (remotes/remote-sql.ts).
+   */
+  private async runSchemaChange(rel: string, ddl: string, after = rel): Promise<void> {
     await this.settle();
     const tx = this.tx!;
     await this.client.query(ddl);
     tx.hasher?.addSchemaChange(rel, ddl);
     if (this.options.history)
       await this.client.query(
-        "INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl) VALUES ($1, $2, $3, $4)",
-        [String(this.seq + 1n), tx.ord, rel, ddl],
+        `INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
+         VALUES ($1, $2, $3, $4, coalesce(strata.table_definition(strata.regclass_of($5)),
+                                          CASE WHEN $4 LIKE 'DROP TABLE %' THEN '{"dropped": true}'::jsonb END))`,
+        [String(this.seq + 1n), tx.ord, rel, ddl, after],
       );
     tx.ord++;
     tx.changes++;
@@ -520,11 +525,15 @@ export class Applier {
     let at = oldQualified;
     if (old.schema !== next.schema) {
       await this.client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(next.schema)}`);
-      await this.runSchemaChange(known.rel, `ALTER TABLE ${at} SET SCHEMA ${quoteIdent(next.schema)}`);
+      await this.runSchemaChange(
+        known.rel,
+        `ALTER TABLE ${at} SET SCHEMA ${quoteIdent(next.schema)}`,
+        `${next.schema}.${old.name}`,
+      );
       at = `${quoteIdent(next.schema)}.${quoteIdent(old.name)}`;
     }
     if (old.name !== next.name)
-      await this.runSchemaChange(known.rel, `ALTER TABLE ${at} RENAME TO ${quoteIdent(next.name)}`);
+      await this.runSchemaChange(known.rel, `ALTER TABLE ${at} RENAME TO ${quoteIdent(next.name)}`, newRel);
     this.tx!.notes.push(`${known.rel} renamed to ${next.schema}.${next.name}`);
   }
 

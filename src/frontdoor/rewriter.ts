@@ -5,8 +5,10 @@
 import pg from "pg";
 import { findVariable } from "../config/variables.ts";
 import type { Logger } from "../log.ts";
+import { RemoteService } from "../remotes/service.ts";
 import type { StoreHandle } from "../store/store.ts";
-import { type AlteredSetting, mayRewrite, rewriteSql } from "./rewrite.ts";
+import { findRemoteCall, mayCallRemote } from "./remote-call.ts";
+import { type AlteredSetting, loadParser, mayRewrite, rewriteSql } from "./rewrite.ts";
 import type { QueryRewriter, RewriteContext } from "./session.ts";
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
@@ -24,17 +26,41 @@ export class StrataRewriter implements QueryRewriter {
   private readonly rewrites = new Map<string, { at: number; sql: string | undefined }>();
   private closed = false;
 
+  readonly remotes: RemoteService;
+
   constructor(
     private readonly store: StoreHandle,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.remotes = new RemoteService(store, log);
+  }
 
   rewrite(sql: string, context: RewriteContext): Promise<string | undefined> | undefined {
-    if (!mayRewrite(sql)) return undefined;
-    return this.rewriteCandidate(sql, context);
+    // A read replica pulls when a transaction starts (the session is idle before this statement).
+    const status = context.session.txStatus;
+    const pull =
+      status === "T" || status === "E" ? undefined : this.remotes.beforeTransaction(context.database);
+    const remoteCall = mayCallRemote(sql);
+    if (!pull && !remoteCall && !mayRewrite(sql)) return undefined;
+    return (pull ?? Promise.resolve()).then(() =>
+      remoteCall ? this.rewriteRemoteCall(sql, context) : this.rewriteCandidate(sql, context),
+    );
+  }
+
+  /** After a transaction ended: a database that replicates to a remote pushes its new commits. */
+  transactionEnded(context: { database: string }): Promise<void> | undefined {
+    return this.remotes.afterTransaction(context.database);
+  }
+
+  private async rewriteRemoteCall(sql: string, context: RewriteContext): Promise<string | undefined> {
+    await loadParser();
+    const call = findRemoteCall(sql);
+    if (!call) return this.rewriteCandidate(sql, context);
+    return this.remotes.call(call.fn, call.args, context.database);
   }
 
   private async rewriteCandidate(sql: string, context: RewriteContext): Promise<string | undefined> {
+    if (!mayRewrite(sql)) return undefined;
     const cacheKey = `${context.database}\u0000${sql}`;
     const cached = this.rewrites.get(cacheKey);
     if (cached && Date.now() - cached.at < CATALOG_TTL_MS) return cached.sql;
@@ -112,7 +138,10 @@ export class StrataRewriter implements QueryRewriter {
           [JSON.stringify(settings)],
         );
         if (rows[0]?.written) {
+          // Forgotten on both sides of the reload: no statement acts on a value read before it.
+          this.remotes.settingsChanged();
           await pool.query("SELECT pg_reload_conf()");
+          this.remotes.settingsChanged();
           // New sessions see the value now; what Strata itself reads at start waits for a restart.
           const atStart = settings
             .map((s) => findVariable(s.name.replace(/^strata\./, "")))

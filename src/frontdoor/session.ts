@@ -5,6 +5,10 @@
 //   client ◀──────────────────── chunks as they came ◀───────────────────────────── store
 //                                 └──▶ FrameSplitter observes Z, K, S (session state)
 //
+// A rewriter with a transactionEnded hook takes the store's replies frame by frame instead (runs
+// of bytes, and Z, K, S whole), so that a ReadyForQuery that ends a transaction can be held from
+// the client, with all that follows it, until the hook's Promise settles (see pumpStore).
+//
 // Order is kept strictly: while a rewrite is pending, the rest of the client's bytes wait (the
 // client socket is paused). Each direction pushes back on its own: when the side being written
 // to is full, the side being read is paused until it drains, so a slow client slows only its own
@@ -75,6 +79,21 @@ export interface RewriteContext {
  */
 export interface QueryRewriter {
   rewrite(sql: string, context: RewriteContext): string | undefined | Promise<string | undefined>;
+  /**
+   * Called when the store says a transaction ended: a ReadyForQuery with status 'I' (an autocommit
+   * statement, or an extended-protocol Sync outside a block, finished; or COMMIT/ROLLBACK of a
+   * block), but not the one that ends the startup (no transaction ran). Return a Promise to hold
+   * that ReadyForQuery, and everything the store sends after it, from the client until the Promise
+   * settles (Strata uses this to push a commit to a remote before the client hears its COMMIT
+   * succeeded). Return undefined (the common case) to pass it on at once. A rejected Promise (or a
+   * throw) is logged at warn and the ReadyForQuery is released anyway. Without this method, a
+   * session's store replies take the faster path (written as they come, not frame by frame).
+   */
+  transactionEnded?(context: {
+    database: string;
+    user: string;
+    session: SessionInfo;
+  }): Promise<void> | undefined;
 }
 
 /** Rewrites nothing: the front door then only decodes Query and Parse when asked to. */
@@ -121,11 +140,14 @@ export class Session implements SessionInfo {
   private readonly log: Logger;
   private readonly onEnd: (session: Session) => void;
   private readonly fromClient: FrameSplitter;
-  private readonly fromStore = new FrameSplitter(
-    [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus],
-    false,
-    true,
-  );
+  /** Observes the store's replies; with a transactionEnded hook, also hands back the runs between. */
+  private readonly fromStore: FrameSplitter;
+  /** Whether the rewriter has a transactionEnded hook: the store's replies then go frame by frame. */
+  private readonly framed: boolean;
+  /** A ReadyForQuery (a copy) held from the client until the rewriter's transactionEnded settles. */
+  private held: Buffer | undefined;
+  /** What the store sent after the held ReadyForQuery (copies, out of `storeBuffer`), in order. */
+  private readonly heldFrames: Frame[] = [];
   /** What the store is read into; replaced when the client's socket keeps the last chunk read. */
   private storeBuffer: Buffer | undefined;
   /** Client chunks not yet given to `fromClient` (they arrived while a rewrite was pending). */
@@ -151,21 +173,41 @@ export class Session implements SessionInfo {
     const walsender = replication !== undefined && !/^(false|off|no|0)$/i.test(replication);
     this.rewriter = start.rewriter === passThroughRewriter || walsender ? undefined : start.rewriter;
     this.fromClient = new FrameSplitter(this.rewriter ? [TAG.query, TAG.parse] : []);
+    this.framed = typeof this.rewriter?.transactionEnded === "function";
+    this.fromStore = new FrameSplitter(
+      [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus],
+      this.framed,
+      true,
+    );
+    // The session pauses the store itself, when the client is full (or a ReadyForQuery is held).
     this.store = start.connectStore({
       buffer: () => {
         this.storeBuffer ??= Buffer.allocUnsafeSlow(STORE_READ_SIZE);
         return this.storeBuffer;
       },
-      callback: (length, buffer) => {
-        this.fromStoreData((buffer as Buffer).subarray(0, length));
-        return true; // the session pauses the store itself, when the client is full
-      },
+      callback: this.framed
+        ? (length, buffer) => {
+            this.fromStoreFrames((buffer as Buffer).subarray(0, length));
+            return true;
+          }
+        : (length, buffer) => {
+            this.fromStoreData((buffer as Buffer).subarray(0, length));
+            return true;
+          },
     });
 
     const { client, store } = this;
     client
       .on("data", (chunk: Buffer) => this.fromClientData(chunk))
-      .on("drain", () => store.resume())
+      // While a ReadyForQuery is held, the store stays paused: its release resumes it.
+      .on(
+        "drain",
+        this.framed
+          ? () => {
+              if (!this.held) store.resume();
+            }
+          : () => store.resume(),
+      )
       .on("error", (err) => this.fail("client", err))
       .on("close", () => this.end("the client closed the connection"));
     store
@@ -182,7 +224,8 @@ export class Session implements SessionInfo {
 
   terminate(error?: Omit<ErrorFields, "severity">): void {
     if (this.ended) return;
-    if (error && this.fromStore.atMessageBoundary())
+    // While a ReadyForQuery is held, the client has had the messages before it, whole.
+    if (error && (this.held || this.fromStore.atMessageBoundary()))
       this.client.write(encodeErrorResponse({ severity: "FATAL", ...error }));
     this.end("terminated by the server");
   }
@@ -334,6 +377,101 @@ export class Session implements SessionInfo {
     }
   }
 
+  /**
+   * A chunk from the store, in `storeBuffer`, for a session whose rewriter has transactionEnded:
+   * read first, and written to the client frame by frame (see pumpStore). As in fromStoreData, a
+   * chunk the client's socket keeps takes the buffer with it, and the client gets a copy when its
+   * writes would wait behind others (or go through TLS); what waits behind a held ReadyForQuery is
+   * copied out of the buffer.
+   */
+  private fromStoreFrames(chunk: Buffer): void {
+    if (this.ended) return;
+    this.heardFromStore = true;
+    const copy = this.tls || this.client.writableLength > 0;
+    this.fromStore.push(copy ? Buffer.from(chunk) : chunk);
+    this.pumpStore(undefined);
+    if (!copy && this.client.writableLength > 0) this.storeBuffer = undefined;
+  }
+
+  /**
+   * Write what the store sent to the client, frame by frame in one cork: first the frames that
+   * waited behind a hold now `released` (that ReadyForQuery itself first), then the rest of the
+   * chunk in `fromStore`. At a ReadyForQuery that the rewriter's transactionEnded holds, writing
+   * stops: the frames after it are copied into `heldFrames` and the store is paused until the hold
+   * settles. The store is also paused while the client is full, and resumed on its 'drain' (or, after
+   * a release, here) when neither holds it back.
+   */
+  private pumpStore(released: Buffer | undefined): void {
+    const client = this.client;
+    const frames = this.heldFrames;
+    client.cork();
+    try {
+      if (released) client.write(released);
+      while (!this.held && frames.length) this.forward(frames.shift()!);
+      for (let frame = this.fromStore.next(); frame; frame = this.fromStore.next()) {
+        if (this.held) frames.push({ ...frame, bytes: Buffer.from(frame.bytes) });
+        else this.forward(frame);
+      }
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      this.log.warn({ session: this.id, err: err.message }, "front door: unreadable message from the store");
+      this.end("unreadable message from the store");
+    } finally {
+      client.uncork();
+    }
+    if (this.ended) return;
+    if (this.held || client.writableLength >= client.writableHighWaterMark) this.store.pause();
+    else if (released) this.store.resume();
+  }
+
+  /** One frame of the store's to the client, unless it is a ReadyForQuery the rewriter holds. */
+  private forward(frame: Frame): void {
+    if (frame.kind === "message") {
+      const before = this.txStatus;
+      this.observe(frame);
+      // The ReadyForQuery that ends the startup (txStatus was unknown) ends no transaction.
+      if (frame.tag === TAG.readyForQuery && this.txStatus === "I" && before !== undefined) {
+        if (this.holdAtTransactionEnd(frame.bytes)) return;
+      }
+    }
+    this.client.write(frame.bytes);
+  }
+
+  /** Ask the rewriter's transactionEnded about this ReadyForQuery; true when it is held. */
+  private holdAtTransactionEnd(readyForQuery: Buffer): boolean {
+    let hold: Promise<void> | undefined;
+    try {
+      hold = this.rewriter!.transactionEnded!({ database: this.database, user: this.user, session: this });
+    } catch (err) {
+      this.log.warn(
+        { session: this.id, err: err instanceof Error ? err.message : String(err) },
+        "front door: transactionEnded failed",
+      );
+      return false;
+    }
+    if (hold === undefined || hold === null) return false;
+    const held = Buffer.from(readyForQuery);
+    this.held = held;
+    const release = () => {
+      if (this.ended || this.held !== held) return;
+      this.held = undefined;
+      this.pumpStore(held);
+    };
+    Promise.resolve(hold)
+      .then(release, (err) => {
+        this.log.warn(
+          { session: this.id, err: err instanceof Error ? err.message : String(err) },
+          "front door: transactionEnded failed",
+        );
+        release();
+      })
+      .catch((err) => {
+        this.log.error({ session: this.id, err: (err as Error).message }, "front door: session failed");
+        this.end("internal error");
+      });
+    return true;
+  }
+
   private observe(frame: Extract<Frame, { kind: "message" }>): void {
     switch (frame.tag) {
       case TAG.readyForQuery:
@@ -380,6 +518,8 @@ export class Session implements SessionInfo {
   private end(reason: string): void {
     if (this.ended) return;
     this.ended = true;
+    this.held = undefined;
+    this.heldFrames.length = 0;
     this.log.debug({ session: this.id, reason }, "front door: session ended");
     this.store.destroy();
     this.client.end();

@@ -222,6 +222,7 @@ BEGIN
   FOR d IN SELECT * FROM pg_event_trigger_dropped_objects()
             WHERE object_type = 'table' AND original AND NOT is_temporary
               AND schema_name NOT IN ('strata', 'dolt') LOOP
+    DELETE FROM strata.table_ids WHERE relid = d.objid;
     PERFORM strata.drop_table_surface(d.schema_name, d.object_name);
     IF NOT strata.replicating() THEN
       INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
@@ -321,8 +322,10 @@ BEGIN
       SELECT id FROM strata.working_schema_changes WHERE staged UNION ALL
       SELECT id FROM strata.working_changes WHERE staged) ids
   ), schema_rows AS (
-    INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl)
-    SELECT v_seq, o.ord, s.rel, s.ddl FROM strata.working_schema_changes s JOIN ordered o USING (id) WHERE s.staged
+    INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
+    SELECT v_seq, o.ord, s.rel, s.ddl,
+           CASE WHEN s.kind = 'DROP TABLE' THEN '{"dropped": true}'::jsonb ELSE strata.table_definition(s.relid) END
+      FROM strata.working_schema_changes s JOIN ordered o USING (id) WHERE s.staged
   )
   INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
   SELECT v_seq, o.ord, w.rel, w.op, w.row_key, w.old_key, w.old_row, w.new_row

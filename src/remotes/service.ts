@@ -1,0 +1,441 @@
+// Remotes as the front door serves them: the SQL calls that need the network (dolt_push,
+// dolt_pull, dolt_fetch, dolt_clone), and replication through a remote, as the system variables
+// configure it per database:
+//
+//   dolt_replicate_to_remote = 'origin'   push the head after every transaction that ends
+//                                         (before the client hears it ended, unless
+//                                         dolt_async_replication = 1), and every second for
+//                                         commits made elsewhere (replicated from upstream)
+//   dolt_read_replica_remote = 'origin'   pull when a transaction starts, for the branches
+//   + dolt_replicate_heads / _all_heads   named (only main exists yet)
+//
+// Operations on one database run one at a time (a queue per database), so a push never races
+// another push from this server, and a pull never applies the same commits twice.
+import pg from "pg";
+import { connect } from "../db.ts";
+import type { Logger } from "../log.ts";
+import type { StoreHandle } from "../store/store.ts";
+import { fetchBranch, pullBranch } from "./pull.ts";
+import { pushBranch, RemoteOperationError } from "./push.ts";
+import { openRemoteStorage } from "./storage.ts";
+
+/** How long a database's replication settings are trusted before being read again. */
+const SETTINGS_TTL_MS = 2_000;
+const DEFAULT_BRANCH = "main";
+
+export type RemoteCall = "dolt_push" | "dolt_pull" | "dolt_fetch" | "dolt_clone";
+
+interface ReplicationSettings {
+  pushTo: string;
+  pullFrom: string;
+  heads: string;
+  allHeads: boolean;
+  async: boolean;
+  skipErrors: boolean;
+}
+
+export class RemoteService {
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly settings = new Map<string, { at: number; value: ReplicationSettings | null }>();
+  private readonly warned = new Set<string>();
+  private readonly refreshing = new Set<string>();
+  private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
+
+  constructor(
+    private readonly store: StoreHandle,
+    private readonly log: Logger,
+  ) {}
+
+  /** Forget cached settings (after ALTER SYSTEM). */
+  settingsChanged(): void {
+    this.settings.clear();
+    this.remoteKnown.clear();
+  }
+
+  /** Run a call; returns the SQL whose result the client gets. */
+  async call(fn: RemoteCall, args: string[], database: string): Promise<string> {
+    switch (fn) {
+      case "dolt_clone":
+        return this.clone(args);
+      case "dolt_push": {
+        const { flags, positional } = splitFlags(args, ["--force", "-f", "--set-upstream", "-u"]);
+        const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
+        checkBranch(branch);
+        const result = await this.withRemote(database, remote, (client, storage) =>
+          pushBranch({ client, storage, remote, branch, force: flags.has("--force") || flags.has("-f") }),
+        );
+        const message =
+          result.status === "up-to-date"
+            ? "Everything up-to-date"
+            : `pushed ${result.commits} commit${result.commits === 1 ? "" : "s"} to ${remote}/${branch} (${result.head})`;
+        return resultRow(fn, message);
+      }
+      case "dolt_pull": {
+        const { positional } = splitFlags(args, []);
+        const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
+        checkBranch(branch);
+        const result = await this.withRemote(database, remote, (client, storage) =>
+          pullBranch({ client, storage, remote, branch }),
+        );
+        const message =
+          result.status === "up-to-date"
+            ? "Everything up-to-date"
+            : `fast-forward: ${result.commits} commit${result.commits === 1 ? "" : "s"} from ${remote}/${branch} (${result.head})`;
+        return resultRow(fn, message);
+      }
+      case "dolt_fetch": {
+        const { positional } = splitFlags(args, []);
+        const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
+        checkBranch(branch);
+        const ref = await this.withRemote(database, remote, (client, storage) =>
+          fetchBranch({ client, storage, remote, branch }),
+        );
+        return resultRow(fn, `${remote}/${branch} is at ${ref.commit}`);
+      }
+    }
+  }
+
+  /**
+   * Before a transaction starts on `database`: pull, if it is a read replica. Returns undefined
+   * when there is nothing to do (decided without waiting, once the settings are cached).
+   */
+  beforeTransaction(database: string): Promise<void> | undefined {
+    const known = this.settingsNow(database);
+    if (known instanceof Promise)
+      return known.then((s) => (s?.pullFrom ? this.pullForRead(database, s) : undefined));
+    return known?.pullFrom ? this.pullForRead(database, known) : undefined;
+  }
+
+  /** After a transaction ended on `database`: push, if it replicates to a remote. */
+  afterTransaction(database: string): Promise<void> | undefined {
+    const push = (s: ReplicationSettings | null) => {
+      if (!s?.pushTo) return undefined;
+      const pushed = this.pushForReplication(database, s);
+      if (!s.async) return pushed;
+      pushed.catch(() => {}); // logged where it failed
+      return undefined;
+    };
+    const known = this.settingsNow(database);
+    return known instanceof Promise ? known.then(push) : push(known);
+  }
+
+  /**
+   * The settings as last read, refreshed in the background once they are older than the TTL, so
+   * that statements do not wait on them; only a database's first statement does.
+   */
+  private settingsNow(database: string): ReplicationSettings | null | Promise<ReplicationSettings | null> {
+    const cached = this.settings.get(database);
+    if (!cached) return this.readSettings(database);
+    if (Date.now() - cached.at >= SETTINGS_TTL_MS && !this.refreshing.has(database)) {
+      this.refreshing.add(database);
+      this.readSettings(database)
+        .catch(() => {})
+        .finally(() => this.refreshing.delete(database));
+    }
+    return cached.value;
+  }
+
+  /**
+   * Every second, push the databases that replicate to a remote: commits made where no session
+   * of the front door ends a transaction (replicated from upstream, or written on the store
+   * directly) reach the remote too.
+   */
+  startBackgroundPush(intervalMs = 1_000): { stop(): Promise<void> } {
+    let stopped = false;
+    let running: Promise<void> = Promise.resolve();
+    const tick = async () => {
+      const admin = await connect(this.config("postgres"));
+      let databases: string[];
+      try {
+        const { rows } = await admin.query<{ datname: string }>(
+          "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate",
+        );
+        databases = rows.map((r) => r.datname);
+      } finally {
+        await admin.end().catch(() => {});
+      }
+      for (const database of databases) {
+        if (stopped) return;
+        const known = this.settingsNow(database);
+        const s = known instanceof Promise ? await known : known;
+        if (s?.pushTo) await this.pushForReplication(database, s).catch(() => {}); // logged there
+      }
+    };
+    const timer = setInterval(() => {
+      running = running.then(() => (stopped ? undefined : tick().catch(() => {})));
+    }, intervalMs);
+    timer.unref();
+    return {
+      stop: async () => {
+        stopped = true;
+        clearInterval(timer);
+        await running;
+      },
+    };
+  }
+
+  private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
+    if (!(await this.hasRemote(database, s.pushTo))) return;
+    try {
+      const result = await this.withRemote(database, s.pushTo, (client, storage) =>
+        pushBranch({ client, storage, remote: s.pushTo, branch: DEFAULT_BRANCH }),
+      );
+      if (result.status === "pushed")
+        this.log.debug({ database, remote: s.pushTo, commits: result.commits, head: result.head }, "pushed");
+    } catch (err) {
+      if ((err as Error).message.includes("has no commits to push")) return;
+      this.log.warn({ database, remote: s.pushTo, err: (err as Error).message }, "replication push failed");
+      if (!s.skipErrors) throw err;
+    }
+  }
+
+  private async pullForRead(database: string, s: ReplicationSettings): Promise<void> {
+    if (s.heads && s.allHeads) {
+      this.warnOnce(
+        `${database}:heads`,
+        { database },
+        "dolt_replicate_heads and dolt_replicate_all_heads are both set: only one may be; not pulling",
+      );
+      return;
+    }
+    const heads = s.allHeads
+      ? [DEFAULT_BRANCH]
+      : s.heads
+          .split(",")
+          .map((h) => h.trim())
+          .filter(Boolean);
+    if (heads.length === 0) {
+      this.warnOnce(
+        `${database}:noheads`,
+        { database },
+        "dolt_read_replica_remote is set but neither dolt_replicate_heads nor dolt_replicate_all_heads: not pulling",
+      );
+      return;
+    }
+    if (!heads.some((h) => globMatches(h, DEFAULT_BRANCH))) return;
+    if (!(await this.hasRemote(database, s.pullFrom))) return;
+    try {
+      await this.withRemote(database, s.pullFrom, (client, storage) =>
+        pullBranch({ client, storage, remote: s.pullFrom, branch: DEFAULT_BRANCH }),
+      );
+    } catch (err) {
+      if (s.skipErrors) {
+        this.log.warn(
+          { database, remote: s.pullFrom, err: (err as Error).message },
+          "replication pull failed",
+        );
+        return;
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Whether the database has the remote its replication setting names. The settings are the
+   * server's, its databases each have their own remotes: one without it is left alone (and the
+   * log says so once), so that its queries keep working.
+   */
+  private async hasRemote(database: string, remote: string): Promise<boolean> {
+    const cached = this.remoteKnown.get(`${database}\u0000${remote}`);
+    if (cached && Date.now() - cached.at < SETTINGS_TTL_MS) return cached.value;
+    let value = false;
+    const client = await connect(this.config(database)).catch(() => null);
+    if (client) {
+      value = await client
+        .query("SELECT 1 FROM strata.remotes WHERE name = $1", [remote])
+        .then((r) => (r.rowCount ?? 0) > 0)
+        .catch(() => false)
+        .finally(() => client.end().catch(() => {}));
+    }
+    this.remoteKnown.set(`${database}\u0000${remote}`, { at: Date.now(), value });
+    if (!value)
+      this.warnOnce(
+        `${database}:${remote}`,
+        { database, remote },
+        `database "${database}" has no remote "${remote}" (named by a replication setting): it is not replicated; add it with dolt_remote('add', '${remote}', url)`,
+      );
+    return value;
+  }
+
+  private warnOnce(key: string, fields: Record<string, unknown>, message: string) {
+    if (this.warned.has(key)) return;
+    this.warned.add(key);
+    this.log.warn(fields, message);
+  }
+
+  private async readSettings(database: string): Promise<ReplicationSettings | null> {
+    let value: ReplicationSettings | null = null;
+    const client = await connect(this.config(database)).catch(() => null);
+    if (client) {
+      try {
+        const { rows } = await client.query<Record<string, string | null>>(
+          `SELECT dolt.setting('dolt_replicate_to_remote') AS push_to, dolt.setting('dolt_read_replica_remote') AS pull_from,
+                  dolt.setting('dolt_replicate_heads') AS heads, dolt.setting('dolt_replicate_all_heads') AS all_heads,
+                  dolt.setting('dolt_async_replication') AS async, dolt.setting('dolt_skip_replication_errors') AS skip`,
+        );
+        const r = rows[0] ?? {};
+        value = {
+          pushTo: r.push_to ?? "",
+          pullFrom: r.pull_from ?? "",
+          heads: r.heads ?? "",
+          allHeads: r.all_heads === "1",
+          async: r.async === "1",
+          skipErrors: r.skip === "1",
+        };
+      } catch {
+        value = null; // not a Strata database (no dolt.setting): nothing to replicate
+      } finally {
+        await client.end().catch(() => {});
+      }
+    }
+    this.settings.set(database, { at: Date.now(), value });
+    return value;
+  }
+
+  /** Run `work` on `database`'s queue with a connection to it and the named remote's storage. */
+  private withRemote<T>(
+    database: string,
+    remote: string,
+    work: (client: pg.Client, storage: ReturnType<typeof openRemoteStorage>) => Promise<T>,
+  ): Promise<T> {
+    const run = async () => {
+      const client = await connect(this.config(database));
+      try {
+        const { rows } = await client.query<{ url: string }>(
+          "SELECT url FROM strata.remotes WHERE name = $1",
+          [remote],
+        );
+        if (!rows[0])
+          throw new RemoteOperationError(
+            `database "${database}" has no remote named "${remote}"`,
+            "42704",
+            `add it: SELECT dolt_remote('add', '${remote}', 'file:///path/to/remote')`,
+          );
+        return await work(client, openRemoteStorage(rows[0].url));
+      } finally {
+        await client.end().catch(() => {});
+      }
+    };
+    const previous = this.queues.get(database) ?? Promise.resolve();
+    const next = previous.then(run, run);
+    const settled = next.then(
+      () => {},
+      () => {},
+    );
+    this.queues.set(database, settled);
+    settled.then(() => {
+      if (this.queues.get(database) === settled) this.queues.delete(database);
+    });
+    return next;
+  }
+
+  private config(database: string): pg.ClientConfig {
+    return { ...this.store.connectionConfig(database), application_name: "strata remotes" };
+  }
+
+  /** dolt_clone(url[, name]) / ('--branch', 'main', url[, name]): a new database from a remote. */
+  private async clone(args: string[]): Promise<string> {
+    const { positional, values } = splitFlags(args, [], ["--branch", "-b", "--remote"]);
+    const [url, named] = positional;
+    if (!url)
+      throw new RemoteOperationError(
+        "dolt_clone needs the remote's URL",
+        "22023",
+        "SELECT dolt_clone('file:///path/to/remote', 'database_name')",
+      );
+    const branch = values.get("--branch") ?? values.get("-b") ?? DEFAULT_BRANCH;
+    checkBranch(branch);
+    const remote = values.get("--remote") ?? "origin";
+    const storage = openRemoteStorage(url);
+    const name = named ?? url.replace(/\/+$/, "").split("/").pop() ?? "";
+    if (!/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/.test(name))
+      throw new RemoteOperationError(
+        `dolt_clone: "${name}" is not a usable database name`,
+        "22023",
+        "name the database: SELECT dolt_clone('url', 'name')",
+      );
+    const admin = await connect(this.config("postgres"));
+    try {
+      const exists = await admin.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]);
+      if (exists.rowCount)
+        throw new RemoteOperationError(
+          `dolt_clone: database "${name}" already exists`,
+          "42P04",
+          "clone under another name: SELECT dolt_clone('url', 'other_name')",
+        );
+      // Checked before the database is made: a clone of nothing leaves nothing behind.
+      if (!(await storage.readRef(`heads/${branch}`)))
+        throw new RemoteOperationError(
+          `dolt_clone: ${url} has no branch "${branch}"`,
+          "42704",
+          "check the URL; a primary pushes there with dolt_push or dolt_replicate_to_remote",
+        );
+      await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`);
+    } finally {
+      await admin.end().catch(() => {});
+    }
+    try {
+      const client = await connect(this.config(name));
+      try {
+        await client.query("INSERT INTO strata.remotes (name, url) VALUES ($1, $2)", [remote, url]);
+        const result = await pullBranch({ client, storage, remote, branch });
+        this.log.info({ database: name, url, commits: result.commits, head: result.head }, "cloned");
+      } finally {
+        await client.end().catch(() => {});
+      }
+    } catch (err) {
+      const admin2 = await connect(this.config("postgres"));
+      await admin2.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(name)} WITH (FORCE)`).catch(() => {});
+      await admin2.end().catch(() => {});
+      throw err;
+    }
+    return resultRow("dolt_clone", `cloned ${url} into database ${name}`);
+  }
+}
+
+function resultRow(fn: RemoteCall, message: string): string {
+  const text = `'${message.replace(/'/g, "''")}'`;
+  return `SELECT ARRAY['0', ${text}]::text[] AS ${fn}`;
+}
+
+function checkBranch(branch: string): void {
+  if (branch !== DEFAULT_BRANCH)
+    throw new RemoteOperationError(
+      `branch "${branch}" does not exist`,
+      "42704",
+      `this database has one branch, ${DEFAULT_BRANCH} (branches are not supported yet)`,
+    );
+}
+
+/** Leading flags (and flags that take a value) apart from positional arguments. */
+function splitFlags(
+  args: string[],
+  known: string[],
+  withValue: string[] = [],
+): { flags: Set<string>; values: Map<string, string>; positional: string[] } {
+  const flags = new Set<string>();
+  const values = new Map<string, string>();
+  const positional: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (withValue.includes(a)) {
+      const value = args[++i];
+      if (value === undefined) throw new RemoteOperationError(`${a} needs a value`, "22023");
+      values.set(a, value);
+    } else if (known.includes(a)) flags.add(a);
+    else if (a.startsWith("-")) throw new RemoteOperationError(`unknown option ${a}`, "22023");
+    else positional.push(a);
+  }
+  return { flags, values, positional };
+}
+
+/** A dolt_replicate_heads pattern: `*` matches any run of characters. */
+export function globMatches(pattern: string, name: string): boolean {
+  const re = new RegExp(
+    `^${pattern
+      .split("*")
+      .map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&"))
+      .join(".*")}$`,
+  );
+  return re.test(name);
+}

@@ -1,0 +1,368 @@
+// Remotes through a directory: dolt_remote, dolt_push, dolt_clone, dolt_fetch, dolt_pull, and
+// replication through a remote as the Doltgres reference configures it (its statements verbatim).
+// Two standalone Stratas share one directory remote; the outcome checked is that the replica's
+// rows and history equal the primary's.
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import pg from "pg";
+import { startPrimary, tempDir, waitFor } from "../support/postgres.ts";
+import {
+  type StrataProcess,
+  startStandaloneStrata,
+  startStrata,
+  waitForSameRows,
+} from "../support/strata.ts";
+
+let primary: StrataProcess;
+let replica: StrataProcess;
+let remoteDir: string;
+const clients: pg.Client[] = [];
+
+before(async () => {
+  remoteDir = join(tempDir("strata-remote-"), "myremote");
+  [primary, replica] = await Promise.all([startStandaloneStrata(), startStandaloneStrata()]);
+});
+after(async () => {
+  await Promise.all(clients.map((c) => c.end().catch(() => {})));
+  if (process.env.STRATA_TEST_LOGS) console.error(primary?.logs.slice(-3000), replica?.logs.slice(-5000));
+  await Promise.all([primary?.stop(), replica?.stop()]);
+});
+
+async function connectTo(strata: StrataProcess, database = "postgres"): Promise<pg.Client> {
+  const client = new pg.Client(strata.connectionConfig(database));
+  await client.connect();
+  clients.push(client);
+  return client;
+}
+
+const rowsOf = async (client: pg.Client, sql: string) => (await client.query(sql)).rows;
+const failure = async (client: pg.Client, sql: string) =>
+  (await client.query(sql).then(
+    () => assert.fail(`${sql} should fail`),
+    (err) => err,
+  )) as pg.DatabaseError;
+
+/** Every object in a remote (its packs). */
+function packFiles(remote: string): string[] {
+  const root = join(remote, "objects");
+  return readdirSync(root, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && /^[0-9a-f]{64}$/.test(e.name))
+    .map((e) => join(e.parentPath, e.name));
+}
+
+test("push, clone, pull: the clone's rows and history equal the primary's", async () => {
+  const db = await connectTo(primary);
+  await rowsOf(db, "CREATE DATABASE pushed");
+  const p = await connectTo(primary, "pushed");
+  const url = `file://${remoteDir}/pushed`;
+  await rowsOf(p, `select dolt_remote('add', 'origin', '${url}')`);
+  assert.deepEqual(await rowsOf(p, "SELECT name, url FROM dolt_remotes"), [{ name: "origin", url }]);
+  await rowsOf(
+    p,
+    "create table items (id int primary key, name text not null, price numeric(8,2) default 1.5)",
+  );
+  await rowsOf(p, "create index items_name on items (name)");
+  await rowsOf(p, "create table notes (body text)"); // no key
+  await rowsOf(p, "insert into items select g, 'item ' || g from generate_series(1, 50) g");
+  await rowsOf(p, "insert into notes values ('a'), ('a'), ('b')");
+  await rowsOf(p, "select dolt_commit('-Am', 'first')");
+  const pushed = await rowsOf(p, "select dolt_push('origin', 'main')");
+  assert.match(pushed[0].dolt_push[1], /pushed 1 commit/);
+
+  await rowsOf(p, "update items set price = price * 2 where id <= 10");
+  await rowsOf(p, "delete from items where id > 45");
+  await rowsOf(p, "update items set id = 100 where id = 1"); // a key that moves
+  await rowsOf(p, "delete from notes where body = 'b'");
+  await rowsOf(p, "alter table items add column stock int not null default 0");
+  await rowsOf(p, "update items set stock = id where id < 5");
+  await rowsOf(p, "select dolt_commit('-am', 'second')");
+  await rowsOf(p, "alter table notes rename to memos");
+  await rowsOf(p, "insert into memos values ('c')");
+  await rowsOf(p, "select dolt_commit('-Am', 'renamed')");
+  assert.match((await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1], /pushed 2 commits/);
+  assert.equal(
+    (await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1],
+    "Everything up-to-date",
+  );
+
+  const r = await connectTo(replica);
+  await rowsOf(r, `select dolt_clone('${url}', 'cloned')`);
+  const c = await connectTo(replica, "cloned");
+  const same = async (sql: string) => assert.deepEqual(await rowsOf(c, sql), await rowsOf(p, sql), sql);
+  await same("SELECT * FROM items ORDER BY id");
+  await same("SELECT body FROM memos ORDER BY body");
+  await same("SELECT commit_hash, parent_hash, message, committer, date FROM dolt_log");
+  await same("SELECT id, price, stock, commit_hash FROM dolt_history_items ORDER BY commit_hash, id");
+  await same("SELECT * FROM dolt_diff('HEAD~2', 'HEAD', 'items') ORDER BY to_id, from_id");
+  await same("SELECT * FROM items AS OF 'HEAD~2' ORDER BY id");
+  await same(
+    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('items', 'memos') ORDER BY indexname",
+  );
+  assert.deepEqual(await rowsOf(c, "SELECT name FROM dolt_remotes"), [{ name: "origin" }]);
+  assert.deepEqual(await rowsOf(c, "SELECT * FROM dolt_status"), []);
+
+  // More commits on the primary reach the clone by dolt_pull; dolt_fetch only looks.
+  await rowsOf(p, "insert into items (id, name) values (200, 'late')");
+  await rowsOf(p, "select dolt_commit('-am', 'late')");
+  await rowsOf(p, "select dolt_push()");
+  const head = (await rowsOf(p, "SELECT dolt.commit_hash('HEAD') AS h"))[0].h;
+  assert.equal(
+    (await rowsOf(c, "select dolt_fetch('origin')"))[0].dolt_fetch[1],
+    `origin/main is at ${head}`,
+  );
+  assert.deepEqual(await rowsOf(c, "SELECT hash FROM dolt_remote_branches"), [{ hash: head }]);
+  assert.equal((await rowsOf(c, "SELECT count(*)::int AS n FROM items WHERE id = 200"))[0].n, 0);
+  assert.match((await rowsOf(c, "select dolt_pull('origin')"))[0].dolt_pull[1], /fast-forward: 1 commit/);
+  await same("SELECT * FROM items ORDER BY id");
+  await same("SELECT commit_hash FROM dolt_log");
+  assert.equal(
+    (await rowsOf(c, "select dolt_pull('origin', 'main')"))[0].dolt_pull[1],
+    "Everything up-to-date",
+  );
+
+  // Errors name the cause and the fix.
+  const noRemote = await failure(p, "select dolt_push('nowhere', 'main')");
+  assert.equal(noRemote.code, "42704");
+  assert.match(noRemote.hint ?? "", /dolt_remote\('add'/);
+  const noBranch = await failure(p, "select dolt_push('origin', 'feature')");
+  assert.equal(noBranch.code, "42704");
+  const exists = await failure(r, `select dolt_clone('${url}', 'cloned')`);
+  assert.equal(exists.code, "42P04");
+  const nothing = await failure(r, `select dolt_clone('file://${remoteDir}/empty', 'empty_clone')`);
+  assert.equal(nothing.code, "42704");
+  assert.equal(
+    (await rowsOf(r, "SELECT count(*)::int AS n FROM pg_database WHERE datname = 'empty_clone'"))[0].n,
+    0,
+  );
+  const bad = await failure(p, "select dolt_remote('add', 'gcs', 'gs://bucket/x')");
+  assert.equal(bad.code, "22023");
+
+  // The clone committed nothing of its own, and a push from it to the same remote is up to date.
+  assert.equal(
+    (await rowsOf(c, "select dolt_push('origin', 'main')"))[0].dolt_push[1],
+    "Everything up-to-date",
+  );
+});
+
+test("non-fast-forward pushes are refused; a damaged pack is detected and never applied", async () => {
+  const admin = await connectTo(primary);
+  await rowsOf(admin, "CREATE DATABASE left_side");
+  await rowsOf(admin, "CREATE DATABASE right_side");
+  const url = `file://${remoteDir}/race`;
+  const left = await connectTo(primary, "left_side");
+  const right = await connectTo(primary, "right_side");
+  for (const [client, name] of [
+    [left, "left"],
+    [right, "right"],
+  ] as const) {
+    await rowsOf(client, `select dolt_remote('add', 'origin', '${url}')`);
+    await rowsOf(client, "create table t (k int primary key, v text)");
+    await rowsOf(client, `insert into t values (1, '${name}')`);
+    await rowsOf(client, `select dolt_commit('-Am', '${name}')`);
+  }
+  await rowsOf(left, "select dolt_push('origin', 'main')");
+  const refused = await failure(right, "select dolt_push('origin', 'main')");
+  assert.equal(refused.code, "55000");
+  assert.match(refused.hint ?? "", /dolt_pull|--force/);
+  await rowsOf(right, "select dolt_push('--force', 'origin', 'main')");
+
+  const r = await connectTo(replica);
+  await rowsOf(r, `select dolt_clone('${url}', 'race_clone')`);
+  const c = await connectTo(replica, "race_clone");
+  assert.deepEqual(await rowsOf(c, "SELECT v FROM t"), [{ v: "right" }]);
+
+  // The next pack is damaged in the remote: the pull fails naming it, and applies nothing.
+  const before = new Set(packFiles(join(remoteDir, "race")));
+  await rowsOf(right, "insert into t values (2, 'two')");
+  await rowsOf(right, "select dolt_commit('-am', 'two')");
+  await rowsOf(right, "select dolt_push('origin', 'main')");
+  const [fresh] = packFiles(join(remoteDir, "race")).filter((f) => !before.has(f));
+  const bytes = readFileSync(fresh);
+  bytes[bytes.length >> 1] ^= 0xff;
+  writeFileSync(fresh, bytes);
+  const damaged = await failure(c, "select dolt_pull('origin')");
+  assert.match(damaged.message, /corrupt|damaged|hash/i);
+  assert.deepEqual(await rowsOf(c, "SELECT k FROM t ORDER BY k"), [{ k: 1 }]);
+  assert.equal((await rowsOf(c, "SELECT count(*)::int AS n FROM dolt_log"))[0].n, 1);
+  // Truncated: the same.
+  writeFileSync(fresh, bytes.subarray(0, bytes.length >> 1));
+  await failure(c, "select dolt_pull('origin')");
+  assert.deepEqual(await rowsOf(c, "SELECT k FROM t ORDER BY k"), [{ k: 1 }]);
+  rmSync(fresh);
+  const missing = await failure(c, "select dolt_pull('origin')");
+  assert.match(missing.message, /missing|not found|no object/i);
+});
+
+test("the reference's replication through a remote, verbatim: every commit reaches the read replica", async () => {
+  const url = `file://${remoteDir}/replication_example`;
+  const p = await connectTo(primary);
+  await rowsOf(p, `select dolt_remote('add', 'origin', '${url}');`);
+  await rowsOf(p, "ALTER SYSTEM SET dolt_replicate_to_remote 'origin';");
+  await rowsOf(p, "create table test (pk int, c1 int, primary key(pk));");
+  await rowsOf(p, "insert into test values (0,0);");
+  await rowsOf(p, "select dolt_commit('-Am', 'trigger replication');");
+
+  const r = await connectTo(replica);
+  await rowsOf(r, `select dolt_clone('${url}', 'read_replica');`);
+  await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_heads TO 'main';");
+  await rowsOf(r, "ALTER SYSTEM SET dolt_read_replica_remote TO 'origin';");
+  const rr = await connectTo(replica, "read_replica");
+  assert.deepEqual(await rowsOf(rr, "select * from test;"), [{ pk: 0, c1: 0 }]);
+
+  // The push completes before the commit returns; the replica pulls when its transaction starts.
+  await rowsOf(p, "insert into test values (2,2);");
+  const [committed] = await rowsOf(p, "select dolt_commit('-am', 'Inserted (2,2)');");
+  assert.deepEqual(await rowsOf(rr, "select * from test order by pk;"), [
+    { pk: 0, c1: 0 },
+    { pk: 2, c1: 2 },
+  ]);
+  assert.equal((await rowsOf(rr, "SELECT dolt.commit_hash('HEAD') AS h"))[0].h, committed.dolt_commit[0]);
+
+  // Every transaction COMMIT a commit, replicated the same way.
+  await rowsOf(p, "ALTER SYSTEM SET dolt_transaction_commit TO 1;");
+  await waitForSetting(p, "dolt_transaction_commit", "1");
+  await rowsOf(p, "insert into test values (3,3);");
+  assert.deepEqual(await rowsOf(rr, "select * from test where pk = 3;"), [{ pk: 3, c1: 3 }]);
+
+  // Asynchronous: eventually there.
+  await rowsOf(p, "ALTER SYSTEM SET dolt_async_replication TO 1");
+  await waitForSetting(p, "dolt_async_replication", "1");
+  await rowsOf(p, "insert into test values (4,4);");
+  await waitFor("the asynchronous push to reach the replica", async () =>
+    (await rowsOf(rr, "select 1 from test where pk = 4;")).length ? true : undefined,
+  );
+
+  // Stopping replication: later commits stay on the primary.
+  await rowsOf(p, "ALTER SYSTEM SET dolt_replicate_to_remote '';");
+  await rowsOf(p, "ALTER SYSTEM SET dolt_async_replication TO 0");
+  await waitForSetting(p, "dolt_replicate_to_remote", "");
+  await rowsOf(p, "insert into test values (5,5);");
+  await rowsOf(p, "insert into test values (6,6);"); // a second transaction: the first surely ended
+  assert.deepEqual(await rowsOf(rr, "select count(*)::int AS n from test;"), [{ n: 4 }]);
+  await rowsOf(p, "ALTER SYSTEM SET dolt_transaction_commit TO 0;");
+
+  // Both head settings: the replica says so in its log and keeps serving reads.
+  await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_all_heads TO 1");
+  await waitForSetting(r, "dolt_replicate_all_heads", "1");
+  assert.deepEqual(await rowsOf(rr, "select count(*)::int AS n from test;"), [{ n: 4 }]);
+  await waitFor("the replica's warning", async () =>
+    replica.logs.includes("dolt_replicate_heads and dolt_replicate_all_heads are both set")
+      ? true
+      : undefined,
+  );
+});
+
+/** ALTER SYSTEM reaches new sessions once the store has reloaded its configuration. */
+async function waitForSetting(client: pg.Client, name: string, value: string) {
+  await waitFor(`${name} = '${value}'`, async () =>
+    (await rowsOf(client, `SELECT dolt.setting('${name}') AS v`))[0].v === value ? true : undefined,
+  );
+}
+
+test("a replica of Postgres is a primary for remotes: its replicated commits reach a clone", async () => {
+  const upstream = await startPrimary();
+  try {
+    await upstream.query("CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance bigint)");
+    await upstream.query("CREATE TABLE events (at int, what text)"); // no key
+    await upstream.query(
+      "INSERT INTO accounts SELECT g, 'owner ' || g, g * 100 FROM generate_series(1, 300) g",
+    );
+    await upstream.query("INSERT INTO events SELECT g, 'boot' FROM generate_series(1, 5) g");
+    const versioned = await startStrata({
+      primary: upstream,
+      config: { system_variables: { dolt_replicate_to_remote: "origin" } },
+    });
+    try {
+      const url = `file://${remoteDir}/from_postgres`;
+      await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
+      await upstream.query("UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0");
+      await upstream.query("DELETE FROM accounts WHERE id > 290");
+      await upstream.query("INSERT INTO events VALUES (6, 'after')");
+      await upstream.query("ALTER TABLE accounts ADD COLUMN note text");
+      await upstream.query("UPDATE accounts SET note = 'noted' WHERE id < 3");
+      await waitForSameRows(upstream, versioned, "accounts", "id");
+      // The background push takes every replicated commit to the remote.
+      const head = (await versioned.query("SELECT dolt.commit_hash('HEAD') AS h"))[0].h;
+      const r = await connectTo(replica);
+      await waitFor("the replicated head in the remote", async () => {
+        const refs = join(remoteDir, "from_postgres", "refs", "heads", "main");
+        try {
+          return readdirSync(refs).some((v) => readFileSync(join(refs, v), "utf8").includes(head))
+            ? true
+            : undefined;
+        } catch {
+          return undefined;
+        }
+      });
+      await rowsOf(r, `select dolt_clone('${url}', 'from_postgres')`);
+      const c = await connectTo(replica, "from_postgres");
+      const same = async (sql: string) =>
+        assert.deepEqual(await rowsOf(c, sql), await versioned.query(sql), sql);
+      await same("SELECT * FROM accounts ORDER BY id");
+      await same("SELECT * FROM events ORDER BY at");
+      await same("SELECT commit_hash, parent_hash, message, upstream_lsn FROM dolt_log");
+      await same("SELECT id, balance, note, commit_hash FROM dolt_history_accounts ORDER BY commit_hash, id");
+      await same("SELECT * FROM accounts AS OF 'HEAD~3' ORDER BY id");
+    } finally {
+      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
+      await versioned.stop();
+    }
+  } finally {
+    await upstream.stop();
+  }
+});
+
+test("a push killed midway leaves the remote consistent, and the next push completes", async () => {
+  const pusher = await startStandaloneStrata();
+  try {
+    const url = `file://${remoteDir}/killed`;
+    const p = new pg.Client(pusher.connectionConfig());
+    p.on("error", () => {}); // the kill below ends its connection
+    await p.connect();
+    await p.query(`select dolt_remote('add', 'origin', '${url}')`);
+    await p.query("create table big (id int primary key, payload text)");
+    await p.query("insert into big select g, repeat(md5(g::text), 4) from generate_series(1, 1000) g");
+    await p.query("select dolt_commit('-Am', 'small')");
+    await p.query("select dolt_push('origin', 'main')");
+    const first = (await p.query("SELECT dolt.commit_hash('HEAD') AS h")).rows[0].h;
+    await p.query("insert into big select g, repeat(md5(g::text), 4) from generate_series(1001, 300000) g");
+    await p.query("select dolt_commit('-am', 'big')");
+    const pending = p.query("select dolt_push('origin', 'main')").catch((err) => err);
+    // Killed while the pack is being written or stored.
+    await waitFor("the push to be under way", async () =>
+      readdirSync(tmpdir()).some((e) => e.startsWith("strata-pack-")) ? true : undefined,
+    );
+    await pusher.kill("SIGKILL");
+    assert.ok((await pending) instanceof Error);
+    await p.end().catch(() => {});
+
+    const r = await connectTo(replica);
+    await rowsOf(r, `select dolt_clone('${url}', 'after_kill')`);
+    const c = await connectTo(replica, "after_kill");
+    assert.equal((await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS h"))[0].h, first);
+    assert.equal((await rowsOf(c, "SELECT count(*)::int AS n FROM big"))[0].n, 1000);
+
+    await pusher.start();
+    const again = new pg.Client(pusher.connectionConfig());
+    await again.connect();
+    try {
+      assert.match(
+        (await again.query("select dolt_push('origin', 'main')")).rows[0].dolt_push[1],
+        /pushed 1 commit/,
+      );
+    } finally {
+      await again.end();
+    }
+    await rowsOf(c, "select dolt_pull('origin')");
+    assert.equal((await rowsOf(c, "SELECT count(*)::int AS n FROM big"))[0].n, 300000);
+    assert.equal(
+      (await rowsOf(c, "SELECT md5(string_agg(payload, ',' ORDER BY id)) AS m FROM big"))[0].m,
+      (await pusher.query("SELECT md5(string_agg(payload, ',' ORDER BY id)) AS m FROM big"))[0].m,
+    );
+  } finally {
+    await pusher.stop();
+  }
+});
