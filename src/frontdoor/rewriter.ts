@@ -47,6 +47,11 @@ export class StrataRewriter implements QueryRewriter {
     );
   }
 
+  /** Only sessions of a database that pushes each commit before the client hears of it. */
+  holdsTransactionEnds(context: { database: string }): boolean {
+    return this.remotes.pushesBeforeCommitReturns(context.database);
+  }
+
   /** After a transaction ended: a database that replicates to a remote pushes its new commits. */
   transactionEnded(context: { database: string }): Promise<void> | undefined {
     return this.remotes.afterTransaction(context.database);

@@ -94,6 +94,12 @@ export interface QueryRewriter {
     user: string;
     session: SessionInfo;
   }): Promise<void> | undefined;
+  /**
+   * Whether transactionEnded may hold a transaction end of a session on `database` (decide
+   * cheaply; asked at every ReadyForQuery). False keeps that session on the faster path from its
+   * next reply on, and transactionEnded is then not called. Without this method: always true.
+   */
+  holdsTransactionEnds?(context: { database: string; user: string }): boolean;
 }
 
 /** Rewrites nothing: the front door then only decodes Query and Parse when asked to. */
@@ -142,8 +148,13 @@ export class Session implements SessionInfo {
   private readonly fromClient: FrameSplitter;
   /** Observes the store's replies; with a transactionEnded hook, also hands back the runs between. */
   private readonly fromStore: FrameSplitter;
-  /** Whether the rewriter has a transactionEnded hook: the store's replies then go frame by frame. */
-  private readonly framed: boolean;
+  /**
+   * Whether the store's replies go frame by frame (so that a ReadyForQuery can be held): while the
+   * rewriter's transactionEnded may hold this session's transaction ends (holdsTransactionEnds),
+   * asked again at every ReadyForQuery; `framed` follows `wantFramed` at the next chunk.
+   */
+  private framed: boolean;
+  private wantFramed: boolean;
   /** A ReadyForQuery (a copy) held from the client until the rewriter's transactionEnded settles. */
   private held: Buffer | undefined;
   /** What the store sent after the held ReadyForQuery (copies, out of `storeBuffer`), in order. */
@@ -173,7 +184,7 @@ export class Session implements SessionInfo {
     const walsender = replication !== undefined && !/^(false|off|no|0)$/i.test(replication);
     this.rewriter = start.rewriter === passThroughRewriter || walsender ? undefined : start.rewriter;
     this.fromClient = new FrameSplitter(this.rewriter ? [TAG.query, TAG.parse] : []);
-    this.framed = typeof this.rewriter?.transactionEnded === "function";
+    this.framed = this.wantFramed = this.hookWanted();
     this.fromStore = new FrameSplitter(
       [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus],
       this.framed,
@@ -185,29 +196,25 @@ export class Session implements SessionInfo {
         this.storeBuffer ??= Buffer.allocUnsafeSlow(STORE_READ_SIZE);
         return this.storeBuffer;
       },
-      callback: this.framed
-        ? (length, buffer) => {
-            this.fromStoreFrames((buffer as Buffer).subarray(0, length));
-            return true;
-          }
-        : (length, buffer) => {
-            this.fromStoreData((buffer as Buffer).subarray(0, length));
-            return true;
-          },
+      callback: (length, buffer) => {
+        // A change of mode takes effect between chunks, and never while something is held.
+        if (this.wantFramed !== this.framed && !this.held && this.heldFrames.length === 0) {
+          this.framed = this.wantFramed;
+          this.fromStore.passRuns = this.framed;
+        }
+        if (this.framed) this.fromStoreFrames((buffer as Buffer).subarray(0, length));
+        else this.fromStoreData((buffer as Buffer).subarray(0, length));
+        return true;
+      },
     });
 
     const { client, store } = this;
     client
       .on("data", (chunk: Buffer) => this.fromClientData(chunk))
       // While a ReadyForQuery is held, the store stays paused: its release resumes it.
-      .on(
-        "drain",
-        this.framed
-          ? () => {
-              if (!this.held) store.resume();
-            }
-          : () => store.resume(),
-      )
+      .on("drain", () => {
+        if (!this.held) store.resume();
+      })
       .on("error", (err) => this.fail("client", err))
       .on("close", () => this.end("the client closed the connection"));
     store
@@ -437,6 +444,13 @@ export class Session implements SessionInfo {
     this.client.write(frame.bytes);
   }
 
+  /** Whether transactionEnded may hold this session's next transaction end. */
+  private hookWanted(): boolean {
+    const rewriter = this.rewriter;
+    if (typeof rewriter?.transactionEnded !== "function") return false;
+    return rewriter.holdsTransactionEnds?.({ database: this.database, user: this.user }) ?? true;
+  }
+
   /** Ask the rewriter's transactionEnded about this ReadyForQuery; true when it is held. */
   private holdAtTransactionEnd(readyForQuery: Buffer): boolean {
     let hold: Promise<void> | undefined;
@@ -476,6 +490,7 @@ export class Session implements SessionInfo {
     switch (frame.tag) {
       case TAG.readyForQuery:
         this.txStatus = decodeReadyForQuery(frame.bytes);
+        this.wantFramed = this.hookWanted();
         break;
       case TAG.backendKeyData: {
         const key = decodeBackendKeyData(frame.bytes);

@@ -177,13 +177,14 @@ export class FrameSplitter {
   /**
    * @param wholeTags message tags to hand back whole; every other message is handed back as runs
    * @param passRuns false when the caller only observes the stream (it forwards the chunks
-   *   itself): runs are then skipped rather than handed back
+   *   itself): runs are then skipped rather than handed back. May change between two chunks: the
+   *   rest of a message the last chunk ended in is then handed back (or skipped) accordingly.
    * @param reusedChunks true when the caller reads the next chunk into the memory of the last one:
    *   the part of a message asked for whole that a chunk ends in is then copied, not kept as a view
    */
   constructor(
     wholeTags: readonly number[],
-    private readonly passRuns = true,
+    public passRuns = true,
     private readonly reusedChunks = false,
   ) {
     for (const tag of wholeTags) this.whole[tag] = 1;

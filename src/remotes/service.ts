@@ -18,6 +18,7 @@ import type { StoreHandle } from "../store/store.ts";
 import { fetchBranch, pullBranch } from "./pull.ts";
 import { pushBranch, RemoteOperationError } from "./push.ts";
 import { openRemoteStorage } from "./storage.ts";
+import { remoteUrlTemplate } from "./url.ts";
 
 /** How long a database's replication settings are trusted before being read again. */
 const SETTINGS_TTL_MS = 2_000;
@@ -32,6 +33,7 @@ interface ReplicationSettings {
   allHeads: boolean;
   async: boolean;
   skipErrors: boolean;
+  urlTemplate: string;
 }
 
 export class RemoteService {
@@ -39,6 +41,7 @@ export class RemoteService {
   private readonly settings = new Map<string, { at: number; value: ReplicationSettings | null }>();
   private readonly warned = new Set<string>();
   private readonly refreshing = new Set<string>();
+  private readonly reading = new Map<string, Promise<ReplicationSettings | null>>();
   private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
 
   constructor(
@@ -104,6 +107,20 @@ export class RemoteService {
     if (known instanceof Promise)
       return known.then((s) => (s?.pullFrom ? this.pullForRead(database, s) : undefined));
     return known?.pullFrom ? this.pullForRead(database, known) : undefined;
+  }
+
+  /**
+   * Whether the end of a transaction on `database` waits for a push (dolt_replicate_to_remote set,
+   * dolt_async_replication off). Answered from the cached settings; true while they are unknown.
+   * The others' commits go with the background push, within a second.
+   */
+  pushesBeforeCommitReturns(database: string): boolean {
+    const known = this.settingsNow(database);
+    if (known instanceof Promise) {
+      known.catch(() => {});
+      return true;
+    }
+    return Boolean(known?.pushTo) && !known?.async;
   }
 
   /** After a transaction ended on `database`: push, if it replicates to a remote. */
@@ -175,7 +192,7 @@ export class RemoteService {
   }
 
   private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
-    if (!(await this.hasRemote(database, s.pushTo))) return;
+    if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
     try {
       const result = await this.withRemote(database, s.pushTo, (client, storage) =>
         pushBranch({ client, storage, remote: s.pushTo, branch: DEFAULT_BRANCH }),
@@ -232,20 +249,33 @@ export class RemoteService {
 
   /**
    * Whether the database has the remote its replication setting names. The settings are the
-   * server's, its databases each have their own remotes: one without it is left alone (and the
-   * log says so once), so that its queries keep working.
+   * server's, its databases each have their own remotes: one without it gets it from
+   * dolt_replication_remote_url_template when that is set (a primary's new databases), else it
+   * is left alone (and the log says so once), so that its queries keep working.
    */
-  private async hasRemote(database: string, remote: string): Promise<boolean> {
+  private async hasRemote(database: string, remote: string, urlTemplate = ""): Promise<boolean> {
     const cached = this.remoteKnown.get(`${database}\u0000${remote}`);
     if (cached && Date.now() - cached.at < SETTINGS_TTL_MS) return cached.value;
     let value = false;
     const client = await connect(this.config(database)).catch(() => null);
     if (client) {
-      value = await client
-        .query("SELECT 1 FROM strata.remotes WHERE name = $1", [remote])
-        .then((r) => (r.rowCount ?? 0) > 0)
-        .catch(() => false)
-        .finally(() => client.end().catch(() => {}));
+      try {
+        value =
+          ((await client.query("SELECT 1 FROM strata.remotes WHERE name = $1", [remote])).rowCount ?? 0) > 0;
+        if (!value && urlTemplate) {
+          const url = remoteUrlTemplate(urlTemplate, database);
+          await client.query("SELECT dolt.dolt_remote('add', $1, $2)", [remote, url]);
+          this.log.info({ database, remote, url }, "remote added from dolt_replication_remote_url_template");
+          value = true;
+        }
+      } catch (err) {
+        this.log.warn(
+          { database, remote, err: (err as Error).message },
+          "cannot read or add the database's remote",
+        );
+      } finally {
+        await client.end().catch(() => {});
+      }
     }
     this.remoteKnown.set(`${database}\u0000${remote}`, { at: Date.now(), value });
     if (!value)
@@ -263,7 +293,17 @@ export class RemoteService {
     this.log.warn(fields, message);
   }
 
-  private async readSettings(database: string): Promise<ReplicationSettings | null> {
+  /** One read of a database's settings at a time, shared by whoever asks meanwhile. */
+  private readSettings(database: string): Promise<ReplicationSettings | null> {
+    let reading = this.reading.get(database);
+    if (!reading) {
+      reading = this.readSettingsNow(database).finally(() => this.reading.delete(database));
+      this.reading.set(database, reading);
+    }
+    return reading;
+  }
+
+  private async readSettingsNow(database: string): Promise<ReplicationSettings | null> {
     let value: ReplicationSettings | null = null;
     const client = await connect(this.config(database)).catch(() => null);
     if (client) {
@@ -271,7 +311,8 @@ export class RemoteService {
         const { rows } = await client.query<Record<string, string | null>>(
           `SELECT dolt.setting('dolt_replicate_to_remote') AS push_to, dolt.setting('dolt_read_replica_remote') AS pull_from,
                   dolt.setting('dolt_replicate_heads') AS heads, dolt.setting('dolt_replicate_all_heads') AS all_heads,
-                  dolt.setting('dolt_async_replication') AS async, dolt.setting('dolt_skip_replication_errors') AS skip`,
+                  dolt.setting('dolt_async_replication') AS async, dolt.setting('dolt_skip_replication_errors') AS skip,
+                  dolt.setting('dolt_replication_remote_url_template') AS url_template`,
         );
         const r = rows[0] ?? {};
         value = {
@@ -281,6 +322,7 @@ export class RemoteService {
           allHeads: r.all_heads === "1",
           async: r.async === "1",
           skipErrors: r.skip === "1",
+          urlTemplate: r.url_template ?? "",
         };
       } catch {
         value = null; // not a Strata database (no dolt.setting): nothing to replicate

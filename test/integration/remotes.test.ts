@@ -235,6 +235,29 @@ test("the reference's replication through a remote, verbatim: every commit reach
     (await rowsOf(rr, "select 1 from test where pk = 4;")).length ? true : undefined,
   );
 
+  // New databases get a remote from the URL template, and replicate from their first commit.
+  await rowsOf(
+    p,
+    `ALTER SYSTEM SET dolt_replication_remote_url_template = 'file://${remoteDir}/{database}';`,
+  );
+  await waitForSetting(p, "dolt_replication_remote_url_template", `file://${remoteDir}/{database}`);
+  await rowsOf(p, "CREATE DATABASE newdb");
+  const n = await connectTo(primary, "newdb");
+  await rowsOf(n, "create table fresh (k int primary key)");
+  await rowsOf(n, "insert into fresh values (1)");
+  // (Replication is asynchronous at this point: the push may come a moment later.)
+  await waitFor(
+    "newdb's first push",
+    async () =>
+      await r.query(`select dolt_clone('file://${remoteDir}/newdb', 'newdb')`).then(
+        () => true,
+        () => undefined,
+      ),
+  );
+  assert.equal((await rowsOf(n, "SELECT url FROM dolt_remotes"))[0]?.url, `file://${remoteDir}/newdb`);
+  const nr = await connectTo(replica, "newdb");
+  assert.deepEqual(await rowsOf(nr, "select * from fresh"), [{ k: 1 }]);
+
   // Stopping replication: later commits stay on the primary.
   await rowsOf(p, "ALTER SYSTEM SET dolt_replicate_to_remote '';");
   await rowsOf(p, "ALTER SYSTEM SET dolt_async_replication TO 0");
