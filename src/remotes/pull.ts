@@ -6,18 +6,18 @@
 // database's head; then the packs are applied oldest first, in one store transaction. Every pack
 // is checked against its address (SHA-256) as it streams: a damaged or truncated pack fails the
 // transaction before it commits, so nothing of it is ever applied.
-import { pipeline } from "node:stream";
-import { createGunzip } from "node:zlib";
 import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
-import { PackFormatError, type PackFrame, PackFrameReader, type SectionHeader } from "./pack-frames.ts";
 import {
-  PACK_FORMAT,
-  PACK_VERSION,
+  checkHeader,
   type PackHeader,
+  quoteIdent,
   RemoteOperationError,
-  recordRemoteBranch,
-} from "./push.ts";
+  readObjectFrames,
+  readPackHeader,
+  SNAPSHOT_FORMAT,
+} from "./pack-objects.ts";
+import { recordRemoteBranch } from "./push.ts";
 import { PULL_STAGING_SQL } from "./remote-sql.ts";
 import type { RefValue, RemoteStorage } from "./storage.ts";
 
@@ -29,6 +29,8 @@ export interface PullResult {
   branch: string;
   head: string;
   commits: number;
+  /** Commits loaded as history under a snapshot (a clone), not applied one by one. */
+  loaded?: number;
 }
 
 /** The remote branch's head, recorded as seen (dolt_fetch). */
@@ -54,11 +56,16 @@ async function readBranch(storage: RemoteStorage, remote: string, branch: string
   return ref;
 }
 
+/**
+ * Bring the branch's commits into the database. `fresh`: the database was just made for this
+ * (a clone), so the branch's latest snapshot may stand in for replaying the commits before it.
+ */
 export async function pullBranch(opts: {
   client: pg.Client;
   storage: RemoteStorage;
   remote: string;
   branch: string;
+  fresh?: boolean;
 }): Promise<PullResult> {
   const { client, storage, remote, branch } = opts;
   const ref = await readBranch(storage, remote, branch);
@@ -70,19 +77,28 @@ export async function pullBranch(opts: {
   const known = await client.query("SELECT 1 FROM strata.commits WHERE hash = $1", [ref.commit]);
   if (known.rowCount) return { status: "up-to-date", branch, head: head ?? ref.commit, commits: 0 }; // ahead
   const chain = await packsSince(storage, ref, head, remote, branch);
+  // The packs up to (and including) the one that made the newest snapshot load as history.
+  const snapshot = opts.fresh && head === null ? chain[chain.length - 1].header.snapshot : null;
+  const upTo = snapshot ? chain.findIndex((p) => p.header.commits.at(-1) === snapshot.commit) : -1;
   let commits = 0;
+  let loaded = 0;
   await client.query("BEGIN");
   try {
     await client.query("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'");
     await client.query(PULL_STAGING_SQL);
-    for (const { address, skip } of chain) commits += await applyPack(client, storage, address, skip);
+    for (let i = 0; i < chain.length; i++) {
+      const { address, skip } = chain[i];
+      if (i <= upTo) loaded += await applyPack(client, storage, address, skip, "history");
+      else commits += await applyPack(client, storage, address, skip, "apply");
+      if (snapshot && i === upTo) await loadSnapshot(client, storage, snapshot.address, snapshot.commit);
+    }
     await recordRemoteBranch(client, remote, branch, ref);
     await client.query("COMMIT");
   } catch (err) {
     await client.query("ROLLBACK").catch(() => {});
     throw err;
   }
-  return { status: "pulled", branch, head: ref.commit, commits };
+  return { status: "pulled", branch, head: ref.commit, commits: commits + loaded, loaded };
 }
 
 export async function localHead(client: pg.Client): Promise<string | null> {
@@ -92,15 +108,22 @@ export async function localHead(client: pg.Client): Promise<string | null> {
   return rows[0]?.hash ?? null;
 }
 
-/** The packs to apply, oldest first, each with how many of its first commits this database has. */
+interface ChainPack {
+  address: string;
+  /** How many of its first commits this database has. */
+  skip: number;
+  header: PackHeader;
+}
+
+/** The packs to apply, oldest first. */
 async function packsSince(
   storage: RemoteStorage,
   ref: RefValue,
   head: string | null,
   remote: string,
   branch: string,
-): Promise<{ address: string; skip: number }[]> {
-  const chain: { address: string; skip: number }[] = [];
+): Promise<ChainPack[]> {
+  const chain: ChainPack[] = [];
   let address: string | null = ref.pack;
   while (address) {
     if (chain.length > MAX_CHAIN)
@@ -108,10 +131,10 @@ async function packsSince(
     const header = await readPackHeader(storage, address);
     const at = head === null ? -1 : header.commits.indexOf(head);
     if (at >= 0) {
-      chain.unshift({ address, skip: at + 1 });
+      chain.unshift({ address, skip: at + 1, header });
       return chain;
     }
-    chain.unshift({ address, skip: 0 });
+    chain.unshift({ address, skip: 0, header });
     if (header.base === head) return chain;
     address = header.base_pack;
   }
@@ -122,38 +145,6 @@ async function packsSince(
   );
 }
 
-async function readPackHeader(storage: RemoteStorage, address: string): Promise<PackHeader> {
-  const stream = await storage.openObject(address);
-  const gunzip = createGunzip();
-  pipeline(stream, gunzip, () => {});
-  const reader = new PackFrameReader();
-  try {
-    for await (const chunk of gunzip as AsyncIterable<Buffer>) {
-      const frames = reader.push(chunk);
-      if (frames.length) return checkHeader(frames[0], address);
-    }
-    reader.finish();
-    throw new RemoteOperationError(`pack ${address} is empty`, "XX001");
-  } catch (err) {
-    throw damaged(err, storage, address);
-  } finally {
-    stream.destroy();
-    gunzip.destroy();
-  }
-}
-
-function checkHeader(frame: PackFrame, address: string): PackHeader {
-  if (frame.type !== "section" || frame.header.section !== "pack" || frame.header.format !== PACK_FORMAT)
-    throw new RemoteOperationError(`object ${address} is not a Strata pack`, "XX001");
-  if (frame.header.version !== PACK_VERSION)
-    throw new RemoteOperationError(
-      `pack ${address} has format version ${String(frame.header.version)}; this Strata reads version ${PACK_VERSION}`,
-      "0A000",
-      "upgrade Strata on this server",
-    );
-  return frame.header as PackHeader;
-}
-
 const STAGING: Record<string, string> = {
   commits: "pull_commits",
   schema: "pull_schema",
@@ -161,92 +152,143 @@ const STAGING: Record<string, string> = {
   bases: "pull_bases",
 };
 
-/** Apply one pack's commits after its first `skip`; returns how many were applied. */
+/** A COPY FROM STDIN on the store fed section by section. */
+class CopyIn {
+  private target: ReturnType<typeof copyFrom> | undefined;
+  private done: Promise<void> | undefined;
+
+  constructor(private readonly client: pg.Client) {}
+
+  start(sql: string): void {
+    const target = this.client.query(copyFrom(sql));
+    this.target = target;
+    this.done = new Promise<void>((resolve, reject) => {
+      target.on("finish", resolve);
+      target.on("error", reject);
+    });
+    this.done.catch(() => {}); // awaited at the section's end, or given up with the pull
+  }
+
+  async write(bytes: Buffer): Promise<void> {
+    const target = this.target;
+    if (target && !target.write(bytes)) await new Promise((resolve) => target.once("drain", resolve));
+  }
+
+  async end(): Promise<void> {
+    if (!this.target) return;
+    this.target.end();
+    await this.done;
+    this.target = undefined;
+  }
+
+  /** A COPY left open would hold the connection: fail it (CopyFail), so ROLLBACK can run. */
+  async abandon(): Promise<void> {
+    if (!this.target) return;
+    this.target.destroy(new Error("pull abandoned"));
+    await this.done?.catch(() => {});
+    this.target = undefined;
+  }
+}
+
+/**
+ * One pack's commits after its first `skip`: applied to the tables ("apply"), or loaded as
+ * history only ("history", under a snapshot). Returns how many.
+ */
 async function applyPack(
   client: pg.Client,
   storage: RemoteStorage,
   address: string,
   skip: number,
+  mode: "apply" | "history",
 ): Promise<number> {
-  const stream = await storage.openObject(address);
-  const gunzip = createGunzip();
-  pipeline(stream, gunzip, () => {});
-  const reader = new PackFrameReader();
-  let applied = 0;
+  let count = 0;
   let ended = false;
-  let section: SectionHeader | undefined;
-  let copy: ReturnType<typeof copyFrom> | undefined;
-  let copyDone: Promise<void> | undefined;
-  const startCopy = async (sql: string) => {
-    const target = client.query(copyFrom(sql));
-    copy = target;
-    copyDone = new Promise<void>((resolve, reject) => {
-      target.on("finish", resolve);
-      target.on("error", reject);
-    });
-    copyDone.catch(() => {}); // awaited where the section ends, or given up with the pull
-  };
+  let section: string | undefined;
+  const copy = new CopyIn(client);
   try {
-    for await (const chunk of gunzip as AsyncIterable<Buffer>) {
-      for (const frame of reader.push(chunk)) {
-        if (frame.type === "section") {
-          section = frame.header;
-          const staging = STAGING[section.section];
-          if (staging) await startCopy(`COPY pg_temp.${staging} FROM STDIN`);
-          else if (section.section === "table" && Number(section.idx) > skip)
-            await startCopy(
-              `COPY ${await tableFor(client, String(section.rel))} (${(section.columns as string[]).map(quoteIdent).join(", ")}) FROM STDIN`,
-            );
-          else if (section.section === "apply") {
-            for (let idx = Math.max(Number(section.from), skip + 1); idx <= Number(section.to); idx++) {
+    for await (const frame of readObjectFrames(storage, address)) {
+      if (frame.type === "section") {
+        const header = frame.header;
+        section = header.section;
+        const staging = STAGING[section];
+        if (staging) copy.start(`COPY pg_temp.${staging} FROM STDIN`);
+        else if (section === "table" && mode === "apply" && Number(header.idx) > skip)
+          copy.start(
+            `COPY ${await tableFor(client, String(header.rel))} (${(header.columns as string[]).map(quoteIdent).join(", ")}) FROM STDIN`,
+          );
+        else if (section === "apply") {
+          const from = Math.max(Number(header.from), skip + 1);
+          const to = Number(header.to);
+          if (from <= to && mode === "history") {
+            await client.query("SELECT strata.load_pulled_history($1, $2)", [from, to]);
+            count += to - from + 1;
+          } else
+            for (let idx = from; idx <= to; idx++) {
               await client.query("SELECT strata.apply_pulled($1)", [idx]);
-              applied++;
+              count++;
             }
-          } else if (section.section === "end") ended = true;
-        } else if (frame.type === "data") {
-          if (copy && !copy.write(frame.bytes)) await new Promise((resolve) => copy!.once("drain", resolve));
-        } else {
-          if (copy) {
-            copy.end();
-            await copyDone;
-            copy = undefined;
-          }
-          if (section?.section === "apply")
-            await client.query(
-              "TRUNCATE pg_temp.pull_commits, pg_temp.pull_schema, pg_temp.pull_changes, pg_temp.pull_bases",
-            );
-        }
+        } else if (section === "end") ended = true;
+      } else if (frame.type === "data") await copy.write(frame.bytes);
+      else {
+        await copy.end();
+        if (section === "apply")
+          await client.query(
+            "TRUNCATE pg_temp.pull_commits, pg_temp.pull_schema, pg_temp.pull_changes, pg_temp.pull_bases",
+          );
       }
     }
-    reader.finish();
-    if (!ended) throw new RemoteOperationError(`pack ${address} is truncated (no end section)`, "XX001");
-    return applied;
-  } catch (err) {
-    throw damaged(err, storage, address);
+    if (!ended)
+      throw new RemoteOperationError(
+        `pack ${address} in ${storage.url} is truncated (no end section)`,
+        "XX001",
+      );
+    return count;
   } finally {
-    stream.destroy();
-    gunzip.destroy();
-    if (copy) {
-      // A COPY left open would hold the connection: fail it (CopyFail), so ROLLBACK can run.
-      copy.destroy(new Error("pull abandoned"));
-      await copyDone?.catch(() => {});
-    }
+    await copy.abandon();
   }
 }
 
-/** A stream's failure (gzip, framing) named as the damaged pack it is; the store's errors as they are. */
-function damaged(err: unknown, storage: RemoteStorage, address: string): unknown {
-  const e = err as { code?: unknown; errno?: unknown };
-  const fromZlib = typeof e.code === "string" && e.code.startsWith("Z_");
-  if (!fromZlib && !(err instanceof PackFormatError)) return err;
-  return new RemoteOperationError(
-    `pack ${address} in remote ${storage.url} is damaged: ${(err as Error).message}`,
-    "XX001",
-    "the remote's copy is damaged or truncated: push the commit again from a database that has it, or restore the remote from a backup",
-  );
+/** A snapshot's tables, as of `commit` (this database's head now), with their definitions. */
+async function loadSnapshot(client: pg.Client, storage: RemoteStorage, address: string, commit: string) {
+  const head = await localHead(client);
+  const copy = new CopyIn(client);
+  const tables: string[] = [];
+  let first = true;
+  let ended = false;
+  try {
+    // Strata's own writes: the capture and DDL triggers let them through.
+    await client.query("SELECT set_config('strata.applying', 'on', true)");
+    for await (const frame of readObjectFrames(storage, address)) {
+      if (first) {
+        const header = checkHeader(frame, address, SNAPSHOT_FORMAT);
+        if (header.commit !== commit || head !== commit)
+          throw new RemoteOperationError(
+            `snapshot ${address} in ${storage.url} is of commit ${String(header.commit)}, not of ${commit}`,
+            "XX001",
+          );
+        first = false;
+      } else if (frame.type === "section" && frame.header.section === "table") {
+        const rel = String(frame.header.rel);
+        tables.push(rel);
+        await client.query("SELECT strata.apply_definition($1, 'schema', $2)", [
+          rel,
+          JSON.stringify(frame.header.definition),
+        ]);
+        copy.start(
+          `COPY ${await tableFor(client, rel)} (${(frame.header.columns as string[]).map(quoteIdent).join(", ")}) FROM STDIN`,
+        );
+      } else if (frame.type === "section" && frame.header.section === "end") ended = true;
+      else if (frame.type === "data") await copy.write(frame.bytes);
+      else if (frame.type === "end") await copy.end();
+    }
+    if (!ended) throw new RemoteOperationError(`snapshot ${address} in ${storage.url} is truncated`, "XX001");
+    for (const rel of tables) await client.query("SELECT strata.finish_snapshot_table($1)", [rel]);
+  } finally {
+    await copy.abandon();
+  }
 }
 
-/** The table a snapshot base's rows go to, with Strata's own writes let through its triggers. */
+/** The table a pulled commit's or snapshot's rows go to, with Strata's own writes let through its triggers. */
 async function tableFor(client: pg.Client, rel: string): Promise<string> {
   const { rows } = await client.query<{ tbl: string | null }>(
     "SELECT set_config('strata.applying', 'on', true), strata.regclass_of($1)::text AS tbl",
@@ -255,8 +297,4 @@ async function tableFor(client: pg.Client, rel: string): Promise<string> {
   if (!rows[0]?.tbl)
     throw new RemoteOperationError(`a pulled commit copies table ${rel}, which it did not make`, "XX001");
   return rows[0].tbl;
-}
-
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
 }

@@ -16,34 +16,37 @@
 //
 // A commit that uses a table no commit in the push defines carries an 'ensure' definition of it
 // (from the catalog now), so a pack can always be applied by a database that lacks the table.
-import { once } from "node:events";
-import { createWriteStream } from "node:fs";
+//
+// Snapshots: when the history pushed since the branch's last snapshot has grown as large as that
+// snapshot (and past STRATA_SNAPSHOT_MIN_BYTES, default 64 MiB), the push also writes a snapshot
+// object — every table as of the pushed head, with its definition — and its pack names it. A
+// clone then loads the history before the snapshot as rows (no replay) and the tables from the
+// snapshot, and applies only the commits after it. Snapshots cost at most as much again as the
+// history they save replaying.
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createGzip } from "node:zlib";
 import type pg from "pg";
-import { to as copyTo } from "pg-copy-streams";
-import { encodeData, encodeEnd, encodeSection, type SectionHeader } from "./pack-frames.ts";
+import {
+  OBJECT_VERSION,
+  ObjectWriter,
+  PACK_FORMAT,
+  type PackHeader,
+  quoteIdent,
+  quoteLiteral,
+  RemoteOperationError,
+  readPackHeader,
+  SNAPSHOT_FORMAT,
+  type SnapshotRef,
+} from "./pack-objects.ts";
 import type { RefValue, RemoteStorage } from "./storage.ts";
 
-export const PACK_FORMAT = "strata-pack";
-export const PACK_VERSION = 1;
 /** Commits per batch: bounds the receiver's staging tables, not correctness. */
 const BATCH_COMMITS = 500;
-const DATA_FRAME = 1024 * 1024;
 /** Pushes that lost the race to another pusher, retried from the remote's new head. */
 const RACE_RETRIES = 5;
-
-export interface PackHeader extends SectionHeader {
-  section: "pack";
-  format: string;
-  version: number;
-  branch: string;
-  base: string | null;
-  base_pack: string | null;
-  commits: string[];
-}
+/** History smaller than this is replayed by a clone rather than snapshotted. */
+const SNAPSHOT_MIN_BYTES = Number(process.env.STRATA_SNAPSHOT_MIN_BYTES ?? 64 * 1024 * 1024);
 
 export interface PushResult {
   status: "pushed" | "up-to-date";
@@ -52,16 +55,6 @@ export interface PushResult {
   commits: number;
   pack?: string;
   bytes?: number;
-}
-
-export class RemoteOperationError extends Error {
-  constructor(
-    message: string,
-    readonly code: string,
-    readonly hint?: string,
-  ) {
-    super(message);
-  }
 }
 
 /** Push `branch` of the database `client` is connected to. */
@@ -103,22 +96,26 @@ export async function pushBranch(opts: {
           `the remote has commits this database lacks: pull them first (SELECT dolt_pull('${remote}')), or overwrite the remote's ${branch} with dolt_push('--force', '${remote}', '${branch}')`,
         );
     }
-    if (base && baseSeq === BigInt(head.seq)) {
+    if (base && baseSeq >= BigInt(head.seq)) {
       await recordRemoteBranch(client, remote, branch, base);
       return { status: "up-to-date", branch, head: head.hash, commits: 0 };
     }
-    if (base && baseSeq > BigInt(head.seq))
-      return { status: "up-to-date", branch, head: head.hash, commits: 0 }; // the remote is ahead
+    const previous = base ? await readPackHeader(storage, base.pack) : undefined;
     const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
     try {
-      const file = join(dir, "pack.gz");
-      const commits = await writePack(client, file, { branch, base, baseSeq, headSeq: BigInt(head.seq) });
-      const address = await storage.putObjectFile(file);
-      const bytes = (await stat(file)).size;
+      const written = await writeObjects(client, storage, dir, {
+        branch,
+        base,
+        baseSeq,
+        headSeq: BigInt(head.seq),
+        previous,
+      });
+      const address = await storage.putObjectFile(written.pack);
+      const bytes = (await stat(written.pack)).size;
       const next = { commit: head.hash, pack: address };
       if (await storage.compareAndSwapRef(refName, ref, next)) {
         await recordRemoteBranch(client, remote, branch, next);
-        return { status: "pushed", branch, head: head.hash, commits, pack: address, bytes };
+        return { status: "pushed", branch, head: head.hash, commits: written.commits, pack: address, bytes };
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -146,136 +143,211 @@ interface Ensure {
   definition: unknown;
 }
 
-/** Write commits (baseSeq, headSeq] as a pack to `file`; returns how many. */
-async function writePack(
+interface PushRange {
+  branch: string;
+  base: RefValue | null;
+  baseSeq: bigint;
+  headSeq: bigint;
+  /** The header of the pack `base` names: where the branch's last snapshot is. */
+  previous: PackHeader | undefined;
+}
+
+/**
+ * Write commits (baseSeq, headSeq] as a pack in `dir` — and, when one is due, a snapshot of the
+ * tables as of headSeq, stored in the remote first so that the pack can name it — from one
+ * snapshot of the store.
+ */
+async function writeObjects(
   client: pg.Client,
-  file: string,
-  range: { branch: string; base: RefValue | null; baseSeq: bigint; headSeq: bigint },
-): Promise<number> {
-  const { baseSeq, headSeq } = range;
-  const gzip = createGzip({ level: 6 });
-  const out = createWriteStream(file);
-  const written = once(out, "close");
-  gzip.pipe(out);
-  const write = async (bytes: Buffer) => {
-    if (!gzip.write(bytes)) await once(gzip, "drain");
-  };
-  // Tables get their ids (strata.table_id) as the pack names them: the database's own part first,
-  // outside the pack's snapshot, so that it is there for every writer.
+  storage: RemoteStorage,
+  dir: string,
+  range: PushRange,
+): Promise<{ pack: string; commits: number }> {
+  // Tables get their ids (strata.table_id) as the objects name them: the database's own part
+  // first, outside the transaction, so that it is there for every writer.
   await client.query(
     "INSERT INTO strata.database_identity (id) VALUES (replace(gen_random_uuid()::text, '-', '')) ON CONFLICT DO NOTHING",
   );
-  // One snapshot of history for the whole pack: commits go on while it is written.
+  // One snapshot of history for everything written: commits go on meanwhile.
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+  const writers: ObjectWriter[] = [];
   try {
     await client.query(
       "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL extra_float_digits = 3",
     );
-    const hashes = await client.query<{ hash: string }>(
-      "SELECT hash FROM strata.commits WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-      [String(baseSeq), String(headSeq)],
+    const { rows } = await client.query<{ bytes: string }>(
+      "SELECT coalesce(sum(pg_column_size(c.*)), 0)::text AS bytes FROM strata.changes c WHERE commit_seq > $1 AND commit_seq <= $2",
+      [String(range.baseSeq), String(range.headSeq)],
     );
-    const header: PackHeader = {
-      section: "pack",
-      format: PACK_FORMAT,
-      version: PACK_VERSION,
-      branch: range.branch,
-      base: range.base?.commit ?? null,
-      base_pack: range.base?.pack ?? null,
-      commits: hashes.rows.map((r) => r.hash),
-    };
-    await write(encodeSection(header));
-    await write(encodeEnd());
-    const ensures = await tablesToEnsure(client, baseSeq, headSeq);
-    const bases = await client.query<{ seq: string; rel: string; key_columns: string[] }>(
-      "SELECT commit_seq::text AS seq, rel, key_columns FROM strata.snapshot_bases WHERE commit_seq > $1 AND commit_seq <= $2 ORDER BY commit_seq, rel",
-      [String(baseSeq), String(headSeq)],
-    );
-    // Batches end at commits with snapshot bases: their rows follow the commit they belong to.
-    const cuts = new Set(bases.rows.map((b) => BigInt(b.seq)));
-    let from = baseSeq + 1n;
-    while (from <= headSeq) {
-      let to = from;
-      while (to < headSeq && to - from + 1n < BigInt(BATCH_COMMITS) && !cuts.has(to)) to++;
-      const lo = String(from - 1n);
-      const hi = String(to);
-      const idx = (column: string) => `${column} - ${String(baseSeq)}`;
-      await copySection(
-        client,
-        write,
-        { section: "commits" },
-        `SELECT ${idx("seq")}, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn
-           FROM strata.commits WHERE seq > ${lo} AND seq <= ${hi} ORDER BY seq`,
-      );
-      const ensureRows = ensures
-        .filter((e) => e.seq > from - 1n && e.seq <= to)
-        .map((e) => [String(e.seq - baseSeq), e.rel, JSON.stringify(e.definition)]);
-      await copySection(
-        client,
-        write,
-        { section: "schema" },
-        `SELECT ${idx("commit_seq")}, ord, rel, ddl, definition, 'schema' FROM strata.schema_changes
-          WHERE commit_seq > ${lo} AND commit_seq <= ${hi}
-         UNION ALL
-         SELECT e.idx::bigint, -1, e.rel, '', e.def::jsonb, 'ensure'
-           FROM jsonb_to_recordset(${literal(JSON.stringify(ensureRows.map(([i, rel, def]) => ({ idx: i, rel, def }))))}::jsonb)
-             AS e(idx text, rel text, def text)`,
-      );
-      await copySection(
-        client,
-        write,
-        { section: "changes" },
-        `SELECT ${idx("commit_seq")}, ord, rel, op, row_key, old_key, old_row, new_row FROM strata.changes
-          WHERE commit_seq > ${lo} AND commit_seq <= ${hi} ORDER BY commit_seq, ord`,
-      );
-      await copySection(
-        client,
-        write,
-        { section: "bases" },
-        `SELECT ${idx("commit_seq")}, rel, key_columns FROM strata.snapshot_bases WHERE commit_seq > ${lo} AND commit_seq <= ${hi}`,
-      );
-      await write(
-        encodeSection({ section: "apply", from: Number(from - baseSeq), to: Number(to - baseSeq) }),
-      );
-      await write(encodeEnd());
-      for (const b of bases.rows.filter((row) => BigInt(row.seq) === to)) {
-        const table = await client.query<{ tbl: string | null; columns: string[] | null }>(
-          `SELECT strata.regclass_of($1)::text AS tbl,
-                  (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
-                    WHERE attrelid = strata.regclass_of($1) AND attnum > 0 AND NOT attisdropped) AS columns`,
-          [b.rel],
-        );
-        const tbl = table.rows[0]?.tbl;
-        if (!tbl || !table.rows[0].columns)
-          throw new RemoteOperationError(
-            `dolt_push: table ${b.rel}, copied whole by commit ${header.commits[Number(to - baseSeq) - 1]}, is no longer in this database`,
-            "42P01",
-            "its rows as of that commit cannot be read back: push from a database that still has the table",
-          );
-        const columns = table.rows[0].columns;
-        await copySection(
-          client,
-          write,
-          { section: "table", idx: Number(to - baseSeq), rel: b.rel, columns },
-          `SELECT ${columns.map((c) => `(x.r).${quoteIdent(c)}`).join(", ")}
-             FROM (SELECT jsonb_populate_record(NULL::${tbl}, j) AS r
-                     FROM strata.rows_as_of(${literal(b.rel)}, ${literal(tbl)}::regclass, ${literal(pgArray(b.key_columns))}::text[], ${hi}) j) x`,
-        );
-      }
-      from = to + 1n;
+    const historyBytes = Number(rows[0].bytes);
+    let snapshot = range.previous?.snapshot ?? null;
+    let bytesSince = (range.previous?.bytes_since_snapshot ?? 0) + historyBytes;
+    if (bytesSince >= Math.max(snapshot?.bytes ?? 0, SNAPSHOT_MIN_BYTES)) {
+      const writer = new ObjectWriter(join(dir, "snapshot.gz"));
+      writers.push(writer);
+      const commit = await writeSnapshot(client, writer, range.headSeq);
+      await writer.finish();
+      snapshot = { address: await storage.putObjectFile(writer.file), commit, bytes: writer.dataBytes };
+      bytesSince = 0;
     }
-    await write(encodeSection({ section: "end", commits: header.commits.length }));
-    await write(encodeEnd());
+    const writer = new ObjectWriter(join(dir, "pack.gz"));
+    writers.push(writer);
+    const commits = await writePack(client, writer, range, snapshot, bytesSince);
+    await writer.finish();
     await client.query("COMMIT");
-    gzip.end();
-    await written;
-    return header.commits.length;
+    return { pack: writer.file, commits };
   } catch (err) {
     await client.query("ROLLBACK").catch(() => {});
-    gzip.destroy();
-    out.destroy();
+    for (const writer of writers) writer.abandon();
     throw err;
   }
+}
+
+/** Every table as of commit `seq`, with its definition; returns the commit's hash. */
+async function writeSnapshot(client: pg.Client, writer: ObjectWriter, seq: bigint): Promise<string> {
+  const { rows: head } = await client.query<{ hash: string }>(
+    "SELECT hash FROM strata.commits WHERE seq = $1",
+    [String(seq)],
+  );
+  await writer.section({
+    section: "snapshot",
+    format: SNAPSHOT_FORMAT,
+    version: OBJECT_VERSION,
+    commit: head[0].hash,
+  });
+  // The user's tables: what the history surface covers (its tables), and any other table of
+  // theirs outside Strata's own schemas.
+  const { rows: tables } = await client.query<{
+    rel: string;
+    tbl: string;
+    definition: unknown;
+    columns: string[];
+    keys: string[] | null;
+    working: boolean;
+  }>(
+    `SELECT n.nspname || '.' || c.relname AS rel, c.oid::regclass::text AS tbl, strata.table_definition(c.oid) AS definition,
+            (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
+              WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS columns,
+            strata.history_keys(n.nspname || '.' || c.relname, c.oid::regclass) AS keys,
+            EXISTS (SELECT 1 FROM strata.working_changes w WHERE w.rel = n.nspname || '.' || c.relname) AS working
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+        AND n.nspname NOT IN ('strata', 'dolt', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%'
+      ORDER BY 1`,
+  );
+  for (const t of tables) {
+    const select = t.working
+      ? // Uncommitted changes are not the commit's: read the table as of it.
+        `SELECT ${t.columns.map((c) => `(x.r).${quoteIdent(c)}`).join(", ")}
+           FROM (SELECT jsonb_populate_record(NULL::${t.tbl}, j) AS r
+                   FROM strata.rows_as_of(${quoteLiteral(t.rel)}, ${quoteLiteral(t.tbl)}::regclass, ${quoteLiteral(pgArray(t.keys ?? []))}::text[], ${String(seq)}) j) x`
+      : `SELECT ${t.columns.map(quoteIdent).join(", ")} FROM ${t.tbl}`;
+    await writer.copySection(
+      client,
+      { section: "table", rel: t.rel, definition: t.definition, columns: t.columns },
+      select,
+    );
+  }
+  await writer.section({ section: "end", tables: tables.length });
+  return head[0].hash;
+}
+
+/** Write commits (baseSeq, headSeq] as a pack; returns how many. */
+async function writePack(
+  client: pg.Client,
+  writer: ObjectWriter,
+  range: PushRange,
+  snapshot: SnapshotRef | null,
+  bytesSinceSnapshot: number,
+): Promise<number> {
+  const { baseSeq, headSeq } = range;
+  const hashes = await client.query<{ hash: string }>(
+    "SELECT hash FROM strata.commits WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+    [String(baseSeq), String(headSeq)],
+  );
+  const header: PackHeader = {
+    section: "pack",
+    format: PACK_FORMAT,
+    version: OBJECT_VERSION,
+    branch: range.branch,
+    base: range.base?.commit ?? null,
+    base_pack: range.base?.pack ?? null,
+    commits: hashes.rows.map((r) => r.hash),
+    snapshot,
+    bytes_since_snapshot: bytesSinceSnapshot,
+  };
+  await writer.section(header);
+  const ensures = await tablesToEnsure(client, baseSeq, headSeq);
+  const bases = await client.query<{ seq: string; rel: string; key_columns: string[] }>(
+    "SELECT commit_seq::text AS seq, rel, key_columns FROM strata.snapshot_bases WHERE commit_seq > $1 AND commit_seq <= $2 ORDER BY commit_seq, rel",
+    [String(baseSeq), String(headSeq)],
+  );
+  // Batches end at commits with snapshot bases: their rows follow the commit they belong to.
+  const cuts = new Set(bases.rows.map((b) => BigInt(b.seq)));
+  let from = baseSeq + 1n;
+  while (from <= headSeq) {
+    let to = from;
+    while (to < headSeq && to - from + 1n < BigInt(BATCH_COMMITS) && !cuts.has(to)) to++;
+    const lo = String(from - 1n);
+    const hi = String(to);
+    const idx = (column: string) => `${column} - ${String(baseSeq)}`;
+    await writer.copySection(
+      client,
+      { section: "commits" },
+      `SELECT ${idx("seq")}, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn
+         FROM strata.commits WHERE seq > ${lo} AND seq <= ${hi} ORDER BY seq`,
+    );
+    const ensureRows = ensures
+      .filter((e) => e.seq > from - 1n && e.seq <= to)
+      .map((e) => ({ idx: String(e.seq - baseSeq), rel: e.rel, def: JSON.stringify(e.definition) }));
+    await writer.copySection(
+      client,
+      { section: "schema" },
+      `SELECT ${idx("commit_seq")}, ord, rel, ddl, definition, 'schema' FROM strata.schema_changes
+        WHERE commit_seq > ${lo} AND commit_seq <= ${hi}
+       UNION ALL
+       SELECT e.idx::bigint, -1, e.rel, '', e.def::jsonb, 'ensure'
+         FROM jsonb_to_recordset(${quoteLiteral(JSON.stringify(ensureRows))}::jsonb) AS e(idx text, rel text, def text)`,
+    );
+    await writer.copySection(
+      client,
+      { section: "changes" },
+      `SELECT ${idx("commit_seq")}, ord, rel, op, row_key, old_key, old_row, new_row FROM strata.changes
+        WHERE commit_seq > ${lo} AND commit_seq <= ${hi} ORDER BY commit_seq, ord`,
+    );
+    await writer.copySection(
+      client,
+      { section: "bases" },
+      `SELECT ${idx("commit_seq")}, rel, key_columns FROM strata.snapshot_bases WHERE commit_seq > ${lo} AND commit_seq <= ${hi}`,
+    );
+    await writer.section({ section: "apply", from: Number(from - baseSeq), to: Number(to - baseSeq) });
+    for (const b of bases.rows.filter((row) => BigInt(row.seq) === to)) {
+      const table = await client.query<{ tbl: string | null; columns: string[] | null }>(
+        `SELECT strata.regclass_of($1)::text AS tbl,
+                (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
+                  WHERE attrelid = strata.regclass_of($1) AND attnum > 0 AND NOT attisdropped) AS columns`,
+        [b.rel],
+      );
+      const tbl = table.rows[0]?.tbl;
+      if (!tbl || !table.rows[0].columns)
+        throw new RemoteOperationError(
+          `dolt_push: table ${b.rel}, copied whole by commit ${header.commits[Number(to - baseSeq) - 1]}, is no longer in this database`,
+          "42P01",
+          "its rows as of that commit cannot be read back: push from a database that still has the table",
+        );
+      const columns = table.rows[0].columns;
+      await writer.copySection(
+        client,
+        { section: "table", idx: Number(to - baseSeq), rel: b.rel, columns },
+        `SELECT ${columns.map((c) => `(x.r).${quoteIdent(c)}`).join(", ")}
+           FROM (SELECT jsonb_populate_record(NULL::${tbl}, j) AS r
+                   FROM strata.rows_as_of(${quoteLiteral(b.rel)}, ${quoteLiteral(tbl)}::regclass, ${quoteLiteral(pgArray(b.key_columns))}::text[], ${hi}) j) x`,
+      );
+    }
+    from = to + 1n;
+  }
+  await writer.section({ section: "end", commits: header.commits.length });
+  return header.commits.length;
 }
 
 /**
@@ -300,29 +372,6 @@ async function tablesToEnsure(client: pg.Client, baseSeq: bigint, headSeq: bigin
   return rows
     .filter((r) => r.definition !== null)
     .map((r) => ({ seq: BigInt(r.seq), rel: r.rel, definition: r.definition }));
-}
-
-async function copySection(
-  client: pg.Client,
-  write: (bytes: Buffer) => Promise<void>,
-  header: SectionHeader,
-  select: string,
-): Promise<void> {
-  await write(encodeSection(header));
-  const source = client.query(copyTo(`COPY (${select}) TO STDOUT`));
-  for await (const chunk of source as AsyncIterable<Buffer>) {
-    for (let at = 0; at < chunk.length; at += DATA_FRAME)
-      await write(encodeData(chunk.subarray(at, at + DATA_FRAME)));
-  }
-  await write(encodeEnd());
-}
-
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
-}
-
-function literal(text: string): string {
-  return `'${text.replace(/'/g, "''")}'`;
 }
 
 function pgArray(items: string[]): string {

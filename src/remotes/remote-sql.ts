@@ -391,6 +391,50 @@ BEGIN
   RETURN v_seq;
 END
 $fn$;
+
+-- Load pulled commits p_from..p_to (staged) as history only, without applying them to the tables:
+-- a clone's commits up to a snapshot, whose tables then come from the snapshot. Returns how many.
+CREATE OR REPLACE FUNCTION strata.load_pulled_history(p_from int, p_to int) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  head text;
+  head_seq bigint;
+  first_parent text;
+  offs bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtext('strata.commit'));
+  SELECT seq, hash INTO head_seq, head FROM strata.commits ORDER BY seq DESC LIMIT 1;
+  SELECT parent_hash INTO first_parent FROM pg_temp.pull_commits WHERE idx = p_from;
+  IF first_parent IS DISTINCT FROM head THEN
+    RAISE EXCEPTION 'pulled commits do not follow this database''s head %', coalesce(head, '(no commits)')
+      USING ERRCODE = '55000', HINT = 'clone into a new database';
+  END IF;
+  offs := coalesce(head_seq, 0) - p_from + 1;
+  INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn)
+  SELECT idx + offs, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn
+    FROM pg_temp.pull_commits WHERE idx BETWEEN p_from AND p_to;
+  INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
+  SELECT idx + offs, ord, rel, ddl, definition FROM pg_temp.pull_schema WHERE idx BETWEEN p_from AND p_to AND kind = 'schema';
+  INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
+  SELECT idx + offs, ord, rel, op, row_key, old_key, old_row, new_row FROM pg_temp.pull_changes WHERE idx BETWEEN p_from AND p_to;
+  INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns)
+  SELECT rel, idx + offs, key_columns FROM pg_temp.pull_bases WHERE idx BETWEEN p_from AND p_to;
+  RETURN p_to - p_from + 1;
+END
+$fn$;
+
+-- After a snapshot's tables are loaded: their history surface, and capture where clients write.
+CREATE OR REPLACE FUNCTION strata.finish_snapshot_table(p_rel text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  tbl regclass := strata.regclass_of(p_rel);
+BEGIN
+  IF tbl IS NULL THEN RETURN; END IF;
+  IF NOT strata.replicating() THEN PERFORM strata.attach_capture(tbl); END IF;
+  PERFORM strata.ensure_table_surface(split_part(p_rel, '.', 1), substr(p_rel, length(split_part(p_rel, '.', 1)) + 2),
+                                      strata.history_keys(p_rel, tbl));
+END
+$fn$;
 `;
 
 /** The puller's staging tables, made in its store transaction (gone at its end). */

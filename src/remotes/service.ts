@@ -15,8 +15,9 @@ import pg from "pg";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
+import { RemoteOperationError } from "./pack-objects.ts";
 import { fetchBranch, pullBranch } from "./pull.ts";
-import { pushBranch, RemoteOperationError } from "./push.ts";
+import { pushBranch } from "./push.ts";
 import { openRemoteStorage } from "./storage.ts";
 import { remoteUrlTemplate } from "./url.ts";
 
@@ -42,6 +43,7 @@ export class RemoteService {
   private readonly warned = new Set<string>();
   private readonly refreshing = new Set<string>();
   private readonly reading = new Map<string, Promise<ReplicationSettings | null>>();
+  private freshUntil = 0;
   private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
 
   constructor(
@@ -53,6 +55,10 @@ export class RemoteService {
   settingsChanged(): void {
     this.settings.clear();
     this.remoteKnown.clear();
+    this.reading.clear();
+    // A connection opened just before the store reloaded may still read the old values: read
+    // afresh at every use for a moment.
+    this.freshUntil = Date.now() + SETTINGS_TTL_MS;
   }
 
   /** Run a call; returns the SQL whose result the client gets. */
@@ -142,7 +148,7 @@ export class RemoteService {
    */
   private settingsNow(database: string): ReplicationSettings | null | Promise<ReplicationSettings | null> {
     const cached = this.settings.get(database);
-    if (!cached) return this.readSettings(database);
+    if (!cached || Date.now() < this.freshUntil) return this.readSettings(database);
     if (Date.now() - cached.at >= SETTINGS_TTL_MS && !this.refreshing.has(database)) {
       this.refreshing.add(database);
       this.readSettings(database)
@@ -420,8 +426,17 @@ export class RemoteService {
       const client = await connect(this.config(name));
       try {
         await client.query("INSERT INTO strata.remotes (name, url) VALUES ($1, $2)", [remote, url]);
-        const result = await pullBranch({ client, storage, remote, branch });
-        this.log.info({ database: name, url, commits: result.commits, head: result.head }, "cloned");
+        const result = await pullBranch({ client, storage, remote, branch, fresh: true });
+        this.log.info(
+          {
+            database: name,
+            url,
+            commits: result.commits,
+            from_snapshot: result.loaded ?? 0,
+            head: result.head,
+          },
+          "cloned",
+        );
       } finally {
         await client.end().catch(() => {});
       }

@@ -201,6 +201,8 @@ test("the reference's replication through a remote, verbatim: every commit reach
   const p = await connectTo(primary);
   await rowsOf(p, `select dolt_remote('add', 'origin', '${url}');`);
   await rowsOf(p, "ALTER SYSTEM SET dolt_replicate_to_remote 'origin';");
+  // In effect once the store has reloaded its configuration (a moment; Doltgres: a restart).
+  await waitForSetting(p, "dolt_replicate_to_remote", "origin");
   await rowsOf(p, "create table test (pk int, c1 int, primary key(pk));");
   await rowsOf(p, "insert into test values (0,0);");
   await rowsOf(p, "select dolt_commit('-Am', 'trigger replication');");
@@ -209,6 +211,7 @@ test("the reference's replication through a remote, verbatim: every commit reach
   await rowsOf(r, `select dolt_clone('${url}', 'read_replica');`);
   await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_heads TO 'main';");
   await rowsOf(r, "ALTER SYSTEM SET dolt_read_replica_remote TO 'origin';");
+  await waitForSetting(r, "dolt_read_replica_remote", "origin");
   const rr = await connectTo(replica, "read_replica");
   assert.deepEqual(await rowsOf(rr, "select * from test;"), [{ pk: 0, c1: 0 }]);
 
@@ -385,6 +388,72 @@ test("a push killed midway leaves the remote consistent, and the next push compl
       (await rowsOf(c, "SELECT md5(string_agg(payload, ',' ORDER BY id)) AS m FROM big"))[0].m,
       (await pusher.query("SELECT md5(string_agg(payload, ',' ORDER BY id)) AS m FROM big"))[0].m,
     );
+  } finally {
+    await pusher.stop();
+  }
+});
+
+test("a clone loads the history before the remote's latest snapshot as rows and the tables from it", async () => {
+  process.env.STRATA_SNAPSHOT_MIN_BYTES = "1"; // every push with history writes a snapshot
+  const pusher = await startStandaloneStrata().finally(() => {
+    delete process.env.STRATA_SNAPSHOT_MIN_BYTES;
+  });
+  try {
+    const url = `file://${remoteDir}/snapshots`;
+    const p = new pg.Client(pusher.connectionConfig());
+    await p.connect();
+    try {
+      const run = async (sql: string) => (await p.query(sql)).rows;
+      await run(`select dolt_remote('add', 'origin', '${url}')`);
+      await run("create table acct (id int primary key, owner text, balance int default 0)");
+      await run("create table log (line text)");
+      await run("insert into acct select g, 'o' || g, g from generate_series(1, 200) g");
+      await run("insert into log values ('one'), ('two')");
+      await run("select dolt_commit('-Am', 'c1')");
+      await run("update acct set balance = balance + 5 where id % 3 = 0");
+      await run("select dolt_commit('-am', 'c2')");
+      await run("select dolt_push('origin', 'main')"); // history → a snapshot at c2
+      await run("delete from acct where id > 190");
+      await run("alter table acct add column note text");
+      await run("update acct set note = 'x' where id < 4");
+      await run("insert into log values ('three')");
+      await run("select dolt_commit('-Am', 'c3')");
+      await run("insert into acct (id, owner) values (500, 'new')");
+      await run("select dolt_commit('-am', 'c4')");
+      await run("select dolt_push('origin', 'main')"); // c3..c4, and a new snapshot at c4
+      await run("update acct set balance = 0 where id = 500");
+      await run("select dolt_commit('-am', 'c5')");
+      await run("select dolt_push('origin', 'main')");
+      assert.ok(readdirSync(join(remoteDir, "snapshots", "objects"), { recursive: true }).length >= 4);
+
+      const r = await connectTo(replica);
+      await rowsOf(r, `select dolt_clone('${url}', 'from_snapshot')`);
+      assert.match(replica.logs, /"database":"from_snapshot".*"from_snapshot":[1-9]/);
+      const c = await connectTo(replica, "from_snapshot");
+      const same = async (sql: string) => assert.deepEqual(await rowsOf(c, sql), await run(sql), sql);
+      await same("SELECT * FROM acct ORDER BY id");
+      await same("SELECT * FROM log ORDER BY line");
+      await same("SELECT commit_hash, parent_hash, message, date FROM dolt_log");
+      await same("SELECT id, balance, note, commit_hash FROM dolt_history_acct ORDER BY commit_hash, id");
+      await same("SELECT * FROM dolt_diff('HEAD~4', 'HEAD', 'acct') ORDER BY to_id, from_id");
+      await same("SELECT * FROM acct AS OF 'HEAD~3' ORDER BY id");
+      await same("SELECT line, commit_hash FROM dolt_history_log ORDER BY commit_hash, line");
+      assert.deepEqual(await rowsOf(c, "SELECT * FROM dolt_status"), []);
+      // Later commits apply one by one on top.
+      await run("update acct set owner = 'later' where id = 1");
+      await run("select dolt_commit('-am', 'c6')");
+      await run("select dolt_push('origin', 'main')");
+      await rowsOf(c, "select dolt_pull('origin')");
+      await same("SELECT * FROM acct ORDER BY id");
+      await same("SELECT commit_hash FROM dolt_log");
+      // Writes on the clone are captured as on any database.
+      await rowsOf(c, "insert into log values ('local')");
+      assert.deepEqual(await rowsOf(c, "SELECT table_name, status FROM dolt_status"), [
+        { table_name: "log", status: "modified" },
+      ]);
+    } finally {
+      await p.end();
+    }
   } finally {
     await pusher.stop();
   }
