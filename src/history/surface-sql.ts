@@ -61,7 +61,7 @@ DECLARE
   n bigint;
   at timestamptz;
   lsn pg_lsn;
-  forms constant text := 'name a commit by its hash (or a unique prefix of it), HEAD, HEAD~N, a timestamp, or lsn:X/Y; SELECT * FROM dolt_log lists them';
+  forms constant text := 'name a commit by its hash (or a unique prefix of it), HEAD, HEAD~N, a tag, a timestamp, or lsn:X/Y; SELECT * FROM dolt_log lists them';
 BEGIN
   IF spec = '' THEN
     RAISE EXCEPTION 'no commit named: the commit name is empty' USING ERRCODE = '22023', HINT = forms;
@@ -108,6 +108,9 @@ BEGIN
         USING ERRCODE = '22023',
               HINT = 'on a replica, the first commit is the initial snapshot or the first replicated transaction; elsewhere, make one with dolt_commit(''-Am'', ''message''); AS OF ''WORKING'' reads the tables as they are';
     END IF;
+  END IF;
+  IF found_seq IS NULL AND to_regclass('strata.tags') IS NOT NULL THEN
+    SELECT c.seq INTO found_seq FROM strata.tags t JOIN strata.commits c ON c.hash = t.commit_hash WHERE t.name = base;
   END IF;
   IF found_seq IS NULL AND base ~ '^[0-9a-v]+$' THEN
     SELECT count(*), min(seq) INTO n, found_seq FROM (

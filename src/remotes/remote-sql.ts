@@ -40,6 +40,71 @@ CREATE OR REPLACE VIEW dolt.dolt_remote_branches AS
   SELECT 'remotes/' || remote || '/' || branch AS name, commit_hash AS hash, seen_at AS latest_seen
     FROM strata.remote_branches ORDER BY remote, branch;
 
+-- Tags: names for commits (wherever a commit is named), pushed and pulled with the branch.
+CREATE TABLE IF NOT EXISTS strata.tags (
+  name text PRIMARY KEY,
+  commit_hash text NOT NULL,
+  tagger text NOT NULL,
+  email text NOT NULL,
+  date timestamptz NOT NULL DEFAULT clock_timestamp(),
+  message text NOT NULL DEFAULT ''
+);
+-- The tags a remote has from this database (pushed or pulled), so a push sends only the others.
+CREATE TABLE IF NOT EXISTS strata.remote_tags (
+  remote text NOT NULL,
+  name text NOT NULL,
+  commit_hash text NOT NULL,
+  PRIMARY KEY (remote, name)
+);
+CREATE OR REPLACE VIEW dolt.dolt_tags AS
+  SELECT name AS tag_name, commit_hash AS tag_hash, tagger, email, date, message FROM strata.tags ORDER BY name;
+
+-- dolt_tag('name' [, 'commit']) / ('-m', 'message', 'name' [, 'commit']) / ('-d' | '--delete', 'name').
+CREATE OR REPLACE FUNCTION dolt.dolt_tag(VARIADIC args text[]) RETURNS text[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  i int := 1;
+  message text := '';
+  positional text[] := '{}';
+  deleting boolean := false;
+  v_hash text;
+  usage constant text := 'dolt_tag(''name'' [, ''commit'']), dolt_tag(''-m'', ''message'', ''name'' [, ''commit'']) or dolt_tag(''-d'', ''name'')';
+BEGIN
+  WHILE i <= coalesce(cardinality(args), 0) LOOP
+    IF args[i] IN ('-m', '--message') THEN i := i + 1; message := coalesce(args[i], '');
+    ELSIF args[i] IN ('-d', '--delete') THEN deleting := true;
+    ELSIF args[i] LIKE '-%' THEN
+      RAISE EXCEPTION 'dolt_tag: unknown option %', args[i] USING ERRCODE = '22023', HINT = usage;
+    ELSE positional := positional || args[i];
+    END IF;
+    i := i + 1;
+  END LOOP;
+  IF deleting THEN
+    IF cardinality(positional) = 0 THEN RAISE EXCEPTION 'dolt_tag -d needs a tag name' USING ERRCODE = '22023', HINT = usage; END IF;
+    DELETE FROM strata.tags WHERE name = ANY (positional);
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'dolt_tag: no tag named "%"', positional[1] USING ERRCODE = '42704', HINT = 'SELECT * FROM dolt_tags lists them';
+    END IF;
+    RETURN ARRAY['0'];
+  END IF;
+  IF cardinality(positional) NOT IN (1, 2) THEN
+    RAISE EXCEPTION 'dolt_tag: expected a tag name and optionally a commit' USING ERRCODE = '22023', HINT = usage;
+  END IF;
+  IF positional[1] !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' OR position('..' in positional[1]) > 0 OR upper(positional[1]) IN ('HEAD', 'WORKING', 'STAGED') THEN
+    RAISE EXCEPTION 'dolt_tag: "%" is not a valid tag name', positional[1]
+      USING ERRCODE = '22023', HINT = 'letters, digits, _, . and -, not starting with . or - (and not HEAD, WORKING or STAGED)';
+  END IF;
+  IF EXISTS (SELECT 1 FROM strata.tags WHERE name = positional[1]) THEN
+    RAISE EXCEPTION 'dolt_tag: tag "%" already exists', positional[1]
+      USING ERRCODE = '42710', HINT = format('delete it first: SELECT dolt_tag(''-d'', %L)', positional[1]);
+  END IF;
+  v_hash := dolt.commit_hash(coalesce(positional[2], 'HEAD'));
+  INSERT INTO strata.tags (name, commit_hash, tagger, email, message)
+  VALUES (positional[1], v_hash, session_user, session_user || '@localhost', message);
+  RETURN ARRAY['0'];
+END
+$fn$;
+
 -- dolt_remote('add', name, url) / ('remove' | 'rm', name).
 CREATE OR REPLACE FUNCTION dolt.dolt_remote(VARIADIC args text[]) RETURNS text[]
 LANGUAGE plpgsql AS $fn$
@@ -67,6 +132,7 @@ BEGIN
         USING ERRCODE = '42704', HINT = 'SELECT * FROM dolt_remotes lists them';
     END IF;
     DELETE FROM strata.remote_branches WHERE remote = args[2];
+    DELETE FROM strata.remote_tags WHERE remote = args[2];
   ELSE
     RAISE EXCEPTION 'dolt_remote: unexpected arguments %', args USING ERRCODE = '22023', HINT = usage;
   END IF;

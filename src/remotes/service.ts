@@ -19,6 +19,7 @@ import { RemoteOperationError } from "./pack-objects.ts";
 import { fetchBranch, pullBranch } from "./pull.ts";
 import { pushBranch } from "./push.ts";
 import { openRemoteStorage } from "./storage.ts";
+import { pullTags, pushTags } from "./tags.ts";
 import { remoteUrlTemplate } from "./url.ts";
 
 /** How long a database's replication settings are trusted before being read again. */
@@ -70,22 +71,32 @@ export class RemoteService {
         const { flags, positional } = splitFlags(args, ["--force", "-f", "--set-upstream", "-u"]);
         const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
         checkBranch(branch);
-        const result = await this.withRemote(database, remote, (client, storage) =>
-          pushBranch({ client, storage, remote, branch, force: flags.has("--force") || flags.has("-f") }),
-        );
+        const { result, tags } = await this.withRemote(database, remote, async (client, storage) => {
+          const pushed = await pushBranch({
+            client,
+            storage,
+            remote,
+            branch,
+            force: flags.has("--force") || flags.has("-f"),
+          });
+          return { result: pushed, tags: await pushTags(client, storage, remote, this.log) };
+        });
+        const tagNote = tags ? ` and ${tags} tag${tags === 1 ? "" : "s"}` : "";
         const message =
-          result.status === "up-to-date"
+          result.status === "up-to-date" && !tags
             ? "Everything up-to-date"
-            : `pushed ${result.commits} commit${result.commits === 1 ? "" : "s"} to ${remote}/${branch} (${result.head})`;
+            : `pushed ${result.commits} commit${result.commits === 1 ? "" : "s"}${tagNote} to ${remote}/${branch} (${result.head})`;
         return resultRow(fn, message);
       }
       case "dolt_pull": {
         const { positional } = splitFlags(args, []);
         const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
         checkBranch(branch);
-        const result = await this.withRemote(database, remote, (client, storage) =>
-          pullBranch({ client, storage, remote, branch }),
-        );
+        const result = await this.withRemote(database, remote, async (client, storage) => {
+          const pulled = await pullBranch({ client, storage, remote, branch });
+          await pullTags(client, storage, remote);
+          return pulled;
+        });
         const message =
           result.status === "up-to-date"
             ? "Everything up-to-date"
@@ -200,9 +211,11 @@ export class RemoteService {
   private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
     if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
     try {
-      const result = await this.withRemote(database, s.pushTo, (client, storage) =>
-        pushBranch({ client, storage, remote: s.pushTo, branch: DEFAULT_BRANCH }),
-      );
+      const result = await this.withRemote(database, s.pushTo, async (client, storage) => {
+        const pushed = await pushBranch({ client, storage, remote: s.pushTo, branch: DEFAULT_BRANCH });
+        await pushTags(client, storage, s.pushTo, this.log);
+        return pushed;
+      });
       if (result.status === "pushed")
         this.log.debug({ database, remote: s.pushTo, commits: result.commits, head: result.head }, "pushed");
     } catch (err) {
@@ -238,9 +251,11 @@ export class RemoteService {
     if (!heads.some((h) => globMatches(h, DEFAULT_BRANCH))) return;
     if (!(await this.hasRemote(database, s.pullFrom))) return;
     try {
-      await this.withRemote(database, s.pullFrom, (client, storage) =>
-        pullBranch({ client, storage, remote: s.pullFrom, branch: DEFAULT_BRANCH }),
-      );
+      await this.withRemote(database, s.pullFrom, async (client, storage) => {
+        await pullBranch({ client, storage, remote: s.pullFrom, branch: DEFAULT_BRANCH });
+        // Tags come with "all heads" (the reference: all branches and tags).
+        if (s.allHeads) await pullTags(client, storage, s.pullFrom);
+      });
     } catch (err) {
       if (s.skipErrors) {
         this.log.warn(
@@ -427,6 +442,7 @@ export class RemoteService {
       try {
         await client.query("INSERT INTO strata.remotes (name, url) VALUES ($1, $2)", [remote, url]);
         const result = await pullBranch({ client, storage, remote, branch, fresh: true });
+        await pullTags(client, storage, remote);
         this.log.info(
           {
             database: name,

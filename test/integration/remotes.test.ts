@@ -82,7 +82,13 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   await rowsOf(p, "alter table notes rename to memos");
   await rowsOf(p, "insert into memos values ('c')");
   await rowsOf(p, "select dolt_commit('-Am', 'renamed')");
-  assert.match((await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1], /pushed 2 commits/);
+  await rowsOf(p, "select dolt_tag('v1', 'HEAD~1')");
+  await rowsOf(p, "select dolt_tag('-m', 'the release', 'v2')");
+  assert.equal((await failure(p, "select dolt_tag('v1')")).code, "42710");
+  assert.match(
+    (await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1],
+    /pushed 2 commits and 2 tags/,
+  );
   assert.equal(
     (await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1],
     "Everything up-to-date",
@@ -101,6 +107,8 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   await same(
     "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('items', 'memos') ORDER BY indexname",
   );
+  await same("SELECT * FROM dolt_tags");
+  await same("SELECT * FROM items AS OF 'v1' ORDER BY id");
   assert.deepEqual(await rowsOf(c, "SELECT name FROM dolt_remotes"), [{ name: "origin" }]);
   assert.deepEqual(await rowsOf(c, "SELECT * FROM dolt_status"), []);
 
@@ -115,7 +123,10 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   );
   assert.deepEqual(await rowsOf(c, "SELECT hash FROM dolt_remote_branches"), [{ hash: head }]);
   assert.equal((await rowsOf(c, "SELECT count(*)::int AS n FROM items WHERE id = 200"))[0].n, 0);
+  await rowsOf(p, "select dolt_tag('v3')");
+  await rowsOf(p, "select dolt_push()");
   assert.match((await rowsOf(c, "select dolt_pull('origin')"))[0].dolt_pull[1], /fast-forward: 1 commit/);
+  await same("SELECT * FROM dolt_tags");
   await same("SELECT * FROM items ORDER BY id");
   await same("SELECT commit_hash FROM dolt_log");
   assert.equal(
