@@ -12,8 +12,12 @@ export interface VariableDefinition {
   default: string;
   /** What the value does today, for docs and SHOW errors. */
   description: string;
-  /** When Strata reads it: per session (takes effect at once) or at start (takes a restart). */
-  readAt: "session" | "start";
+  /**
+   * When Strata reads it: per session (takes effect at once), by the server a moment after it
+   * changes (ALTER SYSTEM; a session's SET does not change what the server does), or at start
+   * (takes a restart).
+   */
+  readAt: "session" | "server" | "start";
   /** Shown, not settable (e.g. a cluster role). */
   readOnly?: boolean;
 }
@@ -31,49 +35,49 @@ export const VARIABLES: readonly VariableDefinition[] = [
     kind: "string",
     default: "",
     description: "the remote a primary pushes every commit and branch change to",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "dolt_read_replica_remote",
     kind: "string",
     default: "",
     description: "the remote a read replica pulls from at transaction start",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "dolt_replicate_heads",
     kind: "string",
     default: "",
     description: "the branches a read replica pulls (comma list, * wildcards)",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "dolt_replicate_all_heads",
     kind: "boolean",
     default: "0",
     description: "a read replica pulls every branch and tag",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "dolt_replication_remote_url_template",
     kind: "string",
     default: "",
     description: "remote URL for new databases, with {database}",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "dolt_skip_replication_errors",
     kind: "boolean",
     default: "0",
     description: "replication errors are warnings instead of errors",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "dolt_async_replication",
     kind: "boolean",
     default: "0",
     description: "pushes to the remote happen after the commit returns",
-    readAt: "start",
+    readAt: "server",
   },
   {
     name: "strata_allow_replica_writes",

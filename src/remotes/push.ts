@@ -69,7 +69,8 @@ export async function pushBranch(opts: {
   const refName = `heads/${branch}`;
   for (let attempt = 0; ; attempt++) {
     const { rows } = await client.query<{ seq: string; hash: string }>(
-      "SELECT seq::text, hash FROM strata.commits ORDER BY seq DESC LIMIT 1",
+      // By the number: an output column "seq" of type text would sort as text (10 before 9).
+      "SELECT c.seq::text AS seq, c.hash FROM strata.commits c ORDER BY c.seq DESC LIMIT 1",
     );
     const head = rows[0];
     if (!head)

@@ -44,6 +44,9 @@ export class RemoteService {
   private readonly warned = new Set<string>();
   private readonly refreshing = new Set<string>();
   private readonly reading = new Map<string, Promise<ReplicationSettings | null>>();
+  /** The head each database last had in each remote it replicates to (pushed or up to date). */
+  private readonly pushedHead = new Map<string, string>();
+  private readonly pools = new Map<string, pg.Pool>();
   private freshUntil = 0;
   private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
 
@@ -210,12 +213,14 @@ export class RemoteService {
 
   private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
     if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
+    if (!(await this.hasUnpushed(database, s.pushTo))) return;
     try {
       const result = await this.withRemote(database, s.pushTo, async (client, storage) => {
         const pushed = await pushBranch({ client, storage, remote: s.pushTo, branch: DEFAULT_BRANCH });
         await pushTags(client, storage, s.pushTo, this.log);
         return pushed;
       });
+      this.pushedHead.set(`${database}\u0000${s.pushTo}`, result.head);
       if (result.status === "pushed")
         this.log.debug({ database, remote: s.pushTo, commits: result.commits, head: result.head }, "pushed");
     } catch (err) {
@@ -223,6 +228,37 @@ export class RemoteService {
       this.log.warn({ database, remote: s.pushTo, err: (err as Error).message }, "replication push failed");
       if (!s.skipErrors) throw err;
     }
+  }
+
+  /**
+   * Whether the database has a commit or a tag the remote has not had from this server: one
+   * small query on a pooled connection, so that the transactions that commit nothing (most of
+   * them) do not wait on the remote.
+   */
+  private async hasUnpushed(database: string, remote: string): Promise<boolean> {
+    const { rows } = await this.pool(database).query<{ head: string | null; tags: boolean }>(
+      `SELECT (SELECT hash FROM strata.commits ORDER BY seq DESC LIMIT 1) AS head,
+              EXISTS (SELECT 1 FROM strata.tags t WHERE NOT EXISTS (
+                SELECT 1 FROM strata.remote_tags r WHERE r.remote = $1 AND r.name = t.name AND r.commit_hash = t.commit_hash)) AS tags`,
+      [remote],
+    );
+    const head = rows[0]?.head ?? null;
+    return head !== null && (rows[0].tags || head !== this.pushedHead.get(`${database}\u0000${remote}`));
+  }
+
+  private pool(database: string): pg.Pool {
+    let pool = this.pools.get(database);
+    if (!pool) {
+      pool = new pg.Pool({ ...this.config(database), max: 2, idleTimeoutMillis: 10_000 });
+      pool.on("error", () => {}); // an idle connection the store closed: the next query opens another
+      this.pools.set(database, pool);
+    }
+    return pool;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((pool) => pool.end().catch(() => {})));
+    this.pools.clear();
   }
 
   private async pullForRead(database: string, s: ReplicationSettings): Promise<void> {
@@ -362,7 +398,8 @@ export class RemoteService {
     work: (client: pg.Client, storage: ReturnType<typeof openRemoteStorage>) => Promise<T>,
   ): Promise<T> {
     const run = async () => {
-      const client = await connect(this.config(database));
+      const client = await this.pool(database).connect();
+      let broken: Error | undefined;
       try {
         const { rows } = await client.query<{ url: string }>(
           "SELECT url FROM strata.remotes WHERE name = $1",
@@ -375,8 +412,12 @@ export class RemoteService {
             `add it: SELECT dolt_remote('add', '${remote}', 'file:///path/to/remote')`,
           );
         return await work(client, openRemoteStorage(rows[0].url));
+      } catch (err) {
+        // A connection left mid-COPY or mid-transaction is not given back for reuse.
+        broken = (err as { code?: unknown }).code === undefined ? (err as Error) : undefined;
+        throw err;
       } finally {
-        await client.end().catch(() => {});
+        client.release(broken);
       }
     };
     const previous = this.queues.get(database) ?? Promise.resolve();

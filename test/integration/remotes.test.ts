@@ -72,6 +72,12 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   const pushed = await rowsOf(p, "select dolt_push('origin', 'main')");
   assert.match(pushed[0].dolt_push[1], /pushed 1 commit/);
 
+  // More than nine commits: commit order is numeric (a text sort would put 10 before 9).
+  for (let i = 0; i < 11; i++) {
+    await rowsOf(p, `update items set name = 'renamed ${i}' where id = ${20 + i}`);
+    await rowsOf(p, `select dolt_commit('-am', 'rename ${i}')`);
+  }
+  assert.match((await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1], /pushed 11 commits/);
   await rowsOf(p, "update items set price = price * 2 where id <= 10");
   await rowsOf(p, "delete from items where id > 45");
   await rowsOf(p, "update items set id = 100 where id = 1"); // a key that moves
