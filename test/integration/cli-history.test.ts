@@ -300,7 +300,7 @@ test("a bad commit or table name: the store's message and hint, exit 1, no stack
   assert.equal(named.code, 1);
   assert.equal(
     named.stderr,
-    'strata: no commit named "nope"\nhint: name a commit by its hash (or a unique prefix of it), HEAD, HEAD~N, a timestamp, or lsn:X/Y; SELECT * FROM dolt_log lists them\n',
+    'strata: no commit named "nope"\nhint: name a commit by its hash (or a unique prefix of it), HEAD, HEAD~N, a tag, a timestamp, or lsn:X/Y; SELECT * FROM dolt_log lists them\n',
   );
   const tooFar = await cliFails("log", "HEAD~1000");
   assert.equal(tooFar.code, 1);
