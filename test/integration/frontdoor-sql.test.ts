@@ -4,10 +4,12 @@
 // statements verbatim.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { promisify } from "node:util";
 import pg from "pg";
-import { startPrimary, TEST_PASSWORD, type TestCluster, waitFor } from "../support/postgres.ts";
+import { startPrimary, TEST_PASSWORD, type TestCluster, tempDir, waitFor } from "../support/postgres.ts";
 import { type StrataProcess, startStrata, waitForSameRows } from "../support/strata.ts";
 
 const run = promisify(execFile);
@@ -236,18 +238,21 @@ test("CREATE DATABASE through the front door makes a database with the version-c
 });
 
 test("ALTER SYSTEM SET persists (the reference's statements verbatim), across a restart; RESET returns to the config", async () => {
+  // The reference's statements, with the remotes in this test's directory rather than /share:
+  // Strata acts on them (a replica of Postgres pushes its commits there).
+  const remotes = tempDir("strata-frontdoor-remotes-");
   const reference = [
     "ALTER SYSTEM SET dolt_replicate_to_remote 'origin';",
     "ALTER SYSTEM SET dolt_async_replication TO 1",
     "ALTER SYSTEM SET dolt_replicate_heads TO '';",
-    "ALTER SYSTEM SET dolt_replication_remote_url_template = 'file:///share/doltRemotes/{database}'; -- file based remote",
+    `ALTER SYSTEM SET dolt_replication_remote_url_template = 'file://${remotes}/{database}'; -- file based remote`,
   ];
   for (const statement of reference) assert.match(await psql("-c", statement), /ALTER SYSTEM/);
   const expected = {
     dolt_replicate_to_remote: "origin",
     dolt_async_replication: "1",
     dolt_replicate_heads: "",
-    dolt_replication_remote_url_template: "file:///share/doltRemotes/{database}",
+    dolt_replication_remote_url_template: `file://${remotes}/{database}`,
   };
   const current = async () =>
     await withClient(async (client) => {
@@ -260,9 +265,14 @@ test("ALTER SYSTEM SET persists (the reference's statements verbatim), across a 
     "new sessions to see ALTER SYSTEM's values",
     async () => JSON.stringify(await current()) === JSON.stringify(expected),
   );
-  // What Strata reads at start says so in its log.
-  await waitFor("the log to say ALTER SYSTEM takes effect at restart", async () =>
-    /dolt_replicate_to_remote takes effect when Strata restarts/.test(strata.logs),
+  // Strata acts on them without a restart: the replica's commits reach the remote the template
+  // names for its database (asynchronously, as set).
+  await waitFor("the log to say the store's configuration was reloaded", async () =>
+    /ALTER SYSTEM: store configuration reloaded"/.test(strata.logs),
+  );
+  assert.doesNotMatch(strata.logs, /dolt_replicate_to_remote takes effect when Strata restarts/);
+  await waitFor("the replica's commits in the remote", async () =>
+    existsSync(join(remotes, "postgres", "refs", "heads", "main")) ? true : undefined,
   );
   await strata.stop();
   await strata.start();
