@@ -47,6 +47,8 @@ export class RemoteService {
   /** The head each database last had in each remote it replicates to (pushed or up to date). */
   private readonly pushedHead = new Map<string, string>();
   private readonly pools = new Map<string, pg.Pool>();
+  /** Per database, the read replica's pull that has not started yet. */
+  private readonly waitingPulls = new Map<string, Promise<void>>();
   private freshUntil = 0;
   private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
 
@@ -224,7 +226,6 @@ export class RemoteService {
       if (result.status === "pushed")
         this.log.debug({ database, remote: s.pushTo, commits: result.commits, head: result.head }, "pushed");
     } catch (err) {
-      if ((err as Error).message.includes("has no commits to push")) return;
       this.log.warn({ database, remote: s.pushTo, err: (err as Error).message }, "replication push failed");
       if (!s.skipErrors) throw err;
     }
@@ -286,12 +287,26 @@ export class RemoteService {
     }
     if (!heads.some((h) => globMatches(h, DEFAULT_BRANCH))) return;
     if (!(await this.hasRemote(database, s.pullFrom))) return;
-    try {
-      await this.withRemote(database, s.pullFrom, async (client, storage) => {
+    // Transactions that start while a pull waits its turn share it: it reads the remote after
+    // they asked. Once it has started, later ones wait for the next.
+    let waiting = this.waitingPulls.get(database);
+    if (!waiting) {
+      const pull = this.withRemote(database, s.pullFrom, async (client, storage) => {
+        if (this.waitingPulls.get(database) === pull) this.waitingPulls.delete(database);
         await pullBranch({ client, storage, remote: s.pullFrom, branch: DEFAULT_BRANCH });
         // Tags come with "all heads" (the reference: all branches and tags).
         if (s.allHeads) await pullTags(client, storage, s.pullFrom);
       });
+      waiting = pull;
+      this.waitingPulls.set(database, pull);
+      pull
+        .catch(() => {}) // each waiter handles it below
+        .finally(() => {
+          if (this.waitingPulls.get(database) === pull) this.waitingPulls.delete(database);
+        });
+    }
+    try {
+      await waiting;
     } catch (err) {
       if (s.skipErrors) {
         this.log.warn(
