@@ -374,6 +374,8 @@ BEGIN
             FROM pg_temp.pull_changes ch
            WHERE ch.idx = p_idx AND ch.rel = r.rel AND ch.ord >= lo AND ch.ord < hi AND ch.op = 'U' AND ch.old_key IS NOT NULL
         ) m GROUP BY m.k;
+      -- Its real size, so that a few keys are found through the table's key index, not a scan.
+      ANALYZE pg_temp.pull_net;
       SELECT string_agg(format('t.%1$I = d.%1$I', k), ' AND ') INTO join_on FROM unnest(keys) k;
       SELECT count(*) INTO expected FROM pg_temp.pull_net WHERE from_row IS NOT NULL;
       EXECUTE format('DELETE FROM %1$s t USING (SELECT (jsonb_populate_record(NULL::%1$s, n.k)).* FROM pg_temp.pull_net n WHERE n.from_row IS NOT NULL) d WHERE %2$s',
@@ -443,9 +445,10 @@ BEGIN
   SELECT v_seq, ord, rel, op, row_key, old_key, old_row, new_row FROM pg_temp.pull_changes WHERE idx = p_idx;
   INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns)
   SELECT rel, v_seq, key_columns FROM pg_temp.pull_bases WHERE idx = p_idx;
+  -- Tables whose shape or key this commit set: their history surface, and capture where clients
+  -- write (rows alone change neither).
   FOR r IN SELECT DISTINCT x.rel FROM (
-             SELECT rel FROM pg_temp.pull_schema WHERE idx = p_idx UNION SELECT rel FROM pg_temp.pull_changes WHERE idx = p_idx
-             UNION SELECT rel FROM pg_temp.pull_bases WHERE idx = p_idx) x LOOP
+             SELECT rel FROM pg_temp.pull_schema WHERE idx = p_idx UNION SELECT rel FROM pg_temp.pull_bases WHERE idx = p_idx) x LOOP
     IF strata.regclass_of(r.rel) IS NOT NULL THEN
       IF NOT strata.replicating() THEN PERFORM strata.attach_capture(strata.regclass_of(r.rel)); END IF;
       PERFORM strata.ensure_table_surface(split_part(r.rel, '.', 1), substr(r.rel, length(split_part(r.rel, '.', 1)) + 2),

@@ -18,53 +18,41 @@ import type { StoreHandle } from "../store/store.ts";
 import { RemoteOperationError } from "./pack-objects.ts";
 import { fetchBranch, pullBranch } from "./pull.ts";
 import { pushBranch } from "./push.ts";
+import {
+  type ReplicationSettings,
+  ReplicationSettingsCache,
+  SETTINGS_TTL_MS,
+} from "./replication-settings.ts";
 import { openRemoteStorage } from "./storage.ts";
 import { pullTags, pushTags } from "./tags.ts";
 import { remoteUrlTemplate } from "./url.ts";
 
-/** How long a database's replication settings are trusted before being read again. */
-const SETTINGS_TTL_MS = 2_000;
 const DEFAULT_BRANCH = "main";
 
 export type RemoteCall = "dolt_push" | "dolt_pull" | "dolt_fetch" | "dolt_clone";
 
-interface ReplicationSettings {
-  pushTo: string;
-  pullFrom: string;
-  heads: string;
-  allHeads: boolean;
-  async: boolean;
-  skipErrors: boolean;
-  urlTemplate: string;
-}
-
 export class RemoteService {
   private readonly queues = new Map<string, Promise<unknown>>();
-  private readonly settings = new Map<string, { at: number; value: ReplicationSettings | null }>();
+  private readonly settings: ReplicationSettingsCache;
   private readonly warned = new Set<string>();
-  private readonly refreshing = new Set<string>();
-  private readonly reading = new Map<string, Promise<ReplicationSettings | null>>();
   /** The head each database last had in each remote it replicates to (pushed or up to date). */
   private readonly pushedHead = new Map<string, string>();
   private readonly pools = new Map<string, pg.Pool>();
   /** Per database, the read replica's pull that has not started yet. */
   private readonly waitingPulls = new Map<string, Promise<void>>();
-  private freshUntil = 0;
   private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
 
   constructor(
     private readonly store: StoreHandle,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.settings = new ReplicationSettingsCache((database) => this.config(database));
+  }
 
   /** Forget cached settings (after ALTER SYSTEM). */
   settingsChanged(): void {
-    this.settings.clear();
+    this.settings.changed();
     this.remoteKnown.clear();
-    this.reading.clear();
-    // A connection opened just before the store reloaded may still read the old values: read
-    // afresh at every use for a moment.
-    this.freshUntil = Date.now() + SETTINGS_TTL_MS;
   }
 
   /** Run a call; returns the SQL whose result the client gets. */
@@ -125,7 +113,7 @@ export class RemoteService {
    * when there is nothing to do (decided without waiting, once the settings are cached).
    */
   beforeTransaction(database: string): Promise<void> | undefined {
-    const known = this.settingsNow(database);
+    const known = this.settings.now(database);
     if (known instanceof Promise)
       return known.then((s) => (s?.pullFrom ? this.pullForRead(database, s) : undefined));
     return known?.pullFrom ? this.pullForRead(database, known) : undefined;
@@ -137,7 +125,7 @@ export class RemoteService {
    * The others' commits go with the background push, within a second.
    */
   pushesBeforeCommitReturns(database: string): boolean {
-    const known = this.settingsNow(database);
+    const known = this.settings.now(database);
     if (known instanceof Promise) {
       known.catch(() => {});
       return true;
@@ -154,24 +142,8 @@ export class RemoteService {
       pushed.catch(() => {}); // logged where it failed
       return undefined;
     };
-    const known = this.settingsNow(database);
+    const known = this.settings.now(database);
     return known instanceof Promise ? known.then(push) : push(known);
-  }
-
-  /**
-   * The settings as last read, refreshed in the background once they are older than the TTL, so
-   * that statements do not wait on them; only a database's first statement does.
-   */
-  private settingsNow(database: string): ReplicationSettings | null | Promise<ReplicationSettings | null> {
-    const cached = this.settings.get(database);
-    if (!cached || Date.now() < this.freshUntil) return this.readSettings(database);
-    if (Date.now() - cached.at >= SETTINGS_TTL_MS && !this.refreshing.has(database)) {
-      this.refreshing.add(database);
-      this.readSettings(database)
-        .catch(() => {})
-        .finally(() => this.refreshing.delete(database));
-    }
-    return cached.value;
   }
 
   /**
@@ -195,7 +167,7 @@ export class RemoteService {
       }
       for (const database of databases) {
         if (stopped) return;
-        const known = this.settingsNow(database);
+        const known = this.settings.now(database);
         const s = known instanceof Promise ? await known : known;
         if (s?.pushTo) await this.pushForReplication(database, s).catch(() => {}); // logged there
       }
@@ -363,47 +335,6 @@ export class RemoteService {
     if (this.warned.has(key)) return;
     this.warned.add(key);
     this.log.warn(fields, message);
-  }
-
-  /** One read of a database's settings at a time, shared by whoever asks meanwhile. */
-  private readSettings(database: string): Promise<ReplicationSettings | null> {
-    let reading = this.reading.get(database);
-    if (!reading) {
-      reading = this.readSettingsNow(database).finally(() => this.reading.delete(database));
-      this.reading.set(database, reading);
-    }
-    return reading;
-  }
-
-  private async readSettingsNow(database: string): Promise<ReplicationSettings | null> {
-    let value: ReplicationSettings | null = null;
-    const client = await connect(this.config(database)).catch(() => null);
-    if (client) {
-      try {
-        const { rows } = await client.query<Record<string, string | null>>(
-          `SELECT dolt.setting('dolt_replicate_to_remote') AS push_to, dolt.setting('dolt_read_replica_remote') AS pull_from,
-                  dolt.setting('dolt_replicate_heads') AS heads, dolt.setting('dolt_replicate_all_heads') AS all_heads,
-                  dolt.setting('dolt_async_replication') AS async, dolt.setting('dolt_skip_replication_errors') AS skip,
-                  dolt.setting('dolt_replication_remote_url_template') AS url_template`,
-        );
-        const r = rows[0] ?? {};
-        value = {
-          pushTo: r.push_to ?? "",
-          pullFrom: r.pull_from ?? "",
-          heads: r.heads ?? "",
-          allHeads: r.all_heads === "1",
-          async: r.async === "1",
-          skipErrors: r.skip === "1",
-          urlTemplate: r.url_template ?? "",
-        };
-      } catch {
-        value = null; // not a Strata database (no dolt.setting): nothing to replicate
-      } finally {
-        await client.end().catch(() => {});
-      }
-    }
-    this.settings.set(database, { at: Date.now(), value });
-    return value;
   }
 
   /** Run `work` on `database`'s queue with a connection to it and the named remote's storage. */
