@@ -373,13 +373,21 @@ test("a push killed midway leaves the remote consistent, and the next push compl
     const first = (await p.query("SELECT dolt.commit_hash('HEAD') AS h")).rows[0].h;
     await p.query("insert into big select g, repeat(md5(g::text), 4) from generate_series(1001, 300000) g");
     await p.query("select dolt_commit('-am', 'big')");
+    const packDirsBefore = new Set(readdirSync(tmpdir()).filter((e) => e.startsWith("strata-pack-")));
     const pending = p.query("select dolt_push('origin', 'main')").catch((err) => err);
     // Killed while the pack is being written or stored.
     await waitFor("the push to be under way", async () =>
-      readdirSync(tmpdir()).some((e) => e.startsWith("strata-pack-")) ? true : undefined,
+      readdirSync(tmpdir()).some((e) => e.startsWith("strata-pack-") && !packDirsBefore.has(e))
+        ? true
+        : undefined,
     );
     await pusher.kill("SIGKILL");
     assert.ok((await pending) instanceof Error);
+    // The killed push's local working files (outside the remote) are this test's to remove.
+    for (const e of readdirSync(tmpdir())) {
+      if (e.startsWith("strata-pack-") && !packDirsBefore.has(e))
+        rmSync(join(tmpdir(), e), { recursive: true, force: true });
+    }
     await p.end().catch(() => {});
 
     const r = await connectTo(replica);
