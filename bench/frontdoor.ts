@@ -36,7 +36,7 @@ import { writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import pg from "pg";
+import type pg from "pg";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { onProcessExit } from "../test/support/cleanup.ts";
 import {
@@ -49,6 +49,7 @@ import {
 } from "../test/support/postgres.ts";
 import { createStandaloneStrata, createStrata, type StrataProcess } from "../test/support/strata.ts";
 import { seededRandom } from "../test/support/workload.ts";
+import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, randomInt, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
 import { type PgbenchTarget, parsePgbenchSummary, pgbenchClientArgs, runPgbench } from "./support/pgbench.ts";
@@ -222,22 +223,6 @@ function pgbenchTarget(config: pg.ClientConfig): PgbenchTarget {
     password: String(config.password),
     database: String(config.database),
   };
-}
-
-async function connect(config: pg.ClientConfig): Promise<pg.Client> {
-  const client = new pg.Client(config);
-  client.on("error", () => {}); // a server that goes away fails the query, not the bench
-  await client.connect();
-  return client;
-}
-
-async function withConnection<T>(config: pg.ClientConfig, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = await connect(config);
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => {});
-  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

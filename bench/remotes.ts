@@ -57,6 +57,7 @@ import { clusterPaths } from "../src/store/cluster.ts";
 import { onProcessExit } from "../test/support/cleanup.ts";
 import { TEST_PASSWORD, TEST_USER, tempDir } from "../test/support/postgres.ts";
 import { createStandaloneStrata, type StrataProcess } from "../test/support/strata.ts";
+import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
 import * as procfs from "./support/procfs.ts";
@@ -247,22 +248,6 @@ function checkAlive(s: StrataProcess): void {
   const child = s.child;
   if (child && (child.exitCode !== null || child.signalCode !== null))
     throw new Error(`strata exited (${child.exitCode ?? child.signalCode})`);
-}
-
-async function connect(config: pg.ClientConfig): Promise<pg.Client> {
-  const client = new pg.Client(config);
-  client.on("error", () => {}); // a server that goes away fails the query, not the bench
-  await client.connect();
-  return client;
-}
-
-async function withConnection<T>(config: pg.ClientConfig, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = await connect(config);
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => {});
-  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
