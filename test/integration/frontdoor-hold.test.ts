@@ -4,23 +4,15 @@
 // result (behind backpressure) arrives whole and in order; a client that goes away while held, or
 // a session terminated while held, leaves nothing behind; pipelined queries each wait their turn.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
-import { join } from "node:path";
 import { after, before, test } from "node:test";
 import pg from "pg";
 import { type Listener, type QueryRewriter, startListener } from "../../src/frontdoor/listener.ts";
 import { encodeParse, FrameSplitter, TAG } from "../../src/frontdoor/wire.ts";
 import { createLogger } from "../../src/log.ts";
-import {
-  startPrimary,
-  TEST_PASSWORD,
-  TEST_USER,
-  type TestCluster,
-  tempDir,
-  waitFor,
-} from "../support/postgres.ts";
+import { startPrimary, TEST_PASSWORD, TEST_USER, type TestCluster, waitFor } from "../support/postgres.ts";
+import { selfSignedCertificate } from "../support/tls.ts";
 
 const log = createLogger("fatal");
 let cluster: TestCluster | undefined;
@@ -392,26 +384,7 @@ test("pipelined extended-protocol queries are each held in turn, the replies aft
 });
 
 test("over TLS, a held result arrives whole and in order", async () => {
-  const dir = tempDir("strata-hold-tls-");
-  const tlsKey = join(dir, "key.pem");
-  const tlsCert = join(dir, "cert.pem");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      tlsKey,
-      "-out",
-      tlsCert,
-      "-days",
-      "2",
-    ].concat(["-subj", "/CN=localhost"]),
-    { stdio: "ignore" },
-  );
+  const { key: tlsKey, cert: tlsCert } = selfSignedCertificate("strata-hold-tls-");
   const tlsListener = await startListener(
     { host: "127.0.0.1", port: 0, tls_key: tlsKey, tls_cert: tlsCert },
     { host: store().host, port: store().port },

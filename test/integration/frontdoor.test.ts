@@ -23,6 +23,7 @@ import { startServer } from "../../src/server.ts";
 import { onProcessExit } from "../support/cleanup.ts";
 import { TEST_PASSWORD, TEST_USER, tempDir, waitFor } from "../support/postgres.ts";
 import { createStandaloneStrata, type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
+import { selfSignedCertificate } from "../support/tls.ts";
 
 const log = createLogger("fatal");
 let strata: StrataProcess;
@@ -31,28 +32,7 @@ let tlsCert: string;
 const listeners: Listener[] = [];
 
 before(async () => {
-  const dir = tempDir("strata-tls-");
-  tlsKey = join(dir, "key.pem");
-  tlsCert = join(dir, "cert.pem");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      tlsKey,
-      "-out",
-      tlsCert,
-      "-days",
-      "2",
-      "-subj",
-      "/CN=localhost",
-    ],
-    { stdio: "ignore" },
-  );
+  ({ key: tlsKey, cert: tlsCert } = selfSignedCertificate());
   strata = await startStandaloneStrata({ listener: { tls_key: tlsKey, tls_cert: tlsCert } });
 });
 
