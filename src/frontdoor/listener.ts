@@ -78,7 +78,7 @@ export async function startListener(
     const outcome = await negotiateStartup(client, tlsContext, log);
     if (outcome.kind === "closed") return;
     if (outcome.kind === "cancel") {
-      forwardCancel(outcome.packet.bytes, client, target, track, log);
+      forwardCancel(cancelPacketFor(outcome.packet, sessions.values()), client, target, track, log);
       return;
     }
     const { socket, tls, packet, rest } = outcome;
@@ -178,6 +178,28 @@ function refuse(socket: Socket, error: Omit<ErrorFields, "severity">): void {
   socket.end(encodeErrorResponse({ severity: "FATAL", ...error }));
   socket.resume();
   setTimeout(() => socket.destroy(), REFUSAL_GRACE_MS).unref();
+}
+
+/**
+ * The CancelRequest for the store: as it came, unless its session has moved to another store
+ * session (dolt_checkout): then with that one's key, since the client only knows its first.
+ */
+function cancelPacketFor(
+  packet: { bytes: Buffer; pid: number; secret: Buffer },
+  sessions: Iterable<Session>,
+): Buffer {
+  for (const session of sessions) {
+    const key = session.cancelKeyFor(packet.pid, packet.secret);
+    if (!key) continue;
+    if (key.pid === packet.pid && key.secret.equals(packet.secret)) break;
+    const bytes = Buffer.alloc(12 + key.secret.length);
+    bytes.writeInt32BE(bytes.length, 0);
+    bytes.writeInt32BE(packet.bytes.readInt32BE(4), 4);
+    bytes.writeInt32BE(key.pid, 8);
+    key.secret.copy(bytes, 12);
+    return bytes;
+  }
+  return packet.bytes;
 }
 
 /**

@@ -1,19 +1,20 @@
 // Finding a call the front door runs itself: a statement that is exactly
-// `SELECT dolt_push('origin', 'main')` (or dolt_pull, dolt_fetch, dolt_clone; `dolt.` qualified
-// or not), with string literals for arguments. Read with the real parser (libpg-query), so a
+// `SELECT dolt_push('origin', 'main')` (or dolt_pull, dolt_fetch, dolt_clone, dolt_branch,
+// dolt_checkout, dolt_merge; `dolt.` qualified or not), with string literals for arguments. Read with the real parser (libpg-query), so a
 // name inside a string or a comment is never taken for a call. Anything else — parameters,
 // other expressions, more statements — is left to the store, whose functions of those names say
 // the call needs string literals through the front door.
 import { parseSync } from "libpg-query";
+import type { BranchCall } from "../branches/service.ts";
 import type { RemoteCall } from "../remotes/service.ts";
 
-const CALLS = new Set<string>(["dolt_push", "dolt_pull", "dolt_fetch", "dolt_clone"]);
-const CHEAP = /dolt_(push|pull|fetch|clone)/i;
+const REMOTE_CALLS = new Set<string>(["dolt_push", "dolt_pull", "dolt_fetch", "dolt_clone"]);
+const BRANCH_CALLS = new Set<string>(["dolt_branch", "dolt_checkout", "dolt_merge"]);
+const CHEAP = /dolt_(push|pull|fetch|clone|branch\b|checkout|merge)/i;
 
-export interface FoundCall {
-  fn: RemoteCall;
-  args: string[];
-}
+export type FoundCall =
+  | { kind: "remote"; fn: RemoteCall; args: string[] }
+  | { kind: "branch"; fn: BranchCall; args: string[] };
 
 // biome-ignore lint/suspicious/noExplicitAny: an untyped JSON tree, read field by field
 type Node = any;
@@ -37,7 +38,8 @@ export function findRemoteCall(sql: string): FoundCall | undefined {
   if (!call) return undefined;
   const names: string[] = (call.funcname ?? []).map((n: Node) => n?.String?.sval);
   const fn = names[names.length - 1];
-  if (!CALLS.has(fn) || (names.length === 2 && names[0] !== "dolt") || names.length > 2) return undefined;
+  const kind = REMOTE_CALLS.has(fn) ? "remote" : BRANCH_CALLS.has(fn) ? "branch" : undefined;
+  if (!kind || (names.length === 2 && names[0] !== "dolt") || names.length > 2) return undefined;
   const args: string[] = [];
   for (const arg of call.args ?? []) {
     const value = arg?.A_Const?.sval?.sval;
@@ -46,5 +48,5 @@ export function findRemoteCall(sql: string): FoundCall | undefined {
       else return undefined;
     } else args.push(value);
   }
-  return { fn: fn as RemoteCall, args };
+  return kind === "remote" ? { kind, fn: fn as RemoteCall, args } : { kind, fn: fn as BranchCall, args };
 }

@@ -3,6 +3,8 @@
 // Strata variable reloads the store's configuration once the new value is in the file, so that
 // new sessions see it without a restart.
 import pg from "pg";
+import { BranchError, splitDatabaseName } from "../branches/names.ts";
+import { BranchService } from "../branches/service.ts";
 import { findVariable } from "../config/variables.ts";
 import type { Logger } from "../log.ts";
 import { RemoteService } from "../remotes/service.ts";
@@ -16,6 +18,10 @@ const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const CATALOG_TTL_MS = 5_000;
 /** Rewrites remembered (per database and SQL text; unnamed statements repeat). */
 const REWRITE_CACHE_SIZE = 500;
+/** `USE db` / `USE "db/branch"` (Doltgres's, not Postgres's: read before the parser). */
+const USE_STATEMENT = /^\s*use\s+(?:"((?:[^"]|"")+)"|([^\s;"]+))\s*;?\s*$/i;
+/** A statement that reads dolt_branches: the other branches' heads are gathered first. */
+const READS_BRANCHES = /dolt_branches/i;
 /** How long an ALTER SYSTEM may take to reach postgresql.auto.conf before the reload is given up. */
 const RELOAD_WAIT_MS = 10_000;
 
@@ -27,12 +33,23 @@ export class StrataRewriter implements QueryRewriter {
   private closed = false;
 
   readonly remotes: RemoteService;
+  readonly branches: BranchService;
 
   constructor(
     private readonly store: StoreHandle,
     private readonly log: Logger,
   ) {
     this.remotes = new RemoteService(store, log);
+    this.branches = new BranchService(store, log, {
+      release: async (database) => {
+        const pool = this.pools.get(database);
+        this.pools.delete(database);
+        await pool?.end().catch(() => {});
+        await this.remotes.release(database);
+      },
+      branchChanged: (database) => this.remotes.branchChanged(database),
+      branchDeleted: (base, branch) => this.remotes.branchDeleted(base, branch),
+    });
   }
 
   rewrite(sql: string, context: RewriteContext): Promise<string | undefined> | undefined {
@@ -41,10 +58,51 @@ export class StrataRewriter implements QueryRewriter {
     const pull =
       status === "T" || status === "E" ? undefined : this.remotes.beforeTransaction(context.database);
     const remoteCall = mayCallRemote(sql);
-    if (!pull && !remoteCall && !mayRewrite(sql)) return undefined;
-    return (pull ?? Promise.resolve()).then(() =>
-      remoteCall ? this.rewriteRemoteCall(sql, context) : this.rewriteCandidate(sql, context),
+    const use = USE_STATEMENT.exec(sql);
+    const readsBranches = READS_BRANCHES.test(sql);
+    if (!pull && !remoteCall && !use && !readsBranches && !mayRewrite(sql)) return undefined;
+    return (pull ?? Promise.resolve()).then(async () => {
+      if (use) return this.use(use[1]?.replace(/""/g, '"') ?? use[2], context);
+      if (readsBranches) await this.branches.refreshHeads(context.database);
+      return remoteCall ? this.rewriteRemoteCall(sql, context) : this.rewriteCandidate(sql, context);
+    });
+  }
+
+  /** USE db or USE "db/branch": the session moves to that database (branch). */
+  private async use(name: string, context: RewriteContext): Promise<string> {
+    const { base, branch } = splitDatabaseName(name);
+    const database = (await this.branches.branches(base)).get(branch);
+    if (!database)
+      throw new BranchError(
+        branch === "main"
+          ? `database "${base}" does not exist`
+          : `database "${base}" has no branch "${branch}"`,
+        "3D000",
+        "SELECT * FROM dolt_branches lists a database's branches",
+      );
+    await this.moveSession(database, context);
+    return "DO $$ BEGIN END $$";
+  }
+
+  /** Move the session to `database` once its statement is through (see Session.switchDatabase). */
+  private async moveSession(database: string, context: RewriteContext): Promise<void> {
+    if (database === context.database) return;
+    if (context.session.txStatus !== "I")
+      throw new BranchError(
+        "cannot change branch or database inside a transaction block",
+        "25001",
+        "COMMIT or ROLLBACK first",
+      );
+    await context.session.switchDatabase(database, (user) => this.storedPassword(user));
+  }
+
+  /** A role's stored password (SCRAM secret or md5 hash), which repeating its login needs. */
+  private async storedPassword(user: string): Promise<string | null> {
+    const { rows } = await this.pool("postgres").query<{ rolpassword: string | null }>(
+      "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+      [user],
     );
+    return rows[0]?.rolpassword ?? null;
   }
 
   /** Only sessions of a database that pushes each commit before the client hears of it. */
@@ -61,7 +119,12 @@ export class StrataRewriter implements QueryRewriter {
     await loadParser();
     const call = findRemoteCall(sql);
     if (!call) return this.rewriteCandidate(sql, context);
-    return this.remotes.call(call.fn, call.args, context.database);
+    if (call.kind === "remote") return this.remotes.call(call.fn, call.args, context.database);
+    // A checkout is refused inside a transaction block before any branch is made for it.
+    if (call.fn === "dolt_checkout" && context.session.txStatus !== "I") await this.moveSession("", context);
+    const result = await this.branches.call(call.fn, call.args, context.database);
+    if (result.switchTo) await this.moveSession(result.switchTo, context);
+    return result.sql;
   }
 
   private async rewriteCandidate(sql: string, context: RewriteContext): Promise<string | undefined> {

@@ -23,6 +23,13 @@ import type { OnReadOpts, Socket } from "node:net";
 import type { Logger } from "../log.ts";
 import { errorStatement, highestParameter } from "./error-statement.ts";
 import {
+  AuthCapture,
+  credentialFor,
+  type StoreCredential,
+  StoreLogin,
+  StoreLoginError,
+} from "./store-login.ts";
+import {
   decodeBackendKeyData,
   decodeParameterStatus,
   decodeParse,
@@ -54,6 +61,15 @@ export interface SessionInfo {
   readonly backendPid: number | undefined;
   /** The last ReadyForQuery's status: 'I' idle, 'T' in a transaction block, 'E' in a failed one. */
   readonly txStatus: "I" | "T" | "E" | undefined;
+  /**
+   * Move the session to another store database (a branch): opens a store session there as the
+   * same user (repeating the client's authentication, see store-login.ts) and keeps it ready;
+   * the statement being rewritten then runs on it, and the old store session ends once it has
+   * answered everything sent before. Rejects (the statement fails, the session stays where it
+   * is) when the new session cannot be opened. `secret` gives the role's stored password
+   * (pg_authid.rolpassword) when the repeat needs it. Call only from rewrite().
+   */
+  switchDatabase(database: string, secret: (user: string) => Promise<string | null>): Promise<void>;
   /**
    * End the session: the store backend goes (its socket is closed) and the client gets `error`
    * as a FATAL ErrorResponse when it can be delivered between two messages, then the socket ends.
@@ -111,6 +127,36 @@ const TEXT_OID = 25;
 const CLOSE_GRACE_MS = 5_000;
 /** The most read from the store at once (what Node reads into by default). */
 const STORE_READ_SIZE = 64 * 1024;
+/** How long opening a store session for a switch of database may take. */
+const SWITCH_LOGIN_TIMEOUT_MS = 15_000;
+
+type StoreRead = (length: number, buffer: Buffer) => void;
+const ignoreError = () => {};
+
+/** A store session opened for a switch of database, logged in, not yet the session's. */
+interface PreparedStore {
+  database: string;
+  socket: Socket;
+  login: StoreLogin;
+  /** Where the socket's reads go: the login until the switch, then the session. */
+  route(read: StoreRead): void;
+}
+
+/** A switch under way: the old store answers what it was sent, then a marker (see forward). */
+interface Switch {
+  next: PreparedStore;
+  /** The rewritten statement, sent to the new store once the old one is done. */
+  statement: Buffer;
+  /** The application_name the marker sets, as the old store reports it back. */
+  marker: string;
+  /** The marker's ParameterStatus has come: what follows up to its ReadyForQuery is not the client's. */
+  swallowing: boolean;
+  /** The last bytes of the replies, held back: they may be the marker's CommandComplete. */
+  tail: Buffer;
+}
+
+/** CommandComplete "SET": what the marker's reply starts with. */
+const SET_COMPLETE = Buffer.from("C\u0000\u0000\u0000\u0008SET\u0000", "latin1");
 
 export interface SessionStart {
   id: number;
@@ -130,7 +176,7 @@ export interface SessionStart {
 
 export class Session implements SessionInfo {
   readonly id: number;
-  readonly database: string;
+  database: string;
   readonly user: string;
   readonly applicationName: string | undefined;
   readonly remoteAddress: string | undefined;
@@ -138,16 +184,23 @@ export class Session implements SessionInfo {
   readonly startedAt = new Date();
   backendPid: number | undefined;
   backendSecret: Buffer | undefined;
+  /** The cancel key the client was given (its first store session's), when the store's is another. */
+  private clientKey: { pid: number; secret: Buffer } | undefined;
   txStatus: "I" | "T" | "E" | undefined;
 
   private readonly client: Socket;
-  private readonly store: Socket;
+  private store: Socket;
+  private readonly connectStore: (onread: OnReadOpts) => Socket;
+  private readonly startupParameters: Map<string, string>;
+  private readonly auth = new AuthCapture();
+  private prepared: PreparedStore | undefined;
+  private switching: Switch | undefined;
   private readonly rewriter: QueryRewriter | undefined;
   private readonly log: Logger;
   private readonly onEnd: (session: Session) => void;
   private readonly fromClient: FrameSplitter;
   /** Observes the store's replies; with a transactionEnded hook, also hands back the runs between. */
-  private readonly fromStore: FrameSplitter;
+  private fromStore: FrameSplitter;
   /**
    * Whether the store's replies go frame by frame (so that a ReadyForQuery can be held): while the
    * rewriter's transactionEnded may hold this session's transaction ends (holdsTransactionEnds),
@@ -183,50 +236,125 @@ export class Session implements SessionInfo {
     const replication = start.parameters.get("replication");
     const walsender = replication !== undefined && !/^(false|off|no|0)$/i.test(replication);
     this.rewriter = start.rewriter === passThroughRewriter || walsender ? undefined : start.rewriter;
-    this.fromClient = new FrameSplitter(this.rewriter ? [TAG.query, TAG.parse] : []);
+    // Password messages only pass during authentication (watched, for switching databases).
+    this.fromClient = new FrameSplitter(this.rewriter ? [TAG.query, TAG.parse, TAG.password] : []);
     this.framed = this.wantFramed = this.hookWanted();
-    this.fromStore = new FrameSplitter(
-      [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus],
-      this.framed,
-      true,
-    );
+    this.fromStore = this.storeSplitter();
+    this.connectStore = start.connectStore;
+    this.startupParameters = start.parameters;
     // The session pauses the store itself, when the client is full (or a ReadyForQuery is held).
-    this.store = start.connectStore({
+    this.store = this.openStore().socket;
+    this.store.on("error", this.onStoreError).on("close", this.onStoreClose);
+
+    const { client } = this;
+    client
+      .on("data", (chunk: Buffer) => this.fromClientData(chunk))
+      // While a ReadyForQuery is held, the store stays paused: its release resumes it.
+      .on("drain", () => {
+        if (!this.held) this.store.resume();
+      })
+      .on("error", (err) => this.fail("client", err))
+      .on("close", () => this.end("the client closed the connection"));
+    this.toStore(start.startupPacket);
+    if (start.rest.length) this.fromClientData(start.rest);
+    this.updateClientFlow();
+  }
+
+  private storeSplitter(): FrameSplitter {
+    const tags = [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus, TAG.authentication];
+    return new FrameSplitter(tags, this.framed, true);
+  }
+
+  /** A connection to the store whose reads go to `route`'s target: the session's by default. */
+  private openStore(): { socket: Socket; route: (read: StoreRead) => void } {
+    let read: StoreRead = (length, buffer) => this.fromStoreChunk(length, buffer);
+    const socket = this.connectStore({
       buffer: () => {
         this.storeBuffer ??= Buffer.allocUnsafeSlow(STORE_READ_SIZE);
         return this.storeBuffer;
       },
       callback: (length, buffer) => {
-        // A change of mode takes effect between chunks, and never while something is held.
-        if (this.wantFramed !== this.framed && !this.held && this.heldFrames.length === 0) {
-          this.framed = this.wantFramed;
-          this.fromStore.passRuns = this.framed;
-        }
-        if (this.framed) this.fromStoreFrames((buffer as Buffer).subarray(0, length));
-        else this.fromStoreData((buffer as Buffer).subarray(0, length));
+        read(length, buffer as Buffer);
         return true;
       },
     });
+    socket.on("drain", () => {
+      if (socket !== this.store) return;
+      this.storeFull = false;
+      this.updateClientFlow();
+    });
+    return { socket, route: (next) => (read = next) };
+  }
 
-    const { client, store } = this;
-    client
-      .on("data", (chunk: Buffer) => this.fromClientData(chunk))
-      // While a ReadyForQuery is held, the store stays paused: its release resumes it.
-      .on("drain", () => {
-        if (!this.held) store.resume();
-      })
-      .on("error", (err) => this.fail("client", err))
-      .on("close", () => this.end("the client closed the connection"));
-    store
-      .on("drain", () => {
-        this.storeFull = false;
-        this.updateClientFlow();
-      })
-      .on("error", (err) => this.fail("store", err))
-      .on("close", () => this.end("the store closed the connection"));
-    this.toStore(start.startupPacket);
-    if (start.rest.length) this.fromClientData(start.rest);
-    this.updateClientFlow();
+  private readonly onStoreError = (err: Error) => this.fail("store", err);
+  private readonly onStoreClose = () => this.end("the store closed the connection");
+
+  private fromStoreChunk(length: number, buffer: Buffer): void {
+    // A change of mode takes effect between chunks, and never while something is held.
+    if (this.wantFramed !== this.framed && !this.held && this.heldFrames.length === 0) {
+      this.framed = this.wantFramed;
+      this.fromStore.passRuns = this.framed;
+    }
+    if (this.framed) this.fromStoreFrames(buffer.subarray(0, length));
+    else this.fromStoreData(buffer.subarray(0, length));
+  }
+
+  /** The cancel key to send the store for a CancelRequest with the key the client was given. */
+  cancelKeyFor(pid: number, secret: Buffer): { pid: number; secret: Buffer } | undefined {
+    const given =
+      this.clientKey ??
+      (this.backendPid === undefined ? undefined : { pid: this.backendPid, secret: this.backendSecret! });
+    if (!given || given.pid !== pid || !given.secret.equals(secret)) return undefined;
+    return { pid: this.backendPid!, secret: this.backendSecret! };
+  }
+
+  async switchDatabase(database: string, secret: (user: string) => Promise<string | null>): Promise<void> {
+    if (this.prepared || this.switching)
+      throw new StoreLoginError("the session is already switching databases", "55000");
+    const captured = this.auth.captured;
+    const needsSecret = captured.kind === "scram" || captured.kind === "md5";
+    const credential: StoreCredential = credentialFor(captured, needsSecret ? await secret(this.user) : null);
+    const { socket, route } = this.openStore();
+    const login = new StoreLogin(this.user, credential);
+    const prepared: PreparedStore = { database, socket, login, route };
+    await new Promise<void>((resolveLogin, reject) => {
+      const closed = () => fail(new Error("the store closed the connection"));
+      const fail = (err: Error) => {
+        clearTimeout(timer);
+        socket.off("error", fail).off("close", closed);
+        socket.destroy();
+        reject(
+          err instanceof StoreLoginError
+            ? err
+            : new StoreLoginError(`cannot open a store session on "${database}": ${err.message}`, "08006"),
+        );
+      };
+      const timer = setTimeout(
+        () => fail(new StoreLoginError(`opening a store session on "${database}" timed out`, "08006")),
+        SWITCH_LOGIN_TIMEOUT_MS,
+      );
+      socket.on("error", fail).on("close", closed);
+      route((length, buffer) => {
+        try {
+          for (const reply of login.receive(Buffer.from(buffer.subarray(0, length)))) socket.write(reply);
+        } catch (err) {
+          fail(err as Error);
+          return;
+        }
+        if (!login.ready) return;
+        clearTimeout(timer);
+        socket.off("close", closed).off("error", fail);
+        socket.on("error", ignoreError); // until the switch: the session's own handlers then
+        socket.pause(); // nothing more is expected before the session sends something
+        resolveLogin();
+      });
+      socket.write(StoreLogin.startupMessage(this.startupParameters, database));
+    });
+    if (this.ended) {
+      socket.destroy();
+      return;
+    }
+    this.prepared = prepared;
   }
 
   terminate(error?: Omit<ErrorFields, "severity">): void {
@@ -263,6 +391,11 @@ export class Session implements SessionInfo {
           this.toStore(frame.bytes);
           continue;
         }
+        if (frame.tag === TAG.password) {
+          this.auth.fromClient(frame.bytes);
+          this.toStore(frame.bytes);
+          continue;
+        }
         const rewritten = this.rewrite(frame);
         if (!(rewritten instanceof Promise)) {
           this.toStore(rewritten);
@@ -273,6 +406,10 @@ export class Session implements SessionInfo {
           .then((bytes) => {
             this.rewriting = false;
             if (this.ended) return;
+            if (this.prepared) {
+              this.beginSwitch(bytes);
+              return;
+            }
             this.toStore(bytes);
             this.pumpClient();
           })
@@ -331,6 +468,9 @@ export class Session implements SessionInfo {
 
   /** The statement that fails with the rewriter's error, in place of the client's. */
   private failedStatement(err: unknown, sql: string, parse: ParseMessage | undefined): Buffer {
+    // A store session opened for a switch the statement no longer makes.
+    this.prepared?.socket.destroy();
+    this.prepared = undefined;
     const e = (err ?? {}) as { message?: unknown; code?: unknown; hint?: unknown; detail?: unknown };
     const text = (value: unknown) => (typeof value === "string" && value ? value : undefined);
     this.log.debug({ session: this.id, err: text(e.message) }, "front door: the rewriter failed a statement");
@@ -433,6 +573,7 @@ export class Session implements SessionInfo {
 
   /** One frame of the store's to the client, unless it is a ReadyForQuery the rewriter holds. */
   private forward(frame: Frame): void {
+    if (this.switching && this.switchFrame(frame)) return;
     if (frame.kind === "message") {
       const before = this.txStatus;
       this.observe(frame);
@@ -444,8 +585,91 @@ export class Session implements SessionInfo {
     this.client.write(frame.bytes);
   }
 
+  /**
+   * Start moving to the prepared store session: the old store is sent a marker after everything
+   * the client sent it, and the client's later messages wait. The marker is a SET of
+   * application_name to a value of its own, which the store reports back (ParameterStatus) before
+   * its CommandComplete and ReadyForQuery: from it to that ReadyForQuery, nothing is the client's.
+   * The replies go frame by frame meanwhile, so that the marker's never reach the client.
+   */
+  private beginSwitch(statement: Buffer): void {
+    const next = this.prepared!;
+    this.prepared = undefined;
+    const marker = `strata switch ${this.id} ${Date.now()}`;
+    this.switching = { next, statement, marker, swallowing: false, tail: Buffer.alloc(0) };
+    this.rewriting = true;
+    this.wantFramed = true;
+    this.toStore(encodeQuery(`SET application_name = '${marker}'`, this.encoding));
+    this.updateClientFlow();
+  }
+
+  /**
+   * During a switch: whether `frame` was dealt with here (the marker's reply, dropped; the switch
+   * completes at its ReadyForQuery). The store reports the marker after the SET's CommandComplete,
+   * so the last bytes of what passes are held back until it is clear whether they are that.
+   */
+  private switchFrame(frame: Frame): boolean {
+    const switching = this.switching!;
+    if (switching.swallowing) {
+      if (frame.kind === "message" && frame.tag === TAG.readyForQuery) this.completeSwitch(switching);
+      return true;
+    }
+    if (frame.kind === "bytes") {
+      const bytes = switching.tail.length ? Buffer.concat([switching.tail, frame.bytes]) : frame.bytes;
+      const keep = Math.min(bytes.length, SET_COMPLETE.length);
+      if (bytes.length > keep) this.client.write(bytes.subarray(0, bytes.length - keep));
+      switching.tail = Buffer.from(bytes.subarray(bytes.length - keep));
+      return true;
+    }
+    if (frame.tag === TAG.parameterStatus) {
+      const { name, value } = decodeParameterStatus(frame.bytes);
+      if (name === "application_name" && value === switching.marker && switching.tail.equals(SET_COMPLETE)) {
+        switching.swallowing = true;
+        return true;
+      }
+    }
+    if (switching.tail.length) this.client.write(switching.tail);
+    switching.tail = Buffer.alloc(0);
+    return false;
+  }
+
+  /** The old store has answered everything: the session is the new store session's from here. */
+  private completeSwitch(switching: Switch): void {
+    const { next } = switching;
+    const old = this.store;
+    old.off("error", this.onStoreError).off("close", this.onStoreClose);
+    old.destroy();
+    this.store = next.socket;
+    next.socket.off("error", ignoreError);
+    next.socket.on("error", this.onStoreError).on("close", this.onStoreClose);
+    this.clientKey ??= { pid: this.backendPid!, secret: this.backendSecret! };
+    this.backendPid = next.login.key?.pid;
+    this.backendSecret = next.login.key?.secret;
+    this.database = next.database;
+    this.storeFull = false;
+    this.switching = undefined;
+    // What the old store had left unread is the old session's; the new one starts clean.
+    this.fromStore = this.storeSplitter();
+    next.route((length, buffer) => this.fromStoreChunk(length, buffer));
+    // The client learns the new session's settings (they are its startup's, not its SETs').
+    for (const status of next.login.parameterStatus) this.client.write(status);
+    this.rewriting = false;
+    this.wantFramed = this.hookWanted();
+    this.toStore(switching.statement);
+    next.socket.resume();
+    this.log.debug(
+      { session: this.id, database: this.database },
+      "front door: session moved to another database",
+    );
+    // Later, from the client's queue: not from inside the old store's read.
+    setImmediate(() => {
+      if (!this.ended) this.pumpClient();
+    });
+  }
+
   /** Whether transactionEnded may hold this session's next transaction end. */
   private hookWanted(): boolean {
+    if (this.switching) return true;
     const rewriter = this.rewriter;
     if (typeof rewriter?.transactionEnded !== "function") return false;
     return rewriter.holdsTransactionEnds?.({ database: this.database, user: this.user }) ?? true;
@@ -498,6 +722,9 @@ export class Session implements SessionInfo {
         this.backendSecret = Buffer.from(key.secret);
         break;
       }
+      case TAG.authentication:
+        this.auth.fromStore(frame.bytes);
+        break;
       case TAG.parameterStatus: {
         const { name, value } = decodeParameterStatus(frame.bytes);
         // Any encoding but UTF-8 is read as latin1, which gives back the same bytes: the SQL a
@@ -537,6 +764,8 @@ export class Session implements SessionInfo {
     this.heldFrames.length = 0;
     this.log.debug({ session: this.id, reason }, "front door: session ended");
     this.store.destroy();
+    this.prepared?.socket.destroy();
+    this.switching?.next.socket.destroy();
     this.client.end();
     this.client.resume(); // read (and drop) until the client closes its side
     if (!this.client.destroyed) setTimeout(() => this.client.destroy(), CLOSE_GRACE_MS).unref();

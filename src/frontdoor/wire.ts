@@ -33,6 +33,8 @@ export const TAG = {
   readyForQuery: 0x5a, // 'Z'
   backendKeyData: 0x4b, // 'K'
   parameterStatus: 0x53, // 'S'
+  authentication: 0x52, // 'R'
+  password: 0x70, // 'p' (PasswordMessage, SASLInitialResponse, SASLResponse)
 } as const;
 
 /** The one-byte answers to SSLRequest and GSSENCRequest. */

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS strata.table_surfaces (
   signature text NOT NULL
 );
 
--- A commit named the way Doltgres names them: HEAD (or main, STAGED), WORKING (the working set,
+-- A commit named the way Doltgres names them: HEAD (or the branch's name, STAGED), WORKING (the working set,
 -- numbered after every commit), a hash or a unique
 -- prefix of one, a timestamp (the last commit at or before it), or lsn:X/Y (the last commit of an
 -- upstream transaction that committed at or before that LSN); any of them followed by ~N or ^
@@ -101,7 +101,7 @@ BEGIN
   IF upper(base) = 'WORKING' AND back = 0 THEN
     RETURN 9223372036854775807;
   END IF;
-  IF upper(base) IN ('HEAD', 'WORKING', 'STAGED') OR base = 'main' THEN
+  IF upper(base) IN ('HEAD', 'WORKING', 'STAGED') OR base = dolt.active_branch() THEN
     SELECT max(seq) INTO found_seq FROM strata.commits;
     IF found_seq IS NULL THEN
       RAISE EXCEPTION 'there are no commits yet, so "%" names none', spec

@@ -66,12 +66,14 @@ export async function pullBranch(opts: {
   remote: string;
   branch: string;
   fresh?: boolean;
+  /** Record the remote branch as seen (strata.remote_branches); false for a scratch remote. */
+  record?: boolean;
 }): Promise<PullResult> {
   const { client, storage, remote, branch } = opts;
   const ref = await readBranch(storage, remote, branch);
   const head = await localHead(client);
   if (ref.commit === head) {
-    await recordRemoteBranch(client, remote, branch, ref);
+    if (opts.record !== false) await recordRemoteBranch(client, remote, branch, ref);
     return { status: "up-to-date", branch, head: ref.commit, commits: 0 };
   }
   const known = await client.query("SELECT 1 FROM strata.commits WHERE hash = $1", [ref.commit]);
@@ -92,7 +94,7 @@ export async function pullBranch(opts: {
       else commits += await applyPack(client, storage, address, skip, "apply");
       if (snapshot && i === upTo) await loadSnapshot(client, storage, snapshot.address, snapshot.commit);
     }
-    await recordRemoteBranch(client, remote, branch, ref);
+    if (opts.record !== false) await recordRemoteBranch(client, remote, branch, ref);
     await client.query("COMMIT");
   } catch (err) {
     await client.query("ROLLBACK").catch(() => {});

@@ -130,6 +130,44 @@ export async function pushBranch(opts: {
   }
 }
 
+/**
+ * Store the commits after `base` (a commit of this database's history) as one pack in `storage`,
+ * with `base` as its base (a pack that names no earlier pack), and point heads/<branch> at it. A
+ * database whose head is `base` pulls exactly these commits: how dolt_merge moves one branch's
+ * commits into another (through a scratch remote).
+ */
+export async function pushCommitsAfter(opts: {
+  client: pg.Client;
+  storage: RemoteStorage;
+  branch: string;
+  base: string;
+}): Promise<{ head: string; commits: number }> {
+  const { client, storage, branch } = opts;
+  const { rows } = await client.query<{ base_seq: string | null; head_seq: string; head: string }>(
+    `SELECT (SELECT seq::text FROM strata.commits WHERE hash = $1) AS base_seq, c.seq::text AS head_seq, c.hash AS head
+       FROM strata.commits c ORDER BY c.seq DESC LIMIT 1`,
+    [opts.base],
+  );
+  const found = rows[0];
+  if (!found?.base_seq)
+    throw new RemoteOperationError(`commit ${opts.base} is not in this branch's history`, "55000");
+  const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
+  try {
+    const written = await writeObjects(client, storage, dir, {
+      branch,
+      base: { commit: opts.base, pack: "0".repeat(64) },
+      baseSeq: BigInt(found.base_seq),
+      headSeq: BigInt(found.head_seq),
+      previous: undefined,
+    });
+    const pack = await storage.putObjectFile(written.pack);
+    await storage.compareAndSwapRef(`heads/${branch}`, null, { commit: found.head, pack });
+    return { head: found.head, commits: written.commits };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 export async function recordRemoteBranch(client: pg.Client, remote: string, branch: string, ref: RefValue) {
   await client.query(
     `INSERT INTO strata.remote_branches (remote, branch, commit_hash, pack) VALUES ($1, $2, $3, $4)

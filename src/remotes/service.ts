@@ -7,11 +7,17 @@
 //                                         dolt_async_replication = 1), and every second for
 //                                         commits made elsewhere (replicated from upstream)
 //   dolt_read_replica_remote = 'origin'   pull when a transaction starts, for the branches
-//   + dolt_replicate_heads / _all_heads   named (only main exists yet)
+//   + dolt_replicate_heads / _all_heads   named: each into its own database (db/branch, made
+//                                         by cloning on first sight, dropped when the remote
+//                                         no longer has it)
+//
+// A branch is a database of its own (branches/names.ts): pushes and pulls of branch b of db
+// work on the database db/b, so everything below works per database.
 //
 // Operations on one database run one at a time (a queue per database), so a push never races
 // another push from this server, and a pull never applies the same commits twice.
 import pg from "pg";
+import { branchDatabase, MAIN_BRANCH, splitDatabaseName } from "../branches/names.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
@@ -23,11 +29,9 @@ import {
   ReplicationSettingsCache,
   SETTINGS_TTL_MS,
 } from "./replication-settings.ts";
-import { openRemoteStorage } from "./storage.ts";
+import { checkRefName, openRemoteStorage, type RemoteStorage } from "./storage.ts";
 import { pullTags, pushTags } from "./tags.ts";
 import { remoteUrlTemplate } from "./url.ts";
-
-const DEFAULT_BRANCH = "main";
 
 export type RemoteCall = "dolt_push" | "dolt_pull" | "dolt_fetch" | "dolt_clone";
 
@@ -62,9 +66,17 @@ export class RemoteService {
         return this.clone(args);
       case "dolt_push": {
         const { flags, positional } = splitFlags(args, ["--force", "-f", "--set-upstream", "-u"]);
-        const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
+        const [remote = "origin", branch = splitDatabaseName(database).branch] = positional;
         checkBranch(branch);
-        const { result, tags } = await this.withRemote(database, remote, async (client, storage) => {
+        const { base } = splitDatabaseName(database);
+        const source = branchDatabase(base, branch);
+        if (!(await this.branchDatabases(base)).has(source))
+          throw new RemoteOperationError(
+            `dolt_push: branch "${branch}" does not exist in database "${base}"`,
+            "42704",
+            "SELECT name FROM dolt_branches lists the branches",
+          );
+        const { result, tags } = await this.withRemote(source, remote, async (client, storage) => {
           const pushed = await pushBranch({
             client,
             storage,
@@ -83,7 +95,7 @@ export class RemoteService {
       }
       case "dolt_pull": {
         const { positional } = splitFlags(args, []);
-        const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
+        const [remote = "origin", branch = splitDatabaseName(database).branch] = positional;
         checkBranch(branch);
         const result = await this.withRemote(database, remote, async (client, storage) => {
           const pulled = await pullBranch({ client, storage, remote, branch });
@@ -98,7 +110,7 @@ export class RemoteService {
       }
       case "dolt_fetch": {
         const { positional } = splitFlags(args, []);
-        const [remote = "origin", branch = DEFAULT_BRANCH] = positional;
+        const [remote = "origin", branch = splitDatabaseName(database).branch] = positional;
         checkBranch(branch);
         const ref = await this.withRemote(database, remote, (client, storage) =>
           fetchBranch({ client, storage, remote, branch }),
@@ -113,10 +125,12 @@ export class RemoteService {
    * when there is nothing to do (decided without waiting, once the settings are cached).
    */
   beforeTransaction(database: string): Promise<void> | undefined {
-    const known = this.settings.now(database);
+    // Every branch of a database pulls the same heads: they are its branches' databases.
+    const base = splitDatabaseName(database).base;
+    const known = this.settings.now(base);
     if (known instanceof Promise)
-      return known.then((s) => (s?.pullFrom ? this.pullForRead(database, s) : undefined));
-    return known?.pullFrom ? this.pullForRead(database, known) : undefined;
+      return known.then((s) => (s?.pullFrom ? this.pullForRead(base, s) : undefined));
+    return known?.pullFrom ? this.pullForRead(base, known) : undefined;
   }
 
   /**
@@ -185,18 +199,62 @@ export class RemoteService {
     };
   }
 
+  /** A branch was made or moved (database db/branch): a primary pushes it at once. */
+  async branchChanged(database: string): Promise<void> {
+    const s = await this.settings.now(database);
+    if (s?.pushTo) await this.pushForReplication(database, s);
+  }
+
+  /** A branch was deleted (or renamed away from): a primary deletes it from its remote too. */
+  async branchDeleted(base: string, branch: string): Promise<void> {
+    this.pushedHead.delete(branchDatabase(base, branch));
+    const s = await this.settings.now(base);
+    if (!s?.pushTo || !(await this.hasRemote(base, s.pushTo, s.urlTemplate))) return;
+    try {
+      await this.withRemote(base, s.pushTo, async (client, storage) => {
+        const ref = await storage.readRef(`heads/${branch}`);
+        if (ref) await storage.compareAndSwapRef(`heads/${branch}`, ref, null);
+        await client.query("DELETE FROM strata.remote_branches WHERE remote = $1 AND branch = $2", [
+          s.pushTo,
+          branch,
+        ]);
+      });
+      this.log.info({ database: base, branch, remote: s.pushTo }, "deleted the branch from the remote");
+    } catch (err) {
+      this.log.warn(
+        { database: base, branch, remote: s.pushTo, err: (err as Error).message },
+        "cannot delete the branch from the remote",
+      );
+      if (!s.skipErrors) throw err;
+    }
+  }
+
+  /** Strata's idle connections to `database` end (it is about to be dropped or renamed). */
+  async release(database: string): Promise<void> {
+    const pool = this.pools.get(database);
+    this.pools.delete(database);
+    this.remoteKnown.forEach((_, key) => {
+      if (key.startsWith(`${database}\u0000`)) this.remoteKnown.delete(key);
+    });
+    await pool?.end().catch(() => {});
+  }
+
   private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
     if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
     if (!(await this.hasUnpushed(database, s.pushTo))) return;
+    const branch = splitDatabaseName(database).branch;
     try {
       const result = await this.withRemote(database, s.pushTo, async (client, storage) => {
-        const pushed = await pushBranch({ client, storage, remote: s.pushTo, branch: DEFAULT_BRANCH });
+        const pushed = await pushBranch({ client, storage, remote: s.pushTo, branch });
         await pushTags(client, storage, s.pushTo, this.log);
         return pushed;
       });
       this.pushedHead.set(`${database}\u0000${s.pushTo}`, result.head);
       if (result.status === "pushed")
-        this.log.debug({ database, remote: s.pushTo, commits: result.commits, head: result.head }, "pushed");
+        this.log.debug(
+          { database, branch, remote: s.pushTo, commits: result.commits, head: result.head },
+          "pushed",
+        );
     } catch (err) {
       this.log.warn({ database, remote: s.pushTo, err: (err as Error).message }, "replication push failed");
       if (!s.skipErrors) throw err;
@@ -234,47 +292,45 @@ export class RemoteService {
     this.pools.clear();
   }
 
-  private async pullForRead(database: string, s: ReplicationSettings): Promise<void> {
+  /** A read replica's pull at transaction start: every replicated head of `base`, each into its branch's database. */
+  private async pullForRead(base: string, s: ReplicationSettings): Promise<void> {
     if (s.heads && s.allHeads) {
       this.warnOnce(
-        `${database}:heads`,
-        { database },
+        `${base}:heads`,
+        { database: base },
         "dolt_replicate_heads and dolt_replicate_all_heads are both set: only one may be; not pulling",
       );
       return;
     }
-    const heads = s.allHeads
-      ? [DEFAULT_BRANCH]
-      : s.heads
-          .split(",")
-          .map((h) => h.trim())
-          .filter(Boolean);
-    if (heads.length === 0) {
+    const patterns = s.heads
+      .split(",")
+      .map((h) => h.trim())
+      .filter(Boolean);
+    if (!s.allHeads && patterns.length === 0) {
       this.warnOnce(
-        `${database}:noheads`,
-        { database },
+        `${base}:noheads`,
+        { database: base },
         "dolt_read_replica_remote is set but neither dolt_replicate_heads nor dolt_replicate_all_heads: not pulling",
       );
       return;
     }
-    if (!heads.some((h) => globMatches(h, DEFAULT_BRANCH))) return;
-    if (!(await this.hasRemote(database, s.pullFrom))) return;
+    if (!(await this.hasRemote(base, s.pullFrom))) return;
     // Transactions that start while a pull waits its turn share it: it reads the remote after
     // they asked. Once it has started, later ones wait for the next.
-    let waiting = this.waitingPulls.get(database);
+    let waiting = this.waitingPulls.get(base);
     if (!waiting) {
-      const pull = this.withRemote(database, s.pullFrom, async (client, storage) => {
-        if (this.waitingPulls.get(database) === pull) this.waitingPulls.delete(database);
-        await pullBranch({ client, storage, remote: s.pullFrom, branch: DEFAULT_BRANCH });
+      const pull = this.withRemote(base, s.pullFrom, async (client, storage) => {
+        if (this.waitingPulls.get(base) === pull) this.waitingPulls.delete(base);
+        await this.pullHeads(base, client, storage, s.pullFrom, s.allHeads ? ["*"] : patterns);
         // Tags come with "all heads" (the reference: all branches and tags).
         if (s.allHeads) await pullTags(client, storage, s.pullFrom);
       });
       waiting = pull;
-      this.waitingPulls.set(database, pull);
+      this.waitingPulls.set(base, pull);
       pull
         .catch(() => {}) // each waiter handles it below
         .finally(() => {
-          if (this.waitingPulls.get(database) === pull) this.waitingPulls.delete(database);
+          if (this.waitingPulls.get(base) === pull) this.waitingPulls.delete(base);
         });
     }
     try {
@@ -282,12 +338,96 @@ export class RemoteService {
     } catch (err) {
       if (s.skipErrors) {
         this.log.warn(
-          { database, remote: s.pullFrom, err: (err as Error).message },
+          { database: base, remote: s.pullFrom, err: (err as Error).message },
           "replication pull failed",
         );
         return;
       }
       throw err;
+    }
+  }
+
+  /**
+   * Pull the remote's branches that `patterns` name into their databases: main into `base`
+   * (through `client`), any other branch b into base/b, cloned from the remote the first time.
+   * A branch pulled before that the remote no longer has (deleted on the primary) is dropped.
+   */
+  private async pullHeads(
+    base: string,
+    client: pg.Client,
+    storage: RemoteStorage,
+    remote: string,
+    patterns: string[],
+  ): Promise<void> {
+    const wanted = (branch: string) => patterns.some((p) => globMatches(p, branch));
+    let remoteBranches: string[];
+    if (patterns.some((p) => p.includes("*"))) {
+      remoteBranches = [...(await storage.listRefs("heads/")).keys()].map((name) =>
+        name.slice("heads/".length),
+      );
+    } else {
+      // Named heads: one ref read each, no listing.
+      const present = await Promise.all(
+        patterns.map(async (p) => ((await storage.readRef(`heads/${p}`)) ? p : null)),
+      );
+      remoteBranches = present.filter((p): p is string => p !== null);
+    }
+    const local = await this.branchDatabases(base);
+    for (const branch of remoteBranches.filter(wanted)) {
+      if (branch === MAIN_BRANCH) {
+        await pullBranch({ client, storage, remote, branch });
+        continue;
+      }
+      const database = branchDatabase(base, branch);
+      if (local.has(database)) {
+        const branchClient = await connect(this.config(database));
+        try {
+          await pullBranch({ client: branchClient, storage, remote, branch });
+        } finally {
+          await branchClient.end().catch(() => {});
+        }
+      } else await this.cloneInto(database, storage, storage.url, remote, branch);
+    }
+    for (const database of local) {
+      const branch = splitDatabaseName(database).branch;
+      if (branch === MAIN_BRANCH || !wanted(branch) || remoteBranches.includes(branch)) continue;
+      if (!(await this.pulledFrom(database, remote, branch))) continue; // the replica's own branch
+      await this.release(database);
+      const admin = await connect(this.config("postgres"));
+      try {
+        await admin.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(database)} WITH (FORCE)`);
+      } finally {
+        await admin.end().catch(() => {});
+      }
+      this.log.info({ database: base, branch, remote }, "branch deleted on the remote: dropped it here too");
+    }
+  }
+
+  /** Whether `database` has pulled `branch` from `remote` (so the remote is where it comes from). */
+  private async pulledFrom(database: string, remote: string, branch: string): Promise<boolean> {
+    const client = await connect(this.config(database)).catch(() => null);
+    if (!client) return false;
+    try {
+      const { rowCount } = await client.query(
+        "SELECT 1 FROM strata.remote_branches WHERE remote = $1 AND branch = $2",
+        [remote, branch],
+      );
+      return (rowCount ?? 0) > 0;
+    } finally {
+      await client.end().catch(() => {});
+    }
+  }
+
+  private async branchDatabases(base: string): Promise<Set<string>> {
+    const admin = await connect(this.config("postgres"));
+    try {
+      const { rows } = await admin.query<{ datname: string }>(
+        "SELECT datname FROM pg_database WHERE datname = $1 OR left(datname, length($1) + 1) = $1 || '/'",
+        [base],
+      );
+      return new Set(rows.map((r) => r.datname));
+    } finally {
+      await admin.end().catch(() => {});
     }
   }
 
@@ -307,7 +447,8 @@ export class RemoteService {
         value =
           ((await client.query("SELECT 1 FROM strata.remotes WHERE name = $1", [remote])).rowCount ?? 0) > 0;
         if (!value && urlTemplate) {
-          const url = remoteUrlTemplate(urlTemplate, database);
+          // Every branch of a database shares its remote: the template names the database.
+          const url = remoteUrlTemplate(urlTemplate, splitDatabaseName(database).base);
           await client.query("SELECT dolt.dolt_remote('add', $1, $2)", [remote, url]);
           this.log.info({ database, remote, url }, "remote added from dolt_replication_remote_url_template");
           value = true;
@@ -347,17 +488,14 @@ export class RemoteService {
       const client = await this.pool(database).connect();
       let broken: Error | undefined;
       try {
-        const { rows } = await client.query<{ url: string }>(
-          "SELECT url FROM strata.remotes WHERE name = $1",
-          [remote],
-        );
-        if (!rows[0])
+        const url = await this.remoteUrl(client, database, remote);
+        if (!url)
           throw new RemoteOperationError(
             `database "${database}" has no remote named "${remote}"`,
             "42704",
             `add it: SELECT dolt_remote('add', '${remote}', 'file:///path/to/remote')`,
           );
-        return await work(client, openRemoteStorage(rows[0].url));
+        return await work(client, openRemoteStorage(url));
       } catch (err) {
         // A connection left mid-COPY or mid-transaction is not given back for reuse.
         broken = (err as { code?: unknown }).code === undefined ? (err as Error) : undefined;
@@ -383,6 +521,15 @@ export class RemoteService {
     return { ...this.store.connectionConfig(database), application_name: "strata remotes" };
   }
 
+  /** The remote's URL: the branch's own remotes first, then its database's (added after it was made). */
+  private async remoteUrl(client: pg.Client, database: string, remote: string): Promise<string | undefined> {
+    const query = "SELECT url FROM strata.remotes WHERE name = $1";
+    const own = (await client.query<{ url: string }>(query, [remote])).rows[0]?.url;
+    const base = splitDatabaseName(database).base;
+    if (own || base === database) return own;
+    return (await this.pool(base).query<{ url: string }>(query, [remote])).rows[0]?.url;
+  }
+
   /** dolt_clone(url[, name]) / ('--branch', 'main', url[, name]): a new database from a remote. */
   private async clone(args: string[]): Promise<string> {
     const { positional, values } = splitFlags(args, [], ["--branch", "-b", "--remote"]);
@@ -393,7 +540,7 @@ export class RemoteService {
         "22023",
         "SELECT dolt_clone('file:///path/to/remote', 'database_name')",
       );
-    const branch = values.get("--branch") ?? values.get("-b") ?? DEFAULT_BRANCH;
+    const branch = values.get("--branch") ?? values.get("-b") ?? MAIN_BRANCH;
     checkBranch(branch);
     const remote = values.get("--remote") ?? "origin";
     const storage = openRemoteStorage(url);
@@ -404,6 +551,18 @@ export class RemoteService {
         "22023",
         "name the database: SELECT dolt_clone('url', 'name')",
       );
+    await this.cloneInto(name, storage, url, remote, branch);
+    return resultRow("dolt_clone", `cloned ${url} into database ${name}`);
+  }
+
+  /** A new database `name` holding the remote's `branch`; nothing is left of it when that fails. */
+  private async cloneInto(
+    name: string,
+    storage: RemoteStorage,
+    url: string,
+    remote: string,
+    branch: string,
+  ): Promise<void> {
     const admin = await connect(this.config("postgres"));
     try {
       const exists = await admin.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]);
@@ -434,6 +593,7 @@ export class RemoteService {
           {
             database: name,
             url,
+            branch,
             commits: result.commits,
             from_snapshot: result.loaded ?? 0,
             head: result.head,
@@ -449,7 +609,6 @@ export class RemoteService {
       await admin2.end().catch(() => {});
       throw err;
     }
-    return resultRow("dolt_clone", `cloned ${url} into database ${name}`);
   }
 }
 
@@ -459,12 +618,7 @@ function resultRow(fn: RemoteCall, message: string): string {
 }
 
 function checkBranch(branch: string): void {
-  if (branch !== DEFAULT_BRANCH)
-    throw new RemoteOperationError(
-      `branch "${branch}" does not exist`,
-      "42704",
-      `this database has one branch, ${DEFAULT_BRANCH} (branches are not supported yet)`,
-    );
+  checkRefName(`heads/${branch}`);
 }
 
 /** Leading flags (and flags that take a value) apart from positional arguments. */

@@ -57,6 +57,21 @@ function candidateDirs(explicit?: string): string[] {
   return dirs;
 }
 
+/**
+ * A client program of PostgreSQL's (pg_dump, pg_restore): in `preferredDir` (the managed store's
+ * binaries, the same version as the server) if it is there, else where the server binaries are
+ * looked for. Throws, naming where it looked, when there is none.
+ */
+export function findClientProgram(name: string, preferredDir?: string): string {
+  const tried = [...(preferredDir ? [preferredDir] : []), ...candidateDirs()];
+  const dir = tried.find((d) => isExecutable(join(d, name)));
+  if (!dir)
+    throw new Error(
+      `${name} not found; looked in: ${tried.join(", ")}. Install the PostgreSQL client programs (Debian/Ubuntu: \`apt-get install postgresql-client\`), or set STRATA_PG_BIN to the directory that holds them`,
+    );
+  return join(dir, name);
+}
+
 export function findPgBinaries(explicitDir?: string): PgBinaries {
   const tried = candidateDirs(explicitDir);
   const dir = tried.find(hasServerBinaries);

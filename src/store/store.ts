@@ -25,6 +25,8 @@ export type StoreEndpoint = { path: string } | { host: string; port: number };
 export interface StoreHandle {
   kind: "managed" | "external";
   endpoint: StoreEndpoint;
+  /** The managed store's server binaries (its pg_dump and pg_restore match it). */
+  binDir?: string;
   connectionConfig(database: string): pg.ClientConfig;
   stop(): Promise<void>;
 }
@@ -70,10 +72,11 @@ export async function openStore(config: Config, dataDir: string, log: Logger): P
     );
   if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
   log.info({ socket_dir: paths.socketDir, version: spec.bin.major }, "managed store started");
-  return managedStoreHandle(paths.socketDir, spec.superuser, spec.password, async () => {
+  const handle = managedStoreHandle(paths.socketDir, spec.superuser, spec.password, async () => {
     await stopCluster(spec);
     log.info("managed store stopped");
   });
+  return { ...handle, binDir: spec.bin.dir };
 }
 
 /** A managed store reached through its unix socket in `socketDir`. */

@@ -1,0 +1,175 @@
+// Copying one store database into a new one, as a branch is made: pg_dump's custom format piped
+// straight into pg_restore (no file in between), so the copy is one consistent snapshot of the
+// source — tables, history, working set, sequences, functions, grants — taken while the source
+// keeps taking writes. CREATE DATABASE ... TEMPLATE would copy files, faster, but it needs the
+// source to have no other session, which a live database never has (decisions §20).
+import { spawn } from "node:child_process";
+import pg from "pg";
+import { connect } from "../db.ts";
+import { findClientProgram } from "../store/binaries.ts";
+import type { StoreHandle } from "../store/store.ts";
+import { BranchError } from "./names.ts";
+
+/** The end of a child's stderr kept for the error message. */
+const STDERR_TAIL = 4_000;
+
+/**
+ * Create `target` as a copy of `source` (both on `store`), with the source's database-level
+ * settings. On any failure the target is dropped again and the error says what failed.
+ */
+export async function copyDatabase(store: StoreHandle, source: string, target: string): Promise<void> {
+  const pgDump = findClientProgram("pg_dump", store.binDir);
+  const pgRestore = findClientProgram("pg_restore", store.binDir);
+  const admin = await connect(store.connectionConfig("postgres"));
+  try {
+    // template0: template1 carries the Strata schema for CREATE DATABASE, which the dump brings.
+    await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(target)} TEMPLATE template0`);
+    try {
+      const tables = await tableIdentities(store, source);
+      await pipeDump(store, pgDump, pgRestore, source, target);
+      await copyDatabaseSettings(admin, source, target);
+      await rebindTables(store, target, tables);
+    } catch (err) {
+      await admin
+        .query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(target)} WITH (FORCE)`)
+        .catch(() => {});
+      throw err;
+    }
+  } finally {
+    await admin.end().catch(() => {});
+  }
+}
+
+interface TableIdentity {
+  tid: string;
+  schema: string;
+  name: string;
+}
+
+/** The source's tables by their ids (strata.table_ids), by name: oids do not survive a copy. */
+async function tableIdentities(store: StoreHandle, source: string): Promise<TableIdentity[]> {
+  const client = await connect(store.connectionConfig(source));
+  try {
+    const { rows } = await client.query<TableIdentity>(
+      `SELECT t.tid, n.nspname AS schema, c.relname AS name
+         FROM strata.table_ids t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace`,
+    );
+    return rows;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/**
+ * What Strata keeps by table oid, rebound to the copy's oids: table ids (and a database identity
+ * of its own, so that tables made in the copy get ids no other database gives), and the working
+ * set's tables (found by the name they were recorded under).
+ */
+async function rebindTables(store: StoreHandle, target: string, tables: TableIdentity[]): Promise<void> {
+  const client = await connect(store.connectionConfig(target));
+  try {
+    await client.query("BEGIN");
+    await client.query("UPDATE strata.database_identity SET id = replace(gen_random_uuid()::text, '-', '')");
+    await client.query("DELETE FROM strata.table_ids");
+    await client.query(
+      `INSERT INTO strata.table_ids (relid, tid)
+       SELECT to_regclass(format('%I.%I', t.schema, t.name))::oid, t.tid
+         FROM jsonb_to_recordset($1::jsonb) AS t(tid text, schema text, name text)
+        WHERE to_regclass(format('%I.%I', t.schema, t.name)) IS NOT NULL`,
+      [JSON.stringify(tables)],
+    );
+    for (const table of ["strata.working_changes", "strata.working_schema_changes"]) {
+      await client.query(
+        `UPDATE ${table} w SET relid = r.oid
+           FROM (SELECT DISTINCT rel, to_regclass(format('%I.%I', split_part(rel, '.', 1), substr(rel, strpos(rel, '.') + 1)))::oid AS oid
+                   FROM ${table}) r
+          WHERE r.rel = w.rel AND r.oid IS NOT NULL AND w.relid <> r.oid`,
+      );
+    }
+    await client.query("COMMIT");
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function copyDatabaseSettings(admin: pg.Client, source: string, target: string): Promise<void> {
+  const { rows } = await admin.query<{ name: string; value: string }>(
+    `SELECT split_part(c, '=', 1) AS name, substr(c, strpos(c, '=') + 1) AS value
+       FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c
+      WHERE d.datname = $1 AND s.setrole = 0`,
+    [source],
+  );
+  for (const { name, value } of rows) {
+    // search_path's value is a list as written ("$user", public, dolt): set as is, not quoted.
+    const setting = name === "search_path" ? value : pg.escapeLiteral(value);
+    await admin.query(
+      `ALTER DATABASE ${pg.escapeIdentifier(target)} SET ${pg.escapeIdentifier(name)} = ${setting}`,
+    );
+  }
+}
+
+function pipeDump(
+  store: StoreHandle,
+  pgDump: string,
+  pgRestore: string,
+  source: string,
+  target: string,
+): Promise<void> {
+  const config = store.connectionConfig(source);
+  const env = {
+    ...process.env,
+    PGHOST: String(config.host ?? ""),
+    PGPORT: String(config.port ?? 5432),
+    PGUSER: String(config.user ?? ""),
+    PGPASSWORD: typeof config.password === "string" ? config.password : "",
+    // Strata's own connections: the store's triggers let their writes through.
+    PGOPTIONS: String(config.options ?? ""),
+  };
+  return new Promise((resolveCopy, reject) => {
+    const dump = spawn(pgDump, ["--format=custom", "--compress=0", "--dbname", source], {
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const restore = spawn(pgRestore, ["--exit-on-error", "--dbname", target], {
+      env,
+      stdio: ["pipe", "ignore", "pipe"],
+    });
+    const stderr = { dump: "", restore: "" };
+    dump.stderr.on("data", (d: Buffer) => {
+      stderr.dump = (stderr.dump + d.toString()).slice(-STDERR_TAIL);
+    });
+    restore.stderr.on("data", (d: Buffer) => {
+      stderr.restore = (stderr.restore + d.toString()).slice(-STDERR_TAIL);
+    });
+    dump.stdout.pipe(restore.stdin);
+    restore.stdin.on("error", () => {}); // restore died first: its exit says why
+    let pending = 2;
+    let failure: Error | undefined;
+    const done = (which: "dump" | "restore", code: number | null, signal: NodeJS.Signals | null) => {
+      if (code !== 0 && !failure) {
+        if (which === "restore") dump.kill();
+        const why = stderr[which].trim() || (signal ? `killed by ${signal}` : `exit code ${code}`);
+        failure = new BranchError(
+          `copying database "${source}" into "${target}" failed in ${which === "dump" ? "pg_dump" : "pg_restore"}: ${why}`,
+          "58000",
+          "the Strata log has the details; the partial copy was removed",
+        );
+      }
+      if (--pending === 0) {
+        if (failure) reject(failure);
+        else resolveCopy();
+      }
+    };
+    dump.on("error", (err) => {
+      failure ??= err;
+    });
+    restore.on("error", (err) => {
+      failure ??= err;
+    });
+    dump.on("close", (code, signal) => done("dump", code, signal));
+    restore.on("close", (code, signal) => done("restore", code, signal));
+  });
+}
