@@ -124,6 +124,8 @@ export class TestCluster {
 
 export interface PrimaryOptions {
   settings?: Record<string, string | number | boolean>;
+  /** pg_hba.conf lines before the defaults (scram-sha-256 for everyone). */
+  hba?: string[];
 }
 
 /** A primary for replication tests: wal_level=logical, fsync off (tests never crash the OS). */
@@ -137,6 +139,7 @@ export async function startPrimary(options: PrimaryOptions = {}): Promise<TestCl
     password: TEST_PASSWORD,
     port,
     listenAddresses: "127.0.0.1",
+    hba: options.hba,
     settings: {
       wal_level: "logical",
       max_wal_senders: 10,
