@@ -11,6 +11,7 @@ import { type Listener, type QueryRewriter, startListener } from "./frontdoor/li
 import { StrataRewriter } from "./frontdoor/rewriter.ts";
 import { installStrataSchema, setDatabaseRole, writeSettingDefaults } from "./history/install.ts";
 import type { Logger } from "./log.ts";
+import { configureRemoteStorage } from "./remotes/storage.ts";
 import { ensureDatabase, openStore, type StoreHandle } from "./store/store.ts";
 import { Replicator } from "./upstream/replicator.ts";
 import { SequenceSyncTimer } from "./upstream/sequences.ts";
@@ -31,6 +32,8 @@ export async function startServer(
   rewriter?: QueryRewriter,
 ): Promise<RunningServer> {
   mkdirSync(dataDir, { recursive: true });
+  // S3 remotes' endpoint and credentials (config.yaml's remotes.s3, else the AWS environment).
+  configureRemoteStorage(config.remotes);
   const store = await openStore(config, dataDir, log);
   let listener: Listener | undefined;
   let frontDoor: QueryRewriter | undefined;

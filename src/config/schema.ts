@@ -99,6 +99,45 @@ export const postgresReplicationSchema = z.object({
     .default(30_000),
 });
 
+const nonEmpty = (key: string, what: string) =>
+  z.string({ error: `${key} must be ${what}` }).min(1, { error: `${key} must be ${what}` });
+
+export const s3RemoteSchema = z
+  .object({
+    /** The store's URL, for S3-compatible stores (MinIO, R2, ...); default: the AWS environment, or AWS. */
+    endpoint: z
+      .string({ error: "remotes.s3.endpoint must be the store's URL, e.g. http://127.0.0.1:9000" })
+      .regex(/^https?:\/\/[^/\s]+/i, {
+        error: "remotes.s3.endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:9000",
+      })
+      .optional(),
+    region: nonEmpty("remotes.s3.region", "a region name, e.g. us-east-1").optional(),
+    /** Bucket in the URL's path, not its host name (default: true with an endpoint, false for AWS). */
+    force_path_style: z.boolean({ error: "remotes.s3.force_path_style must be true or false" }).optional(),
+    access_key_id: nonEmpty("remotes.s3.access_key_id", "an access key id").optional(),
+    secret_access_key: nonEmpty("remotes.s3.secret_access_key", "a secret access key").optional(),
+    session_token: nonEmpty("remotes.s3.session_token", "a session token").optional(),
+  })
+  .superRefine((s3, ctx) => {
+    if (Boolean(s3.access_key_id) !== Boolean(s3.secret_access_key)) {
+      const missing = s3.access_key_id ? "secret_access_key" : "access_key_id";
+      ctx.addIssue({
+        code: "custom",
+        path: [missing],
+        message: `remotes.s3.${missing} is needed too: credentials in config.yaml take both remotes.s3.access_key_id and remotes.s3.secret_access_key (or neither, for the AWS environment's)`,
+      });
+    }
+    if (s3.session_token && !s3.access_key_id) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["session_token"],
+        message:
+          "remotes.s3.session_token goes with remotes.s3.access_key_id and remotes.s3.secret_access_key",
+      });
+    }
+  })
+  .prefault({});
+
 export const configSchema = z.object({
   log_level: z
     .enum(["trace", "debug", "info", "warn", "error"], {
@@ -180,6 +219,13 @@ export const configSchema = z.object({
       dolt_transaction_commit: z
         .boolean({ error: "behavior.dolt_transaction_commit must be true or false" })
         .optional(),
+    })
+    .prefault({}),
+  // How remotes are reached (Strata's own). S3: anything left out comes from the AWS environment
+  // (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID..., AWS_PROFILE).
+  remotes: z
+    .object({
+      s3: s3RemoteSchema,
     })
     .prefault({}),
   // Doltgres's system variables (dolt_*), as their defaults: ALTER SYSTEM SET and SET override them.

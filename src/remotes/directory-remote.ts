@@ -29,14 +29,27 @@ import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { link, mkdir, open, readdir, readFile, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { pipeline, type Readable, Transform } from "node:stream";
+import { pipeline, type Readable } from "node:stream";
 import { pathToFileURL } from "node:url";
 import {
-  CorruptObjectError,
+  checkMarkerText,
+  FORMAT_FILE,
+  KEEP_VERSIONS,
+  MARKER_TEXT,
+  newestVersion,
+  PRUNE_AFTER_MS,
+  parseRefVersion,
+  refNameOfEntry,
+  refPathParts,
+  refVersionText,
+  STALE_READ_MS,
+  verifyingTransform,
+  versionsIn,
+} from "./remote-layout.ts";
+import {
   checkObjectAddress,
   checkRefName,
   checkRefValue,
-  isValidRefName,
   MissingObjectError,
   REF_NAMESPACES,
   type RefValue,
@@ -45,13 +58,6 @@ import {
   sameRefValue,
 } from "./storage.ts";
 
-const FORMAT_FILE = "strata-remote.json";
-const FORMAT_NAME = "strata-remote";
-const FORMAT_VERSION = 1;
-
-const KEEP_VERSIONS = 10;
-const PRUNE_AFTER_MS = 60 * 60 * 1000;
-const STALE_READ_MS = 60 * 1000;
 const TEMP_MAX_AGE_MS = 60 * 60 * 1000;
 const CHUNK_BYTES = 1 << 20;
 // Refs read at once by listRefs (each read opens a file).
@@ -126,18 +132,7 @@ export class DirectoryRemote implements RemoteStorage {
       if (isCode(err, "ENOENT")) throw new MissingObjectError(this.url, address);
       throw err;
     }
-    const hash = createHash("sha256");
-    const url = this.url;
-    const verified = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        hash.update(chunk);
-        done(null, chunk);
-      },
-      flush(done) {
-        const actual = hash.digest("hex");
-        done(actual === address ? null : new CorruptObjectError(url, address, actual));
-      },
-    });
+    const verified = verifyingTransform(this.url, address);
     // pipeline passes the file's read errors on and closes the file if the reader stops early;
     // the reader sees every error on `verified`, so the callback has nothing left to do.
     pipeline(handle.createReadStream({ highWaterMark: CHUNK_BYTES }), verified, () => {});
@@ -183,7 +178,7 @@ export class DirectoryRemote implements RemoteStorage {
     if (next !== null) checkRefValue(next);
     await this.prepareForWrite();
     const dir = this.refDir(name);
-    const content = `${JSON.stringify(next === null ? { deleted: true } : { commit: next.commit, pack: next.pack })}\n`;
+    const content = refVersionText(next);
     for (;;) {
       const readAt = Date.now();
       const current = await this.readRefState(name);
@@ -207,8 +202,7 @@ export class DirectoryRemote implements RemoteStorage {
   }
 
   private refDir(name: string): string {
-    const slash = name.indexOf("/");
-    return join(this.root, "refs", name.slice(0, slash), encodeURIComponent(name.slice(slash + 1)));
+    return join(this.root, "refs", ...refPathParts(name));
   }
 
   private async readRefState(name: string): Promise<RefState> {
@@ -231,18 +225,8 @@ export class DirectoryRemote implements RemoteStorage {
   }
 
   private parseRefFile(text: string, path: string): RefValue | null {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    if (isRecord(parsed)) {
-      if (parsed.deleted === true) return null;
-      if (typeof parsed.commit === "string" && typeof parsed.pack === "string") {
-        return { commit: parsed.commit, pack: parsed.pack };
-      }
-    }
+    const value = parseRefVersion(text);
+    if (value !== undefined) return value;
     throw new RemoteFormatError(
       `ref file ${path} in remote ${this.url} is damaged: it is not {"commit","pack"} or {"deleted":true}`,
       `remove ${path} so that the ref's previous version becomes current, or restore the remote from a backup`,
@@ -310,25 +294,7 @@ export class DirectoryRemote implements RemoteStorage {
   }
 
   private checkMarker(text: string, markerPath: string): void {
-    let marker: unknown;
-    try {
-      marker = JSON.parse(text);
-    } catch {
-      marker = undefined;
-    }
-    if (!isRecord(marker) || marker.format !== FORMAT_NAME) {
-      throw new RemoteFormatError(
-        `${markerPath} in remote ${this.url} is not a Strata remote's format marker`,
-        `it should hold {"format":"${FORMAT_NAME}","version":${FORMAT_VERSION}}: restore it, or point the remote at another directory`,
-      );
-    }
-    if (marker.version !== FORMAT_VERSION) {
-      throw new RemoteFormatError(
-        `remote ${this.url} has format version ${JSON.stringify(marker.version)}; this Strata reads version ${FORMAT_VERSION}`,
-        "use the Strata release that wrote this remote (or a newer one), or push to a new remote",
-        "0A000",
-      );
-    }
+    checkMarkerText(text, markerPath, this.url, "directory");
   }
 
   /** Creates the remote on first write; once per instance (again after a failure). */
@@ -345,7 +311,7 @@ export class DirectoryRemote implements RemoteStorage {
       await ensureDir(this.root);
       const temp = join(this.root, `.${FORMAT_FILE}.${tempName()}`);
       try {
-        await writeDurably(temp, `${JSON.stringify({ format: FORMAT_NAME, version: FORMAT_VERSION })}\n`);
+        await writeDurably(temp, MARKER_TEXT);
         // Lost to a concurrent first writer: its marker is checked below like any other.
         await linkIfAbsent(temp, join(this.root, FORMAT_FILE));
       } finally {
@@ -376,10 +342,6 @@ function isCode(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException | null)?.code === code;
 }
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
 async function readdirIfExists(dir: string): Promise<string[]> {
   try {
     return await readdir(dir);
@@ -387,27 +349,6 @@ async function readdirIfExists(dir: string): Promise<string[]> {
     if (isCode(err, "ENOENT")) return [];
     throw err;
   }
-}
-
-/** Version numbers among a ref directory's entries (anything else there is ignored). */
-function versionsIn(entries: string[]): number[] {
-  return entries.filter((entry) => /^[1-9][0-9]{0,14}$/.test(entry)).map(Number);
-}
-
-function newestVersion(entries: string[]): number {
-  return versionsIn(entries).reduce((max, version) => Math.max(max, version), 0);
-}
-
-/** The ref a directory under refs/<namespace>/ holds, or null for anything that is not one. */
-function refNameOfEntry(namespace: string, entry: string): string | null {
-  let short: string;
-  try {
-    short = decodeURIComponent(entry);
-  } catch {
-    return null;
-  }
-  const name = `${namespace}/${short}`;
-  return encodeURIComponent(short) === entry && isValidRefName(name) ? name : null;
 }
 
 /** Copies `source` to a new file `target`, fsynced; returns the SHA-256 of the bytes written. */

@@ -1,6 +1,6 @@
 // What a remote stores, whatever it is stored on: immutable content-addressed objects (packs) and
 // a few named refs that point at them. Push and pull are written against RemoteStorage alone, so
-// a directory remote today and S3 or HTTP later differ only in their implementation of it.
+// a directory remote, an S3 remote and HTTP later differ only in their implementation of it.
 //
 // The contract every implementation keeps:
 // - An object's address is the lowercase hex SHA-256 of its bytes, so objects never change and
@@ -12,7 +12,9 @@
 //   to the address, so a consumer must not act on the data before the stream has ended cleanly.
 
 import type { Readable } from "node:stream";
+import type { Config } from "../config/schema.ts";
 import { DirectoryRemote } from "./directory-remote.ts";
+import { S3Remote, type S3Settings } from "./s3-remote.ts";
 import { parseRemoteUrl } from "./url.ts";
 
 /** What a ref points at: a Strata commit, and the pack (object address) that holds it. */
@@ -181,14 +183,45 @@ export class RemoteNotSupportedError extends RemoteStorageError {
   override name = "RemoteNotSupportedError";
 }
 
+/** An S3-compatible store that does not honour conditional writes (If-None-Match: * on PutObject). */
+export class ConditionalWritesError extends RemoteStorageError {
+  override name = "ConditionalWritesError";
+}
+
+/** How remotes are reached: for S3, anything not set here comes from the AWS environment. */
+export interface RemoteStorageSettings {
+  s3?: S3Settings;
+}
+
+let configured: RemoteStorageSettings = {};
+
+/**
+ * The settings openRemoteStorage uses from now on, from config.yaml's `remotes` section; set once
+ * when the server starts (remote URLs are per database, but where S3 is and who Strata is there
+ * are the server's).
+ */
+export function configureRemoteStorage(remotes: Config["remotes"] | undefined): void {
+  const s3 = remotes?.s3;
+  configured = {
+    s3: {
+      endpoint: s3?.endpoint,
+      region: s3?.region,
+      forcePathStyle: s3?.force_path_style,
+      accessKeyId: s3?.access_key_id,
+      secretAccessKey: s3?.secret_access_key,
+      sessionToken: s3?.session_token,
+    },
+  };
+}
+
 /** The storage behind a remote URL (see url.ts for the accepted forms). */
-export function openRemoteStorage(url: string): RemoteStorage {
+export function openRemoteStorage(url: string, settings: RemoteStorageSettings = configured): RemoteStorage {
   const parsed = parseRemoteUrl(url);
   if (parsed.kind === "file") return new DirectoryRemote(parsed.path, { url });
-  const kind = parsed.kind === "s3" ? "an S3 remote" : "an HTTP remote";
+  if (parsed.kind === "s3") return new S3Remote(parsed.bucket, parsed.prefix, { url, settings: settings.s3 });
   throw new RemoteNotSupportedError(
-    `remote URL "${url}" is ${kind}, which Strata does not support yet`,
-    "use a directory remote for now: file:///absolute/path",
+    `remote URL "${url}" is an HTTP remote, which Strata does not support yet`,
+    "use a directory remote (file:///absolute/path) or an S3 remote (s3://bucket/prefix)",
     "0A000",
   );
 }

@@ -1,8 +1,10 @@
-// A separate process racing on one ref of a directory remote, for remote-storage.test.ts.
+// A separate process racing on one ref of a remote, for the remote contract tests
+// (remote-contract.ts): a directory, or a remote URL (s3://... with the S3 settings as JSON in
+// STRATA_TEST_S3_SETTINGS).
 // Each step reads the ref and compare-and-swaps it to a counter one higher (kept in the commit
 // field), reading again whenever it loses, so lost updates would show in the final count.
 //
-//   node --import tsx test/support/remote-race-worker.ts <remote dir> <ref> <increments | forever>
+//   node --import tsx test/support/remote-race-worker.ts <remote dir | URL> <ref> <increments | forever>
 //
 // Prints "ready" once started, then waits for a line on stdin, so that racers start together;
 // prints "done <losses>" at the end (races it lost, to show that it did race). Exits when its
@@ -10,16 +12,18 @@
 
 import { once } from "node:events";
 import { DirectoryRemote } from "../../src/remotes/directory-remote.ts";
-import type { RefValue } from "../../src/remotes/storage.ts";
+import { openRemoteStorage, type RefValue } from "../../src/remotes/storage.ts";
 
 const PACK = "0".repeat(64);
 
 const [dir, ref, count] = process.argv.slice(2);
 if (!dir || !ref || !count)
-  throw new Error("usage: remote-race-worker.ts <remote dir> <ref> <increments | forever>");
+  throw new Error("usage: remote-race-worker.ts <remote dir | URL> <ref> <increments | forever>");
 const increments = count === "forever" ? Number.POSITIVE_INFINITY : Number(count);
 
-const remote = new DirectoryRemote(dir);
+const remote = dir.includes("://")
+  ? openRemoteStorage(dir, { s3: JSON.parse(process.env.STRATA_TEST_S3_SETTINGS ?? "{}") })
+  : new DirectoryRemote(dir);
 let losses = 0;
 process.stdout.write("ready\n");
 await once(process.stdin, "data");
