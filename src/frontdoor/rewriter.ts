@@ -71,6 +71,7 @@ export class StrataRewriter implements QueryRewriter {
   /** USE db or USE "db/branch": the session moves to that database (branch). */
   private async use(name: string, context: RewriteContext): Promise<string> {
     const { base, branch } = splitDatabaseName(name);
+    await this.remotes.cloneOnFirstUse(base);
     const database = (await this.branches.branches(base)).get(branch);
     if (!database)
       throw new BranchError(
@@ -103,6 +104,11 @@ export class StrataRewriter implements QueryRewriter {
       [user],
     );
     return rows[0]?.rolpassword ?? null;
+  }
+
+  /** A read replica clones a database the primary made when a session first names it. */
+  beforeSession(database: string): Promise<void> | undefined {
+    return this.remotes.cloneOnFirstUse(database);
   }
 
   /** Only sessions of a database that pushes each commit before the client hears of it. */

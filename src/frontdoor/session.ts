@@ -116,6 +116,12 @@ export interface QueryRewriter {
    * next reply on, and transactionEnded is then not called. Without this method: always true.
    */
   holdsTransactionEnds?(context: { database: string; user: string }): boolean;
+  /**
+   * Called before a session's StartupMessage reaches the store, with the database it names; the
+   * session waits for the Promise (Strata clones a read replica's new database here). Errors are
+   * logged, and the session goes on.
+   */
+  beforeSession?(database: string): Promise<void> | undefined;
 }
 
 /** Rewrites nothing: the front door then only decodes Query and Parse when asked to. */

@@ -45,6 +45,9 @@ export class RemoteService {
   /** Per database, the read replica's pull that has not started yet. */
   private readonly waitingPulls = new Map<string, Promise<void>>();
   private readonly remoteKnown = new Map<string, { at: number; value: boolean }>();
+  /** Databases seen to exist, and when (for cloneOnFirstUse: the common case costs nothing). */
+  private readonly existingDatabases = new Map<string, number>();
+  private readonly firstUseClones = new Map<string, Promise<void>>();
 
   constructor(
     private readonly store: StoreHandle,
@@ -197,6 +200,39 @@ export class RemoteService {
         await running;
       },
     };
+  }
+
+  /**
+   * A read replica with dolt_replication_remote_url_template clones a database the primary made
+   * when a session first names it (connecting to it, or USE): the template gives its remote.
+   * Undefined when there is nothing to do (decided from cached settings and databases).
+   */
+  cloneOnFirstUse(database: string): Promise<void> | undefined {
+    const { base } = splitDatabaseName(database);
+    const seen = this.existingDatabases.get(base);
+    if ((seen !== undefined && Date.now() - seen < SETTINGS_TTL_MS) || !CLONABLE_NAME.test(base)) return undefined;
+    const known = this.settings.now("postgres");
+    const go = (s: ReplicationSettings | null) =>
+      s?.pullFrom && s.urlTemplate ? this.cloneIfMissing(base, s) : undefined;
+    return known instanceof Promise ? known.then(go) : go(known);
+  }
+
+  private cloneIfMissing(base: string, s: ReplicationSettings): Promise<void> {
+    let cloning = this.firstUseClones.get(base);
+    if (cloning) return cloning;
+    cloning = (async () => {
+      if ((await this.branchDatabases(base)).has(base)) {
+        this.existingDatabases.set(base, Date.now());
+        return;
+      }
+      const url = remoteUrlTemplate(s.urlTemplate, base);
+      const storage = openRemoteStorage(url);
+      if (!(await storage.readRef(`heads/${MAIN_BRANCH}`))) return; // not a database of the primary's
+      await this.cloneInto(base, storage, url, s.pullFrom, MAIN_BRANCH);
+      this.existingDatabases.set(base, Date.now());
+    })().finally(() => this.firstUseClones.delete(base));
+    this.firstUseClones.set(base, cloning);
+    return cloning;
   }
 
   /** A branch was made or moved (database db/branch): a primary pushes it at once. */
@@ -545,7 +581,7 @@ export class RemoteService {
     const remote = values.get("--remote") ?? "origin";
     const storage = openRemoteStorage(url);
     const name = named ?? url.replace(/\/+$/, "").split("/").pop() ?? "";
-    if (!/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/.test(name))
+    if (!CLONABLE_NAME.test(name))
       throw new RemoteOperationError(
         `dolt_clone: "${name}" is not a usable database name`,
         "22023",
@@ -611,6 +647,9 @@ export class RemoteService {
     }
   }
 }
+
+/** Database names a clone may make (no "/": that names a branch). */
+const CLONABLE_NAME = /^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/;
 
 function resultRow(fn: RemoteCall, message: string): string {
   const text = `'${message.replace(/'/g, "''")}'`;

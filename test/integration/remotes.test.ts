@@ -265,18 +265,29 @@ test("the reference's replication through a remote, verbatim: every commit reach
   const n = await connectTo(primary, "newdb");
   await rowsOf(n, "create table fresh (k int primary key)");
   await rowsOf(n, "insert into fresh values (1)");
-  // (Replication is asynchronous at this point: the push may come a moment later.)
-  await waitFor(
-    "newdb's first push",
-    async () =>
-      await r.query(`select dolt_clone('file://${remoteDir}/newdb', 'newdb')`).then(
-        () => true,
-        () => undefined,
-      ),
+  // "On read replicas, setting @@dolt_replication_remote_url_template will cause new databases
+  // created on the primary to be cloned to the replica when they are first used."
+  await rowsOf(
+    r,
+    `ALTER SYSTEM SET dolt_replication_remote_url_template = 'file://${remoteDir}/{database}';`,
   );
+  await waitForSetting(r, "dolt_replication_remote_url_template", `file://${remoteDir}/{database}`);
+  // (Replication is asynchronous at this point: the push may come a moment later.)
+  const nr = await waitFor("newdb to be cloned on first use", async () => {
+    const client = new pg.Client(replica.connectionConfig("newdb"));
+    return client.connect().then(
+      () => {
+        clients.push(client);
+        return client;
+      },
+      () => undefined,
+    );
+  });
   assert.equal((await rowsOf(n, "SELECT url FROM dolt_remotes"))[0]?.url, `file://${remoteDir}/newdb`);
-  const nr = await connectTo(replica, "newdb");
   assert.deepEqual(await rowsOf(nr, "select * from fresh"), [{ k: 1 }]);
+  assert.deepEqual(await rowsOf(nr, "SELECT name, url FROM dolt_remotes"), [
+    { name: "origin", url: `file://${remoteDir}/newdb` },
+  ]);
 
   // Stopping replication: later commits stay on the primary.
   await rowsOf(p, "ALTER SYSTEM SET dolt_replicate_to_remote '';");
