@@ -31,6 +31,8 @@ export interface PullResult {
   commits: number;
   /** Commits loaded as history under a snapshot (a clone), not applied one by one. */
   loaded?: number;
+  /** A shallow clone: the commit its history starts at (the remote's newest snapshot's). */
+  shallowFrom?: string;
 }
 
 /** The remote branch's head, recorded as seen (dolt_fetch). */
@@ -68,6 +70,11 @@ export async function pullBranch(opts: {
   fresh?: boolean;
   /** Record the remote branch as seen (strata.remote_branches); false for a scratch remote. */
   record?: boolean;
+  /**
+   * With `fresh`: start history at the branch's newest snapshot (its commit, then the commits
+   * after it), without the commits before it. Without a snapshot in the remote, a whole clone.
+   */
+  shallow?: boolean;
 }): Promise<PullResult> {
   const { client, storage, remote, branch } = opts;
   const ref = await readBranch(storage, remote, branch);
@@ -82,6 +89,7 @@ export async function pullBranch(opts: {
   // The packs up to (and including) the one that made the newest snapshot load as history.
   const snapshot = opts.fresh && head === null ? chain[chain.length - 1].header.snapshot : null;
   const upTo = snapshot ? chain.findIndex((p) => p.header.commits.at(-1) === snapshot.commit) : -1;
+  const shallow = Boolean(opts.shallow && snapshot && upTo >= 0);
   let commits = 0;
   let loaded = 0;
   await client.query("BEGIN");
@@ -89,10 +97,12 @@ export async function pullBranch(opts: {
     await client.query("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'");
     await client.query(PULL_STAGING_SQL);
     for (let i = 0; i < chain.length; i++) {
-      const { address, skip } = chain[i];
-      if (i <= upTo) loaded += await applyPack(client, storage, address, skip, "history");
+      const { address, skip, header } = chain[i];
+      if (shallow && i < upTo) continue;
+      if (shallow && i === upTo) loaded += await applyPack(client, storage, address, header.commits.length, "base");
+      else if (i <= upTo) loaded += await applyPack(client, storage, address, skip, "history");
       else commits += await applyPack(client, storage, address, skip, "apply");
-      if (snapshot && i === upTo) await loadSnapshot(client, storage, snapshot.address, snapshot.commit);
+      if (snapshot && i === upTo) await loadSnapshot(client, storage, snapshot.address, snapshot.commit, shallow);
     }
     if (opts.record !== false) await recordRemoteBranch(client, remote, branch, ref);
     await client.query("COMMIT");
@@ -100,7 +110,14 @@ export async function pullBranch(opts: {
     await client.query("ROLLBACK").catch(() => {});
     throw err;
   }
-  return { status: "pulled", branch, head: ref.commit, commits: commits + loaded, loaded };
+  return {
+    status: "pulled",
+    branch,
+    head: ref.commit,
+    commits: commits + loaded,
+    loaded,
+    ...(shallow ? { shallowFrom: snapshot!.commit } : {}),
+  };
 }
 
 export async function localHead(client: pg.Client): Promise<string | null> {
@@ -194,14 +211,15 @@ class CopyIn {
 
 /**
  * One pack's commits after its first `skip`: applied to the tables ("apply"), or loaded as
- * history only ("history", under a snapshot). Returns how many.
+ * history only ("history", under a snapshot). Or ("base", a shallow clone) only the commit at
+ * position `skip`, as the first commit, without history rows. Returns how many.
  */
 async function applyPack(
   client: pg.Client,
   storage: RemoteStorage,
   address: string,
   skip: number,
-  mode: "apply" | "history",
+  mode: "apply" | "history" | "base",
 ): Promise<number> {
   let count = 0;
   let ended = false;
@@ -213,7 +231,8 @@ async function applyPack(
         const header = frame.header;
         section = header.section;
         const staging = STAGING[section];
-        if (staging) copy.start(`COPY pg_temp.${staging} FROM STDIN`);
+        // A shallow base needs the commit's row only: the rest streams past (and is verified).
+        if (staging && (mode !== "base" || section === "commits")) copy.start(`COPY pg_temp.${staging} FROM STDIN`);
         else if (section === "table" && mode === "apply" && Number(header.idx) > skip)
           copy.start(
             `COPY ${await tableFor(client, String(header.rel))} (${(header.columns as string[]).map(quoteIdent).join(", ")}) FROM STDIN`,
@@ -221,7 +240,12 @@ async function applyPack(
         else if (section === "apply") {
           const from = Math.max(Number(header.from), skip + 1);
           const to = Number(header.to);
-          if (from <= to && mode === "history") {
+          if (mode === "base") {
+            if (Number(header.from) <= skip && skip <= to) {
+              await client.query("SELECT strata.load_shallow_base($1)", [skip]);
+              count = 1;
+            }
+          } else if (from <= to && mode === "history") {
             await client.query("SELECT strata.load_pulled_history($1, $2)", [from, to]);
             count += to - from + 1;
           } else
@@ -250,8 +274,17 @@ async function applyPack(
   }
 }
 
-/** A snapshot's tables, as of `commit` (this database's head now), with their definitions. */
-async function loadSnapshot(client: pg.Client, storage: RemoteStorage, address: string, commit: string) {
+/**
+ * A snapshot's tables, as of `commit` (this database's head now), with their definitions; for a
+ * shallow clone (`base`), each table's rows are a snapshot base at that commit.
+ */
+async function loadSnapshot(
+  client: pg.Client,
+  storage: RemoteStorage,
+  address: string,
+  commit: string,
+  base: boolean,
+) {
   const head = await localHead(client);
   const copy = new CopyIn(client);
   const tables: string[] = [];
@@ -284,7 +317,10 @@ async function loadSnapshot(client: pg.Client, storage: RemoteStorage, address: 
       else if (frame.type === "end") await copy.end();
     }
     if (!ended) throw new RemoteOperationError(`snapshot ${address} in ${storage.url} is truncated`, "XX001");
-    for (const rel of tables) await client.query("SELECT strata.finish_snapshot_table($1)", [rel]);
+    for (const rel of tables) {
+      if (base) await client.query("SELECT strata.shallow_base_table($1)", [rel]);
+      await client.query("SELECT strata.finish_snapshot_table($1)", [rel]);
+    }
   } finally {
     await copy.abandon();
   }

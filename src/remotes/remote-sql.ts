@@ -492,6 +492,30 @@ BEGIN
 END
 $fn$;
 
+-- A shallow clone's first commit: the snapshot's commit, without its ancestors or their history
+-- (its parent_hash still names the parent, which this database does not have).
+CREATE OR REPLACE FUNCTION strata.load_shallow_base(p_idx int) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtext('strata.commit'));
+  IF EXISTS (SELECT 1 FROM strata.commits) THEN
+    RAISE EXCEPTION 'a shallow clone starts in a database without commits' USING ERRCODE = '55000';
+  END IF;
+  INSERT INTO strata.commits (seq, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn)
+  SELECT 1, hash, parent_hash, committer, email, date, message, upstream_xid, upstream_commit_lsn, upstream_end_lsn
+    FROM pg_temp.pull_commits WHERE idx = p_idx;
+END
+$fn$;
+
+-- A table a shallow clone loaded from the snapshot: its rows at the base commit are a snapshot
+-- base (no history rows), as a replica's initial snapshot's are.
+CREATE OR REPLACE FUNCTION strata.shallow_base_table(p_rel text) RETURNS void
+LANGUAGE sql AS $$
+  INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns)
+  VALUES (p_rel, (SELECT max(seq) FROM strata.commits), coalesce(strata.history_keys(p_rel, strata.regclass_of(p_rel)), '{}'))
+  ON CONFLICT DO NOTHING
+$$;
+
 -- After a snapshot's tables are loaded: their history surface, and capture where clients write.
 CREATE OR REPLACE FUNCTION strata.finish_snapshot_table(p_rel text) RETURNS void
 LANGUAGE plpgsql AS $fn$

@@ -22,7 +22,7 @@ import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { RemoteOperationError } from "./pack-objects.ts";
-import { fetchBranch, pullBranch } from "./pull.ts";
+import { fetchBranch, type PullResult, pullBranch } from "./pull.ts";
 import { pushBranch } from "./push.ts";
 import {
   type ReplicationSettings,
@@ -568,7 +568,7 @@ export class RemoteService {
 
   /** dolt_clone(url[, name]) / ('--branch', 'main', url[, name]): a new database from a remote. */
   private async clone(args: string[]): Promise<string> {
-    const { positional, values } = splitFlags(args, [], ["--branch", "-b", "--remote"]);
+    const { positional, values } = splitFlags(args, [], ["--branch", "-b", "--remote", "--depth"]);
     const [url, named] = positional;
     if (!url)
       throw new RemoteOperationError(
@@ -587,8 +587,16 @@ export class RemoteService {
         "22023",
         "name the database: SELECT dolt_clone('url', 'name')",
       );
-    await this.cloneInto(name, storage, url, remote, branch);
-    return resultRow("dolt_clone", `cloned ${url} into database ${name}`);
+    const depth = values.get("--depth");
+    if (depth !== undefined && !/^[1-9][0-9]*$/.test(depth))
+      throw new RemoteOperationError(`--depth ${depth} is not a number of commits`, "22023", "e.g. dolt_clone('--depth', '1', url, name)");
+    const result = await this.cloneInto(name, storage, url, remote, branch, depth !== undefined);
+    const note = result.shallowFrom
+      ? ` (shallow: history from the remote's newest snapshot, commit ${result.shallowFrom})`
+      : depth !== undefined
+        ? " (whole history: the remote has no snapshot yet to start a shallow clone from)"
+        : "";
+    return resultRow("dolt_clone", `cloned ${url} into database ${name}${note}`);
   }
 
   /** A new database `name` holding the remote's `branch`; nothing is left of it when that fails. */
@@ -598,7 +606,8 @@ export class RemoteService {
     url: string,
     remote: string,
     branch: string,
-  ): Promise<void> {
+    shallow = false,
+  ): Promise<PullResult> {
     const admin = await connect(this.config("postgres"));
     try {
       const exists = await admin.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]);
@@ -623,7 +632,7 @@ export class RemoteService {
       const client = await connect(this.config(name));
       try {
         await client.query("INSERT INTO strata.remotes (name, url) VALUES ($1, $2)", [remote, url]);
-        const result = await pullBranch({ client, storage, remote, branch, fresh: true });
+        const result = await pullBranch({ client, storage, remote, branch, fresh: true, shallow });
         await pullTags(client, storage, remote);
         this.log.info(
           {
@@ -632,10 +641,12 @@ export class RemoteService {
             branch,
             commits: result.commits,
             from_snapshot: result.loaded ?? 0,
+            shallow_from: result.shallowFrom,
             head: result.head,
           },
           "cloned",
         );
+        return result;
       } finally {
         await client.end().catch(() => {});
       }

@@ -475,6 +475,24 @@ test("a clone loads the history before the remote's latest snapshot as rows and 
       await same("SELECT * FROM acct AS OF 'HEAD~3' ORDER BY id");
       await same("SELECT line, commit_hash FROM dolt_history_log ORDER BY commit_hash, line");
       assert.deepEqual(await rowsOf(c, "SELECT * FROM dolt_status"), []);
+
+      // A shallow clone: history starts at the newest snapshot (c4), c5 applied on top.
+      const [cloned] = await rowsOf(r, `select dolt_clone('--depth', '1', '${url}', 'shallow')`);
+      assert.match(cloned.dolt_clone[1], /shallow: history from the remote's newest snapshot/);
+      const sh = await connectTo(replica, "shallow");
+      const sameShallow = async (sql: string, primarySql = sql) =>
+        assert.deepEqual(await rowsOf(sh, sql), await run(primarySql), sql);
+      await sameShallow("SELECT * FROM acct ORDER BY id");
+      await sameShallow("SELECT * FROM log ORDER BY line");
+      await sameShallow(
+        "SELECT commit_hash, parent_hash, message FROM dolt_log",
+        "SELECT commit_hash, parent_hash, message FROM dolt_log LIMIT 2",
+      );
+      await sameShallow("SELECT * FROM acct AS OF 'HEAD~1' ORDER BY id");
+      await sameShallow("SELECT * FROM dolt_diff('HEAD~1', 'HEAD', 'acct') ORDER BY to_id, from_id");
+      const before = await failure(sh, "SELECT * FROM acct AS OF 'HEAD~2'");
+      assert.equal(before.code, "22023");
+      assert.match(before.message, /goes back before the first commit/);
       // Later commits apply one by one on top.
       await run("update acct set owner = 'later' where id = 1");
       await run("select dolt_commit('-am', 'c6')");
@@ -482,6 +500,9 @@ test("a clone loads the history before the remote's latest snapshot as rows and 
       await rowsOf(c, "select dolt_pull('origin')");
       await same("SELECT * FROM acct ORDER BY id");
       await same("SELECT commit_hash FROM dolt_log");
+      await rowsOf(sh, "select dolt_pull('origin')");
+      await sameShallow("SELECT * FROM acct ORDER BY id");
+      await sameShallow("SELECT commit_hash FROM dolt_log", "SELECT commit_hash FROM dolt_log LIMIT 3");
       // Writes on the clone are captured as on any database.
       await rowsOf(c, "insert into log values ('local')");
       assert.deepEqual(await rowsOf(c, "SELECT table_name, status FROM dolt_status"), [
