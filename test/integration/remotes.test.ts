@@ -213,6 +213,63 @@ test("non-fast-forward pushes are refused; a damaged pack is detected and never 
   assert.match(missing.message, /missing|not found|no object/i);
 });
 
+test("a replica reading while the primary pushes and the replica pulls sees whole commits only", async () => {
+  const url = `file://${remoteDir}/ledger`;
+  const admin = await connectTo(primary);
+  await rowsOf(admin, "CREATE DATABASE ledger");
+  const p = await connectTo(primary, "ledger");
+  await rowsOf(p, `select dolt_remote('add', 'origin', '${url}')`);
+  await rowsOf(p, "CREATE TABLE acct (id int PRIMARY KEY, balance int NOT NULL)");
+  await rowsOf(p, "INSERT INTO acct SELECT g, 100 FROM generate_series(1, 10) g");
+  await rowsOf(p, "SELECT dolt_commit('-Am', 'ten accounts of 100')");
+  await rowsOf(p, "SELECT dolt_push('origin', 'main')");
+  const r = await connectTo(replica);
+  await rowsOf(r, `select dolt_clone('${url}', 'ledger_copy')`);
+  const puller = await connectTo(replica, "ledger_copy");
+  const reader = await connectTo(replica, "ledger_copy");
+
+  // Each commit moves money between two accounts (two row changes); pushes carry several commits.
+  const COMMITS = 60;
+  let pushing = true;
+  const primarySide = (async () => {
+    try {
+      for (let i = 0; i < COMMITS; i++) {
+        const from = (i % 10) + 1;
+        const to = ((i * 7) % 10) + 1 === from ? (from % 10) + 1 : ((i * 7) % 10) + 1;
+        await rowsOf(p, `UPDATE acct SET balance = balance - ${i + 1} WHERE id = ${from}`);
+        await rowsOf(p, `UPDATE acct SET balance = balance + ${i + 1} WHERE id = ${to}`);
+        await rowsOf(p, `SELECT dolt_commit('-am', 'move ${i + 1}')`);
+        if (i % 3 === 2) await rowsOf(p, "SELECT dolt_push('origin', 'main')");
+      }
+      await rowsOf(p, "SELECT dolt_push('origin', 'main')");
+    } finally {
+      pushing = false;
+    }
+  })();
+  const pullerSide = (async () => {
+    while (pushing) await rowsOf(puller, "SELECT dolt_pull('origin')");
+    await rowsOf(puller, "SELECT dolt_pull('origin')");
+  })();
+  const heads = new Set<string>();
+  let reads = 0;
+  while (pushing || reads === 0) {
+    const [seen] = await rowsOf(
+      reader,
+      "SELECT sum(balance)::int AS total, count(*)::int AS n, dolt.commit_hash('HEAD') AS head FROM acct",
+    );
+    assert.deepEqual([seen.total, seen.n], [1000, 10], "a read saw part of a commit");
+    heads.add(seen.head);
+    reads++;
+  }
+  await Promise.all([primarySide, pullerSide]);
+  assert.ok(heads.size > 2, `the reader saw the replica move (${heads.size} heads in ${reads} reads)`);
+  assert.deepEqual(
+    await rowsOf(reader, "SELECT * FROM acct ORDER BY id"),
+    await rowsOf(p, "SELECT * FROM acct ORDER BY id"),
+  );
+  assert.equal((await rowsOf(reader, "SELECT count(*)::int AS n FROM dolt_log"))[0].n, COMMITS + 1);
+});
+
 test("the reference's replication through a remote, verbatim: every commit reaches the read replica", async () => {
   const url = `file://${remoteDir}/replication_example`;
   const p = await connectTo(primary);
