@@ -2,14 +2,17 @@
 // standalone Stratas sharing a directory remote.
 //
 //   node --import tsx bench/remotes.ts [--only latency|transfer|all] [--runs N]
-//        [--commits N] [--rate N] [--visible-timeout-s N]
+//        [--commits N] [--rate N] [--visible-timeout-s N] [--latency-remotes directory,s3]
 //        [--history-commits N] [--mb N] [--gen-batch N] [--gen-clients N]
 //        [--fsync on|off] [--timeout-min N]
 //
 // Every option also has an environment variable (STRATA_BENCH_COMMITS, STRATA_BENCH_MB, ...; see
 // USAGE); an option given on the command line wins.
 //
-// 1. Commit-to-visible latency through a directory remote. A primary Strata with a remote `origin`
+// 1. Commit-to-visible latency through a directory remote, and through a local S3-compatible remote
+//    (s3rver in this process, with the conditional writes Strata needs added by
+//    test/support/s3-server.ts: its figures include s3rver's own cost, on the same 2 cores). A
+//    primary Strata with a remote `origin`
 //    and, while measured, `ALTER SYSTEM SET dolt_replicate_to_remote 'origin'` (synchronous: each
 //    commit is pushed before its statement returns); a replica Strata that cloned it
 //    (dolt_clone) and has `dolt_replicate_heads = 'main'`, `dolt_read_replica_remote = 'origin'`
@@ -56,6 +59,12 @@ import pg from "pg";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { onProcessExit } from "../test/support/cleanup.ts";
 import { TEST_PASSWORD, TEST_USER, tempDir } from "../test/support/postgres.ts";
+import {
+  S3_ACCESS_KEY_ID,
+  S3_SECRET_ACCESS_KEY,
+  startS3Server,
+  type TestS3Server,
+} from "../test/support/s3-server.ts";
 import { createStandaloneStrata, type StrataProcess } from "../test/support/strata.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, summarizeLatencies } from "./support/latency.ts";
@@ -87,6 +96,8 @@ const USAGE = `usage: node --import tsx bench/remotes.ts [options]   (env variab
   --rate N              commits per second on the primary (default 20)              [STRATA_BENCH_RATE]
   --visible-timeout-s N fail when a commit is not visible on the replica after N s (default 60)
                                                                                     [STRATA_BENCH_VISIBLE_TIMEOUT_S]
+  --latency-remotes L   remotes to measure through: directory, s3, or both (default directory,s3)
+                                                                                    [STRATA_BENCH_LATENCY_REMOTES]
  2. push and clone throughput:
   --history-commits N   commits in the database (default 10000; full: 100000)       [STRATA_BENCH_HISTORY_COMMITS]
   --mb N                MB of table data, about (default 200; full: 1024)           [STRATA_BENCH_MB]
@@ -107,6 +118,7 @@ function options() {
         commits: { type: "string", default: env("COMMITS", "300") },
         rate: { type: "string", default: env("RATE", "20") },
         "visible-timeout-s": { type: "string", default: env("VISIBLE_TIMEOUT_S", "60") },
+        "latency-remotes": { type: "string", default: env("LATENCY_REMOTES", "directory,s3") },
         "history-commits": { type: "string", default: env("HISTORY_COMMITS", "10000") },
         mb: { type: "string", default: env("MB", "200") },
         "gen-batch": { type: "string", default: env("GEN_BATCH", "50") },
@@ -129,7 +141,14 @@ function options() {
   const only = String(values.only);
   if (!["latency", "transfer", "all"].includes(only)) fail(`--only must be latency, transfer or all`);
   if (!["on", "off"].includes(String(values.fsync))) fail(`--fsync must be on or off`);
+  const latencyRemotes = String(values["latency-remotes"])
+    .split(",")
+    .map((r) => r.trim())
+    .filter(Boolean) as RemoteKind[];
+  if (latencyRemotes.length === 0 || latencyRemotes.some((r) => r !== "directory" && r !== "s3"))
+    fail(`--latency-remotes must be directory, s3 or directory,s3`);
   return {
+    latencyRemotes,
     latency: only !== "transfer",
     transfer: only !== "latency",
     runs: num("runs", 1),
@@ -193,10 +212,13 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 }
 
 /** A standalone Strata in a directory of this bench's own (strata-bench-remotes-*). */
-async function startBenchStrata(env: Record<string, string> = {}): Promise<StrataProcess> {
+async function startBenchStrata(
+  env: Record<string, string> = {},
+  config: Record<string, unknown> = {},
+): Promise<StrataProcess> {
   const strata = await createStandaloneStrata({
     dataDir: join(tempDir("strata-bench-remotes-"), "data"),
-    config: { log_level: "info", store: { settings: STORE_SETTINGS } },
+    config: { log_level: "info", store: { settings: STORE_SETTINGS }, ...config },
   });
   stratas.add(strata);
   await startWithEnv(strata, env);
@@ -381,8 +403,19 @@ function assertSame(
 // 1. Commit-to-visible latency
 
 type LatencyPhase = "sync push" | "no push";
+type RemoteKind = "directory" | "s3";
+const S3_BUCKET = "strata-bench";
+
+/** Where a latency run's remote is: a directory, or a prefix of the local S3 server's bucket. */
+interface RemoteTarget {
+  kind: RemoteKind;
+  url(database: string): string;
+  /** Remove the run's remote (a directory; S3 objects go with the server at the end). */
+  remove(database: string): void;
+}
 
 interface LatencyRun {
+  remote: RemoteKind;
   run: number;
   ok: boolean;
   error?: string;
@@ -506,13 +539,13 @@ async function latencyRun(
   run: number,
   primary: StrataProcess,
   replica: StrataProcess,
-  remoteRoot: string,
+  remote: RemoteTarget,
 ): Promise<LatencyRun> {
-  const database = `lat_r${run}`;
-  const remoteDir = join(remoteRoot, database);
-  const url = `file://${remoteDir}`;
+  const database = `lat_${remote.kind}_r${run}`;
+  const url = remote.url(database);
   const order: LatencyPhase[] = run % 2 === 1 ? ["sync push", "no push"] : ["no push", "sync push"];
   const result: LatencyRun = {
+    remote: remote.kind,
     run,
     ok: false,
     order,
@@ -617,7 +650,7 @@ async function latencyRun(
     await pAdmin.query(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`).catch(() => {});
     await rAdmin.query(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`).catch(() => {});
     for (const c of clients) await c.end().catch(() => {});
-    rmSync(remoteDir, { recursive: true, force: true });
+    remote.remove(database);
   }
 }
 
@@ -625,30 +658,59 @@ async function latencyPart(): Promise<LatencyRun[]> {
   phase("latency");
   let primary: StrataProcess | undefined;
   let replica: StrataProcess | undefined;
+  let s3: TestS3Server | undefined;
   const runs: LatencyRun[] = [];
   try {
+    if (opts.latencyRemotes.includes("s3")) {
+      s3 = await startS3Server({ buckets: [S3_BUCKET] });
+      progress(
+        `local S3-compatible server at ${s3.endpoint} (s3rver with conditional writes), bucket ${S3_BUCKET}`,
+      );
+    }
     progress("starting two standalone Stratas: the primary and the read replica");
-    [primary, replica] = await Promise.all([startBenchStrata(), startBenchStrata()]);
+    const s3Config = s3 && {
+      remotes: {
+        s3: {
+          endpoint: s3.endpoint,
+          region: "us-east-1",
+          force_path_style: true,
+          access_key_id: S3_ACCESS_KEY_ID,
+          secret_access_key: S3_SECRET_ACCESS_KEY,
+        },
+      },
+    };
+    [primary, replica] = await Promise.all([startBenchStrata({}, s3Config), startBenchStrata({}, s3Config)]);
     const remoteRoot = tempDir("strata-bench-remotes-remote-");
+    const targets: Record<RemoteKind, RemoteTarget> = {
+      directory: {
+        kind: "directory",
+        url: (database) => `file://${join(remoteRoot, database)}`,
+        remove: (database) => rmSync(join(remoteRoot, database), { recursive: true, force: true }),
+      },
+      s3: { kind: "s3", url: (database) => `s3://${S3_BUCKET}/${database}`, remove: () => {} },
+    };
     // The replica's settings, as the reference sets them (for every database with a remote `origin`).
     await withConnection(replica.connectionConfig(), async (c) => {
       await setSystemVariable(c, "dolt_replicate_heads", "main");
       await setSystemVariable(c, "dolt_read_replica_remote", "origin");
     });
-    for (let run = 1; run <= opts.runs; run++) {
-      try {
-        checkAlive(primary);
-        checkAlive(replica);
-        runs.push(await latencyRun(run, primary, replica, remoteRoot));
-      } catch (err) {
-        const message = (withStrataLogTail(withStrataLogTail(err, primary), replica) as Error).message;
-        progress(`run ${run} FAILED: ${message}`);
-        runs.push({ run, ok: false, error: message });
+    for (const kind of opts.latencyRemotes)
+      for (let run = 1; run <= opts.runs; run++) {
+        try {
+          checkAlive(primary);
+          checkAlive(replica);
+          progress(`${kind} remote, run ${run}`);
+          runs.push(await latencyRun(run, primary, replica, targets[kind]));
+        } catch (err) {
+          const message = (withStrataLogTail(withStrataLogTail(err, primary), replica) as Error).message;
+          progress(`${kind} remote, run ${run} FAILED: ${message}`);
+          runs.push({ remote: kind, run, ok: false, error: message });
+        }
       }
-    }
     return runs;
   } finally {
     await Promise.all([stopStrata(primary), stopStrata(replica)]);
+    await s3?.stop();
     endPhase();
   }
 }
@@ -1225,49 +1287,77 @@ function latencySummary(runs: LatencyRun[]) {
   };
 }
 
-function latencyRows(runs: LatencyRun[]): { rows: string[][]; target: string } {
+function latencyRows(all: LatencyRun[]): { rows: string[][]; target: string } {
+  const rows: string[][] = [];
+  let target = "target: no successful run through a directory remote";
+  for (const kind of opts.latencyRemotes) {
+    const part = latencyRowsOf(
+      all.filter((r) => r.remote === kind),
+      kind,
+    );
+    rows.push(...part.rows);
+    if (kind === "directory") target = part.target;
+  }
+  return { rows, target };
+}
+
+function latencyRowsOf(runs: LatencyRun[], kind: RemoteKind): { rows: string[][]; target: string } {
   const n = count(runs);
   const s = latencySummary(runs);
   const met = s.visibleP50.median < TARGET_P50_MS;
   const rows = [
     row(
-      "commit → visible on the replica, p50",
+      `[${kind}] commit → visible on the replica, p50`,
       n,
       s.visibleP50,
       "ms",
-      `target < ${TARGET_P50_MS} ms: ${Number.isFinite(s.visibleP50.median) ? (met ? "yes" : "NO") : "-"}`,
+      kind === "directory"
+        ? `target < ${TARGET_P50_MS} ms: ${Number.isFinite(s.visibleP50.median) ? (met ? "yes" : "NO") : "-"}`
+        : "no target: s3rver runs in the bench's process",
     ),
-    row("commit → visible on the replica, p99", n, s.visibleP99, "ms"),
-    row("commit → visible on the replica, max", n, s.visibleMax, "ms"),
-    row("dolt_commit statement, sync push, p50", n, s.push.commitP50, "ms", "push before it returns"),
-    row("dolt_commit statement, sync push, p99", n, s.push.commitP99, "ms"),
-    row("dolt_commit statement, no push, p50", n, s.noPush.commitP50, "ms", "dolt_replicate_to_remote unset"),
-    row("dolt_commit statement, no push, p99", n, s.noPush.commitP99, "ms"),
-    row("cost of the sync push (p50 push - p50 no push)", n, s.pushCostP50, "ms"),
+    row(`[${kind}] commit → visible on the replica, p99`, n, s.visibleP99, "ms"),
+    row(`[${kind}] commit → visible on the replica, max`, n, s.visibleMax, "ms"),
     row(
-      "INSERT before it (autocommit), sync push, p50",
+      `[${kind}] dolt_commit statement, sync push, p50`,
+      n,
+      s.push.commitP50,
+      "ms",
+      "push before it returns",
+    ),
+    row(`[${kind}] dolt_commit statement, sync push, p99`, n, s.push.commitP99, "ms"),
+    row(
+      `[${kind}] dolt_commit statement, no push, p50`,
+      n,
+      s.noPush.commitP50,
+      "ms",
+      "dolt_replicate_to_remote unset",
+    ),
+    row(`[${kind}] dolt_commit statement, no push, p99`, n, s.noPush.commitP99, "ms"),
+    row(`[${kind}] cost of the sync push (p50 push - p50 no push)`, n, s.pushCostP50, "ms"),
+    row(
+      `[${kind}] INSERT before it (autocommit), sync push, p50`,
       n,
       s.push.insertP50,
       "ms",
       "no new commit: finds the remote up to date",
     ),
-    row("INSERT before it (autocommit), no push, p50", n, s.noPush.insertP50, "ms"),
+    row(`[${kind}] INSERT before it (autocommit), no push, p50`, n, s.noPush.insertP50, "ms"),
     row(
-      "replica statement (pull + SELECT max(k)), p50",
+      `[${kind}] replica statement (pull + SELECT max(k)), p50`,
       n,
       s.pollP50,
       "ms",
       `${fixed(s.pollsPerSecond.median, 0)} polls/s (median)`,
     ),
     row(
-      "commits/s achieved, sync push",
+      `[${kind}] commits/s achieved, sync push`,
       n,
       s.push.rate,
       "1/s",
       `paced at ${opts.rate}/s; late starts (median) ${fixed(s.push.late.median, 0)}`,
     ),
     row(
-      "commits/s achieved, no push",
+      `[${kind}] commits/s achieved, no push`,
       n,
       s.noPush.rate,
       "1/s",
@@ -1440,7 +1530,7 @@ async function main() {
   if (transfer) rows.push(...transferRows(transfer));
   const lines = [
     "",
-    "Remotes: replication through a directory remote, push and clone",
+    `Remotes: replication through ${opts.latencyRemotes.join(" and ")} remotes, push and clone`,
     `machine: ${info.cpus} CPUs (${info.cpuModel}), ${info.memoryGb} GB RAM, ${info.os}, node ${info.node}, ${info.postgres}`,
     `strata: standalone, log_level info; code ${code.commit ?? "unknown"}${code.srcModified ? " with local changes in src/" : ""} (at the start); ${DURABILITY_TEXT}`,
   ];
@@ -1466,7 +1556,7 @@ async function main() {
   );
   if (target) lines.push("", target);
   const failures = [
-    ...(latency ?? []).filter((r) => !r.ok).map((r) => `latency run ${r.run}: ${r.error}`),
+    ...(latency ?? []).filter((r) => !r.ok).map((r) => `latency (${r.remote}) run ${r.run}: ${r.error}`),
     ...(transfer?.error ? [`transfer: ${transfer.error}`] : []),
     ...(transfer?.runs ?? []).flatMap((r) => r.errors.map((e) => `transfer run ${r.run} ${e}`)),
   ];
@@ -1479,13 +1569,19 @@ async function main() {
     durability: { storeSettings: STORE_SETTINGS, description: DURABILITY_TEXT },
     method: {
       latency:
-        "per run a fresh database and directory remote; primary: INSERT (autocommit) then SELECT dolt_commit('-am', ...) at a fixed pace, with dolt_replicate_to_remote = 'origin' (sync push) and then unset (no push), the order alternating per run; replica (dolt_clone, dolt_replicate_heads = 'main', dolt_read_replica_remote = 'origin'): one connection running SELECT max(k) FROM t back to back; visible latency = poll result received - dolt_commit sent (performance.now(), one process)",
+        "per remote kind (a directory; a prefix of a bucket of s3rver, with conditional writes, in the bench's process) and run a fresh database and remote; primary: INSERT (autocommit) then SELECT dolt_commit('-am', ...) at a fixed pace, with dolt_replicate_to_remote = 'origin' (sync push) and then unset (no push), the order alternating per run; replica (dolt_clone, dolt_replicate_heads = 'main', dolt_read_replica_remote = 'origin'): one connection running SELECT max(k) FROM t back to back; visible latency = poll result received - dolt_commit sent (performance.now(), one process)",
       transfer: `source: bulk commits of INSERT ... SELECT generate_series (up to 1,000,000 rows each) then small commits (UPDATE one bulk row + INSERT one row, BEGIN ... dolt_commit ... COMMIT, --gen-batch per round trip), VACUUM ANALYZE; per run and variant: the source started with STRATA_SNAPSHOT_MIN_BYTES = ${SNAPSHOT_FLOOR.replay} (replay: no snapshot written, the clone applies every commit) or 1 (snapshot: the push writes one at its head, the clone loads the history as rows and the tables from it; Strata's 'cloned' log line says how many commits each way, checked), dolt_push to a fresh directory remote, dolt_clone on a second Strata, the clone checked (per table count + sum of md5 slices of every row; dolt_log count, HEAD, md5 of the commit chain), the clone dropped; baseline: pg_dump -Fc of the whole source database (store socket) | pg_restore --exit-on-error into a fresh database (template0) on the second store, checked the same way`,
       size: `user tables (schema public) + ${HISTORY_TABLES.join(", ")}, pg_total_relation_size (heap + indexes + TOAST)`,
       memory:
         "VmHWM of the strata process, reset (/proc/<pid>/clear_refs 5) just before the push / clone; store: highest sum of PSS of its processes, sampled every second",
     },
-    latency: latency && { runs: latency, summary: latencySummary(latency), target },
+    latency: latency && {
+      runs: latency,
+      summary: Object.fromEntries(
+        opts.latencyRemotes.map((kind) => [kind, latencySummary(latency.filter((r) => r.remote === kind))]),
+      ),
+      target,
+    },
     transfer: transfer && { ...transfer, summary: transferSummary(transfer) },
     failures,
   });
