@@ -10,6 +10,7 @@ import { connect } from "./db.ts";
 import { type Listener, type QueryRewriter, startListener } from "./frontdoor/listener.ts";
 import { StrataRewriter } from "./frontdoor/rewriter.ts";
 import { installStrataSchema, setDatabaseRole, writeSettingDefaults } from "./history/install.ts";
+import { type RemotesApi, startRemotesApi } from "./http/remotes-api.ts";
 import type { Logger } from "./log.ts";
 import { configureRemoteStorage } from "./remotes/storage.ts";
 import { ensureDatabase, openStore, type StoreHandle } from "./store/store.ts";
@@ -23,6 +24,8 @@ export interface RunningServer {
   replicator?: Replicator;
   sequenceSync?: SequenceSyncTimer;
   slotMonitor?: SlotMonitor;
+  /** The remotes API (config.yaml's remotesapi.port): the databases as read-only http(s) remotes. */
+  remotesApi?: RemotesApi;
   stop(): Promise<void>;
 }
 
@@ -41,6 +44,7 @@ export async function startServer(
   let sequenceSync: SequenceSyncTimer | undefined;
   let slotMonitor: SlotMonitor | undefined;
   let backgroundPush: { stop(): Promise<void> } | undefined;
+  let remotesApi: RemotesApi | undefined;
   const stopTimers = async () => {
     await Promise.all([sequenceSync?.stop(), slotMonitor?.stop(), backgroundPush?.stop()]);
   };
@@ -103,12 +107,14 @@ export async function startServer(
     }
     frontDoor = rewriter ?? new StrataRewriter(store, log);
     if (frontDoor instanceof StrataRewriter) backgroundPush = frontDoor.remotes.startBackgroundPush();
+    if (config.remotesapi) remotesApi = await startRemotesApi(config.remotesapi, { store, dataDir, log });
     listener = await startListener(config.listener, store.endpoint, frontDoor, log);
     log.info(
       { host: listener.address.host, port: listener.address.port, database, data_dir: dataDir },
       "strata is ready for connections",
     );
   } catch (err) {
+    await remotesApi?.close().catch(() => {});
     await stopTimers().catch(() => {});
     await replicator?.stop().catch(() => {});
     await store.stop().catch(() => {});
@@ -122,8 +128,10 @@ export async function startServer(
     replicator,
     sequenceSync,
     slotMonitor,
+    remotesApi,
     stop: async () => {
       await running.close();
+      await remotesApi?.close();
       if (frontDoorInUse instanceof StrataRewriter) await frontDoorInUse.close();
       await stopTimers();
       await replicator?.stop();

@@ -138,6 +138,48 @@ export const s3RemoteSchema = z
   })
   .prefault({});
 
+const pemPath = (key: string, what: string) =>
+  z
+    .string({ error: `${key} must be the path of ${what} file` })
+    .min(1, { error: `${key} must be the path of ${what} file` });
+
+// The remotes API (Dolt's sql-server `remotesapi:`): this server's databases served read-only as
+// http(s):// remotes (src/http/remotes-api.ts). More keys come with cluster replication (tls_ca,
+// server_name_urls, server_name_dns): each is one more optional key here, and any rule tying keys
+// together goes in the superRefine below.
+export const remotesApiSchema = z
+  .object(
+    {
+      port: port("remotesapi.port"),
+      /** Where to listen; left out, 127.0.0.1 (Dolt listens on every interface: see decisions §21). */
+      address: z
+        .string({
+          error: "remotesapi.address must be a host name or IP address to listen on, e.g. 127.0.0.1",
+        })
+        .min(1, {
+          error: "remotesapi.address must be a host name or IP address to listen on, e.g. 127.0.0.1",
+        })
+        .optional(),
+      /** PEM private key and certificate: the API is served over HTTPS. */
+      tls_key: pemPath("remotesapi.tls_key", "a PEM private key").optional(),
+      tls_cert: pemPath("remotesapi.tls_cert", "a PEM certificate").optional(),
+    },
+    {
+      error:
+        "remotesapi must be a mapping with at least a port (remotesapi: {port: 50051}), or be left out to serve no remotes API",
+    },
+  )
+  .superRefine((api, ctx) => {
+    if (Boolean(api.tls_key) !== Boolean(api.tls_cert)) {
+      const missing = api.tls_key ? "tls_cert" : "tls_key";
+      ctx.addIssue({
+        code: "custom",
+        path: [missing],
+        message: `remotesapi.${missing} is needed too: HTTPS takes both remotesapi.tls_key and remotesapi.tls_cert (or neither, for plain HTTP)`,
+      });
+    }
+  });
+
 export const configSchema = z.object({
   log_level: z
     .enum(["trace", "debug", "info", "warn", "error"], {
@@ -228,6 +270,8 @@ export const configSchema = z.object({
       s3: s3RemoteSchema,
     })
     .prefault({}),
+  // This server's databases as read-only http(s):// remotes for other Stratas (clone, fetch, pull).
+  remotesapi: remotesApiSchema.optional(),
   // Doltgres's system variables (dolt_*), as their defaults: ALTER SYSTEM SET and SET override them.
   system_variables: z
     .record(z.string(), z.union([z.string(), z.number(), z.boolean()]), {
@@ -260,3 +304,4 @@ export const configSchema = z.object({
 
 export type Config = z.infer<typeof configSchema>;
 export type PostgresReplicationConfig = z.infer<typeof postgresReplicationSchema>;
+export type RemotesApiConfig = z.infer<typeof remotesApiSchema>;

@@ -64,8 +64,11 @@ export async function pushBranch(opts: {
   remote: string;
   branch: string;
   force?: boolean;
+  /** Record the remote branch as pushed (strata.remote_branches); false for a remote the database does not name. */
+  record?: boolean;
 }): Promise<PushResult> {
   const { client, storage, remote, branch } = opts;
+  const record = opts.record !== false;
   const refName = `heads/${branch}`;
   for (let attempt = 0; ; attempt++) {
     const { rows } = await client.query<{ seq: string; hash: string }>(
@@ -98,7 +101,7 @@ export async function pushBranch(opts: {
         );
     }
     if (base && baseSeq >= BigInt(head.seq)) {
-      await recordRemoteBranch(client, remote, branch, base);
+      if (record) await recordRemoteBranch(client, remote, branch, base);
       return { status: "up-to-date", branch, head: head.hash, commits: 0 };
     }
     const previous = base ? await readPackHeader(storage, base.pack) : undefined;
@@ -115,7 +118,7 @@ export async function pushBranch(opts: {
       const bytes = (await stat(written.pack)).size;
       const next = { commit: head.hash, pack: address };
       if (await storage.compareAndSwapRef(refName, ref, next)) {
-        await recordRemoteBranch(client, remote, branch, next);
+        if (record) await recordRemoteBranch(client, remote, branch, next);
         return { status: "pushed", branch, head: head.hash, commits: written.commits, pack: address, bytes };
       }
     } finally {

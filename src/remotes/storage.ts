@@ -1,6 +1,6 @@
 // What a remote stores, whatever it is stored on: immutable content-addressed objects (packs) and
 // a few named refs that point at them. Push and pull are written against RemoteStorage alone, so
-// a directory remote, an S3 remote and HTTP later differ only in their implementation of it.
+// a directory remote, an S3 remote and an HTTP remote differ only in their implementation of it.
 //
 // The contract every implementation keeps:
 // - An object's address is the lowercase hex SHA-256 of its bytes, so objects never change and
@@ -14,6 +14,7 @@
 import type { Readable } from "node:stream";
 import type { Config } from "../config/schema.ts";
 import { DirectoryRemote } from "./directory-remote.ts";
+import { HttpRemote } from "./http-remote.ts";
 import { S3Remote, type S3Settings } from "./s3-remote.ts";
 import { parseRemoteUrl } from "./url.ts";
 
@@ -219,9 +220,6 @@ export function openRemoteStorage(url: string, settings: RemoteStorageSettings =
   const parsed = parseRemoteUrl(url);
   if (parsed.kind === "file") return new DirectoryRemote(parsed.path, { url });
   if (parsed.kind === "s3") return new S3Remote(parsed.bucket, parsed.prefix, { url, settings: settings.s3 });
-  throw new RemoteNotSupportedError(
-    `remote URL "${url}" is an HTTP remote, which Strata does not support yet`,
-    "use a directory remote (file:///absolute/path) or an S3 remote (s3://bucket/prefix)",
-    "0A000",
-  );
+  // Another Strata's remotes API (read-only): http(s)://host:port/<database>.
+  return new HttpRemote(url);
 }

@@ -23,8 +23,18 @@ interface TagRow {
   message: string;
 }
 
-/** Push the tags the remote has not seen from this database; returns how many went. */
-export async function pushTags(client: pg.Client, storage: RemoteStorage, remote: string, log: Logger) {
+/**
+ * Push the tags the remote has not seen from this database; returns how many went. `record: false`
+ * (a remote the database does not name) keeps no account in strata.remote_tags: every tag is
+ * checked against the remote's ref instead.
+ */
+export async function pushTags(
+  client: pg.Client,
+  storage: RemoteStorage,
+  remote: string,
+  log: Logger,
+  options: { record?: boolean } = {},
+) {
   const { rows } = await client.query<TagRow>(
     `SELECT t.name, t.commit_hash, t.tagger, t.email, t.date::text AS date, t.message
        FROM strata.tags t LEFT JOIN strata.remote_tags r ON r.remote = $1 AND r.name = t.name
@@ -46,6 +56,7 @@ export async function pushTags(client: pg.Client, storage: RemoteStorage, remote
       );
       continue;
     }
+    if (options.record === false) continue;
     await client.query(
       `INSERT INTO strata.remote_tags (remote, name, commit_hash) VALUES ($1, $2, $3)
        ON CONFLICT (remote, name) DO UPDATE SET commit_hash = excluded.commit_hash`,

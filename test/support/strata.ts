@@ -27,6 +27,8 @@ export class StrataProcess {
   logs = "";
   readonly configFile: string;
   exited: Promise<number | null> = Promise.resolve(null);
+  /** Environment variables added to Strata's (e.g. NODE_EXTRA_CA_CERTS), from the next start(). */
+  env: Record<string, string> = {};
 
   constructor(
     readonly dataDir: string,
@@ -77,6 +79,7 @@ export class StrataProcess {
       ],
       {
         cwd: ROOT,
+        env: { ...process.env, ...this.env },
         stdio: ["ignore", "ignore", "pipe"],
       },
     );
@@ -175,6 +178,8 @@ export interface StandaloneStrataOptions {
   /** Keys added to the `listener` section (its host and port are chosen here). */
   listener?: Record<string, unknown>;
   config?: Record<string, unknown>;
+  /** Environment variables added to Strata's. */
+  env?: Record<string, string>;
 }
 
 /** A Strata without replication (no `postgres_replication`): its listener over its managed store. */
@@ -188,7 +193,9 @@ export async function createStandaloneStrata(options: StandaloneStrataOptions = 
     store: { settings: { fsync: false } },
     ...options.config,
   };
-  return new StrataProcess(dataDir, port, config);
+  const strata = new StrataProcess(dataDir, port, config);
+  strata.env = options.env ?? {};
+  return strata;
 }
 
 /** Start a standalone Strata and wait until it is ready for connections. */

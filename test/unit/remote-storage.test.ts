@@ -10,8 +10,9 @@ import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from "n
 import { dirname, join, relative } from "node:path";
 import { test } from "node:test";
 import { DirectoryRemote } from "../../src/remotes/directory-remote.ts";
+import { HttpRemote } from "../../src/remotes/http-remote.ts";
 import { S3Remote } from "../../src/remotes/s3-remote.ts";
-import { openRemoteStorage, RemoteNotSupportedError } from "../../src/remotes/storage.ts";
+import { openRemoteStorage } from "../../src/remotes/storage.ts";
 import { parseRemoteUrl, RemoteUrlError, remoteUrlTemplate } from "../../src/remotes/url.ts";
 import { type ContractBackend, defineRemoteContract, PACK_A, tempDir } from "../support/remote-contract.ts";
 
@@ -85,7 +86,7 @@ test("remote URL templates substitute the database, percent-encoded", () => {
   assert.throws(() => remoteUrlTemplate("file:///r/{database}", "../etc"), RemoteUrlError);
 });
 
-test("openRemoteStorage: a directory for file URLs, S3 for s3 URLs; HTTP not yet", () => {
+test("openRemoteStorage: a directory for file URLs, S3 for s3 URLs, another Strata's remotes API for http(s)", () => {
   const remote = openRemoteStorage("file:///srv/remotes/db");
   assert.ok(remote instanceof DirectoryRemote);
   assert.equal(remote.root, "/srv/remotes/db");
@@ -95,12 +96,13 @@ test("openRemoteStorage: a directory for file URLs, S3 for s3 URLs; HTTP not yet
   assert.equal(s3.bucket, "my-bucket");
   assert.equal(s3.prefix, "strata/db");
   assert.equal(s3.url, "s3://my-bucket/strata/db");
-  for (const url of ["https://host/db", "http://host:8080/db"]) {
-    assert.throws(
-      () => openRemoteStorage(url),
-      (err: unknown) =>
-        err instanceof RemoteNotSupportedError && err.code === "0A000" && err.message.includes(`"${url}"`),
-    );
+  for (const url of ["https://host/db", "http://host:8080/db", "http://host:8080/db/"]) {
+    const http = openRemoteStorage(url);
+    assert.ok(http instanceof HttpRemote);
+    assert.equal(http.url, url);
+  }
+  for (const url of ["http://host:8080", "http://host:8080/", "http://host/db?x=1", "http://u:p@host/db"]) {
+    assert.throws(() => openRemoteStorage(url), RemoteUrlError, url);
   }
   assert.throws(() => openRemoteStorage("gs://x"), RemoteUrlError);
 });
