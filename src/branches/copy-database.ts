@@ -25,8 +25,18 @@ export async function copyDatabase(store: StoreHandle, source: string, target: s
     // template0: template1 carries the Strata schema for CREATE DATABASE, which the dump brings.
     await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(target)} TEMPLATE template0`);
     try {
-      const tables = await tableIdentities(store, source);
-      await pipeDump(store, pgDump, pgRestore, source, target);
+      // The table ids are read in the snapshot pg_dump copies (exported from this transaction,
+      // held open until the dump is done), so a table made or renamed meanwhile cannot be missed.
+      const reader = await connect(store.connectionConfig(source));
+      let tables: TableIdentity[];
+      try {
+        await reader.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+        const { rows } = await reader.query<{ snapshot: string }>("SELECT pg_export_snapshot() AS snapshot");
+        tables = await tableIdentities(reader);
+        await pipeDump(store, pgDump, pgRestore, source, target, rows[0].snapshot);
+      } finally {
+        await reader.end().catch(() => {});
+      }
       await copyDatabaseSettings(admin, source, target);
       await rebindTables(store, target, tables);
     } catch (err) {
@@ -47,17 +57,12 @@ interface TableIdentity {
 }
 
 /** The source's tables by their ids (strata.table_ids), by name: oids do not survive a copy. */
-async function tableIdentities(store: StoreHandle, source: string): Promise<TableIdentity[]> {
-  const client = await connect(store.connectionConfig(source));
-  try {
-    const { rows } = await client.query<TableIdentity>(
-      `SELECT t.tid, n.nspname AS schema, c.relname AS name
-         FROM strata.table_ids t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace`,
-    );
-    return rows;
-  } finally {
-    await client.end().catch(() => {});
-  }
+async function tableIdentities(client: pg.Client): Promise<TableIdentity[]> {
+  const { rows } = await client.query<TableIdentity>(
+    `SELECT t.tid, n.nspname AS schema, c.relname AS name
+       FROM strata.table_ids t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace`,
+  );
+  return rows;
 }
 
 /**
@@ -117,6 +122,7 @@ function pipeDump(
   pgRestore: string,
   source: string,
   target: string,
+  snapshot: string,
 ): Promise<void> {
   const config = store.connectionConfig(source);
   const env = {
@@ -129,10 +135,14 @@ function pipeDump(
     PGOPTIONS: String(config.options ?? ""),
   };
   return new Promise((resolveCopy, reject) => {
-    const dump = spawn(pgDump, ["--format=custom", "--compress=0", "--dbname", source], {
-      env,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const dump = spawn(
+      pgDump,
+      ["--format=custom", "--compress=0", `--snapshot=${snapshot}`, "--dbname", source],
+      {
+        env,
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     const restore = spawn(pgRestore, ["--exit-on-error", "--dbname", target], {
       env,
       stdio: ["pipe", "ignore", "pipe"],

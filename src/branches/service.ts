@@ -45,6 +45,7 @@ export interface BranchHooks {
 
 export class BranchService {
   private readonly queues = new Map<string, Promise<unknown>>();
+  private catalog: pg.Pool | undefined;
 
   constructor(
     private readonly store: StoreHandle,
@@ -58,7 +59,10 @@ export class BranchService {
       case "dolt_branch":
         return this.serialized(base, () => this.branch(base, current, args));
       case "dolt_checkout":
-        return this.serialized(base, () => this.checkout(base, current, args));
+        // Only a checkout that makes a branch waits its turn behind other branch changes.
+        return args.includes("-b") || args.includes("-B")
+          ? this.serialized(base, () => this.checkout(base, current, args))
+          : this.checkout(base, current, args);
       case "dolt_merge":
         return this.merge(base, current, args);
     }
@@ -66,16 +70,24 @@ export class BranchService {
 
   /** The store databases of `base`'s branches, by branch name. */
   async branches(base: string): Promise<Map<string, string>> {
-    return this.withAdmin(async (admin) => {
-      const { rows } = await admin.query<{ datname: string }>(
-        "SELECT datname FROM pg_database WHERE datname = $1 OR left(datname, length($1) + 1) = $1 || '/'",
-        [base],
-      );
-      return branchesOf(
-        base,
-        rows.map((r) => r.datname),
-      );
-    });
+    // A pooled connection: every checkout asks (a new connection would double its cost).
+    if (!this.catalog) {
+      this.catalog = new pg.Pool({ ...this.config("postgres"), max: 2, idleTimeoutMillis: 10_000 });
+      this.catalog.on("error", () => {}); // an idle connection the store closed: the next query opens another
+    }
+    const { rows } = await this.catalog.query<{ datname: string }>(
+      "SELECT datname FROM pg_database WHERE datname = $1 OR left(datname, length($1) + 1) = $1 || '/'",
+      [base],
+    );
+    return branchesOf(
+      base,
+      rows.map((r) => r.datname),
+    );
+  }
+
+  async close(): Promise<void> {
+    await this.catalog?.end().catch(() => {});
+    this.catalog = undefined;
   }
 
   /**
@@ -306,6 +318,7 @@ export class BranchService {
       await client.query("SELECT dolt.dolt_reset('--hard')");
     } catch (err) {
       await client.end().catch(() => {});
+      // Ended first: an open connection would keep the drop waiting.
       await this.dropBranchDatabase(database, true).catch(() => {});
       const e = err as { message?: string };
       throw new BranchError(
@@ -313,8 +326,9 @@ export class BranchService {
         "55000",
         `commit them first, or take them along with dolt_checkout('-b', '${name}')`,
       );
+    } finally {
+      await client.end().catch(() => {}); // (a second end() is harmless)
     }
-    await client.end().catch(() => {});
   }
 
   private async deleteBranch(base: string, current: string, name: string, force: boolean): Promise<void> {

@@ -154,6 +154,7 @@ export class StrataRewriter implements QueryRewriter {
   async close(): Promise<void> {
     this.closed = true;
     await this.remotes.close();
+    await this.branches.close();
     await Promise.all([...this.pools.values()].map((pool) => pool.end().catch(() => {})));
     this.pools.clear();
   }

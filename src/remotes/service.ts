@@ -210,7 +210,8 @@ export class RemoteService {
   cloneOnFirstUse(database: string): Promise<void> | undefined {
     const { base } = splitDatabaseName(database);
     const seen = this.existingDatabases.get(base);
-    if ((seen !== undefined && Date.now() - seen < SETTINGS_TTL_MS) || !CLONABLE_NAME.test(base)) return undefined;
+    if ((seen !== undefined && Date.now() - seen < SETTINGS_TTL_MS) || !CLONABLE_NAME.test(base))
+      return undefined;
     const known = this.settings.now("postgres");
     const go = (s: ReplicationSettings | null) =>
       s?.pullFrom && s.urlTemplate ? this.cloneIfMissing(base, s) : undefined;
@@ -227,7 +228,13 @@ export class RemoteService {
       }
       const url = remoteUrlTemplate(s.urlTemplate, base);
       const storage = openRemoteStorage(url);
-      if (!(await storage.readRef(`heads/${MAIN_BRANCH}`))) return; // not a database of the primary's
+      // Not a database of the primary's (an HTTP remote says so with 42704): the store will say
+      // the database does not exist.
+      const ref = await storage.readRef(`heads/${MAIN_BRANCH}`).catch((err: { code?: string }) => {
+        if (err.code === "42704") return null;
+        throw err;
+      });
+      if (!ref) return;
       await this.cloneInto(base, storage, url, s.pullFrom, MAIN_BRANCH);
       this.existingDatabases.set(base, Date.now());
     })().finally(() => this.firstUseClones.delete(base));
@@ -589,7 +596,11 @@ export class RemoteService {
       );
     const depth = values.get("--depth");
     if (depth !== undefined && !/^[1-9][0-9]*$/.test(depth))
-      throw new RemoteOperationError(`--depth ${depth} is not a number of commits`, "22023", "e.g. dolt_clone('--depth', '1', url, name)");
+      throw new RemoteOperationError(
+        `--depth ${depth} is not a number of commits`,
+        "22023",
+        "e.g. dolt_clone('--depth', '1', url, name)",
+      );
     const result = await this.cloneInto(name, storage, url, remote, branch, depth !== undefined);
     const note = result.shallowFrom
       ? ` (shallow: history from the remote's newest snapshot, commit ${result.shallowFrom})`

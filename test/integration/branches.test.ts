@@ -136,6 +136,9 @@ test("each session reads and writes its own branch; a fast-forward merge brings 
     ["feature", "main", "scratch", "tidy"],
   );
   await rowsOf(s, "SELECT dolt_branch('-d', 'tidy')");
+  // A branch nobody has checked out deletes with -d: Strata keeps no connection to it.
+  await rowsOf(s, "SELECT dolt_branch('unused', 'feature')"); // from a clean branch
+  await rowsOf(s, "SELECT dolt_branch('-d', 'unused')");
   const inUse = await failure(s, "SELECT dolt_branch('-d', 'feature')");
   assert.equal(inUse.code, "55006"); // `direct` has it checked out
   await rowsOf(s, "SELECT dolt_branch('-D', 'feature')");
