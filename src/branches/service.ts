@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import pg from "pg";
 import { connect } from "../db.ts";
+import { KeyedQueue } from "../keyed-queue.ts";
 import type { Logger } from "../log.ts";
 import { DirectoryRemote } from "../remotes/directory-remote.ts";
 import { pullBranch } from "../remotes/pull.ts";
@@ -44,7 +45,7 @@ export interface BranchHooks {
 }
 
 export class BranchService {
-  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly queues = new KeyedQueue();
   private catalog: pg.Pool | undefined;
 
   constructor(
@@ -411,17 +412,7 @@ export class BranchService {
   }
 
   private serialized<T>(base: string, work: () => Promise<T>): Promise<T> {
-    const previous = this.queues.get(base) ?? Promise.resolve();
-    const next = previous.then(work, work);
-    const settled = next.then(
-      () => {},
-      () => {},
-    );
-    this.queues.set(base, settled);
-    settled.then(() => {
-      if (this.queues.get(base) === settled) this.queues.delete(base);
-    });
-    return next;
+    return this.queues.run(base, work);
   }
 
   private async withAdmin<T>(work: (admin: pg.Client) => Promise<T>): Promise<T> {

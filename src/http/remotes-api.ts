@@ -30,7 +30,7 @@
 // Connections to the databases are opened per push and closed after it: an idle connection
 // would keep DROP DATABASE and dolt_branch('-d') from going through.
 
-import { createReadStream, readFileSync } from "node:fs";
+import { createReadStream } from "node:fs";
 import { rm, stat } from "node:fs/promises";
 import {
   createServer as createHttpServer,
@@ -42,11 +42,11 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream";
-import { createSecureContext } from "node:tls";
 import pg from "pg";
 import { MAIN_BRANCH } from "../branches/names.ts";
 import type { RemotesApiConfig } from "../config/schema.ts";
 import { connect } from "../db.ts";
+import { KeyedQueue } from "../keyed-queue.ts";
 import type { Logger } from "../log.ts";
 import { DirectoryRemote } from "../remotes/directory-remote.ts";
 import { API_HEADER, API_VERSION, type ApiErrorBody, ERROR_HEADER } from "../remotes/http-remote.ts";
@@ -54,6 +54,7 @@ import { pushBranch } from "../remotes/push.ts";
 import { checkRefName, isObjectAddress, isValidRefName, RefNameError } from "../remotes/storage.ts";
 import { pushTags } from "../remotes/tags.ts";
 import type { StoreHandle } from "../store/store.ts";
+import { loadTlsFiles } from "../tls-files.ts";
 
 /**
  * Where the API listens unless remotesapi.address says otherwise: this machine only. Dolt listens on
@@ -402,7 +403,7 @@ interface DatabaseState {
 export class StoreDatabases implements ServedDatabases {
   private readonly admin: pg.Pool;
   private readonly states = new Map<string, DatabaseState>();
-  private readonly queues = new Map<string, Promise<void>>();
+  private readonly queues = new KeyedQueue();
   /** Per database, the push that has not started yet: requests arriving now share it. */
   private readonly waiting = new Map<string, Promise<boolean>>();
   private readonly active = new Set<pg.Client>();
@@ -434,7 +435,7 @@ export class StoreDatabases implements ServedDatabases {
     this.closed = true;
     // Pushes under way stop at their next query.
     await Promise.all([...this.active].map((client) => client.end().catch(() => {})));
-    await Promise.all([...this.queues.values()]);
+    await this.queues.idle();
     await this.admin.end().catch(() => {});
   }
 
@@ -447,17 +448,8 @@ export class StoreDatabases implements ServedDatabases {
       if (this.closed) throw unavailable();
       return this.syncNow(database);
     };
-    const previous = this.queues.get(database) ?? Promise.resolve();
-    const next: Promise<boolean> = previous.then(run, run);
+    const next: Promise<boolean> = this.queues.run(database, run);
     this.waiting.set(database, next);
-    const settled = next.then(
-      () => {},
-      () => {},
-    );
-    this.queues.set(database, settled);
-    settled.then(() => {
-      if (this.queues.get(database) === settled) this.queues.delete(database);
-    });
     return next;
   }
 
@@ -672,7 +664,10 @@ export async function startRemotesApi(
   config: RemotesApiConfig,
   context: { store: StoreHandle; dataDir: string; log: Logger },
 ): Promise<RemotesApi> {
-  const tls = config.tls_key && config.tls_cert ? loadTls(config.tls_key, config.tls_cert) : undefined;
+  const tls =
+    config.tls_key && config.tls_cert
+      ? loadTlsFiles("remotesapi", config.tls_key, config.tls_cert)
+      : undefined;
   const databases = new StoreDatabases(context.store, join(context.dataDir, "remotesapi"), context.log);
   try {
     return await serveRemotesApi({
@@ -686,30 +681,4 @@ export async function startRemotesApi(
     await databases.close();
     throw err;
   }
-}
-
-/** The key and certificate, checked now: a bad file stops the start naming the key to fix. */
-function loadTls(keyFile: string, certFile: string): { key: Buffer; cert: Buffer } {
-  const key = readPem(keyFile, "remotesapi.tls_key", "a PEM private key");
-  const cert = readPem(certFile, "remotesapi.tls_cert", "a PEM certificate (chain)");
-  try {
-    createSecureContext({ key, cert });
-  } catch (err) {
-    throw new Error(
-      `remotesapi.tls_key (${keyFile}) and remotesapi.tls_cert (${certFile}) cannot be used together: ${(err as Error).message}; give the certificate and the private key it was issued for, both in PEM`,
-    );
-  }
-  return { key, cert };
-}
-
-function readPem(file: string, key: string, what: string): Buffer {
-  let pem: Buffer;
-  try {
-    pem = readFileSync(file);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-    throw new Error(`${key}: cannot read ${file} (${code}); set it to ${what} readable by Strata`);
-  }
-  if (!pem.includes("-----BEGIN ")) throw new Error(`${key}: ${file} is not ${what}`);
-  return pem;
 }

@@ -33,13 +33,13 @@ import { pipeline, type Readable } from "node:stream";
 import { pathToFileURL } from "node:url";
 import {
   checkMarkerText,
+  collectRefs,
   FORMAT_FILE,
   KEEP_VERSIONS,
   MARKER_TEXT,
   newestVersion,
   PRUNE_AFTER_MS,
   parseRefVersion,
-  refNameOfEntry,
   refPathParts,
   refVersionText,
   STALE_READ_MS,
@@ -51,7 +51,6 @@ import {
   checkRefName,
   checkRefValue,
   MissingObjectError,
-  REF_NAMESPACES,
   type RefValue,
   RemoteFormatError,
   type RemoteStorage,
@@ -60,8 +59,6 @@ import {
 
 const TEMP_MAX_AGE_MS = 60 * 60 * 1000;
 const CHUNK_BYTES = 1 << 20;
-// Refs read at once by listRefs (each read opens a file).
-const LIST_BATCH = 32;
 
 export interface DirectoryRemoteOptions {
   /** The URL to name the remote by in messages (default: the file URL of the directory). */
@@ -152,25 +149,12 @@ export class DirectoryRemote implements RemoteStorage {
   }
 
   async listRefs(prefix: string): Promise<Map<string, RefValue>> {
-    const refs = new Map<string, RefValue>();
-    if (!(await this.isRemote())) return refs;
-    for (const namespace of REF_NAMESPACES) {
-      const scope = `${namespace}/`;
-      if (!scope.startsWith(prefix) && !prefix.startsWith(scope)) continue;
-      const names = (await readdirIfExists(join(this.root, "refs", namespace)))
-        .map((entry) => refNameOfEntry(namespace, entry))
-        .filter((name): name is string => name?.startsWith(prefix) === true)
-        .sort();
-      for (let i = 0; i < names.length; i += LIST_BATCH) {
-        const batch = names.slice(i, i + LIST_BATCH);
-        const states = await Promise.all(batch.map((name) => this.readRefState(name)));
-        batch.forEach((name, j) => {
-          const value = states[j].value;
-          if (value !== null) refs.set(name, value);
-        });
-      }
-    }
-    return refs;
+    if (!(await this.isRemote())) return new Map();
+    return collectRefs(
+      prefix,
+      (namespace) => readdirIfExists(join(this.root, "refs", namespace)),
+      async (name) => (await this.readRefState(name)).value,
+    );
   }
 
   async compareAndSwapRef(name: string, expected: RefValue | null, next: RefValue | null): Promise<boolean> {

@@ -99,10 +99,12 @@ export async function pullBranch(opts: {
     for (let i = 0; i < chain.length; i++) {
       const { address, skip, header } = chain[i];
       if (shallow && i < upTo) continue;
-      if (shallow && i === upTo) loaded += await applyPack(client, storage, address, header.commits.length, "base");
+      if (shallow && i === upTo)
+        loaded += await applyPack(client, storage, address, header.commits.length, "base");
       else if (i <= upTo) loaded += await applyPack(client, storage, address, skip, "history");
       else commits += await applyPack(client, storage, address, skip, "apply");
-      if (snapshot && i === upTo) await loadSnapshot(client, storage, snapshot.address, snapshot.commit, shallow);
+      if (snapshot && i === upTo)
+        await loadSnapshot(client, storage, snapshot.address, snapshot.commit, shallow);
     }
     if (opts.record !== false) await recordRemoteBranch(client, remote, branch, ref);
     await client.query("COMMIT");
@@ -232,7 +234,8 @@ async function applyPack(
         section = header.section;
         const staging = STAGING[section];
         // A shallow base needs the commit's row only: the rest streams past (and is verified).
-        if (staging && (mode !== "base" || section === "commits")) copy.start(`COPY pg_temp.${staging} FROM STDIN`);
+        if (staging && (mode !== "base" || section === "commits"))
+          copy.start(`COPY pg_temp.${staging} FROM STDIN`);
         else if (section === "table" && mode === "apply" && Number(header.idx) > skip)
           copy.start(
             `COPY ${await tableFor(client, String(header.rel))} (${(header.columns as string[]).map(quoteIdent).join(", ")}) FROM STDIN`,

@@ -10,7 +10,13 @@
 
 import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
-import { CorruptObjectError, isValidRefName, type RefValue, RemoteFormatError } from "./storage.ts";
+import {
+  CorruptObjectError,
+  isValidRefName,
+  REF_NAMESPACES,
+  type RefValue,
+  RemoteFormatError,
+} from "./storage.ts";
 
 export const FORMAT_FILE = "strata-remote.json";
 export const FORMAT_NAME = "strata-remote";
@@ -127,4 +133,37 @@ export function verifyingTransform(url: string, address: string): Transform {
       done(actual === address ? null : new CorruptObjectError(url, address, actual));
     },
   });
+}
+
+// Refs read at once by listRefs (each read is a file or a request or two).
+const LIST_BATCH = 32;
+
+/**
+ * listRefs for a remote of this layout: the refs under `prefix`, from each namespace's entries
+ * (`entries`: the names under refs/<namespace>/) and each ref's current value (`value`; null for
+ * a deleted ref, which is left out), a batch of reads at a time.
+ */
+export async function collectRefs(
+  prefix: string,
+  entries: (namespace: string) => Promise<string[]>,
+  value: (name: string) => Promise<RefValue | null>,
+): Promise<Map<string, RefValue>> {
+  const refs = new Map<string, RefValue>();
+  for (const namespace of REF_NAMESPACES) {
+    const scope = `${namespace}/`;
+    if (!scope.startsWith(prefix) && !prefix.startsWith(scope)) continue;
+    const names = (await entries(namespace))
+      .map((entry) => refNameOfEntry(namespace, entry))
+      .filter((name): name is string => name?.startsWith(prefix) === true)
+      .sort();
+    for (let i = 0; i < names.length; i += LIST_BATCH) {
+      const batch = names.slice(i, i + LIST_BATCH);
+      const values = await Promise.all(batch.map(value));
+      batch.forEach((name, j) => {
+        const found = values[j];
+        if (found !== null) refs.set(name, found);
+      });
+    }
+  }
+  return refs;
 }

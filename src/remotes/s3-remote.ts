@@ -36,13 +36,13 @@ import type { Readable } from "node:stream";
 import type { S3Client } from "@aws-sdk/client-s3";
 import {
   checkMarkerText,
+  collectRefs,
   FORMAT_FILE,
   KEEP_VERSIONS,
   MARKER_TEXT,
   newestVersion,
   PRUNE_AFTER_MS,
   parseRefVersion,
-  refNameOfEntry,
   refPathParts,
   refVersionText,
   STALE_READ_MS,
@@ -54,7 +54,6 @@ import {
   checkRefName,
   checkRefValue,
   MissingObjectError,
-  REF_NAMESPACES,
   type RefValue,
   RemoteFormatError,
   type RemoteStorage,
@@ -96,8 +95,6 @@ const MAX_PARTS = 10_000;
 const PARTS_AT_ONCE = 4;
 const UPLOAD_ATTEMPTS = 4;
 const CHUNK_BYTES = 1 << 20;
-// Refs read at once by listRefs (each read is a list and a get).
-const LIST_BATCH = 32;
 const CONNECT_TIMEOUT_MS = 10_000;
 // A connection that carries nothing either way for this long is given up (a hung store), also
 // while an object streams to a reader; long enough for any pause of a reader applying a pack.
@@ -470,26 +467,15 @@ export class S3Remote implements RemoteStorage {
   }
 
   async listRefs(prefix: string): Promise<Map<string, RefValue>> {
-    const refs = new Map<string, RefValue>();
-    if (!(await this.isRemote())) return refs;
-    for (const namespace of REF_NAMESPACES) {
-      const scope = `${namespace}/`;
-      if (!scope.startsWith(prefix) && !prefix.startsWith(scope)) continue;
-      const { prefixes } = await this.list(`${this.base}refs/${namespace}/`, "/", `refs of ${this.url}`);
-      const names = prefixes
-        .map((entry) => refNameOfEntry(namespace, entry.replace(/\/$/, "")))
-        .filter((name): name is string => name?.startsWith(prefix) === true)
-        .sort();
-      for (let i = 0; i < names.length; i += LIST_BATCH) {
-        const batch = names.slice(i, i + LIST_BATCH);
-        const states = await Promise.all(batch.map((name) => this.readRefState(name)));
-        batch.forEach((name, j) => {
-          const value = states[j].value;
-          if (value !== null) refs.set(name, value);
-        });
-      }
-    }
-    return refs;
+    if (!(await this.isRemote())) return new Map();
+    return collectRefs(
+      prefix,
+      async (namespace) => {
+        const { prefixes } = await this.list(`${this.base}refs/${namespace}/`, "/", `refs of ${this.url}`);
+        return prefixes.map((entry) => entry.replace(/\/$/, ""));
+      },
+      async (name) => (await this.readRefState(name)).value,
+    );
   }
 
   async compareAndSwapRef(name: string, expected: RefValue | null, next: RefValue | null): Promise<boolean> {

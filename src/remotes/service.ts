@@ -19,6 +19,7 @@
 import pg from "pg";
 import { branchDatabase, MAIN_BRANCH, splitDatabaseName } from "../branches/names.ts";
 import { connect } from "../db.ts";
+import { KeyedQueue } from "../keyed-queue.ts";
 import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { RemoteOperationError } from "./pack-objects.ts";
@@ -36,7 +37,7 @@ import { remoteUrlTemplate } from "./url.ts";
 export type RemoteCall = "dolt_push" | "dolt_pull" | "dolt_fetch" | "dolt_clone";
 
 export class RemoteService {
-  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly queues = new KeyedQueue();
   private readonly settings: ReplicationSettingsCache;
   private readonly warned = new Set<string>();
   /** The head each database last had in each remote it replicates to (pushed or up to date). */
@@ -547,17 +548,7 @@ export class RemoteService {
         client.release(broken);
       }
     };
-    const previous = this.queues.get(database) ?? Promise.resolve();
-    const next = previous.then(run, run);
-    const settled = next.then(
-      () => {},
-      () => {},
-    );
-    this.queues.set(database, settled);
-    settled.then(() => {
-      if (this.queues.get(database) === settled) this.queues.delete(database);
-    });
-    return next;
+    return this.queues.run(database, run);
   }
 
   private config(database: string): pg.ClientConfig {
