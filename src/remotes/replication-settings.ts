@@ -27,6 +27,11 @@ export class ReplicationSettingsCache {
 
   constructor(private readonly config: (database: string) => pg.ClientConfig) {}
 
+  /** Forget what was read of one database (it was just made: a read meanwhile saw it half-made). */
+  forget(database: string): void {
+    this.settings.delete(database);
+  }
+
   /** Forget what was read (after ALTER SYSTEM). */
   changed(): void {
     this.settings.clear();

@@ -30,7 +30,7 @@ import {
   ReplicationSettingsCache,
   SETTINGS_TTL_MS,
 } from "./replication-settings.ts";
-import { checkRefName, openRemoteStorage, type RemoteStorage } from "./storage.ts";
+import { checkRefName, isValidRefName, openRemoteStorage, type RemoteStorage } from "./storage.ts";
 import { pullTags, pushTags } from "./tags.ts";
 import { remoteUrlTemplate } from "./url.ts";
 
@@ -245,7 +245,11 @@ export class RemoteService {
 
   /** A branch was made or moved (database db/branch): a primary pushes it at once. */
   async branchChanged(database: string): Promise<void> {
+    // The background push may have looked at the branch's database while it was being copied
+    // (no Strata schema yet, or no remotes): what it cached is not the branch's.
+    this.forgetDatabase(database);
     const s = await this.settings.now(database);
+    this.log.debug({ database, push_to: s?.pushTo ?? null }, "branch changed");
     if (s?.pushTo) await this.pushForReplication(database, s);
   }
 
@@ -277,15 +281,23 @@ export class RemoteService {
   async release(database: string): Promise<void> {
     const pool = this.pools.get(database);
     this.pools.delete(database);
-    this.remoteKnown.forEach((_, key) => {
-      if (key.startsWith(`${database}\u0000`)) this.remoteKnown.delete(key);
-    });
+    this.forgetDatabase(database);
     await pool?.end().catch(() => {});
+  }
+
+  /** What is cached of `database`: its settings and whether it has its remotes. */
+  private forgetDatabase(database: string): void {
+    this.settings.forget(database);
+    for (const key of [...this.remoteKnown.keys()])
+      if (key.startsWith(`${database}\u0000`)) this.remoteKnown.delete(key);
   }
 
   private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
     if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
-    if (!(await this.hasUnpushed(database, s.pushTo))) return;
+    if (!(await this.hasUnpushed(database, s.pushTo))) {
+      this.log.debug({ database, remote: s.pushTo }, "nothing to push");
+      return;
+    }
     const branch = splitDatabaseName(database).branch;
     try {
       const result = await this.withRemote(database, s.pushTo, async (client, storage) => {
@@ -314,7 +326,9 @@ export class RemoteService {
     const { rows } = await this.pool(database).query<{ head: string | null; tags: boolean }>(
       `SELECT (SELECT hash FROM strata.commits ORDER BY seq DESC LIMIT 1) AS head,
               EXISTS (SELECT 1 FROM strata.tags t WHERE NOT EXISTS (
-                SELECT 1 FROM strata.remote_tags r WHERE r.remote = $1 AND r.name = t.name AND r.commit_hash = t.commit_hash)) AS tags`,
+                SELECT 1 FROM strata.remote_tags r WHERE r.remote = $1 AND r.name = t.name AND r.commit_hash = t.commit_hash))
+              OR EXISTS (SELECT 1 FROM strata.remote_tags r WHERE r.remote = $1 AND NOT EXISTS (
+                SELECT 1 FROM strata.tags t WHERE t.name = r.name)) AS tags`,
       [remote],
     );
     const head = rows[0]?.head ?? null;
@@ -367,7 +381,7 @@ export class RemoteService {
         if (this.waitingPulls.get(base) === pull) this.waitingPulls.delete(base);
         await this.pullHeads(base, client, storage, s.pullFrom, s.allHeads ? ["*"] : patterns);
         // Tags come with "all heads" (the reference: all branches and tags).
-        if (s.allHeads) await pullTags(client, storage, s.pullFrom);
+        if (s.allHeads) await pullTags(client, storage, s.pullFrom, { prune: true });
       });
       waiting = pull;
       this.waitingPulls.set(base, pull);
@@ -411,10 +425,25 @@ export class RemoteService {
       );
     } else {
       // Named heads: one ref read each, no listing.
+      const valid = patterns.filter((p) => {
+        if (isValidRefName(`heads/${p}`)) return true;
+        this.warnOnce(
+          `${base}:invalid:${p}`,
+          { database: base, branch: p },
+          `dolt_replicate_heads names "${p}", which is not a branch name: ignored`,
+        );
+        return false;
+      });
       const present = await Promise.all(
-        patterns.map(async (p) => ((await storage.readRef(`heads/${p}`)) ? p : null)),
+        valid.map(async (p) => ((await storage.readRef(`heads/${p}`)) ? p : null)),
       );
       remoteBranches = present.filter((p): p is string => p !== null);
+      for (const missing of valid.filter((p) => !remoteBranches.includes(p)))
+        this.warnOnce(
+          `${base}:missing:${missing}`,
+          { database: base, remote, branch: missing },
+          `dolt_replicate_heads names branch "${missing}", which remote "${remote}" does not have: nothing to pull for it (yet)`,
+        );
     }
     const local = await this.branchDatabases(base);
     for (const branch of remoteBranches.filter(wanted)) {

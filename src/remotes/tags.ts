@@ -3,14 +3,16 @@
 // made. Tags are pushed with the branch (the ones the remote has not seen from this database:
 // strata.remote_tags) and pulled by dolt_pull, or at transaction start by a read replica that
 // replicates all heads. A tag that exists in the remote for another commit is left as it is
-// (tags do not move), and the log says so.
+// (tags do not move), and the log says so. Deletes travel too: a tag this database pushed (or
+// pulled) and has since deleted is deleted from the remote by its next push, and a read replica
+// drops a tag it pulled once the remote no longer has it.
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type pg from "pg";
 import type { Logger } from "../log.ts";
 import { OBJECT_VERSION, RemoteOperationError } from "./pack-objects.ts";
-import type { RemoteStorage } from "./storage.ts";
+import type { RefValue, RemoteStorage } from "./storage.ts";
 
 const TAG_FORMAT = "strata-tag";
 
@@ -63,7 +65,27 @@ export async function pushTags(
       [remote, tag.name, tag.commit_hash],
     );
   }
+  if (options.record !== false) pushed += await pushTagDeletes(client, storage, remote);
   return pushed;
+}
+
+/** Tags the remote has from this database that it deleted since: deleted there too (if unmoved). */
+async function pushTagDeletes(client: pg.Client, storage: RemoteStorage, remote: string): Promise<number> {
+  const { rows } = await client.query<{ name: string; commit_hash: string }>(
+    `SELECT r.name, r.commit_hash FROM strata.remote_tags r
+      WHERE r.remote = $1 AND NOT EXISTS (SELECT 1 FROM strata.tags t WHERE t.name = r.name) ORDER BY r.name`,
+    [remote],
+  );
+  let deleted = 0;
+  for (const gone of rows) {
+    const refName = `tags/${gone.name}`;
+    const current = await storage.readRef(refName);
+    // A tag someone else re-made for another commit is theirs now: left alone.
+    if (current?.commit === gone.commit_hash && (await storage.compareAndSwapRef(refName, current, null)))
+      deleted++;
+    await client.query("DELETE FROM strata.remote_tags WHERE remote = $1 AND name = $2", [remote, gone.name]);
+  }
+  return deleted;
 }
 
 async function putTagObject(storage: RemoteStorage, tag: TagRow): Promise<string> {
@@ -77,9 +99,18 @@ async function putTagObject(storage: RemoteStorage, tag: TagRow): Promise<string
   }
 }
 
-/** Take the remote's tags whose commits this database has; returns how many were new or moved. */
-export async function pullTags(client: pg.Client, storage: RemoteStorage, remote: string): Promise<number> {
+/**
+ * Take the remote's tags whose commits this database has; returns how many were new or moved.
+ * `prune` (a read replica): also drop the tags pulled from this remote that it no longer has.
+ */
+export async function pullTags(
+  client: pg.Client,
+  storage: RemoteStorage,
+  remote: string,
+  options: { prune?: boolean } = {},
+): Promise<number> {
   const refs = await storage.listRefs("tags/");
+  if (options.prune) await pruneTags(client, remote, refs);
   if (refs.size === 0) return 0;
   const { rows } = await client.query<{ name: string; commit_hash: string; known: boolean }>(
     `SELECT r.name, r.commit_hash, EXISTS (SELECT 1 FROM strata.commits c WHERE c.hash = r.commit_hash) AS known
@@ -115,6 +146,16 @@ export async function pullTags(client: pg.Client, storage: RemoteStorage, remote
     taken++;
   }
   return taken;
+}
+
+async function pruneTags(client: pg.Client, remote: string, refs: Map<string, RefValue>): Promise<void> {
+  const present = [...refs.keys()].map((name) => name.slice("tags/".length));
+  await client.query(
+    `WITH gone AS (
+       DELETE FROM strata.remote_tags r WHERE r.remote = $1 AND NOT (r.name = ANY ($2::text[])) RETURNING r.name, r.commit_hash)
+     DELETE FROM strata.tags t USING gone WHERE t.name = gone.name AND t.commit_hash = gone.commit_hash`,
+    [remote, present],
+  );
 }
 
 async function readTagObject(storage: RemoteStorage, address: string): Promise<TagRow> {

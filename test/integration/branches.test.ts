@@ -240,9 +240,34 @@ test("the reference's replicate all branches and deleting branches, verbatim", a
   });
   assert.equal((await failure(rr, "select dolt_checkout('branch1');")).code, "42704");
 
+  // Tags travel with all heads, deletes included.
+  await rowsOf(b, "select dolt_tag('v1');");
+  const tagsOf = async () => (await rowsOf(rr, "SELECT tag_name FROM dolt_tags")).map((t) => t.tag_name);
+  await waitFor("the replica to get tag v1", async () =>
+    (await tagsOf()).includes("v1") ? true : undefined,
+  );
+  await rowsOf(b, "select dolt_tag('-d', 'v1');");
+  await waitFor("the replica to drop tag v1", async () =>
+    (await tagsOf()).includes("v1") ? undefined : true,
+  );
+
+  // Named heads the remote lacks, or that are no branch names: warnings, and reads go on.
+  await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_all_heads TO 0");
+  await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_heads TO 'main,nosuch,bad name'");
+  await waitForSetting(r, "dolt_replicate_heads", "main,nosuch,bad name");
+  assert.deepEqual(await rowsOf(rr, "select count(*)::int AS n from test;"), [{ n: 3 }]);
+  await waitFor("the replica's warnings", async () => {
+    await rowsOf(rr, "select 1"); // a transaction start: a pull
+    // (The log is JSON lines: quotes inside messages are escaped.)
+    return replica.logs.includes('names branch \\"nosuch\\", which remote \\"origin\\" does not have') &&
+      replica.logs.includes('names \\"bad name\\", which is not a branch name')
+      ? true
+      : undefined;
+  });
+
   await rowsOf(b, "ALTER SYSTEM SET dolt_replicate_to_remote '';");
   await rowsOf(r, "ALTER SYSTEM SET dolt_read_replica_remote TO '';");
-  await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_all_heads TO 0");
+  await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_heads TO ''");
 });
 
 /** ALTER SYSTEM reaches new sessions once the store has reloaded its configuration. */
