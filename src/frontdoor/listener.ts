@@ -102,9 +102,11 @@ export async function startListener(
       return;
     }
     const database = packet.parameters.get("database") || packet.parameters.get("user") || "";
-    await rewriter.beforeSession?.(database)?.catch((err: Error) =>
-      log.warn({ database, err: err.message }, "front door: preparing the session's database failed"),
-    );
+    await rewriter
+      .beforeSession?.(database)
+      ?.catch((err: Error) =>
+        log.warn({ database, err: err.message }, "front door: preparing the session's database failed"),
+      );
     const id = nextId++;
     const session = new Session({
       id,
