@@ -180,10 +180,6 @@ export function sameRefValue(a: RefValue | null, b: RefValue | null): boolean {
   return a.commit === b.commit && a.pack === b.pack;
 }
 
-export class RemoteNotSupportedError extends RemoteStorageError {
-  override name = "RemoteNotSupportedError";
-}
-
 /** An S3-compatible store that does not honour conditional writes (If-None-Match: * on PutObject). */
 export class ConditionalWritesError extends RemoteStorageError {
   override name = "ConditionalWritesError";

@@ -188,11 +188,6 @@ test("S3 errors through the front door name the cause and the fix", async () => 
     0,
   );
 
-  // HTTP remotes are still refused, as before S3 remotes.
-  await rowsOf(p, "select dolt_remote('add', 'web', 'https://remotes.example/db')");
-  const http = await failure(p, "select dolt_push('web', 'main')");
-  assert.equal(http.code, "0A000");
-  assert.match(http.message, /HTTP remote, which Strata does not support yet/);
   // Not replicated by the next test's dolt_replicate_to_remote = 'origin'.
   await rowsOf(p, "select dolt_remote('remove', 'origin')");
 });
