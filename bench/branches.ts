@@ -50,32 +50,48 @@
 // Before it starts, the bench waits (up to --load-wait-min) for the 1-minute load average to fall
 // below --max-load. The Strata, its store, every child process and directory are removed at the
 // end, also on failure or Ctrl-C (test/support/cleanup.ts).
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { rmSync, statSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { clusterPaths } from "../src/store/cluster.ts";
-import { onProcessExit } from "../test/support/cleanup.ts";
-import { TEST_PASSWORD, TEST_USER, tempDir } from "../test/support/postgres.ts";
-import { createStandaloneStrata, type StrataProcess } from "../test/support/strata.ts";
+import { tempDir } from "../test/support/postgres.ts";
+import type { StrataProcess } from "../test/support/strata.ts";
 import { seededRandom } from "../test/support/workload.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, randomInt, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow, type OwnProcesses } from "./support/machine-load.ts";
-import * as procfs from "./support/procfs.ts";
+import {
+  checkAlive,
+  cleanUpAtExit,
+  dumpIntoRestore,
+  INTERNAL_WRITER,
+  runPgProgram,
+  startBenchStrata,
+  stopStrata,
+  storeConfig,
+  storePostmaster,
+  strataPid,
+  withDeadline,
+} from "./support/processes.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
 import {
-  durabilitySettings,
+  bulkLoadSettings,
+  codeVersion,
   machineInfo,
-  pgProgram,
   progressReporter,
   runBench,
   usageExits,
   withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
+import {
+  bulkLoadCommit,
+  CREATE_BULK_TABLE,
+  type DatabaseSizes,
+  databaseSizes,
+  HISTORY_TABLES,
+} from "./support/strata-database.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -172,10 +188,6 @@ const BULK_CHUNK_ROWS = 1_000_000;
 const BULK_ROW_BYTES_GUESS = 600;
 /** Small commits per round trip while generating. */
 const GEN_BATCH = 50;
-/** Strata's history tables (as bench/remotes.ts counts them). */
-const HISTORY_TABLES = ["strata.commits", "strata.changes", "strata.schema_changes", "strata.snapshot_bases"];
-/** What Strata's own store connections send (src/store/store.ts), so that its triggers let restores through. */
-const INTERNAL_WRITER = "-c strata.applying=on";
 /** How long FILE_COPY waits for the source to have no session left before it ends them itself. */
 const QUIET_SOURCE_WAIT_MS = 30_000;
 /** The branch made while a checkout is measured (section 2), and how long after it the checkout goes. */
@@ -184,12 +196,7 @@ const DURING_BRANCH_DELAY_MS = 200;
 /** Checkout round trips before the measured ones. */
 const CHECKOUT_WARMUP = 3;
 
-const STORE_SETTINGS = {
-  ...durabilitySettings(opts.fsync),
-  // Bulk loads and restores: fewer forced checkpoints (as bench/remotes.ts).
-  max_wal_size: "4GB",
-  checkpoint_timeout: "30min",
-};
+const STORE_SETTINGS = bulkLoadSettings(opts.fsync);
 const DURABILITY_TEXT = opts.fsync
   ? "fsync=on, synchronous_commit=on, full_page_writes=on"
   : "fsync=off, synchronous_commit=off, full_page_writes=off: NOT durable";
@@ -199,103 +206,17 @@ const DURABILITY_TEXT = opts.fsync
 
 const { progress, phase, endPhase } = progressReporter();
 
-// The Strata (and its store) and child processes are stopped at exit, whatever the exit; temp
-// directories (tempDir) are removed after them.
-const stratas = new Set<StrataProcess>();
-const children = new Set<ChildProcess>();
-onProcessExit(() => {
-  for (const child of children) child.kill("SIGKILL");
-  for (const s of stratas) s.destroySync();
-});
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`\n${signal}: stopping Strata and every process\n`);
-    process.exit(130);
-  });
-}
-
-async function startBenchStrata(): Promise<StrataProcess> {
-  const strata = await createStandaloneStrata({
-    dataDir: join(tempDir("strata-bench-branches-"), "data"),
-    config: { log_level: "info", store: { settings: STORE_SETTINGS } },
-  });
-  stratas.add(strata);
-  await strata.start();
-  return strata;
-}
-
-async function stopStrata(s: StrataProcess | undefined): Promise<void> {
-  if (!s) return;
-  await s.stop().catch(() => {});
-  s.destroySync();
-  stratas.delete(s);
-}
-
-function strataPid(s: StrataProcess): number {
-  const pid = s.child?.pid;
-  if (!pid) throw new Error("strata has no pid");
-  return pid;
-}
-
-function storePostmaster(s: StrataProcess): number {
-  const pgdata = clusterPaths({ root: join(s.dataDir, "store") }).pgdata;
-  const pid = procfs.postmasterPid(pgdata);
-  if (!pid) throw new Error(`no postmaster.pid in ${pgdata}`);
-  return pid;
-}
+cleanUpAtExit("stopping Strata and every process");
 
 /** The bench's own processes: Strata with its children (pg_dump, pg_restore), the store, and this one. */
 function ownProcesses(s: StrataProcess): OwnProcesses {
   return { pids: [], postmasters: [strataPid(s), storePostmaster(s)] };
 }
 
-/** The managed store directly, through its unix socket (port 5432 names the socket). */
-function storeConfig(s: StrataProcess, database = "postgres"): pg.ClientConfig {
-  const socketDir = clusterPaths({ root: join(s.dataDir, "store") }).socketDir;
-  return { host: socketDir, port: 5432, user: TEST_USER, password: TEST_PASSWORD, database };
-}
-
-function checkAlive(s: StrataProcess): void {
-  const child = s.child;
-  if (child && (child.exitCode !== null || child.signalCode !== null))
-    throw new Error(`strata exited (${child.exitCode ?? child.signalCode})`);
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const ident = (name: string) => pg.escapeIdentifier(name);
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const seconds = (fromMs: number) => (performance.now() - fromMs) / 1000;
-
-/** `work`, or an error naming `what` once `ms` have passed (the work itself is left to the exit clean-up). */
-async function withDeadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 60_000} min`)), ms);
-  });
-  try {
-    return await Promise.race([work, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** The commit of the Strata code under test, and whether src/ differs from it. */
-function codeVersion(): { commit?: string; srcModified?: boolean } {
-  const git = (args: string[]) =>
-    execFileSync("git", args, {
-      cwd: join(import.meta.dirname, ".."),
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "ignore"],
-    }).trim();
-  try {
-    return {
-      commit: git(["rev-parse", "--short", "HEAD"]),
-      srcModified: git(["status", "--porcelain", "src"]) !== "",
-    };
-  } catch {
-    return {};
-  }
-}
 
 interface LoadSeen {
   /** 1-, 5- and 15-minute load averages when the bench started. */
@@ -337,55 +258,19 @@ async function waitForQuietMachine(): Promise<LoadSeen> {
 // ---------------------------------------------------------------------------------------------
 // Child processes: pg_dump and pg_restore against the store
 
-interface Child {
-  child: ChildProcess;
-  done: Promise<void>;
-}
-
 /**
- * `program` with `args`, connected to `s`'s store through libpq's environment (as copy-database.ts
- * does, with Strata's INTERNAL_WRITER options). `onLine` gets each stderr line as it arrives.
+ * libpq's environment for `s`'s store, as copy-database.ts sets it (with Strata's INTERNAL_WRITER
+ * options), for pg_dump and pg_restore.
  */
-function runChild(
-  s: StrataProcess,
-  program: string,
-  args: string[],
-  stdio: { stdin: "ignore" | "pipe"; stdout: "ignore" | "pipe" },
-  onLine?: (line: string, at: number) => void,
-): Child {
+function storeEnv(s: StrataProcess): Record<string, string> {
   const config = storeConfig(s);
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of Object.keys(env)) if (key.startsWith("PG")) delete env[key];
-  Object.assign(env, {
+  return {
     PGHOST: String(config.host),
     PGPORT: String(config.port),
     PGUSER: String(config.user),
     PGPASSWORD: String(config.password),
     PGOPTIONS: INTERNAL_WRITER,
-  });
-  const child = spawn(pgProgram(program), args, { env, stdio: [stdio.stdin, stdio.stdout, "pipe"] });
-  children.add(child);
-  let stderr = "";
-  let partial = "";
-  child.stderr!.on("data", (d: Buffer) => {
-    const at = performance.now();
-    stderr = (stderr + d.toString()).slice(-4000);
-    if (!onLine) return;
-    partial += d.toString();
-    const lines = partial.split("\n");
-    partial = lines.pop() ?? "";
-    for (const line of lines) onLine(line, at);
-  });
-  const done = new Promise<void>((resolveDone, reject) => {
-    child.once("error", reject);
-    child.once("close", (code, signal) => {
-      children.delete(child);
-      if (code === 0) resolveDone();
-      else reject(new Error(`${program} exited with ${code ?? signal}: ${stderr.slice(-2000)}`));
-    });
-  });
-  done.catch(() => {});
-  return { child, done };
+  };
 }
 
 /**
@@ -393,37 +278,15 @@ function runChild(
  * `compress0`: --compress=0, as Strata's copy. Resolves to the bytes of the dump.
  */
 async function dumpRestore(s: StrataProcess, source: string, target: string, compress0: boolean) {
-  const dump = runChild(
-    s,
-    "pg_dump",
+  return dumpIntoRestore(
     ["--format=custom", ...(compress0 ? ["--compress=0"] : []), "--dbname", source],
-    { stdin: "ignore", stdout: "pipe" },
+    ["--exit-on-error", "--dbname", target],
+    storeEnv(s),
   );
-  const restore = runChild(s, "pg_restore", ["--exit-on-error", "--dbname", target], {
-    stdin: "pipe",
-    stdout: "ignore",
-  });
-  let bytes = 0;
-  dump.child.stdout!.on("data", (d: Buffer) => {
-    bytes += d.length;
-  });
-  dump.child.stdout!.pipe(restore.child.stdin!);
-  restore.child.stdin!.on("error", () => {}); // pg_restore gone: its own exit says why
-  await Promise.all([dump.done, restore.done]);
-  return bytes;
 }
 
 // ---------------------------------------------------------------------------------------------
 // The source database, grown in stages
-
-interface Sizes {
-  userBytes: number;
-  historyBytes: number;
-  /** userBytes + historyBytes: what --sizes sets. */
-  bytes: number;
-  /** pg_database_size: the basis of every MB/s. */
-  databaseBytes: number;
-}
 
 interface Stage {
   targetMb: number;
@@ -439,22 +302,8 @@ interface Stage {
   smallSeconds: number;
   vacuumSeconds: number;
   head: string;
-  sizes: Sizes;
-}
-
-async function sizesOf(client: pg.Client): Promise<Sizes> {
-  const { rows } = await client.query<{ user_bytes: string; history_bytes: string; db: string }>(
-    `SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p'))::text AS user_bytes,
-            (SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM unnest($1::text[]) t
-              WHERE to_regclass(t) IS NOT NULL)::text AS history_bytes,
-            pg_database_size(current_database())::text AS db`,
-    [HISTORY_TABLES],
-  );
-  const userBytes = Number(rows[0].user_bytes);
-  const historyBytes = Number(rows[0].history_bytes);
-  return { userBytes, historyBytes, bytes: userBytes + historyBytes, databaseBytes: Number(rows[0].db) };
+  /** bytes (user tables + history): what --sizes sets; databaseBytes: the basis of every MB/s. */
+  sizes: DatabaseSizes;
 }
 
 /** What a copy of the source must hold: rows, commits and HEAD. */
@@ -492,7 +341,7 @@ class Source {
 
   async create(): Promise<void> {
     const c = await this.session.get();
-    await c.query("CREATE TABLE bulk (id bigint PRIMARY KEY, grp int NOT NULL, payload text NOT NULL)");
+    await c.query(CREATE_BULK_TABLE);
     await c.query("CREATE TABLE events (id bigint PRIMARY KEY, n int NOT NULL, note text NOT NULL)");
   }
 
@@ -500,25 +349,17 @@ class Source {
     const c = await this.session.get();
     const target = targetMb * MB;
     const bulkStart = performance.now();
-    let sizes = await sizesOf(c);
+    let sizes = await databaseSizes(c);
     let perRow = this.rows > 0 ? sizes.bytes / this.rows : BULK_ROW_BYTES_GUESS;
     let bulkCommitsAdded = 0;
     // The small commits add little: the bulk load stops a little short of the target.
     while (sizes.bytes < target * 0.97) {
       const chunk = Math.max(1, Math.min(BULK_CHUNK_ROWS, Math.ceil((target * 0.97 - sizes.bytes) / perRow)));
-      // 96 hex characters of three md5s no other row repeats (as bench/remotes.ts).
-      await c.query(
-        `INSERT INTO bulk SELECT g, (g % 1000)::int, md5(g::text) || md5('a' || g) || md5('b' || g)
-           FROM generate_series($1::bigint, $2::bigint) g`,
-        [this.rows + 1, this.rows + chunk],
-      );
-      await c.query(
-        `SELECT dolt_commit(${this.bulkCommits === 0 ? "'-Am'" : "'-am'"}, ${literal(`bulk load: rows ${this.rows + 1}..${this.rows + chunk}`)})`,
-      );
+      await bulkLoadCommit(c, this.rows + 1, this.rows + chunk, this.bulkCommits === 0);
       this.rows += chunk;
       this.bulkCommits++;
       bulkCommitsAdded++;
-      sizes = await sizesOf(c);
+      sizes = await databaseSizes(c);
       perRow = sizes.bytes / this.rows;
       progress(
         `  bulk commit: ${thousands(this.rows)} rows, ${fixed(sizes.userBytes / MB, 0)} MB of tables + ${fixed(sizes.historyBytes / MB, 0)} MB of history (${fixed(seconds(bulkStart), 1)} s)`,
@@ -574,7 +415,7 @@ class Source {
       smallSeconds,
       vacuumSeconds,
       head: state.head,
-      sizes: await sizesOf(c),
+      sizes: await databaseSizes(c),
     };
   }
 }
@@ -816,11 +657,10 @@ async function breakdown(s: StrataProcess, dir: string): Promise<Breakdown> {
   try {
     await checkpoint(s);
     let t0 = performance.now();
-    const dump = runChild(
-      s,
+    const dump = runPgProgram(
       "pg_dump",
       ["--format=custom", "--compress=0", "--file", file, "--dbname", SOURCE_DATABASE],
-      { stdin: "ignore", stdout: "ignore" },
+      { pgEnv: storeEnv(s), stdin: "ignore", stdout: "ignore" },
     );
     await withDeadline(dump.done, opts.timeoutMs, "pg_dump");
     out.dumpSeconds = seconds(t0);
@@ -838,16 +678,19 @@ async function breakdown(s: StrataProcess, dir: string): Promise<Breakdown> {
       };
       t0 = performance.now();
       // pg_restore -v announces each item before it restores it: an item lasts until the next.
-      const restore = runChild(
-        s,
+      const restore = runPgProgram(
         "pg_restore",
         ["--exit-on-error", "--verbose", `--section=${section}`, "--dbname", target, file],
-        { stdin: "ignore", stdout: "ignore" },
-        (line, at) => {
-          const m = /^pg_restore: (?:creating|processing|executing) (.*)$/.exec(line);
-          if (!m) return;
-          close(at);
-          current = { item: m[1], at };
+        {
+          pgEnv: storeEnv(s),
+          stdin: "ignore",
+          stdout: "ignore",
+          onLine: (line, at) => {
+            const m = /^pg_restore: (?:creating|processing|executing) (.*)$/.exec(line);
+            if (!m) return;
+            close(at);
+            current = { item: m[1], at };
+          },
         },
       );
       await withDeadline(restore.done, opts.timeoutMs, `pg_restore --section=${section}`);
@@ -1429,7 +1272,7 @@ async function main() {
   let session: MainSession | undefined;
   try {
     progress("starting a standalone Strata (managed store)");
-    strata = await startBenchStrata();
+    strata = await startBenchStrata("strata-bench-branches-", STORE_SETTINGS);
     await withConnection(strata.connectionConfig(), (c) => c.query(`CREATE DATABASE ${SOURCE_DATABASE}`));
     session = new MainSession(strata);
     creation = await creationPart(strata, session, new Source(session));

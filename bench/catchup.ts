@@ -24,6 +24,7 @@ import type pg from "pg";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
+import { exitOnSignals, INTERNAL_WRITER } from "./support/processes.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
 import {
@@ -116,12 +117,7 @@ const { progress, phase, endPhase } = progressReporter();
 
 // Clusters and Strata processes are registered with the harness's exit clean-up
 // (test/support/cleanup.ts), which also runs on SIGINT/SIGTERM.
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`\n${signal}: stopping every cluster and process\n`);
-    process.exit(130);
-  });
-}
+exitOnSignals("stopping every cluster and process");
 
 // ---------------------------------------------------------------------------------------------
 // Measurements
@@ -400,7 +396,7 @@ async function runStrata(
       // As Strata's own writer (strata.applying): the replica's tables start as a copy, not as
       // changes of a working set that a standalone Strata would otherwise capture.
       const prep = endpointOfStrata(prime);
-      await w.createTables({ ...prep, config: { ...prep.config, options: "-c strata.applying=on" } });
+      await w.createTables({ ...prep, config: { ...prep.config, options: INTERNAL_WRITER } });
     } finally {
       await prime.stop();
     }

@@ -38,21 +38,21 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type pg from "pg";
 import { clusterPaths } from "../src/store/cluster.ts";
-import { onProcessExit } from "../test/support/cleanup.ts";
-import {
-  startPrimary,
-  TEST_PASSWORD,
-  TEST_USER,
-  type TestCluster,
-  tempDir,
-  waitFor,
-} from "../test/support/postgres.ts";
+import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStandaloneStrata, createStrata, type StrataProcess } from "../test/support/strata.ts";
 import { seededRandom } from "../test/support/workload.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, randomInt, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
 import { type PgbenchTarget, parsePgbenchSummary, pgbenchClientArgs, runPgbench } from "./support/pgbench.ts";
+import {
+  cleanUpAtExit,
+  stopCluster,
+  stopStrata,
+  storeConfig,
+  storePostmaster,
+  tracked,
+} from "./support/processes.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
 import {
@@ -167,46 +167,7 @@ const FAR_ITERATIONS = 200;
 
 const { progress, phase, endPhase } = progressReporter();
 
-// Strata processes (and their stores) and clusters are stopped here first, at exit, whatever the
-// exit: the harness removes a temp dir registered before a server only after the server.
-const clusters = new Set<TestCluster>();
-const stratas = new Set<StrataProcess>();
-onProcessExit(() => {
-  for (const s of stratas) s.destroySync();
-  for (const c of clusters) c.stopSync();
-});
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`\n${signal}: stopping every cluster and process\n`);
-    process.exit(130);
-  });
-}
-
-async function stopStrata(s: StrataProcess | undefined): Promise<void> {
-  if (!s) return;
-  await s.stop().catch(() => {});
-  s.destroySync();
-  stratas.delete(s);
-}
-
-async function stopCluster(c: TestCluster | undefined): Promise<void> {
-  if (!c) return;
-  await c.stop().catch(() => {});
-  clusters.delete(c);
-}
-
-/** How to reach a Strata's managed store directly: its unix socket directory (port 5432 names the socket). */
-function storeConfig(s: StrataProcess, database = "postgres"): pg.ClientConfig {
-  const socketDir = clusterPaths({ root: join(s.dataDir, "store") }).socketDir;
-  return { host: socketDir, port: 5432, user: TEST_USER, password: TEST_PASSWORD, database };
-}
-
-function storePostmaster(s: StrataProcess): number {
-  const pgdata = clusterPaths({ root: join(s.dataDir, "store") }).pgdata;
-  const pid = procfs.postmasterPid(pgdata);
-  if (!pid) throw new Error(`no postmaster.pid in ${pgdata}`);
-  return pid;
-}
+cleanUpAtExit("stopping every cluster and process");
 
 function primaryPostmaster(c: TestCluster): number {
   const pgdata = clusterPaths(c.spec).pgdata;
@@ -267,7 +228,7 @@ async function pgbenchPart(): Promise<PgbenchResult> {
     strata = await createStandaloneStrata({
       config: { log_level: "info", store: { settings: { fsync: false } } },
     });
-    stratas.add(strata);
+    tracked(strata);
     await strata.start();
     const s = strata;
     // A plain database (from template0, made on the store directly): a standalone Strata captures
@@ -440,7 +401,7 @@ async function historyPart(): Promise<HistoryResult> {
   try {
     progress("starting the primary");
     primary = await startPrimary({ settings: { max_wal_size: "4GB", checkpoint_timeout: "30min" } });
-    clusters.add(primary);
+    tracked(primary);
     const p = primary;
     progress(`loading ${thousands(opts.rows)} rows into ${TABLE}`);
     const loadStart = performance.now();
@@ -466,7 +427,7 @@ async function historyPart(): Promise<HistoryResult> {
       primary: p,
       config: { log_level: "info", store: { settings: { fsync: false } } },
     });
-    stratas.add(strata);
+    tracked(strata);
     const s = strata;
     const snapStart = performance.now();
     await s.start();

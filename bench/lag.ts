@@ -37,7 +37,6 @@
 // it) and its process CPU per replicated row. See docs/performance.md, "Lag under load".
 // Progress goes to stderr, one table to stdout, every figure to bench/results/lag-<ts>.json. Every
 // cluster, process and directory is removed at the end, also on failure or Ctrl-C.
-import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -54,9 +53,11 @@ import {
   parsePgbenchSummary,
   runPgbench,
 } from "./support/pgbench.ts";
+import { exitOnSignals, INTERNAL_WRITER } from "./support/processes.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
 import {
+  codeVersion,
   compareChecksums,
   durabilitySettings,
   machineInfo,
@@ -84,8 +85,6 @@ const PROBE_INTERVAL_MS = 10;
 /** The start of the load left out of lagMsAfterStart (in the JSON only). */
 const SETTLE_SECONDS = 5;
 const WARMUP_TIMEOUT_MS = 60_000;
-/** Strata's own writer: the store's triggers let its DDL and writes through (src/store/store.ts). */
-const INTERNAL_WRITER = "-c strata.applying=on";
 const CPUS = os.cpus().length;
 
 const PROBE_TABLE =
@@ -208,12 +207,7 @@ const { progress, phase, endPhase } = progressReporter();
 
 // Clusters, Strata processes, pgbench and temp directories are registered with the harness's exit
 // clean-up (test/support/cleanup.ts), which also runs on SIGINT/SIGTERM.
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`\n${signal}: stopping every cluster and process\n`);
-    process.exit(130);
-  });
-}
+exitOnSignals("stopping every cluster and process");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -966,20 +960,6 @@ function render(results: LagRun[]): { text: string; target?: string } {
     rows,
   );
   return { text, target };
-}
-
-/** The commit of the Strata code under test, and whether src/ differs from it. */
-function codeVersion(): { commit?: string; srcModified?: boolean } {
-  const git = (args: string[]) =>
-    execFileSync("git", args, { cwd: join(import.meta.dirname, ".."), encoding: "utf8" }).trim();
-  try {
-    return {
-      commit: git(["rev-parse", "--short", "HEAD"]),
-      srcModified: git(["status", "--porcelain", "src"]) !== "",
-    };
-  } catch {
-    return {};
-  }
 }
 
 async function main() {

@@ -50,32 +50,40 @@
 // Progress goes to stderr, one table to stdout, every figure to bench/results/remotes-<ts>.json.
 // Every Strata, store, remote, child process and directory is removed at the end, also on failure
 // or Ctrl-C (test/support/cleanup.ts). See docs/performance.md, "Remotes".
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { readdirSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { clusterPaths } from "../src/store/cluster.ts";
-import { onProcessExit } from "../test/support/cleanup.ts";
-import { TEST_PASSWORD, TEST_USER, tempDir } from "../test/support/postgres.ts";
+import { TEST_PASSWORD, tempDir } from "../test/support/postgres.ts";
 import {
   S3_ACCESS_KEY_ID,
   S3_SECRET_ACCESS_KEY,
   startS3Server,
   type TestS3Server,
 } from "../test/support/s3-server.ts";
-import { createStandaloneStrata, type StrataProcess } from "../test/support/strata.ts";
+import type { StrataProcess } from "../test/support/strata.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
+import {
+  checkAlive,
+  cleanUpAtExit,
+  dumpIntoRestore,
+  startBenchStrata,
+  stopStrata,
+  storeConfig,
+  storePostmaster,
+  strataPid,
+  withDeadline,
+} from "./support/processes.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
 import {
+  bulkLoadSettings,
+  codeVersion,
   compareChecksums,
-  durabilitySettings,
   machineInfo,
-  pgProgram,
   progressReporter,
   runBench,
   type TableSum,
@@ -83,6 +91,13 @@ import {
   withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
+import {
+  bulkLoadCommit,
+  CREATE_BULK_TABLE,
+  type DatabaseSizes,
+  databaseSizes,
+  HISTORY_TABLES,
+} from "./support/strata-database.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -104,7 +119,9 @@ const USAGE = `usage: node --import tsx bench/remotes.ts [options]   (env variab
   --gen-batch N         small commits per round trip while generating (default 50)  [STRATA_BENCH_GEN_BATCH]
   --gen-clients N       connections generating small commits, each on its own table (default 1)
                                                                                     [STRATA_BENCH_GEN_CLIENTS]
-  --timeout-min N       deadline of each push, clone and dump (default 60)          [STRATA_BENCH_TIMEOUT_MIN]`;
+  --timeout-min N       deadline of each push, clone and dump (default 60)          [STRATA_BENCH_TIMEOUT_MIN]
+  --steps L             transfer steps: replay, snapshot, pg_dump (default all three)
+                                                                                    [STRATA_BENCH_STEPS]`;
 
 function options() {
   const env = (name: string, fallback: string) => process.env[`STRATA_BENCH_${name}`] || fallback;
@@ -124,6 +141,7 @@ function options() {
         "gen-batch": { type: "string", default: env("GEN_BATCH", "50") },
         "gen-clients": { type: "string", default: env("GEN_CLIENTS", "1") },
         "timeout-min": { type: "string", default: env("TIMEOUT_MIN", "60") },
+        steps: { type: "string", default: env("STEPS", "replay,snapshot,pg_dump") },
         help: { type: "boolean", short: "h", default: false },
       },
     }).values;
@@ -161,7 +179,20 @@ function options() {
     genBatch: num("gen-batch", 1),
     genClients: num("gen-clients", 1),
     timeoutMs: num("timeout-min", 1) * 60_000,
+    steps: transferSteps(String(values.steps), fail),
   };
+}
+
+/** --steps: which transfer steps run (a replay of 100,000 commits takes over an hour). */
+function transferSteps(text: string, fail: (message: string) => never): TransferStep[] {
+  const steps = text
+    .split(",")
+    .map((step) => step.trim())
+    .filter(Boolean);
+  const known: TransferStep[] = ["replay", "snapshot", "pg_dump"];
+  if (steps.length === 0 || steps.some((step) => !known.includes(step as TransferStep)))
+    fail(`--steps must list replay, snapshot and/or pg_dump, got ${text}`);
+  return known.filter((step) => steps.includes(step));
 }
 
 const opts = options();
@@ -178,15 +209,10 @@ const BULK_ROW_BYTES_GUESS = 165;
 const SETTINGS_SETTLE_MS = 2_500;
 const LATENCY_TABLE = "t";
 const SOURCE_DATABASE = "hist";
-/** Strata's history tables: what a push reads and a clone writes (with the tables). */
-const HISTORY_TABLES = ["strata.commits", "strata.changes", "strata.schema_changes", "strata.snapshot_bases"];
+/** Each Strata's temp directory: strata-bench-remotes-*. */
+const DIR_PREFIX = "strata-bench-remotes-";
 
-const STORE_SETTINGS = {
-  ...durabilitySettings(opts.fsync),
-  // Bulk loads and restores: fewer forced checkpoints, the same for Strata and for pg_restore.
-  max_wal_size: "4GB",
-  checkpoint_timeout: "30min",
-};
+const STORE_SETTINGS = bulkLoadSettings(opts.fsync);
 const DURABILITY_TEXT = opts.fsync
   ? "fsync=on, synchronous_commit=on, full_page_writes=on on every store"
   : "fsync=off, synchronous_commit=off, full_page_writes=off on every store: NOT durable";
@@ -196,98 +222,11 @@ const DURABILITY_TEXT = opts.fsync
 
 const { progress, phase, endPhase } = progressReporter();
 
-// Strata processes (and their stores) and child processes are stopped at exit, whatever the exit;
-// temp directories (tempDir) are removed after them.
-const stratas = new Set<StrataProcess>();
-const children = new Set<ChildProcess>();
-onProcessExit(() => {
-  for (const child of children) child.kill("SIGKILL");
-  for (const s of stratas) s.destroySync();
-});
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`\n${signal}: stopping every Strata and process\n`);
-    process.exit(130);
-  });
-}
-
-/** A standalone Strata in a directory of this bench's own (strata-bench-remotes-*). */
-async function startBenchStrata(
-  env: Record<string, string> = {},
-  config: Record<string, unknown> = {},
-): Promise<StrataProcess> {
-  const strata = await createStandaloneStrata({
-    dataDir: join(tempDir("strata-bench-remotes-"), "data"),
-    config: { log_level: "info", store: { settings: STORE_SETTINGS }, ...config },
-  });
-  stratas.add(strata);
-  await startWithEnv(strata, env);
-  return strata;
-}
-
-/**
- * Start (or start again) a Strata with `env` added to its environment. start() spawns before its
- * first await, so the bench's own environment is restored at once, before anything else spawns.
- */
-async function startWithEnv(s: StrataProcess, env: Record<string, string>): Promise<void> {
-  const saved = Object.keys(env).map((k) => [k, process.env[k]] as const);
-  Object.assign(process.env, env);
-  const started = s.start();
-  for (const [k, v] of saved) {
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
-  await started;
-}
-
-async function stopStrata(s: StrataProcess | undefined): Promise<void> {
-  if (!s) return;
-  await s.stop().catch(() => {});
-  s.destroySync();
-  stratas.delete(s);
-}
-
-function strataPid(s: StrataProcess): number {
-  const pid = s.child?.pid;
-  if (!pid) throw new Error("strata has no pid");
-  return pid;
-}
-
-function storePostmaster(s: StrataProcess): number {
-  const pgdata = clusterPaths({ root: join(s.dataDir, "store") }).pgdata;
-  const pid = procfs.postmasterPid(pgdata);
-  if (!pid) throw new Error(`no postmaster.pid in ${pgdata}`);
-  return pid;
-}
-
-/** How to reach a Strata's managed store directly: its unix socket directory (port 5432 names the socket). */
-function storeConfig(s: StrataProcess, database = "postgres"): pg.ClientConfig {
-  const socketDir = clusterPaths({ root: join(s.dataDir, "store") }).socketDir;
-  return { host: socketDir, port: 5432, user: TEST_USER, password: TEST_PASSWORD, database };
-}
-
-function checkAlive(s: StrataProcess): void {
-  const child = s.child;
-  if (child && (child.exitCode !== null || child.signalCode !== null))
-    throw new Error(`strata exited (${child.exitCode ?? child.signalCode})`);
-}
+cleanUpAtExit("stopping every Strata and process");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const ident = (name: string) => pg.escapeIdentifier(name);
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
-
-/** `work`, or an error naming `what` once `ms` have passed (the work itself is left to the exit clean-up). */
-async function withDeadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 60_000} min`)), ms);
-  });
-  try {
-    return await Promise.race([work, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Poll `check` until it is true; its errors end the wait at once (unlike test/support's waitFor). */
 async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number) {
@@ -307,24 +246,6 @@ async function setSystemVariable(client: pg.Client, name: string, value: string)
     30_000,
   );
   await sleep(SETTINGS_SETTLE_MS);
-}
-
-/** The commit of the Strata code under test, and whether src/ differs from it. */
-function codeVersion(): { commit?: string; srcModified?: boolean } {
-  const git = (args: string[]) =>
-    execFileSync("git", args, {
-      cwd: join(import.meta.dirname, ".."),
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "ignore"],
-    }).trim();
-  try {
-    return {
-      commit: git(["rev-parse", "--short", "HEAD"]),
-      srcModified: git(["status", "--porcelain", "src"]) !== "",
-    };
-  } catch {
-    return {};
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,7 +600,10 @@ async function latencyPart(): Promise<LatencyRun[]> {
         },
       },
     };
-    [primary, replica] = await Promise.all([startBenchStrata({}, s3Config), startBenchStrata({}, s3Config)]);
+    [primary, replica] = await Promise.all([
+      startBenchStrata(DIR_PREFIX, STORE_SETTINGS, { config: s3Config }),
+      startBenchStrata(DIR_PREFIX, STORE_SETTINGS, { config: s3Config }),
+    ]);
     const remoteRoot = tempDir("strata-bench-remotes-remote-");
     const targets: Record<RemoteKind, RemoteTarget> = {
       directory: {
@@ -718,15 +642,6 @@ async function latencyPart(): Promise<LatencyRun[]> {
 // ---------------------------------------------------------------------------------------------
 // 2. Push and clone throughput
 
-interface Sizes {
-  userBytes: number;
-  historyBytes: number;
-  /** userBytes + historyBytes: the basis of every MB/s. */
-  bytes: number;
-  /** pg_database_size, for reference (catalogs, Strata's other tables, free space included). */
-  databaseBytes: number;
-}
-
 interface Generated {
   commits: number;
   bulkCommits: number;
@@ -738,7 +653,8 @@ interface Generated {
   /** VACUUM ANALYZE after generating (what autovacuum would do to a database left running). */
   vacuumSeconds: number;
   seconds: number;
-  sizes: Sizes;
+  /** bytes (user tables + history): the basis of every MB/s; databaseBytes for reference. */
+  sizes: DatabaseSizes;
   tables: Record<string, TableSum>;
   history: HistorySum;
 }
@@ -794,21 +710,6 @@ interface TransferRun {
   dump?: DumpTransfer;
 }
 
-async function sizes(client: pg.Client): Promise<Sizes> {
-  const { rows } = await client.query<{ user_bytes: string; history_bytes: string; db: string }>(
-    `SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p'))::text AS user_bytes,
-            (SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM unnest($1::text[]) t
-              WHERE to_regclass(t) IS NOT NULL)::text AS history_bytes,
-            pg_database_size(current_database())::text AS db`,
-    [HISTORY_TABLES],
-  );
-  const userBytes = Number(rows[0].user_bytes);
-  const historyBytes = Number(rows[0].history_bytes);
-  return { userBytes, historyBytes, bytes: userBytes + historyBytes, databaseBytes: Number(rows[0].db) };
-}
-
 /** The source database on `s`: bulk-loaded, then many small commits; checked and measured. */
 async function generate(s: StrataProcess): Promise<Generated> {
   const started = performance.now();
@@ -818,7 +719,7 @@ async function generate(s: StrataProcess): Promise<Generated> {
   try {
     for (let w = 0; w < workers; w++) clients.push(await connect(s.connectionConfig(SOURCE_DATABASE)));
     const c = clients[0];
-    await c.query("CREATE TABLE bulk (id bigint PRIMARY KEY, grp int NOT NULL, payload text NOT NULL)");
+    await c.query(CREATE_BULK_TABLE);
     for (let w = 0; w < workers; w++)
       await c.query(
         `CREATE TABLE events_${w} (id bigint PRIMARY KEY, worker int NOT NULL, n int NOT NULL, note text NOT NULL)`,
@@ -831,16 +732,7 @@ async function generate(s: StrataProcess): Promise<Generated> {
     let chunk = Math.min(BULK_CHUNK_ROWS, Math.ceil(target / BULK_ROW_BYTES_GUESS));
     progress(`bulk load: about ${opts.mb} MB into bulk, up to ${thousands(BULK_CHUNK_ROWS)} rows per commit`);
     for (;;) {
-      // 96 hex characters of three md5s no other row repeats: gzip (packs, pg_dump) gets hex's
-      // redundancy (about 2:1), not copies of neighbouring rows.
-      await c.query(
-        `INSERT INTO bulk SELECT g, (g % 1000)::int, md5(g::text) || md5('a' || g) || md5('b' || g)
-           FROM generate_series($1::bigint, $2::bigint) g`,
-        [rows + 1, rows + chunk],
-      );
-      await c.query(
-        `SELECT dolt_commit(${bulkCommits === 0 ? "'-Am'" : "'-am'"}, ${literal(`bulk load: rows ${rows + 1}..${rows + chunk}`)})`,
-      );
+      await bulkLoadCommit(c, rows + 1, rows + chunk, bulkCommits === 0);
       rows += chunk;
       bulkCommits++;
       const { rows: sz } = await c.query<{ b: string }>(
@@ -919,7 +811,7 @@ async function generate(s: StrataProcess): Promise<Generated> {
       smallCommitsPerSecond: smallCommits / smallSeconds,
       vacuumSeconds,
       seconds: generated,
-      sizes: await sizes(c),
+      sizes: await databaseSizes(c),
       tables: await tableSums(c),
       history,
     };
@@ -953,42 +845,16 @@ function sampleStorePss(postmaster: number): () => number {
   };
 }
 
-function runChild(program: string, args: string[], stdin: "ignore" | "pipe", stdout: "ignore" | "pipe") {
-  const env: NodeJS.ProcessEnv = { ...process.env, PGPASSWORD: TEST_PASSWORD };
-  for (const key of Object.keys(env)) if (key.startsWith("PG") && key !== "PGPASSWORD") delete env[key];
-  const child = spawn(pgProgram(program), args, { env, stdio: [stdin, stdout, "pipe"] });
-  children.add(child);
-  let stderr = "";
-  child.stderr!.on("data", (d) => {
-    stderr += d.toString();
-  });
-  const done = new Promise<void>((resolveDone, reject) => {
-    child.once("error", reject);
-    child.once("close", (code, signal) => {
-      children.delete(child);
-      if (code === 0) resolveDone();
-      else reject(new Error(`${program} exited with ${code ?? signal}: ${stderr.slice(-2000)}`));
-    });
-  });
-  done.catch(() => {});
-  return { child, done };
-}
-
 /** pg_dump -Fc of `database` on `from`'s store, piped into pg_restore into `into` on `to`'s store. */
 async function dumpRestore(from: StrataProcess, database: string, to: StrataProcess, into: string) {
   const src = storeConfig(from, database);
   const dst = storeConfig(to, into);
   const connArgs = (c: pg.ClientConfig) => ["-h", String(c.host), "-p", String(c.port), "-U", String(c.user)];
-  const dump = runChild("pg_dump", ["-Fc", ...connArgs(src), "-d", database], "ignore", "pipe");
-  const restore = runChild("pg_restore", ["--exit-on-error", ...connArgs(dst), "-d", into], "pipe", "ignore");
-  let bytes = 0;
-  dump.child.stdout!.on("data", (d: Buffer) => {
-    bytes += d.length;
-  });
-  dump.child.stdout!.pipe(restore.child.stdin!);
-  restore.child.stdin!.on("error", () => {}); // pg_restore gone: its own exit says why
-  await Promise.all([dump.done, restore.done]);
-  return { bytes };
+  return dumpIntoRestore(
+    ["-Fc", ...connArgs(src), "-d", database],
+    ["--exit-on-error", ...connArgs(dst), "-d", into],
+    { PGPASSWORD: TEST_PASSWORD },
+  );
 }
 
 /** The latest "cloned" line Strata logged for `database`. */
@@ -1012,7 +878,8 @@ async function sourceFor(source: StrataProcess, variant: CloneVariant): Promise<
   if (sourceFloor.get(source) === floor) return;
   progress(`restarting the source with STRATA_SNAPSHOT_MIN_BYTES=${floor} (${variant})`);
   await source.stop();
-  await startWithEnv(source, { STRATA_SNAPSHOT_MIN_BYTES: floor });
+  source.env = { STRATA_SNAPSHOT_MIN_BYTES: floor };
+  await source.start();
   sourceFloor.set(source, floor);
 }
 
@@ -1137,7 +1004,7 @@ async function dumpTransfer(
     const pss = sampleStorePss(storePostmaster(target));
     const window = loadWindow(own);
     const t0 = performance.now();
-    const { bytes } = await withDeadline(
+    const bytes = await withDeadline(
       dumpRestore(source, SOURCE_DATABASE, target, restored),
       opts.timeoutMs,
       "pg_dump | pg_restore",
@@ -1174,8 +1041,9 @@ async function transferRun(
   remoteRoot: string,
 ): Promise<TransferRun> {
   // The order turns from run to run, so that a drift on the machine does not always hit the same step.
-  const steps: TransferStep[] = ["replay", "snapshot", "pg_dump"];
-  const order = [...steps.slice((run - 1) % 3), ...steps.slice(0, (run - 1) % 3)];
+  const steps = opts.steps;
+  const turn = (run - 1) % steps.length;
+  const order = [...steps.slice(turn), ...steps.slice(0, turn)];
   const result: TransferRun = { run, ok: false, errors: [], order, strata: {} };
   for (const step of order) {
     try {
@@ -1218,8 +1086,8 @@ async function transferPart(): Promise<TransferResult> {
     progress("starting two standalone Stratas: the source and the clone's");
     const first = SNAPSHOT_FLOOR.replay;
     [source, target] = await Promise.all([
-      startBenchStrata({ STRATA_SNAPSHOT_MIN_BYTES: first }),
-      startBenchStrata(),
+      startBenchStrata(DIR_PREFIX, STORE_SETTINGS, { env: { STRATA_SNAPSHOT_MIN_BYTES: first } }),
+      startBenchStrata(DIR_PREFIX, STORE_SETTINGS),
     ]);
     sourceFloor.set(source, first);
     progress(

@@ -1,6 +1,6 @@
 // What every benchmark script repeats: its usage and option errors, the durability settings its
 // target clusters share, its progress lines on stderr, the Postgres programs it runs, the
-// machine it ran on, and the file of its figures.
+// machine and code it ran on, and the file of its figures.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, realpathSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -28,6 +28,14 @@ export function durabilitySettings(fsync: boolean): Record<string, boolean> {
   return fsync
     ? { fsync: true, synchronous_commit: true, full_page_writes: true }
     : { fsync: false, synchronous_commit: false, full_page_writes: false };
+}
+
+/**
+ * durabilitySettings, and fewer forced checkpoints for bulk loads and restores: the same for Strata
+ * and for pg_restore on a store.
+ */
+export function bulkLoadSettings(fsync: boolean): Record<string, boolean | string> {
+  return { ...durabilitySettings(fsync), max_wal_size: "4GB", checkpoint_timeout: "30min" };
 }
 
 /** Progress lines on stderr, stamped with the time since the bench started and the current phase. */
@@ -108,6 +116,24 @@ export function machineInfo() {
     node: process.version,
     postgres: execFileSync(serverBinaries().postgres, ["--version"], { encoding: "utf8" }).trim(),
   };
+}
+
+/** The commit of the Strata code under test, and whether src/ differs from it. */
+export function codeVersion(): { commit?: string; srcModified?: boolean } {
+  const git = (args: string[]) =>
+    execFileSync("git", args, {
+      cwd: join(import.meta.dirname, "..", ".."),
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
+  try {
+    return {
+      commit: git(["rev-parse", "--short", "HEAD"]),
+      srcModified: git(["status", "--porcelain", "src"]) !== "",
+    };
+  } catch {
+    return {};
+  }
 }
 
 /**
