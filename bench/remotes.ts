@@ -976,9 +976,16 @@ async function strataTransfer(
       ),
     );
   } finally {
-    await admin.query(`DROP DATABASE IF EXISTS ${ident(clone)} WITH (FORCE)`).catch(() => {});
-    await src.query(`SELECT dolt_remote('remove', ${literal(remote)})`).catch(() => {});
+    // Closed first, and the clean-up on connections of its own: after a missed deadline the push
+    // or clone still holds `src` or `admin`, and a query queued behind it would wait it out. The
+    // forced drop ends a clone still running on the target (its pull fails, and it leaves nothing).
     await Promise.all([src.end().catch(() => {}), admin.end().catch(() => {})]);
+    await withConnection(target.connectionConfig(), (c) =>
+      c.query(`DROP DATABASE IF EXISTS ${ident(clone)} WITH (FORCE)`),
+    ).catch(() => {});
+    await withConnection(source.connectionConfig(SOURCE_DATABASE), (c) =>
+      c.query(`SELECT dolt_remote('remove', ${literal(remote)})`),
+    ).catch(() => {});
     rmSync(remoteDir, { recursive: true, force: true });
   }
 }
