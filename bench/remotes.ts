@@ -56,12 +56,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { TEST_PASSWORD, tempDir } from "../test/support/postgres.ts";
-import {
-  S3_ACCESS_KEY_ID,
-  S3_SECRET_ACCESS_KEY,
-  startS3Server,
-  type TestS3Server,
-} from "../test/support/s3-server.ts";
+import { startS3Server, strataRemotesConfig, type TestS3Server } from "../test/support/s3-server.ts";
 import type { StrataProcess } from "../test/support/strata.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, summarizeLatencies } from "./support/latency.ts";
@@ -589,17 +584,7 @@ async function latencyPart(): Promise<LatencyRun[]> {
       );
     }
     progress("starting two standalone Stratas: the primary and the read replica");
-    const s3Config = s3 && {
-      remotes: {
-        s3: {
-          endpoint: s3.endpoint,
-          region: "us-east-1",
-          force_path_style: true,
-          access_key_id: S3_ACCESS_KEY_ID,
-          secret_access_key: S3_SECRET_ACCESS_KEY,
-        },
-      },
-    };
+    const s3Config = s3 && { remotes: strataRemotesConfig(s3) };
     [primary, replica] = await Promise.all([
       startBenchStrata(DIR_PREFIX, STORE_SETTINGS, { config: s3Config }),
       startBenchStrata(DIR_PREFIX, STORE_SETTINGS, { config: s3Config }),

@@ -5,39 +5,28 @@ import assert from "node:assert/strict";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import pg from "pg";
+import type pg from "pg";
 import { tempDir, waitFor } from "../support/postgres.ts";
+import { failure, rowsOf, Sessions, waitForSetting } from "../support/sessions.ts";
 import { type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
 
 let primary: StrataProcess;
 let replica: StrataProcess;
 let remoteDir: string;
-const clients: pg.Client[] = [];
+const sessions = new Sessions();
 
 before(async () => {
   remoteDir = tempDir("strata-branch-remote-");
   [primary, replica] = await Promise.all([startStandaloneStrata(), startStandaloneStrata()]);
 });
 after(async () => {
-  await Promise.all(clients.map((c) => c.end().catch(() => {})));
+  await sessions.closeAll();
   if (process.env.STRATA_TEST_LOGS) console.error(primary?.logs.slice(-4000), replica?.logs.slice(-4000));
   await Promise.all([primary?.stop(), replica?.stop()]);
 });
 
-async function connectTo(strata: StrataProcess, database = "postgres"): Promise<pg.Client> {
-  const client = new pg.Client(strata.connectionConfig(database));
-  await client.connect();
-  clients.push(client);
-  return client;
-}
+const connectTo = (strata: StrataProcess, database?: string) => sessions.open(strata, database);
 
-const rowsOf = async (client: pg.Client, sql: string, values?: unknown[]) =>
-  (await client.query(sql, values)).rows;
-const failure = async (client: pg.Client, sql: string) =>
-  (await client.query(sql).then(
-    () => assert.fail(`${sql} should fail`),
-    (err) => err,
-  )) as pg.DatabaseError;
 const ids = async (client: pg.Client) =>
   (await rowsOf(client, "SELECT id FROM items ORDER BY id")).map((r) => r.id as number);
 const branchOf = async (client: pg.Client) => (await rowsOf(client, "SELECT active_branch() AS b"))[0].b;
@@ -81,7 +70,6 @@ test("each session reads and writes its own branch; a fast-forward merge brings 
 
   // A connection can name the branch directly, as Doltgres's db/branch.
   const direct = await connectTo(primary, "shop/feature");
-  direct.on("error", () => {}); // ended below, when its branch is deleted with -D
   assert.deepEqual(await ids(direct), [1, 2, 3]);
   assert.equal(await branchOf(direct), "feature");
 
@@ -269,10 +257,3 @@ test("the reference's replicate all branches and deleting branches, verbatim", a
   await rowsOf(r, "ALTER SYSTEM SET dolt_read_replica_remote TO '';");
   await rowsOf(r, "ALTER SYSTEM SET dolt_replicate_heads TO ''");
 });
-
-/** ALTER SYSTEM reaches new sessions once the store has reloaded its configuration. */
-async function waitForSetting(client: pg.Client, name: string, value: string) {
-  await waitFor(`${name} = '${value}'`, async () =>
-    (await rowsOf(client, `SELECT dolt.setting('${name}') AS v`))[0].v === value ? true : undefined,
-  );
-}

@@ -7,8 +7,8 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import pg from "pg";
 import { freePort, waitFor } from "../support/postgres.ts";
+import { failure, rowsOf, Sessions } from "../support/sessions.ts";
 import { type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
 import { selfSignedCertificate } from "../support/tls.ts";
 
@@ -20,7 +20,7 @@ let secureServer: StrataProcess;
 let client: StrataProcess;
 let apiPort: number;
 let secureApiPort: number;
-const clients: pg.Client[] = [];
+const sessions = new Sessions();
 
 before(async () => {
   const tls = selfSignedCertificate("strata-remotes-http-tls-");
@@ -34,25 +34,13 @@ before(async () => {
   ]);
 });
 after(async () => {
-  await Promise.all(clients.map((c) => c.end().catch(() => {})));
+  await sessions.closeAll();
   if (process.env.STRATA_TEST_LOGS) console.error(server?.logs.slice(-8000), client?.logs.slice(-8000));
   await Promise.all([server?.stop(), secureServer?.stop(), client?.stop()]);
 });
 
-async function connectTo(strata: StrataProcess, database = "postgres"): Promise<pg.Client> {
-  const c = new pg.Client(strata.connectionConfig(database));
-  c.on("error", () => {}); // a session the server ends fails its query, not the test process
-  await c.connect();
-  clients.push(c);
-  return c;
-}
+const connectTo = (strata: StrataProcess, database?: string) => sessions.open(strata, database);
 
-const rowsOf = async (c: pg.Client, sql: string) => (await c.query(sql)).rows;
-const failure = async (c: pg.Client, sql: string) =>
-  (await c.query(sql).then(
-    () => assert.fail(`${sql} should fail`),
-    (err) => err,
-  )) as pg.DatabaseError;
 const LOG = "SELECT commit_hash, parent_hash, message, committer, email, date FROM dolt_log";
 
 test("dolt_clone from http://: the clone's rows, history, tags and branches equal the server's", async () => {

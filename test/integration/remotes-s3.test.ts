@@ -9,14 +9,14 @@ import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { after, before, test } from "node:test";
-import pg from "pg";
-import { waitFor } from "../support/postgres.ts";
 import {
   S3_ACCESS_KEY_ID,
   S3_SECRET_ACCESS_KEY,
   startS3Server,
+  strataRemotesConfig,
   type TestS3Server,
 } from "../support/s3-server.ts";
+import { failure, rowsOf, Sessions, waitForSetting } from "../support/sessions.ts";
 import { createStandaloneStrata, type StrataProcess } from "../support/strata.ts";
 
 const BUCKET = "strata-it";
@@ -25,22 +25,12 @@ const sha256 = (bytes: Buffer) => createHash("sha256").update(bytes).digest("hex
 let s3: TestS3Server;
 let primary: StrataProcess;
 let replica: StrataProcess;
-const clients: pg.Client[] = [];
+const sessions = new Sessions();
 
 before(async () => {
   s3 = await startS3Server({ buckets: [BUCKET] });
   primary = await createStandaloneStrata({
-    config: {
-      remotes: {
-        s3: {
-          endpoint: s3.endpoint,
-          region: "us-east-1",
-          force_path_style: true,
-          access_key_id: S3_ACCESS_KEY_ID,
-          secret_access_key: S3_SECRET_ACCESS_KEY,
-        },
-      },
-    },
+    config: { remotes: strataRemotesConfig(s3) },
   });
   replica = await createStandaloneStrata();
   const started = [primary.start()];
@@ -61,25 +51,13 @@ before(async () => {
   await Promise.all(started);
 });
 after(async () => {
-  await Promise.all(clients.map((c) => c.end().catch(() => {})));
+  await sessions.closeAll();
   if (process.env.STRATA_TEST_LOGS) console.error(primary?.logs.slice(-3000), replica?.logs.slice(-5000));
   await Promise.all([primary?.stop(), replica?.stop()]);
   await s3?.stop();
 });
 
-async function connectTo(strata: StrataProcess, database = "postgres"): Promise<pg.Client> {
-  const client = new pg.Client(strata.connectionConfig(database));
-  await client.connect();
-  clients.push(client);
-  return client;
-}
-
-const rowsOf = async (client: pg.Client, sql: string) => (await client.query(sql)).rows;
-const failure = async (client: pg.Client, sql: string) =>
-  (await client.query(sql).then(
-    () => assert.fail(`${sql} should fail`),
-    (err) => err,
-  )) as pg.DatabaseError;
+const connectTo = (strata: StrataProcess, database?: string) => sessions.open(strata, database);
 
 /** The files of the packs a remote prefix holds (s3rver keeps each object in a file). */
 function packFiles(prefix: string): string[] {
@@ -191,12 +169,6 @@ test("S3 errors through the front door name the cause and the fix", async () => 
   // Not replicated by the next test's dolt_replicate_to_remote = 'origin'.
   await rowsOf(p, "select dolt_remote('remove', 'origin')");
 });
-
-async function waitForSetting(client: pg.Client, name: string, value: string) {
-  await waitFor(`${name} = '${value}'`, async () =>
-    (await rowsOf(client, `SELECT dolt.setting('${name}') AS v`))[0].v === value ? true : undefined,
-  );
-}
 
 test("replication through an S3 remote: every commit reaches the read replica", async () => {
   const url = `s3://${BUCKET}/remotes/replicated`;

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import pg from "pg";
 import { startPrimary, tempDir, waitFor } from "../support/postgres.ts";
+import { failure, rowsOf, Sessions, waitForSetting } from "../support/sessions.ts";
 import {
   type StrataProcess,
   startStandaloneStrata,
@@ -19,31 +20,19 @@ import {
 let primary: StrataProcess;
 let replica: StrataProcess;
 let remoteDir: string;
-const clients: pg.Client[] = [];
+const sessions = new Sessions();
 
 before(async () => {
   remoteDir = join(tempDir("strata-remote-"), "myremote");
   [primary, replica] = await Promise.all([startStandaloneStrata(), startStandaloneStrata()]);
 });
 after(async () => {
-  await Promise.all(clients.map((c) => c.end().catch(() => {})));
+  await sessions.closeAll();
   if (process.env.STRATA_TEST_LOGS) console.error(primary?.logs.slice(-3000), replica?.logs.slice(-5000));
   await Promise.all([primary?.stop(), replica?.stop()]);
 });
 
-async function connectTo(strata: StrataProcess, database = "postgres"): Promise<pg.Client> {
-  const client = new pg.Client(strata.connectionConfig(database));
-  await client.connect();
-  clients.push(client);
-  return client;
-}
-
-const rowsOf = async (client: pg.Client, sql: string) => (await client.query(sql)).rows;
-const failure = async (client: pg.Client, sql: string) =>
-  (await client.query(sql).then(
-    () => assert.fail(`${sql} should fail`),
-    (err) => err,
-  )) as pg.DatabaseError;
+const connectTo = (strata: StrataProcess, database?: string) => sessions.open(strata, database);
 
 /** Every object in a remote (its packs). */
 function packFiles(remote: string): string[] {
@@ -334,7 +323,7 @@ test("the reference's replication through a remote, verbatim: every commit reach
     const client = new pg.Client(replica.connectionConfig("newdb"));
     return client.connect().then(
       () => {
-        clients.push(client);
+        sessions.track(client);
         return client;
       },
       () => undefined,
@@ -365,13 +354,6 @@ test("the reference's replication through a remote, verbatim: every commit reach
       : undefined,
   );
 });
-
-/** ALTER SYSTEM reaches new sessions once the store has reloaded its configuration. */
-async function waitForSetting(client: pg.Client, name: string, value: string) {
-  await waitFor(`${name} = '${value}'`, async () =>
-    (await rowsOf(client, `SELECT dolt.setting('${name}') AS v`))[0].v === value ? true : undefined,
-  );
-}
 
 test("a replica of Postgres is a primary for remotes: its replicated commits reach a clone", async () => {
   const upstream = await startPrimary();

@@ -65,6 +65,19 @@ const S3Error = require("s3rver/lib/models/error.js") as S3ErrorClass;
 export const S3_ACCESS_KEY_ID = "S3RVER";
 export const S3_SECRET_ACCESS_KEY = "S3RVER";
 
+/** config.yaml's `remotes` section for a Strata that uses `server` (as its S3 store). */
+export function strataRemotesConfig(server: TestS3Server): Record<string, unknown> {
+  return {
+    s3: {
+      endpoint: server.endpoint,
+      region: "us-east-1",
+      force_path_style: true,
+      access_key_id: S3_ACCESS_KEY_ID,
+      secret_access_key: S3_SECRET_ACCESS_KEY,
+    },
+  };
+}
+
 export interface TestS3Server {
   /** http://127.0.0.1:<port> */
   endpoint: string;
