@@ -4,7 +4,9 @@
 // and the slot monitor (WAL the slot pins on the primary). Both only log; neither can stop the
 // server.
 import { mkdirSync } from "node:fs";
+import { ClusterController, type PrimaryServices } from "./cluster/controller.ts";
 import type { LoadedConfig } from "./config/load.ts";
+import type { Config } from "./config/schema.ts";
 import { defaultSettings } from "./config/variables.ts";
 import { connect } from "./db.ts";
 import { type Listener, type QueryRewriter, startListener } from "./frontdoor/listener.ts";
@@ -26,6 +28,8 @@ export interface RunningServer {
   slotMonitor?: SlotMonitor;
   /** The remotes API (config.yaml's remotesapi.port): the databases as read-only http(s) remotes. */
   remotesApi?: RemotesApi;
+  /** This node's cluster controller (config.yaml's cluster:). */
+  cluster?: ClusterController;
   stop(): Promise<void>;
 }
 
@@ -37,107 +41,184 @@ export async function startServer(
   mkdirSync(dataDir, { recursive: true });
   // S3 remotes' endpoint and credentials (config.yaml's remotes.s3, else the AWS environment).
   configureRemoteStorage(config.remotes);
-  const store = await openStore(config, dataDir, log);
+  // A cluster node first learns its role and its peers: a new standby's store is a copy of the primary's.
+  const cluster = config.cluster ? new ClusterController(config.cluster, config, dataDir, log) : undefined;
+  let store: StoreHandle | undefined;
   let listener: Listener | undefined;
   let frontDoor: QueryRewriter | undefined;
-  let replicator: Replicator | undefined;
-  let sequenceSync: SequenceSyncTimer | undefined;
-  let slotMonitor: SlotMonitor | undefined;
-  let backgroundPush: { stop(): Promise<void> } | undefined;
   let remotesApi: RemotesApi | undefined;
-  const stopTimers = async () => {
-    await Promise.all([sequenceSync?.stop(), slotMonitor?.stop(), backgroundPush?.stop()]);
-  };
+  const primary = new PrimaryServicesHolder(config, dataDir, log);
   try {
+    await cluster?.start();
+    store = await openStore(config, dataDir, log, cluster?.storeOptions());
+    await cluster?.storeStarted(store);
     const database = config.postgres_replication?.postgres_database ?? "postgres";
-    await ensureDatabase(store, database, log);
-    const client = await connect(store.connectionConfig(database));
-    let history: boolean;
-    try {
-      await installStrataSchema(client, database);
-      await writeSettingDefaults(client, defaultSettings(config));
-      const dropped = await setDatabaseRole(client, Boolean(config.postgres_replication));
-      if (dropped > 0)
-        log.warn(
-          { database, changes: dropped },
-          "this database now replicates from upstream: its uncommitted SQL changes (dolt_status) were dropped, since only the primary's transactions are commits here",
-        );
-      // Read through the store: ALTER SYSTEM SET dolt_transaction_commit persists over the config
-      // file's value, and takes effect at the next start.
-      const { rows } = await client.query<{ value: string }>(
-        "SELECT dolt.setting('dolt_transaction_commit') AS value",
-      );
-      history = rows[0]?.value === "1";
-    } finally {
-      await client.end();
+    // A standby's store is read-only: what is installed comes from its primary.
+    const writable = cluster ? await cluster.storeWritable() : true;
+    if (writable) await prepareStore(store, database, config, log);
+    primary.history = await readsHistory(store, database);
+    primary.store = store;
+    frontDoor = rewriter ?? new StrataRewriter(store, log);
+    if (frontDoor instanceof StrataRewriter) {
+      primary.frontDoor = frontDoor;
+      if (cluster) frontDoor.useCluster(cluster);
     }
-    if (store.kind === "managed") await prepareNewDatabases(store, defaultSettings(config));
+    if (cluster) await cluster.startServicesIfPrimary();
+    else await primary.start();
+    if (config.remotesapi) remotesApi = await startRemotesApi(config.remotesapi, { store, dataDir, log });
+    listener = await startListener(config.listener, store.endpoint, frontDoor, log);
+    const sessions = listener.sessions;
+    cluster?.attach({ sessions: () => sessions(), services: primary });
+    log.info(
+      {
+        host: listener.address.host,
+        port: listener.address.port,
+        database,
+        data_dir: dataDir,
+        ...(cluster ? { cluster_role: cluster.role, cluster_epoch: cluster.epoch } : {}),
+      },
+      "strata is ready for connections",
+    );
+  } catch (err) {
+    await remotesApi?.close().catch(() => {});
+    await primary.stop().catch(() => {});
+    await cluster?.stop().catch(() => {});
+    await store?.stop().catch(() => {});
+    throw err;
+  }
+  const running = listener;
+  const frontDoorInUse = frontDoor;
+  const runningStore = store;
+  return {
+    listener: running,
+    store: runningStore,
+    get replicator() {
+      return primary.replicator;
+    },
+    get sequenceSync() {
+      return primary.sequenceSync;
+    },
+    get slotMonitor() {
+      return primary.slotMonitor;
+    },
+    remotesApi,
+    cluster,
+    stop: async () => {
+      await running.close();
+      await remotesApi?.close();
+      await cluster?.stop();
+      await primary.stop();
+      if (frontDoorInUse instanceof StrataRewriter) await frontDoorInUse.close();
+      await runningStore.stop();
+    },
+  };
+}
+
+/** The Strata schema, settings and database role, written into a store that takes writes. */
+async function prepareStore(
+  store: StoreHandle,
+  database: string,
+  config: Config,
+  log: Logger,
+): Promise<void> {
+  await ensureDatabase(store, database, log);
+  const client = await connect(store.connectionConfig(database));
+  try {
+    await installStrataSchema(client, database);
+    await writeSettingDefaults(client, defaultSettings(config));
+    const dropped = await setDatabaseRole(client, Boolean(config.postgres_replication));
+    if (dropped > 0)
+      log.warn(
+        { database, changes: dropped },
+        "this database now replicates from upstream: its uncommitted SQL changes (dolt_status) were dropped, since only the primary's transactions are commits here",
+      );
+  } finally {
+    await client.end();
+  }
+  if (store.kind === "managed") await prepareNewDatabases(store, defaultSettings(config));
+}
+
+/**
+ * Whether replicated transactions become commits. Read through the store: ALTER SYSTEM SET
+ * dolt_transaction_commit persists over the config file's value, and takes effect at the next start.
+ */
+async function readsHistory(store: StoreHandle, database: string): Promise<boolean> {
+  const client = await connect(store.connectionConfig(database));
+  try {
+    const { rows } = await client.query<{ value: string }>(
+      "SELECT dolt.setting('dolt_transaction_commit') AS value",
+    );
+    return rows[0]?.value === "1";
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * What only a primary runs: replication from upstream with its two timers (the sequence sync,
+ * since replication does not carry sequence values, and the slot monitor; both only log), and
+ * the pushes to a remote. A cluster node starts and stops them as it gains and loses the role.
+ */
+class PrimaryServicesHolder implements PrimaryServices {
+  store?: StoreHandle;
+  history = false;
+  frontDoor?: StrataRewriter;
+  replicator?: Replicator;
+  sequenceSync?: SequenceSyncTimer;
+  slotMonitor?: SlotMonitor;
+  private backgroundPush?: { stop(): Promise<void> };
+
+  constructor(
+    private readonly config: Config,
+    private readonly dataDir: string,
+    private readonly log: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const { config, store, log } = this;
+    if (!store) return;
+    const database = config.postgres_replication?.postgres_database ?? "postgres";
     if (config.postgres_replication) {
-      replicator = new Replicator({
+      const replicator = new Replicator({
         config: config.postgres_replication,
         store,
-        dataDir,
-        history,
+        dataDir: this.dataDir,
+        history: this.history,
         log,
       });
+      this.replicator = replicator;
       replicator.start();
-      const stream = replicator;
-      slotMonitor = new SlotMonitor({
+      this.slotMonitor = new SlotMonitor({
         config: config.postgres_replication,
         log,
         onHealth: (health) => {
-          stream.slotRetainedWalBytes =
+          replicator.slotRetainedWalBytes =
             health.retainedBytes === null ? undefined : BigInt(Math.round(health.retainedBytes));
-          stream.warning = health.lost
+          replicator.warning = health.lost
             ? "the replication slot was invalidated on the primary (see current_error once the stream stops)"
             : health.warning;
         },
       });
-      slotMonitor.start();
+      this.slotMonitor.start();
       const intervalMs = config.postgres_replication.sequence_sync_interval_ms;
       if (intervalMs > 0) {
-        sequenceSync = new SequenceSyncTimer({
+        this.sequenceSync = new SequenceSyncTimer({
           config: config.postgres_replication,
           replicaConfig: { ...store.connectionConfig(database), application_name: "strata sequence sync" },
           log,
           intervalMs,
         });
-        sequenceSync.start();
+        this.sequenceSync.start();
       }
     }
-    frontDoor = rewriter ?? new StrataRewriter(store, log);
-    if (frontDoor instanceof StrataRewriter) backgroundPush = frontDoor.remotes.startBackgroundPush();
-    if (config.remotesapi) remotesApi = await startRemotesApi(config.remotesapi, { store, dataDir, log });
-    listener = await startListener(config.listener, store.endpoint, frontDoor, log);
-    log.info(
-      { host: listener.address.host, port: listener.address.port, database, data_dir: dataDir },
-      "strata is ready for connections",
-    );
-  } catch (err) {
-    await remotesApi?.close().catch(() => {});
-    await stopTimers().catch(() => {});
-    await replicator?.stop().catch(() => {});
-    await store.stop().catch(() => {});
-    throw err;
+    this.backgroundPush = this.frontDoor?.remotes.startBackgroundPush();
   }
-  const running = listener;
-  const frontDoorInUse = frontDoor;
-  return {
-    listener: running,
-    store,
-    replicator,
-    sequenceSync,
-    slotMonitor,
-    remotesApi,
-    stop: async () => {
-      await running.close();
-      await remotesApi?.close();
-      if (frontDoorInUse instanceof StrataRewriter) await frontDoorInUse.close();
-      await stopTimers();
-      await replicator?.stop();
-      await store.stop();
-    },
-  };
+
+  async stop(): Promise<void> {
+    await Promise.all([this.sequenceSync?.stop(), this.slotMonitor?.stop(), this.backgroundPush?.stop()]);
+    await this.replicator?.stop();
+    this.sequenceSync = this.slotMonitor = this.backgroundPush = this.replicator = undefined;
+  }
 }
 
 /**

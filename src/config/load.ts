@@ -37,7 +37,9 @@ function objectShape(schema: z.ZodType): Record<string, z.ZodType> | undefined {
   // Unwrap optional/default/prefault wrappers down to the object, if there is one.
   for (let i = 0; i < 5; i++) {
     if (s instanceof z.ZodObject) return s.shape as Record<string, z.ZodType>;
-    const inner = (s as unknown as { def?: { innerType?: z.ZodType } }).def?.innerType;
+    // innerType: optional/default/prefault; in: a transform's input (cluster:).
+    const def = (s as unknown as { def?: { innerType?: z.ZodType; in?: z.ZodType } }).def;
+    const inner = def?.innerType ?? def?.in;
     if (!inner) return undefined;
     s = inner;
   }

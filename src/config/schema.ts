@@ -180,6 +180,107 @@ export const remotesApiSchema = z
     }
   });
 
+const role = (key: string) =>
+  z.enum(["primary", "standby"], { error: `${key} must be "primary" or "standby"` });
+const epoch = (key: string) =>
+  z
+    .number({ error: `${key} must be a whole number (0 or more)` })
+    .int({ error: `${key} must be a whole number (0 or more)` })
+    .min(0, { error: `${key} must be a whole number (0 or more)` });
+
+// Direct-to-standby replication (Dolt's sql-server `cluster:`; src/cluster/). The keys are Dolt's;
+// `boostrap_role` / `boostrap_epoch` (sic) are accepted too, as the reference's TLS example spells them.
+export const clusterSchema = z
+  .object(
+    {
+      standby_remotes: z
+        .array(
+          z.object(
+            {
+              name: z
+                .string({ error: "cluster.standby_remotes[].name must be a name, e.g. standby" })
+                .regex(/^[A-Za-z0-9_.-]{1,63}$/, {
+                  error:
+                    "cluster.standby_remotes[].name may contain letters, digits, _ . and - (1-63), e.g. standby",
+                }),
+              remote_url_template: z
+                .string({
+                  error:
+                    "cluster.standby_remotes[].remote_url_template must be the peer's URL with {database}, e.g. http://dolt-2.db:50051/{database}",
+                })
+                .regex(/^https?:\/\/[^/\s]+\/.*\{database\}/i, {
+                  error:
+                    "cluster.standby_remotes[].remote_url_template must be an http:// or https:// URL of the peer's cluster.remotesapi port with {database} in its path, e.g. http://dolt-2.db:50051/{database}",
+                }),
+            },
+            {
+              error:
+                "each of cluster.standby_remotes must be a mapping {name, remote_url_template}, e.g. {name: standby, remote_url_template: http://dolt-2.db:50051/{database}}",
+            },
+          ),
+          { error: "cluster.standby_remotes must be a list of {name, remote_url_template}" },
+        )
+        .min(1, { error: "cluster.standby_remotes must name at least one peer" }),
+      bootstrap_role: role("cluster.bootstrap_role").optional(),
+      bootstrap_epoch: epoch("cluster.bootstrap_epoch").optional(),
+      boostrap_role: role("cluster.boostrap_role").optional(),
+      boostrap_epoch: epoch("cluster.boostrap_epoch").optional(),
+      remotesapi: z
+        .object(
+          {
+            port: port("cluster.remotesapi.port"),
+            /** Where to listen; left out, every interface (peers are on other hosts). */
+            address: z
+              .string({ error: "cluster.remotesapi.address must be a host name or IP address to listen on" })
+              .min(1, { error: "cluster.remotesapi.address must be a host name or IP address to listen on" })
+              .optional(),
+            tls_key: pemPath("cluster.remotesapi.tls_key", "a PEM private key").optional(),
+            tls_cert: pemPath("cluster.remotesapi.tls_cert", "a PEM certificate").optional(),
+            /** CA certificates trusted for connections to peers (default: the system's roots). */
+            tls_ca: pemPath("cluster.remotesapi.tls_ca", "a PEM CA certificates").optional(),
+            server_name_urls: z
+              .array(z.string().min(1), {
+                error: "cluster.remotesapi.server_name_urls must be a list of URLs, e.g. [https://peer.svc]",
+              })
+              .default([]),
+            server_name_dns: z
+              .array(z.string().min(1), {
+                error: "cluster.remotesapi.server_name_dns must be a list of DNS names, e.g. [peer.svc]",
+              })
+              .default([]),
+          },
+          { error: "cluster.remotesapi must be a mapping with at least a port, e.g. {port: 50051}" },
+        )
+        .superRefine((api, ctx) => {
+          if (Boolean(api.tls_key) !== Boolean(api.tls_cert)) {
+            const missing = api.tls_key ? "tls_cert" : "tls_key";
+            ctx.addIssue({
+              code: "custom",
+              path: [missing],
+              message: `cluster.remotesapi.${missing} is needed too: TLS takes both tls_key and tls_cert (or neither)`,
+            });
+          }
+          if ((api.server_name_urls.length > 0 || api.server_name_dns.length > 0) && !api.tls_ca) {
+            ctx.addIssue({
+              code: "custom",
+              path: ["tls_ca"],
+              message:
+                "cluster.remotesapi.server_name_urls / server_name_dns check the names of certificates issued by cluster.remotesapi.tls_ca: set tls_ca too",
+            });
+          }
+        }),
+    },
+    {
+      error:
+        "cluster must be a mapping: {standby_remotes: [...], bootstrap_role, bootstrap_epoch, remotesapi: {port}}",
+    },
+  )
+  .transform(({ boostrap_role, boostrap_epoch, ...cluster }) => ({
+    ...cluster,
+    bootstrap_role: cluster.bootstrap_role ?? boostrap_role ?? "primary",
+    bootstrap_epoch: cluster.bootstrap_epoch ?? boostrap_epoch ?? 0,
+  }));
+
 export const configSchema = z.object({
   log_level: z
     .enum(["trace", "debug", "info", "warn", "error"], {
@@ -272,6 +373,8 @@ export const configSchema = z.object({
     .prefault({}),
   // This server's databases as read-only http(s):// remotes for other Stratas (clone, fetch, pull).
   remotesapi: remotesApiSchema.optional(),
+  // Hot standbys: this server's store streams to (or from) its peers', with roles and epochs.
+  cluster: clusterSchema.optional(),
   // Doltgres's system variables (dolt_*), as their defaults: ALTER SYSTEM SET and SET override them.
   system_variables: z
     .record(z.string(), z.union([z.string(), z.number(), z.boolean()]), {
@@ -305,3 +408,4 @@ export const configSchema = z.object({
 export type Config = z.infer<typeof configSchema>;
 export type PostgresReplicationConfig = z.infer<typeof postgresReplicationSchema>;
 export type RemotesApiConfig = z.infer<typeof remotesApiSchema>;
+export type ClusterConfig = z.infer<typeof clusterSchema>;

@@ -80,6 +80,23 @@ export const VARIABLES: readonly VariableDefinition[] = [
     readAt: "server",
   },
   {
+    name: "dolt_cluster_role",
+    kind: "string",
+    default: "",
+    description:
+      "this server's cluster role: primary, standby or detected_broken_config ('' without cluster:)",
+    readAt: "server",
+    readOnly: true,
+  },
+  {
+    name: "dolt_cluster_role_epoch",
+    kind: "integer",
+    default: "0",
+    description: "the epoch of this server's cluster role",
+    readAt: "server",
+    readOnly: true,
+  },
+  {
     name: "strata_allow_replica_writes",
     kind: "boolean",
     default: "0",

@@ -241,6 +241,14 @@ function rewriteStatement(t: Token[], altersSystem: AlteredSetting[]): string | 
 
 /** A SET value as a checked, normalised literal; undefined for DEFAULT. */
 function settingSql(variable: VariableDefinition, tokens: Token[]): string | undefined {
+  if (variable.readOnly)
+    throw new VariableError(
+      `Variable '${variable.name}' is a read only variable`,
+      variable.name.startsWith("dolt_cluster_")
+        ? "a server's cluster role changes with SELECT dolt_assume_cluster_role('primary' | 'standby', epoch)"
+        : `SHOW ${variable.name} reads it`,
+      "55P02",
+    );
   if (tokens.length === 1 && upper(tokens[0]) === "DEFAULT") return undefined;
   const value = settingValue(tokens);
   if (value === undefined)

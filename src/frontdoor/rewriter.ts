@@ -5,6 +5,7 @@
 import pg from "pg";
 import { BranchError, splitDatabaseName } from "../branches/names.ts";
 import { BranchService } from "../branches/service.ts";
+import { type ClusterController, ClusterError } from "../cluster/controller.ts";
 import { findVariable } from "../config/variables.ts";
 import type { Logger } from "../log.ts";
 import { RemoteService } from "../remotes/service.ts";
@@ -31,6 +32,8 @@ export class StrataRewriter implements QueryRewriter {
   /** Recent rewrites: they depend on the catalog (keys) only, so they live as long as its cache. */
   private readonly rewrites = new Map<string, { at: number; sql: string | undefined }>();
   private closed = false;
+  /** This server's cluster controller, when config.yaml has cluster:. */
+  private cluster?: ClusterController;
 
   readonly remotes: RemoteService;
   readonly branches: BranchService;
@@ -52,7 +55,14 @@ export class StrataRewriter implements QueryRewriter {
     });
   }
 
+  /** Serve the cluster calls, and refuse what a session may no longer do after a role change. */
+  useCluster(cluster: ClusterController): void {
+    this.cluster = cluster;
+  }
+
   rewrite(sql: string, context: RewriteContext): Promise<string | undefined> | undefined {
+    const refusal = this.cluster?.refusal(context.session, sql);
+    if (refusal) throw refusal;
     // A read replica pulls when a transaction starts (the session is idle before this statement).
     const status = context.session.txStatus;
     const pull =
@@ -126,11 +136,64 @@ export class StrataRewriter implements QueryRewriter {
     const call = findRemoteCall(sql);
     if (!call) return this.rewriteCandidate(sql, context);
     if (call.kind === "remote") return this.remotes.call(call.fn, call.args, context.database);
+    if (call.kind === "cluster") return this.clusterCall(call.fn, call.args, context);
     // A checkout is refused inside a transaction block before any branch is made for it.
     if (call.fn === "dolt_checkout" && context.session.txStatus !== "I") await this.moveSession("", context);
     const result = await this.branches.call(call.fn, call.args, context.database);
     if (result.switchTo) await this.moveSession(result.switchTo, context);
     return result.sql;
+  }
+
+  /** dolt_assume_cluster_role and dolt_cluster_transition_to_standby, with Dolt's results. */
+  private async clusterCall(
+    fn: "dolt_assume_cluster_role" | "dolt_cluster_transition_to_standby",
+    args: string[],
+    context: RewriteContext,
+  ): Promise<string> {
+    const cluster = this.cluster;
+    if (!cluster)
+      throw new ClusterError(
+        `${fn} needs a cluster: this server has no cluster: section in its config.yaml`,
+        "55000",
+        "configure cluster.standby_remotes, bootstrap_role, bootstrap_epoch and remotesapi (see docs/cluster.md)",
+      );
+    const integer = (text: string | undefined, what: string) => {
+      if (text === undefined || !/^\s*-?\d+\s*$/.test(text))
+        throw new ClusterError(
+          `${fn}: ${what} must be a whole number, got ${JSON.stringify(text ?? null)}`,
+          "22023",
+        );
+      return Number(text);
+    };
+    if (fn === "dolt_assume_cluster_role") {
+      if (args.length !== 2)
+        throw new ClusterError(
+          "dolt_assume_cluster_role takes a role and an epoch, e.g. SELECT dolt_assume_cluster_role('standby', 2)",
+          "42883",
+        );
+      const result = await cluster.assumeRole(args[0], integer(args[1], "the epoch"), context.session);
+      return `SELECT ${result}::int8 AS dolt_assume_cluster_role`;
+    }
+    if (args.length !== 2)
+      throw new ClusterError(
+        "dolt_cluster_transition_to_standby takes an epoch and the number of standbys that must be caught up (0: all), e.g. SELECT * FROM dolt_cluster_transition_to_standby(2, 1)",
+        "42883",
+      );
+    const rows = await cluster.transitionToStandby(
+      integer(args[0], "the epoch"),
+      integer(args[1], "min_caught_up"),
+      context.session,
+    );
+    const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
+    if (rows.length === 0)
+      return "SELECT NULL::int4 AS caught_up, NULL::text AS database, NULL::text AS remote, NULL::text AS remote_url WHERE false";
+    const values = rows
+      .map(
+        (r) =>
+          `(${r.caught_up}::int4, ${literal(r.database)}, ${literal(r.remote)}, ${literal(r.remote_url)})`,
+      )
+      .join(", ");
+    return `SELECT * FROM (VALUES ${values}) AS t(caught_up, database, remote, remote_url)`;
   }
 
   private async rewriteCandidate(sql: string, context: RewriteContext): Promise<string | undefined> {

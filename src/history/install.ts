@@ -19,9 +19,11 @@
 //   strata.upstream_tables  what the replica knows of each upstream table (by upstream oid): its
 //                   name and columns as last seen, so that later changes to them can be followed.
 //   strata.held_tables, strata.held_changes  tables whose changes wait aside (apply/held-tables.ts).
+
 import type pg from "pg";
 import { HELD_TABLES_SQL } from "../apply/held-tables.ts";
 import { BRANCH_SQL } from "../branches/branch-sql.ts";
+import { CLUSTER_STATUS_SQL } from "../cluster/status-sql.ts";
 import { REMOTE_SQL } from "../remotes/remote-sql.ts";
 import { SURFACE_SQL } from "./surface-sql.ts";
 import { META_NAME_SQL, TABLE_SURFACE_SQL } from "./table-surface-sql.ts";
@@ -164,6 +166,7 @@ export async function installStrataSchema(client: pg.Client, database: string): 
     await client.query(TABLE_SURFACE_SQL);
     await client.query(REMOTE_SQL);
     await client.query(BRANCH_SQL);
+    await client.query(CLUSTER_STATUS_SQL);
     await client.query("DELETE FROM strata.schema_version");
     await client.query("INSERT INTO strata.schema_version VALUES ($1)", [SCHEMA_VERSION]);
     await client.query(

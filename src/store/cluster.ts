@@ -39,19 +39,30 @@ export interface ClusterPaths {
   logFile: string;
 }
 
+/** The file in PGDATA holding a cluster node's role settings (read after strata.conf). */
+export const CLUSTER_SETTINGS_FILE = "strata-cluster.conf";
+
 // Unix socket paths are limited to 107 bytes; ".s.PGSQL.65535" takes 15 of them.
 const MAX_SOCKET_DIR = 90;
 
 export function clusterPaths(spec: Pick<ClusterSpec, "root">): ClusterPaths {
   const root = resolve(spec.root);
   let socketDir = join(root, "run");
-  if (socketDir.length > MAX_SOCKET_DIR) {
-    socketDir = join("/tmp", `strata-${createHash("sha1").update(root).digest("hex").slice(0, 12)}`);
-  }
+  if (socketDir.length > MAX_SOCKET_DIR) socketDir = shortSocketDir(root);
   return { pgdata: join(root, "pgdata"), socketDir, logFile: join(root, "postgres.log") };
 }
 
-function asUser(spec: ClusterSpec) {
+const shortSocketDir = (key: string) =>
+  join("/tmp", `strata-${createHash("sha1").update(key).digest("hex").slice(0, 12)}`);
+
+/** A directory for unix sockets under `root`, or a short one in /tmp when that path is too long. */
+export function socketDirFor(root: string, name: string): string {
+  const dir = join(resolve(root), name);
+  return dir.length <= MAX_SOCKET_DIR ? dir : shortSocketDir(dir);
+}
+
+/** Options that run a child process as the store's OS user, with no PG* environment. */
+export function asUser(spec: ClusterSpec) {
   const env: NodeJS.ProcessEnv = { ...process.env, LC_ALL: "C", LANG: "C" };
   for (const key of Object.keys(env)) if (key.startsWith("PG")) delete env[key];
   if (!spec.osUser) return { env };
@@ -62,12 +73,12 @@ function asUser(spec: ClusterSpec) {
   };
 }
 
-function own(spec: ClusterSpec, path: string, mode: number) {
+export function own(spec: ClusterSpec, path: string, mode: number) {
   mkdirSync(path, { recursive: true, mode });
   if (spec.osUser) chownSync(path, spec.osUser.uid, spec.osUser.gid);
 }
 
-async function exec(spec: ClusterSpec, file: string, args: string[], what: string): Promise<string> {
+export async function exec(spec: ClusterSpec, file: string, args: string[], what: string): Promise<string> {
   try {
     const { stdout } = await run(file, args, { ...asUser(spec), maxBuffer: 16 * 1024 * 1024 });
     return stdout;
@@ -78,7 +89,7 @@ async function exec(spec: ClusterSpec, file: string, args: string[], what: strin
   }
 }
 
-function quoteSetting(value: string | number | boolean): string {
+export function quoteSetting(value: string | number | boolean): string {
   if (typeof value === "number") return String(value);
   if (typeof value === "boolean") return value ? "on" : "off";
   return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
@@ -147,9 +158,10 @@ function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
     ...spec.settings,
   };
   const lines = Object.entries(settings).map(([k, v]) => `${k} = ${quoteSetting(v)}`);
+  // A cluster node's role settings (src/cluster/store-roles.ts) go last: they change while running.
   writeFileSync(
     join(paths.pgdata, "strata.conf"),
-    `# written by Strata at every start\n${lines.join("\n")}\n`,
+    `# written by Strata at every start\n${lines.join("\n")}\ninclude_if_exists = '${CLUSTER_SETTINGS_FILE}'\n`,
   );
   const hba = [
     ...(spec.hba ?? []),

@@ -27,6 +27,8 @@ export interface StoreHandle {
   endpoint: StoreEndpoint;
   /** The managed store's server binaries (its pg_dump and pg_restore match it). */
   binDir?: string;
+  /** The managed store's cluster (cluster roles stop, rewind and restart it). */
+  managed?: ClusterSpec;
   connectionConfig(database: string): pg.ClientConfig;
   stop(): Promise<void>;
 }
@@ -38,9 +40,48 @@ const INTERNAL_WRITER = "-c strata.applying=on";
 // The managed store listens only on its unix socket; the port just names the socket file.
 const MANAGED_SOCKET_PORT = 5432;
 
-export async function openStore(config: Config, dataDir: string, log: Logger): Promise<StoreHandle> {
+export interface OpenStoreOptions {
+  /**
+   * Makes the managed store when there is none (default: initdb); resolves true when it made one.
+   * A cluster standby takes a base backup from its primary instead.
+   */
+  initialise?: (spec: ClusterSpec) => Promise<boolean>;
+  /** Runs before every start of the managed store (a cluster node writes its role settings). */
+  beforeStart?: (spec: ClusterSpec) => void;
+}
+
+export async function openStore(
+  config: Config,
+  dataDir: string,
+  log: Logger,
+  options: OpenStoreOptions = {},
+): Promise<StoreHandle> {
   if (config.store.url) return openExternalStore(config.store.url);
-  const spec: ClusterSpec = {
+  const spec = managedStoreSpec(config, dataDir);
+  if (await (options.initialise ?? initCluster)(spec)) {
+    log.info(
+      { pgdata: clusterPaths(spec).pgdata, binaries: spec.bin.dir, os_user: spec.osUser?.name },
+      "initialised the managed store",
+    );
+  }
+  options.beforeStart?.(spec);
+  const { paths, recovery } = await startCluster(spec);
+  if (recovery === "stopped-orphan")
+    log.warn(
+      "found the store's postmaster still running from a previous run (Strata was killed); restarted it",
+    );
+  if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
+  log.info({ socket_dir: paths.socketDir, version: spec.bin.major }, "managed store started");
+  const handle = managedStoreHandle(paths.socketDir, spec.superuser, spec.password, async () => {
+    await stopCluster(spec);
+    log.info("managed store stopped");
+  });
+  return { ...handle, binDir: spec.bin.dir, managed: spec };
+}
+
+/** The managed store's cluster: where it lives, who runs it, and the settings it starts with. */
+export function managedStoreSpec(config: Config, dataDir: string): ClusterSpec {
+  return {
     root: join(dataDir, "store"),
     bin: findPgBinaries(config.store.bin_dir),
     osUser: storeOsUser(config.store.os_user),
@@ -59,24 +100,6 @@ export async function openStore(config: Config, dataDir: string, log: Logger): P
       ...config.store.settings,
     },
   };
-  if (await initCluster(spec)) {
-    log.info(
-      { pgdata: clusterPaths(spec).pgdata, binaries: spec.bin.dir, os_user: spec.osUser?.name },
-      "initialised the managed store",
-    );
-  }
-  const { paths, recovery } = await startCluster(spec);
-  if (recovery === "stopped-orphan")
-    log.warn(
-      "found the store's postmaster still running from a previous run (Strata was killed); restarted it",
-    );
-  if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
-  log.info({ socket_dir: paths.socketDir, version: spec.bin.major }, "managed store started");
-  const handle = managedStoreHandle(paths.socketDir, spec.superuser, spec.password, async () => {
-    await stopCluster(spec);
-    log.info("managed store stopped");
-  });
-  return { ...handle, binDir: spec.bin.dir };
 }
 
 /** A managed store reached through its unix socket in `socketDir`. */

@@ -38,7 +38,8 @@ export function tempDir(prefix = "strata-test-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   chmodSync(dir, 0o755);
   // Removed when the test process ends, whoever else forgets to.
-  onProcessExit(() => rmSync(dir, { recursive: true, force: true }));
+  // STRATA_TEST_KEEP=1 keeps them, to look at a failing test's store logs.
+  if (!process.env.STRATA_TEST_KEEP) onProcessExit(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
 

@@ -60,7 +60,8 @@ export class StrataProcess {
   destroySync(): void {
     this.child?.kill("SIGKILL");
     this.stopOrphanedStoreSync();
-    rmSync(join(this.dataDir, ".."), { recursive: true, force: true });
+    // STRATA_TEST_KEEP=1 keeps the data directories (store logs) of a failing test for a look.
+    if (!process.env.STRATA_TEST_KEEP) rmSync(join(this.dataDir, ".."), { recursive: true, force: true });
   }
 
   async start(): Promise<void> {

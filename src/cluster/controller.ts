@@ -1,0 +1,845 @@
+// The cluster controller: this node's role and epoch, its peers, and every change of role
+// (DESIGN.md decision 8; the rules are Dolt's, see roles.ts and docs/cluster.md).
+//
+//   heartbeat (1 s, each peer, both ways)  roles exchanged → automatic transitions (learnFromPeer);
+//                                          a standby learns which peer is primary; the primary
+//                                          learns each standby's replay position (status, lag)
+//   primary → standby (graceful)           read-only, other sessions ended, wait ≤ 10 s until every
+//                                          standby has replayed our last WAL; else back to primary
+//   a store that was a primary, now a      stop, pg_rewind from the primary, start as its hot
+//   standby's, once a primary is known     standby (the WAL it streams comes through tunnel.ts)
+//   standby → primary                      pg_promote(), writes open, primary services start
+//
+// Role changes run one at a time. The state is persisted (node-state.ts) before a change is
+// reported; a crash in the middle is finished by the next start from the persisted role.
+import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import pg from "pg";
+import type { ClusterConfig, Config } from "../config/schema.ts";
+import type { SessionInfo } from "../frontdoor/session.ts";
+import type { Logger } from "../log.ts";
+import { parseLsn } from "../protocol/lsn.ts";
+import {
+  type ClusterSpec,
+  clusterPaths,
+  initCluster,
+  isInitialised,
+  socketDirFor,
+  startCluster,
+  stopCluster,
+} from "../store/cluster.ts";
+import type { OpenStoreOptions, StoreHandle } from "../store/store.ts";
+import { NodeKey, PeerKeys } from "./auth.ts";
+import { ControlRefusal, type ControlServer, startControlServer } from "./control-server.ts";
+import { type NodeState, newNodeId, readNodeState, writeNodeState } from "./node-state.ts";
+import { outboundTlsOptions } from "./peer-tls.ts";
+import { type Heartbeat, PeerClient, PeerRefusal, peerEndpoint } from "./peers.ts";
+import {
+  BROKEN_CONFIG_ERROR,
+  checkAssume,
+  learnFromPeer,
+  type Role,
+  RoleError,
+  type RoleState,
+  TRANSITIONED_ERROR,
+} from "./roles.ts";
+import {
+  isStandbyStore,
+  rewindStore,
+  setStandbySignal,
+  slotName,
+  type TunnelConninfo,
+  takeBaseBackup,
+  writeRoleSettings,
+} from "./store-roles.ts";
+import { type StoreTunnel, startStoreTunnel } from "./tunnel.ts";
+
+const HEARTBEAT_MS = 1_000;
+/** A peer not heard from for this long is not taken for the primary. */
+const PEER_STALE_MS = 5_000;
+/** Dolt's fixed wait for standbys in a graceful demotion. */
+export const DEMOTE_WAIT_MS = 10_000;
+const STATUS_FILE = "strata_cluster_status.json";
+
+/** The Postgres side of services only a primary runs (upstream replication, pushes to remotes). */
+export interface PrimaryServices {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+interface PeerStatus {
+  client: PeerClient;
+  /** Its last heartbeat, and when it came. */
+  seen?: Heartbeat;
+  seenAt?: number;
+  /** As a primary: when this standby had last replayed everything we had written (Dolt's lastSuccess). */
+  caughtUpAt?: number;
+  /** Lag in ms at the last heartbeat (null before the first since we became primary). */
+  lagMs?: number | null;
+  error?: string;
+  /** As a standby: the last heartbeat this primary sent us. */
+  fromPrimaryAt?: number;
+}
+
+export interface TransitionRow {
+  caught_up: number;
+  database: string;
+  remote: string;
+  remote_url: string;
+}
+
+export class ClusterError extends Error {
+  constructor(
+    message: string,
+    readonly code = "XX000",
+    readonly hint?: string,
+  ) {
+    super(message);
+  }
+}
+
+export class ClusterController {
+  private state!: NodeState;
+  private key!: NodeKey;
+  private peerKeys!: PeerKeys;
+  private control?: ControlServer;
+  private tunnel?: StoreTunnel;
+  private readonly peers = new Map<string, PeerStatus>();
+  private timer?: NodeJS.Timeout;
+  private store?: StoreHandle;
+  private spec?: ClusterSpec;
+  private pool?: pg.Pool;
+  private services?: PrimaryServices;
+  private servicesRunning = false;
+  private sessions?: () => SessionInfo[];
+  private readonly tainted = new WeakSet<SessionInfo>();
+  /** Role changes, one at a time. */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** True while a role change is under way: other sessions' statements are refused. */
+  private transitioning = false;
+  private rewinding = false;
+  /** The primary (name@epoch/node) this standby last made sure has its slot. */
+  private slotOn?: string;
+  private refusedIncoming?: { reason: string; at: number };
+  /** (time, WAL position) samples of ours as a primary, for the standbys' lag. */
+  private walSamples: { at: number; lsn: bigint }[] = [];
+  private stopped = false;
+
+  constructor(
+    private readonly cluster: ClusterConfig,
+    private readonly config: Config,
+    private readonly dataDir: string,
+    private readonly log: Logger,
+  ) {
+    if (config.store.url)
+      throw new ClusterError(
+        "cluster: needs the managed store (a standby's store is a physical copy of the primary's, which Strata runs): remove store.url",
+      );
+  }
+
+  get role(): Role {
+    return this.state.role;
+  }
+  get epoch(): number {
+    return this.state.epoch;
+  }
+  roleState(): RoleState {
+    return { role: this.state.role, epoch: this.state.epoch };
+  }
+
+  /** Persisted role and epoch (or the bootstrap ones), the key, the control plane, heartbeats. */
+  async start(): Promise<void> {
+    const persisted = readNodeState(this.dataDir);
+    this.state = persisted ?? {
+      node_id: newNodeId(),
+      role: this.cluster.bootstrap_role,
+      epoch: this.cluster.bootstrap_epoch,
+    };
+    if (!persisted) writeNodeState(this.dataDir, this.state);
+    this.log.info(
+      {
+        role: this.state.role,
+        epoch: this.state.epoch,
+        node_id: this.state.node_id,
+        persisted: Boolean(persisted),
+      },
+      persisted
+        ? "cluster: role and epoch from this node's persisted state"
+        : "cluster: bootstrap role and epoch",
+    );
+    const tls = outboundTlsOptions(this.cluster.remotesapi);
+    this.key = await NodeKey.generate();
+    const endpoints = this.cluster.standby_remotes.map(peerEndpoint);
+    this.peerKeys = new PeerKeys({
+      peers: endpoints.map((p) => ({ name: p.name, jwksUrl: new URL(".well-known/jwks.json", p.base).href })),
+      ownKid: this.key.kid,
+      tls,
+      log: this.log,
+    });
+    for (const endpoint of endpoints)
+      this.peers.set(endpoint.name, {
+        client: new PeerClient(endpoint, this.key, this.peerKeys, tls, () => this.roleState()),
+      });
+    this.peerKeys.start();
+    this.control = await startControlServer(this.cluster.remotesapi, this.key, this.peerKeys, this, this.log);
+    this.tunnel = await startStoreTunnel(
+      socketDirFor(this.dataDir, "cluster-run"),
+      () => this.primaryPeer()?.client,
+      this.log,
+    );
+    const tick = () => {
+      void this.heartbeatAll().finally(() => {
+        if (!this.stopped) this.timer = setTimeout(tick, HEARTBEAT_MS);
+      });
+    };
+    tick();
+  }
+
+  /** How the store is made and started for this role (openStore's options). */
+  storeOptions(): OpenStoreOptions {
+    return {
+      initialise: async (spec) => {
+        this.spec = spec;
+        if (this.state.role === "standby") {
+          if (isInitialised(spec)) return false;
+          await this.baseBackup(spec);
+          return false;
+        }
+        return initCluster(spec);
+      },
+      beforeStart: (spec) => {
+        this.spec = spec;
+        // WAL kept back for a rewind of this node, or of a standby that fell behind.
+        spec.settings = { wal_keep_size: "512MB", ...spec.settings };
+        this.writeSettings();
+      },
+    };
+  }
+
+  /** The store is up: finish a promotion a crash interrupted, and note the store. */
+  async storeStarted(store: StoreHandle): Promise<void> {
+    this.store = store;
+    this.spec = store.managed;
+    this.pool = new pg.Pool({
+      ...store.connectionConfig("postgres"),
+      application_name: "strata cluster",
+      max: 2,
+    });
+    this.pool.on("error", () => {});
+    if (this.state.role === "primary" && (await this.inRecovery())) {
+      this.log.warn(
+        "cluster: this node is primary but its store is a standby (a promotion was interrupted): promoting it",
+      );
+      await this.promoteStore();
+    }
+  }
+
+  /** Whether this node's store takes writes now (Strata's own writers run only then). */
+  async storeWritable(): Promise<boolean> {
+    return this.state.role === "primary" && !(await this.inRecovery());
+  }
+
+  attach(options: { sessions: () => SessionInfo[]; services: PrimaryServices }): void {
+    this.sessions = options.sessions;
+    this.services = options.services;
+  }
+
+  /** Start the primary's services if this node is primary (at start, after storeStarted). */
+  async startServicesIfPrimary(): Promise<void> {
+    if (this.state.role === "primary") await this.startServices();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.queue.catch(() => {});
+    this.peerKeys?.stop();
+    for (const peer of this.peers.values()) peer.client.close();
+    await this.control?.close();
+    await this.tunnel?.close();
+    await this.pool?.end().catch(() => {});
+  }
+
+  // --- sessions (the front door asks) ---
+
+  /** The error a session gets for a statement, if any: after it changed roles, or during a change. */
+  refusal(session: SessionInfo, sql: string): ClusterError | undefined {
+    if (this.tainted.has(session)) return new ClusterError(TRANSITIONED_ERROR, "08006", "reconnect");
+    if (this.state.role !== "primary" && /transaction_read_only|read\s+write/i.test(sql))
+      return new ClusterError(
+        `this server is a ${this.state.role} in its cluster and is read-only`,
+        "25006",
+        "writes go to the cluster's primary (SHOW dolt_cluster_role on each server)",
+      );
+    return undefined;
+  }
+
+  // --- SQL: dolt_assume_cluster_role, dolt_cluster_transition_to_standby ---
+
+  /** dolt_assume_cluster_role(role, epoch): resolves 0; the caller's session is tainted when the role changed. */
+  assumeRole(role: string, epoch: number, caller: SessionInfo): Promise<number> {
+    return this.serialised(async () => {
+      if (checkAssume(this.roleState(), role, epoch) === "noop") return 0;
+      const from = this.state.role;
+      if (role === "standby") {
+        if (from === "primary") await this.demoteGracefully(epoch, 0, caller);
+        else await this.setRole({ role: "standby", epoch }, caller);
+      } else {
+        await this.promote(epoch, caller);
+      }
+      if (from !== role) this.tainted.add(caller);
+      return 0;
+    });
+  }
+
+  /** dolt_cluster_transition_to_standby(epoch, min_caught_up): Dolt's rows, one per database and standby. */
+  transitionToStandby(epoch: number, minCaughtUp: number, caller: SessionInfo): Promise<TransitionRow[]> {
+    return this.serialised(async () => {
+      if (this.state.role === "standby") {
+        // Dolt raises the epoch first, then finds the role unchanged.
+        if (epoch > this.state.epoch) this.setState({ role: "standby", epoch });
+        throw new ClusterError("failed to transition server to standby; it is already standby.");
+      }
+      checkAssume(this.roleState(), "standby", epoch);
+      if (this.state.role !== "primary") {
+        await this.setRole({ role: "standby", epoch }, caller);
+        this.tainted.add(caller);
+        return [];
+      }
+      const caught = await this.demoteGracefully(epoch, minCaughtUp, caller);
+      this.tainted.add(caller);
+      const databases = await this.databases();
+      const rows: TransitionRow[] = [];
+      for (const database of databases)
+        for (const [name, peer] of this.peers)
+          rows.push({
+            caught_up: caught.has(name) ? 1 : 0,
+            database,
+            remote: name,
+            remote_url: peer.client.peer.template.replace("{database}", database),
+          });
+      return rows;
+    });
+  }
+
+  // --- the control plane (control-server.ts calls these) ---
+
+  self(): RoleState {
+    return this.roleState();
+  }
+
+  async heartbeat(peer: string, theirs: Heartbeat): Promise<Heartbeat> {
+    const status = this.peers.get(peer);
+    if (status) {
+      status.seen = theirs;
+      status.seenAt = Date.now();
+      if (theirs.role === "primary") status.fromPrimaryAt = Date.now();
+    }
+    this.learn(peer, theirs);
+    return this.ownHeartbeat();
+  }
+
+  async storeTunnel(peer: string, theirs: RoleState | undefined): Promise<string> {
+    if (theirs) this.learn(peer, theirs);
+    if (this.state.role === "standby")
+      throw new ControlRefusal(
+        "this server is a standby and is not currently replicating to its standby",
+        409,
+      );
+    if (this.state.role === "detected_broken_config")
+      throw new ControlRefusal(
+        "this server is currently in detected_broken_config and is not currently replicating to its standby",
+        409,
+      );
+    if (theirs && theirs.epoch > this.state.epoch)
+      throw new ControlRefusal(
+        `this primary is at epoch ${this.state.epoch}, behind the requester's ${theirs.epoch}`,
+        409,
+      );
+    if (!this.store || "host" in this.store.endpoint)
+      throw new ControlRefusal("the store is not running", 503);
+    return this.store.endpoint.path;
+  }
+
+  refused(reason: string): void {
+    this.refusedIncoming = { reason, at: Date.now() };
+  }
+
+  // --- internals ---
+
+  private serialised<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(work, work);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private setState(role: RoleState): void {
+    this.state = { ...this.state, ...role };
+    writeNodeState(this.dataDir, this.state);
+  }
+
+  /** Apply what a peer's role tells us (roles.ts): an automatic move to standby or broken. */
+  private learn(peer: string, theirs: RoleState): void {
+    if (this.transitioning) return;
+    const next = learnFromPeer(this.roleState(), theirs);
+    if (!next) return;
+    this.log.warn(
+      { peer, peer_role: theirs.role, peer_epoch: theirs.epoch, role: next.role, epoch: next.epoch },
+      next.role === "detected_broken_config"
+        ? "cluster: two primaries at one epoch: this server is now detected_broken_config (read-only)"
+        : `cluster: ${peer} is primary at epoch ${theirs.epoch}: this server becomes its standby`,
+    );
+    // Persisted at once, so the reply already carries it; the rest follows in order.
+    const from = this.state.role;
+    this.setState(next);
+    void this.serialised(() => this.enterReadOnly(from)).catch((err: Error) =>
+      this.log.error({ err: err.message }, "cluster: the automatic role change failed"),
+    );
+  }
+
+  /** Into standby or broken without waiting: writes stop, every session ends, services stop. */
+  private async enterReadOnly(from: Role): Promise<void> {
+    this.writeSettings();
+    await this.reload();
+    if (from === "primary") await this.stopServices();
+    await this.endSessions(undefined, "this server's cluster role changed; reconnect");
+  }
+
+  private async setRole(next: RoleState, caller: SessionInfo): Promise<void> {
+    const from = this.state.role;
+    this.setState(next);
+    if (next.role !== "primary") await this.enterReadOnlyFor(from, caller);
+  }
+
+  private async enterReadOnlyFor(from: Role, caller: SessionInfo): Promise<void> {
+    this.writeSettings();
+    await this.reload();
+    if (from === "primary") await this.stopServices();
+    await this.endSessions(caller, "this server's cluster role changed; reconnect");
+  }
+
+  /**
+   * Primary → standby at `epoch`, Dolt's steps: read-only, every other session ended, then wait
+   * for the standbys to replay everything; on success the role is persisted, on failure the
+   * server is a writable primary at its old epoch again. Resolves the standbys that caught up.
+   */
+  private async demoteGracefully(
+    epoch: number,
+    minCaughtUp: number,
+    caller: SessionInfo,
+  ): Promise<Set<string>> {
+    this.transitioning = true;
+    try {
+      writeRoleSettings(this.spec!, this.roleState(), undefined, { readOnly: true });
+      await this.reload();
+      await this.stopServices();
+      await this.endSessions(caller, "this server is becoming a standby; reconnect to the new primary");
+      const target = await this.currentLsn();
+      const caught = await this.waitForStandbys(target, minCaughtUp);
+      const needed = minCaughtUp === 0 ? this.peers.size : minCaughtUp;
+      if (caught.size < needed) {
+        writeRoleSettings(this.spec!, this.roleState());
+        await this.reload();
+        await this.startServices();
+        await this.endSessions(caller, "this server stayed primary; reconnect");
+        const databases = await this.databases();
+        throw new ClusterError(
+          minCaughtUp === 0
+            ? "cluster/controller: failed to transition from primary to standby gracefully; could not replicate databases to standby in a timely manner."
+            : `cluster/controller: failed to transition from primary to standby gracefully; could not ensure ${minCaughtUp} replicas were caught up on all ${databases.length} databases. Only caught up ${caught.size} standbys fully.`,
+          "XX000",
+          `this server is still primary at epoch ${this.state.epoch}; check the standbys (SELECT * FROM dolt_cluster.dolt_cluster_status) and try again`,
+        );
+      }
+      this.setState({ role: "standby", epoch });
+      this.writeSettings();
+      await this.reload();
+      this.log.info({ epoch, caught_up: [...caught] }, "cluster: this server is now a standby (graceful)");
+      return caught;
+    } finally {
+      this.transitioning = false;
+    }
+  }
+
+  /** Standby (or broken) → primary at `epoch`: persisted, then promoted, then writes open. */
+  private async promote(epoch: number, caller: SessionInfo): Promise<void> {
+    this.transitioning = true;
+    try {
+      this.setState({ role: "primary", epoch });
+      await this.endSessions(caller, "this server is becoming primary; reconnect");
+      if (await this.inRecovery()) await this.promoteStore();
+      this.writeSettings();
+      await this.reload();
+      await this.startServices();
+      for (const peer of this.peers.values()) {
+        peer.caughtUpAt = undefined;
+        peer.lagMs = null;
+      }
+      this.walSamples = [];
+      this.log.info({ epoch }, "cluster: this server is now primary");
+    } finally {
+      this.transitioning = false;
+    }
+  }
+
+  private async promoteStore(): Promise<void> {
+    const { rows } = await this.pool!.query<{ promoted: boolean }>("SELECT pg_promote(true, 60) AS promoted");
+    if (!rows[0]?.promoted)
+      throw new ClusterError("the store did not finish its promotion within 60 s; see the store's log");
+    // pg_promote removes standby.signal; the store's settings are rewritten next. Until a
+    // checkpoint, pg_control still names the old timeline, and a pg_rewind against this store
+    // would take it for the same history and rewind nothing.
+    await this.pool!.query("CHECKPOINT");
+  }
+
+  /** Wait until each standby's replay position reaches `target` (Dolt: 10 s). */
+  private async waitForStandbys(target: bigint, minCaughtUp: number): Promise<Set<string>> {
+    const deadline = Date.now() + DEMOTE_WAIT_MS;
+    const caught = new Set<string>();
+    const needed = minCaughtUp === 0 ? this.peers.size : Math.min(minCaughtUp, this.peers.size);
+    while (Date.now() < deadline && caught.size < this.peers.size) {
+      await Promise.all(
+        [...this.peers].map(async ([name, peer]) => {
+          if (caught.has(name)) return;
+          try {
+            const theirs = await peer.client.heartbeat(await this.ownHeartbeat());
+            peer.seen = theirs;
+            peer.seenAt = Date.now();
+            const replay = theirs.store?.replay_lsn;
+            if (theirs.store?.in_recovery && replay && parseLsn(replay) >= target) caught.add(name);
+          } catch (err) {
+            peer.error = (err as Error).message;
+          }
+        }),
+      );
+      if (minCaughtUp > 0 && caught.size >= needed) break;
+      if (caught.size < this.peers.size) await new Promise((r) => setTimeout(r, 25));
+    }
+    return caught;
+  }
+
+  private async heartbeatAll(): Promise<void> {
+    if (!this.spec) {
+      // No store yet (a standby waiting for its base backup): roles still go both ways.
+    }
+    let mine: Heartbeat;
+    try {
+      mine = await this.ownHeartbeat();
+    } catch {
+      return;
+    }
+    const lsn =
+      mine.store?.current_lsn && !mine.store.in_recovery ? parseLsn(mine.store.current_lsn) : undefined;
+    if (lsn !== undefined && this.state.role === "primary") {
+      const last = this.walSamples[this.walSamples.length - 1];
+      if (!last || last.lsn !== lsn) this.walSamples.push({ at: Date.now(), lsn });
+    }
+    await Promise.all(
+      [...this.peers].map(async ([name, peer]) => {
+        try {
+          const theirs = await peer.client.heartbeat(mine);
+          peer.seen = theirs;
+          peer.seenAt = Date.now();
+          peer.error = undefined;
+          if (theirs.role === "primary") peer.fromPrimaryAt = Date.now();
+          this.learn(name, theirs);
+          if (this.state.role === "primary" && lsn !== undefined) this.measureLag(peer, theirs, lsn);
+        } catch (err) {
+          peer.error = (err as Error).message;
+          if (err instanceof PeerRefusal && err.peerRole) this.learn(name, err.peerRole);
+        }
+      }),
+    );
+    // Samples every standby has replayed are of no more use.
+    const replayed = [...this.peers.values()].map((p) =>
+      p.seen?.store?.replay_lsn ? parseLsn(p.seen.store.replay_lsn) : 0n,
+    );
+    const least = replayed.length ? replayed.reduce((a, b) => (a < b ? a : b)) : 0n;
+    while (this.walSamples.length > 1 && this.walSamples[0].lsn <= least) this.walSamples.shift();
+    this.writeStatus();
+    void this.followPrimaryIfNeeded();
+    void this.ensureSlotOnNewPrimary();
+  }
+
+  private measureLag(peer: PeerStatus, theirs: Heartbeat, current: bigint): void {
+    const replay =
+      theirs.store?.in_recovery && theirs.store.replay_lsn ? parseLsn(theirs.store.replay_lsn) : undefined;
+    if (replay === undefined) return;
+    if (replay >= current) {
+      peer.caughtUpAt = Date.now();
+      peer.lagMs = 0;
+      return;
+    }
+    const oldest = this.walSamples.find((s) => s.lsn > replay);
+    peer.lagMs = peer.caughtUpAt === undefined ? null : Date.now() - (oldest?.at ?? Date.now());
+  }
+
+  /**
+   * A standby whose store is not (yet) streaming from the primary — it was a primary, or it was
+   * demoted — follows the primary once one is known: stop, rewind, start as its hot standby.
+   */
+  private async followPrimaryIfNeeded(): Promise<void> {
+    if (this.state.role !== "standby" || this.rewinding || this.transitioning || !this.spec || !this.store)
+      return;
+    if (isStandbyStore(this.spec)) return;
+    const primary = this.primaryPeer();
+    if (!primary) return;
+    this.rewinding = true;
+    try {
+      await this.serialised(async () => {
+        if (this.state.role !== "standby" || isStandbyStore(this.spec!)) return;
+        this.log.info(
+          { primary: primary.client.peer.name },
+          "cluster: following the primary: stopping the store to check it against the primary's history",
+        );
+        await this.ensureSlot(true);
+        await this.endSessions(undefined, "this server's store is restarting as a standby; reconnect");
+        await stopCluster(this.spec!);
+        try {
+          await rewindStore(this.spec!, this.tunnelConninfo(), this.log);
+        } catch (err) {
+          // Most often the WAL back to the last common checkpoint is gone (wal_keep_size): a
+          // fresh copy of the primary replaces the store; the old one is kept aside.
+          const aside = keepDivergedStore(this.spec!);
+          this.log.warn(
+            { err: (err as Error).message, kept_at: aside },
+            "cluster: cannot rewind this former primary; taking a fresh base backup from the primary instead (the old store is kept aside: it may hold writes the primary never had)",
+          );
+          await takeBaseBackup(this.spec!, this.tunnelConninfo(), slotName(this.state.node_id), this.log);
+        }
+        setStandbySignal(this.spec!, true);
+        this.writeSettings();
+        await startCluster(this.spec!);
+        this.log.info("cluster: the store is a hot standby of the primary");
+      });
+    } finally {
+      this.rewinding = false;
+    }
+  }
+
+  /** A streaming standby whose primary changed (a failover elsewhere) needs its slot there. */
+  private async ensureSlotOnNewPrimary(): Promise<void> {
+    if (this.state.role !== "standby" || !this.spec || !isStandbyStore(this.spec)) return;
+    const primary = this.primaryPeer();
+    if (!primary?.seen) return;
+    const key = `${primary.client.peer.name}@${primary.seen.epoch}/${primary.seen.node_id}`;
+    if (this.slotOn === key) return;
+    this.slotOn = key;
+    try {
+      await this.ensureSlot();
+    } catch (err) {
+      this.slotOn = undefined;
+      this.log.warn(
+        { primary: primary.client.peer.name, err: (err as Error).message },
+        "cluster: cannot make this standby's replication slot on the primary",
+      );
+    }
+  }
+
+  /** The peer that is primary at our epoch or a later one, heard from recently. */
+  private primaryPeer(): PeerStatus | undefined {
+    let best: PeerStatus | undefined;
+    for (const peer of this.peers.values()) {
+      const seen = peer.seen;
+      if (seen?.role !== "primary" || Date.now() - (peer.seenAt ?? 0) > PEER_STALE_MS) continue;
+      // A primary whose store is not up (yet) has nothing to stream.
+      if (!seen.store || seen.store.in_recovery) continue;
+      if (seen.epoch < this.state.epoch) continue;
+      if (!best || seen.epoch > best.seen!.epoch) best = peer;
+    }
+    return best;
+  }
+
+  private async baseBackup(spec: ClusterSpec): Promise<void> {
+    const deadline = Date.now() + 10 * 60_000;
+    let said = false;
+    for (;;) {
+      const primary = this.primaryPeer();
+      if (primary) {
+        try {
+          await this.ensureSlot();
+          await takeBaseBackup(spec, this.tunnelConninfo(), slotName(this.state.node_id), this.log);
+          setStandbySignal(spec, true);
+          return;
+        } catch (err) {
+          if (Date.now() > deadline || this.stopped) throw err;
+          this.log.warn({ err: (err as Error).message }, "cluster: the base backup failed; trying again");
+          await new Promise((r) => setTimeout(r, 1_000));
+          continue;
+        }
+      }
+      if (!said) {
+        this.log.info(
+          { peers: [...this.peers.keys()] },
+          "cluster: this standby has no store yet; waiting for a primary among its peers to take a base backup from",
+        );
+        said = true;
+      }
+      if (Date.now() > deadline || this.stopped)
+        throw new ClusterError(
+          `cluster: no primary among the peers (${[...this.peers.keys()].join(", ")}) within 10 minutes: a new standby takes its first copy from the primary; start the primary, or check cluster.standby_remotes`,
+        );
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  /**
+   * This node's slot on the primary, so that the primary keeps the WAL it has not streamed yet;
+   * before a rewind, also a checkpoint there (pg_rewind reads the primary's timeline from
+   * pg_control, which a promotion updates only at its next checkpoint).
+   */
+  private async ensureSlot(checkpoint = false): Promise<void> {
+    const client = new pg.Client({
+      ...this.tunnelConninfo(),
+      database: "postgres",
+      application_name: "strata slot",
+    });
+    client.on("error", () => {});
+    await client.connect();
+    try {
+      if (checkpoint) await client.query("CHECKPOINT");
+      await client.query(
+        "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+        [slotName(this.state.node_id)],
+      );
+    } finally {
+      await client.end();
+    }
+  }
+
+  private tunnelConninfo(): TunnelConninfo {
+    return {
+      host: this.tunnel!.dir,
+      port: this.tunnel!.port,
+      user: this.config.store.user,
+      password: this.config.store.password,
+    };
+  }
+
+  /** strata-cluster.conf for the current role (a standby's also says where its WAL comes from). */
+  private writeSettings(): void {
+    if (!this.spec) return;
+    const standby = this.state.role === "standby" && isStandbyStore(this.spec);
+    writeRoleSettings(
+      this.spec,
+      this.roleState(),
+      standby ? { tunnel: this.tunnelConninfo(), slot: slotName(this.state.node_id) } : undefined,
+    );
+  }
+
+  private async reload(): Promise<void> {
+    await this.pool?.query("SELECT pg_reload_conf()").catch(() => {});
+  }
+
+  private async inRecovery(): Promise<boolean> {
+    const { rows } = await this.pool!.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r");
+    return rows[0].r;
+  }
+
+  private async currentLsn(): Promise<bigint> {
+    const { rows } = await this.pool!.query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn");
+    return parseLsn(rows[0].lsn);
+  }
+
+  private async ownHeartbeat(): Promise<Heartbeat> {
+    const mine: Heartbeat = { role: this.state.role, epoch: this.state.epoch, node_id: this.state.node_id };
+    if (!this.pool || this.rewinding) return mine;
+    try {
+      const { rows } = await this.pool.query<{
+        r: boolean;
+        current: string | null;
+        replay: string | null;
+        tli: number;
+      }>(
+        `SELECT pg_is_in_recovery() AS r,
+                CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS current,
+                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE NULL END AS replay,
+                (SELECT timeline_id FROM pg_control_checkpoint()) AS tli`,
+      );
+      const row = rows[0];
+      mine.store = {
+        in_recovery: row.r,
+        current_lsn: row.current ?? undefined,
+        replay_lsn: row.replay ?? undefined,
+        timeline: row.tli,
+      };
+    } catch {}
+    return mine;
+  }
+
+  private async startServices(): Promise<void> {
+    if (this.servicesRunning || !this.services) return;
+    this.servicesRunning = true;
+    await this.services.start();
+  }
+
+  private async stopServices(): Promise<void> {
+    if (!this.servicesRunning || !this.services) return;
+    this.servicesRunning = false;
+    await this.services.stop();
+  }
+
+  /** End every front-door session but the caller's, and their store backends. */
+  private async endSessions(caller: SessionInfo | undefined, message: string): Promise<void> {
+    const others = (this.sessions?.() ?? []).filter((s) => s !== caller);
+    const pids = others.map((s) => s.backendPid).filter((p): p is number => p !== undefined);
+    if (pids.length > 0)
+      await this.pool
+        ?.query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", [pids])
+        .catch(() => {});
+    for (const session of others) session.terminate({ code: "57P01", message });
+  }
+
+  private async databases(): Promise<string[]> {
+    try {
+      const { rows } = await this.pool!.query<{ datname: string }>(
+        "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn AND strpos(datname, '/') = 0 ORDER BY datname",
+      );
+      return rows.map((r) => r.datname);
+    } catch {
+      return [];
+    }
+  }
+
+  /** The status rows' source (dolt_cluster.dolt_cluster_status reads it in the store). */
+  private writeStatus(): void {
+    if (!this.spec) return;
+    const remotes = [...this.peers].map(([name, peer]) => {
+      const primary = this.state.role === "primary";
+      let error = peer.error ?? this.peerKeys.fetchError(name) ?? null;
+      if (this.state.role === "detected_broken_config") error = BROKEN_CONFIG_ERROR;
+      if (!error && this.refusedIncoming && Date.now() - this.refusedIncoming.at < 30_000)
+        error = `refused a request: ${this.refusedIncoming.reason}`;
+      const lastUpdate = primary ? peer.caughtUpAt : peer.fromPrimaryAt;
+      return {
+        standby_remote: name,
+        replication_lag_millis: primary ? (peer.lagMs ?? null) : null,
+        last_update: lastUpdate ? new Date(lastUpdate).toISOString() : null,
+        current_error: error,
+      };
+    });
+    const { pgdata } = clusterPaths(this.spec);
+    if (!existsSync(join(pgdata, "PG_VERSION"))) return;
+    const file = join(pgdata, STATUS_FILE);
+    try {
+      writeFileSync(
+        `${file}.tmp`,
+        JSON.stringify({ role: this.state.role, epoch: this.state.epoch, remotes }),
+      );
+      renameSync(`${file}.tmp`, file);
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, "cluster: cannot write the status file");
+    }
+  }
+}
+
+/** Move a store that could not be rewound aside (replacing an older one): PGDATA becomes free. */
+function keepDivergedStore(spec: ClusterSpec): string {
+  const { pgdata } = clusterPaths(spec);
+  const aside = `${pgdata}.diverged`;
+  rmSync(aside, { recursive: true, force: true });
+  renameSync(pgdata, aside);
+  return aside;
+}
+
+export { RoleError };
