@@ -1,0 +1,209 @@
+// npm run bench:cluster: a two-node hot-standby cluster (docs/cluster.md) on this machine.
+//
+//   node --import tsx bench/cluster.ts [--seconds N] [--probe-rate N] [--pgbench-rate N]
+//        [--failovers N]
+//
+// 1. Standby lag under load: pgbench (scale 5, 2 clients, -R --pgbench-rate TPS, its default
+//    mixed script) runs against the primary's front door for --seconds; beside it a probe inserts
+//    one row a transaction at --probe-rate per second on the primary, and a reader on the
+//    standby's front door polls max(id) without pause. A probe row's lag is the time from its
+//    COMMIT returning on the primary to the reader first seeing it on the standby (one process,
+//    one clock). p50/p99/max.
+// 2. Graceful failover: --failovers round trips, each dolt_assume_cluster_role('standby', e) on
+//    the primary then dolt_assume_cluster_role('primary', e) on the standby, timed apart and
+//    together; after each, every probe row acknowledged before it is checked on the new primary
+//    (zero lost writes), and a write there must succeed.
+//
+// One table on stdout, the figures in bench/results/cluster-<ts>.json. The nodes, their stores and
+// directories are removed at the end, also on failure or Ctrl-C.
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import pg from "pg";
+import { createClusterNodes } from "../test/support/cluster-nodes.ts";
+import { TEST_PASSWORD, TEST_USER, waitFor } from "../test/support/postgres.ts";
+import type { StrataProcess } from "../test/support/strata.ts";
+import { summarizeLatencies } from "./support/latency.ts";
+import { runPgbench } from "./support/pgbench.ts";
+import { cleanUpAtExit, stopStrata, tracked } from "./support/processes.ts";
+import { fixed, table } from "./support/report.ts";
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: "string", default: process.env.STRATA_BENCH_SECONDS ?? "30" },
+    "probe-rate": { type: "string", default: "100" },
+    "pgbench-rate": { type: "string", default: "500" },
+    failovers: { type: "string", default: "3" },
+  },
+});
+const seconds = Number(values.seconds);
+const probeRate = Number(values["probe-rate"]);
+const pgbenchRate = Number(values["pgbench-rate"]);
+const failovers = Number(values.failovers);
+const progress = (line: string) =>
+  process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+
+cleanUpAtExit("bench:cluster interrupted; the nodes are being removed");
+
+const connect = async (s: StrataProcess) => {
+  const client = new pg.Client(s.connectionConfig());
+  client.on("error", () => {});
+  await client.connect();
+  return client;
+};
+
+async function main() {
+  const [a, b] = await createClusterNodes(
+    [
+      { name: "node-a", bootstrap_role: "primary" },
+      { name: "node-b", bootstrap_role: "standby" },
+    ],
+    () => ({ log_level: "info" }),
+  );
+  tracked(a.strata);
+  tracked(b.strata);
+  progress("starting a primary and a standby (the standby takes a base backup)");
+  await Promise.all([a.strata.start(), b.strata.start()]);
+  const setup = await connect(a.strata);
+  await setup.query("CREATE TABLE probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+  await setup.end();
+  const target = {
+    host: "127.0.0.1",
+    port: a.strata.port,
+    user: TEST_USER,
+    password: TEST_PASSWORD,
+    database: "postgres",
+  };
+  progress("pgbench -i -s 5 on the primary");
+  await runPgbench(target, ["-i", "-s", "5", "-q"]);
+  await waitFor(
+    "the standby to have pgbench's tables",
+    async () => {
+      const rows = await b.strata.query("SELECT count(*)::int AS n FROM pgbench_branches").catch(() => []);
+      return rows[0]?.n === 5;
+    },
+    120_000,
+  );
+
+  // 1. Lag under load.
+  progress(`lag: pgbench -R ${pgbenchRate} and ${probeRate} probes/s for ${seconds} s`);
+  const writer = await connect(a.strata);
+  const reader = await connect(b.strata);
+  const committedAt = new Map<number, number>();
+  const lags: number[] = [];
+  let seen = 0;
+  let stop = false;
+  let stoppedAt = 0;
+  const readLoop = (async () => {
+    while (!stop || seen < committedAt.size) {
+      const { rows } = await reader.query<{ m: number | null }>("SELECT max(id) AS m FROM probe");
+      const now = performance.now();
+      const max = rows[0].m ?? 0;
+      for (let id = seen + 1; id <= max; id++) {
+        const at = committedAt.get(id);
+        lags.push(at === undefined ? 0 : Math.max(0, now - at));
+      }
+      if (max > seen) seen = max;
+      if (stop && performance.now() - stoppedAt > 30_000)
+        throw new Error("the standby never saw every probe row");
+    }
+  })();
+  const load = runPgbench(target, [
+    "-c",
+    "2",
+    "-j",
+    "2",
+    "-R",
+    String(pgbenchRate),
+    "-T",
+    String(seconds),
+    "-M",
+    "prepared",
+  ]);
+  const started = performance.now();
+  let next = 1;
+  while (performance.now() - started < seconds * 1000) {
+    const due = started + ((next - 1) * 1000) / probeRate;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    await writer.query("INSERT INTO probe (id) VALUES ($1)", [next]);
+    committedAt.set(next, performance.now());
+    next++;
+  }
+  stop = true;
+  stoppedAt = performance.now();
+  const pgbenchOut = await load;
+  await readLoop;
+  const tps = Number(/tps = ([\d.]+)/.exec(pgbenchOut)?.[1] ?? Number.NaN);
+  const lag = summarizeLatencies(lags);
+  await writer.end();
+  await reader.end();
+
+  // 2. Failover round trips.
+  const rounds: { demoteMs: number; promoteMs: number; totalMs: number; lost: number }[] = [];
+  let [primary, standby] = [a.strata, b.strata];
+  let epoch = 1;
+  for (let i = 0; i < failovers; i++) {
+    epoch++;
+    const acknowledged = next - 1;
+    const demoter = await connect(primary);
+    const promoter = await connect(standby);
+    const t0 = performance.now();
+    await demoter.query(`SELECT dolt_assume_cluster_role('standby', ${epoch})`);
+    const t1 = performance.now();
+    await promoter.query(`SELECT dolt_assume_cluster_role('primary', ${epoch})`);
+    const t2 = performance.now();
+    await demoter.end().catch(() => {});
+    await promoter.end().catch(() => {});
+    [primary, standby] = [standby, primary];
+    const rows = await primary.query<{ n: number }>("SELECT count(*)::int AS n FROM probe");
+    const lost = acknowledged - rows[0].n;
+    await primary.query("INSERT INTO probe (id) VALUES ($1)", [next++]);
+    rounds.push({ demoteMs: t1 - t0, promoteMs: t2 - t1, totalMs: t2 - t0, lost });
+    progress(
+      `failover ${i + 1}: demote ${fixed(t1 - t0, 0)} ms, promote ${fixed(t2 - t1, 0)} ms, lost ${lost}`,
+    );
+    // The old primary rejoins as a standby before the next round trip.
+    const expect = next - 1;
+    await waitFor(
+      "the old primary to follow the new one",
+      async () => {
+        const r = await standby.query<{ n: number }>("SELECT count(*)::int AS n FROM probe").catch(() => []);
+        return r[0]?.n === expect;
+      },
+      60_000,
+    );
+  }
+
+  const rows: string[][] = [
+    ["standby lag p50 (ms)", fixed(lag.p50Ms, 1), "target: p99 < 50"],
+    ["standby lag p99 (ms)", fixed(lag.p99Ms, 1), lag.p99Ms < 50 ? "met" : "NOT met"],
+    ["standby lag max (ms)", fixed(lag.maxMs, 1), `${lag.samples} probe rows`],
+    ["pgbench TPS on the primary", fixed(tps, 0), `-R ${pgbenchRate}`],
+    ...rounds.map((r, i) => [
+      `failover ${i + 1} (demote + promote, ms)`,
+      fixed(r.totalMs, 0),
+      `${fixed(r.demoteMs, 0)} + ${fixed(r.promoteMs, 0)}; lost writes ${r.lost}; target < 2000`,
+    ]),
+  ];
+  process.stdout.write(`${table(["figure", "value", "note"], rows)}\n`);
+  const dir = join(import.meta.dirname, "results");
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `cluster-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
+  writeFileSync(
+    file,
+    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, failovers: rounds }, null, 2)}\n`,
+  );
+  progress(`wrote ${file}`);
+  await stopStrata(a.strata);
+  await stopStrata(b.strata);
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`bench:cluster failed: ${(err as Error).stack ?? err}\n`);
+    process.exit(1);
+  },
+);
