@@ -18,6 +18,7 @@
 //   until they expire, so a token is good for one request ("replayed").
 // - Tokens carry iat, and one claiming to last more than 60 s is refused ("lifetime"), which
 //   bounds how long a jti must be remembered. The clock leeway is 5 s, not Dolt's minute.
+
 import { createHash, randomBytes } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
@@ -32,6 +33,7 @@ import {
   errors as joseErrors,
   SignJWT,
 } from "jose";
+import { base32 } from "../commits/hash.ts";
 import type { Logger } from "../log.ts";
 import { describeTlsError, type OutboundTlsOptions, watchPeerCertificate } from "./peer-tls.ts";
 
@@ -69,25 +71,8 @@ export class ClusterAuthError extends Error {
 
 // --- this node's key ------------------------------------------------------------------------
 
-const BASE32_ALPHABET = "0123456789abcdefghijklmnopqrstuv";
-
-/** Unpadded base32 with Dolt's alphabet (Go's base32.NewEncoding(...).WithPadding(NoPadding)). */
-export function base32(bytes: Uint8Array): string {
-  let out = "";
-  let buffer = 0;
-  let bits = 0;
-  for (const byte of bytes) {
-    buffer = (buffer << 8) | byte;
-    bits += 8;
-    while (bits >= 5) {
-      bits -= 5;
-      out += BASE32_ALPHABET[(buffer >> bits) & 31];
-    }
-    buffer &= (1 << bits) - 1;
-  }
-  if (bits > 0) out += BASE32_ALPHABET[(buffer << (5 - bits)) & 31];
-  return out;
-}
+/** Key ids use Dolt's unpadded base32 alphabet, as commit hashes do. */
+export { base32 };
 
 /** Dolt's key id of an Ed25519 public key given as a JWK. */
 export function keyId(publicJwk: JWK): string {

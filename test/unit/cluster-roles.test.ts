@@ -17,20 +17,15 @@ test("dolt_assume_cluster_role: same role and epoch is nothing to do; a higher e
 });
 
 test("dolt_assume_cluster_role: Dolt's refusals, in Dolt's order", () => {
-  const refused = (state: RoleState, role: string, epoch: number) =>
-    assert.throws(
-      () => checkAssume(state, role, epoch),
-      (err: unknown) => err instanceof RoleError,
-    );
   const message = (state: RoleState, role: string, epoch: number) => {
     try {
       checkAssume(state, role, epoch);
     } catch (err) {
-      return (err as Error).message;
+      assert.ok(err instanceof RoleError);
+      return err.message;
     }
     return "accepted";
   };
-  refused(primary1, "standby", 0);
   assert.equal(
     message(primary1, "standby", 0),
     "error assuming role 'standby' at epoch 0; already at epoch 1",
