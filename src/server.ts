@@ -54,8 +54,9 @@ export async function startServer(
     await cluster?.storeStarted(store);
     const database = config.postgres_replication?.postgres_database ?? "postgres";
     // A standby's store is read-only: what is installed comes from its primary.
-    const writable = cluster ? await cluster.storeWritable() : true;
-    if (writable) await prepareStore(store, database, config, log);
+    const prepare = () => prepareStore(store!, database, config, log);
+    if (cluster) await cluster.prepareStore(prepare);
+    else await prepare();
     primary.history = await readsHistory(store, database);
     primary.store = store;
     frontDoor = rewriter ?? new StrataRewriter(store, log);

@@ -234,9 +234,35 @@ export class ClusterController {
     }
   }
 
-  /** Whether this node's store takes writes now (Strata's own writers run only then). */
-  async storeWritable(): Promise<boolean> {
-    return this.state.role === "primary" && !(await this.inRecovery());
+  /**
+   * Run Strata's own preparation of the store (schema, settings) unless the store is a standby's,
+   * whose contents come from its primary. A store that is not a standby's on a node that is not
+   * primary (broken, or demoted before a restart) takes it too: no client can reach it yet, so
+   * its writes are opened for the preparation only.
+   */
+  async prepareStore(work: () => Promise<void>): Promise<void> {
+    if (await this.inRecovery()) return;
+    if (this.state.role === "primary") return work();
+    writeRoleSettings(this.spec!, this.roleState(), undefined, { readOnly: false });
+    await this.reload();
+    // The reload reaches new sessions once the postmaster has read the file: wait for that.
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline) {
+      const client = new pg.Client(this.store!.connectionConfig("postgres"));
+      await client.connect();
+      const { rows } = await client.query<{ ro: string }>(
+        "SELECT current_setting('default_transaction_read_only') AS ro",
+      );
+      await client.end();
+      if (rows[0].ro === "off") break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    try {
+      await work();
+    } finally {
+      this.writeSettings();
+      await this.reload();
+    }
   }
 
   attach(options: { sessions: () => SessionInfo[]; services: PrimaryServices }): void {

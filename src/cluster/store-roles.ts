@@ -63,7 +63,7 @@ export function writeRoleSettings(
     "strata.dolt_cluster_role": state.role,
     "strata.dolt_cluster_role_epoch": String(state.epoch),
     // A primary on its way to standby is read-only while it waits for its standbys.
-    default_transaction_read_only: state.role !== "primary" || Boolean(options.readOnly),
+    default_transaction_read_only: options.readOnly ?? state.role !== "primary",
   };
   if (standby) {
     settings.primary_conninfo = conninfoString(standby.tunnel, { application_name: standby.slot });
