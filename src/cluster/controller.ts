@@ -241,28 +241,32 @@ export class ClusterController {
    * its writes are opened for the preparation only.
    */
   async prepareStore(work: () => Promise<void>): Promise<void> {
-    if (await this.inRecovery()) return;
-    if (this.state.role === "primary") return work();
-    writeRoleSettings(this.spec!, this.roleState(), undefined, { readOnly: false });
-    await this.reload();
-    // The reload reaches new sessions once the postmaster has read the file: wait for that.
-    const deadline = Date.now() + 5_000;
-    while (Date.now() < deadline) {
-      const client = new pg.Client(this.store!.connectionConfig("postgres"));
-      await client.connect();
-      const { rows } = await client.query<{ ro: string }>(
-        "SELECT current_setting('default_transaction_read_only') AS ro",
-      );
-      await client.end();
-      if (rows[0].ro === "off") break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    try {
-      await work();
-    } finally {
-      this.writeSettings();
+    // In the role-change queue: a role learned from a peer meanwhile (learn → enterReadOnly)
+    // waits until the preparation is over, instead of making its next transaction read-only.
+    return this.serialised(async () => {
+      if (await this.inRecovery()) return;
+      if (this.state.role === "primary") return work();
+      writeRoleSettings(this.spec!, this.roleState(), undefined, { readOnly: false });
       await this.reload();
-    }
+      // The reload reaches new sessions once the postmaster has read the file: wait for that.
+      const deadline = Date.now() + 5_000;
+      while (Date.now() < deadline) {
+        const client = new pg.Client(this.store!.connectionConfig("postgres"));
+        await client.connect();
+        const { rows } = await client.query<{ ro: string }>(
+          "SELECT current_setting('default_transaction_read_only') AS ro",
+        );
+        await client.end();
+        if (rows[0].ro === "off") break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      try {
+        await work();
+      } finally {
+        this.writeSettings();
+        await this.reload();
+      }
+    });
   }
 
   attach(options: { sessions: () => SessionInfo[]; services: PrimaryServices }): void {
