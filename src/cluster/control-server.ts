@@ -163,8 +163,11 @@ export async function startControlServer(
       store.once("connect", () => {
         store.setNoDelay(true);
         socket.setNoDelay(true);
+        const headers = Object.entries(roleHeaders())
+          .map(([k, v]) => `${k}: ${v}\r\n`)
+          .join("");
         socket.write(
-          `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${TUNNEL_PROTOCOL}\r\nconnection: Upgrade\r\n${ROLE_HEADER}: ${handlers.self().role}\r\n${EPOCH_HEADER}: ${handlers.self().epoch}\r\n\r\n`,
+          `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${TUNNEL_PROTOCOL}\r\nconnection: Upgrade\r\n${headers}\r\n`,
         );
         if (head.length > 0) store.write(head);
         socket.pipe(store);

@@ -406,6 +406,8 @@ export class ClusterController {
   private setState(role: RoleState): void {
     this.state = { ...this.state, ...role };
     writeNodeState(this.dataDir, this.state);
+    // The status table shows the new role now, not at the next heartbeat.
+    this.writeStatus();
   }
 
   /** Apply what a peer's role tells us (roles.ts): an automatic move to standby or broken. */
@@ -422,30 +424,26 @@ export class ClusterController {
     // Persisted at once, so the reply already carries it; the rest follows in order.
     const from = this.state.role;
     this.setState(next);
-    void this.serialised(() => this.enterReadOnly(from)).catch((err: Error) =>
+    void this.serialised(() => this.enterReadOnly(from, undefined)).catch((err: Error) =>
       this.log.error({ err: err.message }, "cluster: the automatic role change failed"),
     );
   }
 
-  /** Into standby or broken without waiting: writes stop, every session ends, services stop. */
-  private async enterReadOnly(from: Role): Promise<void> {
+  /**
+   * Into standby or broken without waiting: writes stop, services stop, every session but the
+   * caller's (if a SQL call made the change) ends.
+   */
+  private async enterReadOnly(from: Role, caller: SessionInfo | undefined): Promise<void> {
     this.writeSettings();
     await this.reload();
     if (from === "primary") await this.stopServices();
-    await this.endSessions(undefined, "this server's cluster role changed; reconnect");
+    await this.endSessions(caller, "this server's cluster role changed; reconnect");
   }
 
   private async setRole(next: RoleState, caller: SessionInfo): Promise<void> {
     const from = this.state.role;
     this.setState(next);
-    if (next.role !== "primary") await this.enterReadOnlyFor(from, caller);
-  }
-
-  private async enterReadOnlyFor(from: Role, caller: SessionInfo): Promise<void> {
-    this.writeSettings();
-    await this.reload();
-    if (from === "primary") await this.stopServices();
-    await this.endSessions(caller, "this server's cluster role changed; reconnect");
+    if (next.role !== "primary") await this.enterReadOnly(from, caller);
   }
 
   /**
@@ -549,15 +547,8 @@ export class ClusterController {
   }
 
   private async heartbeatAll(): Promise<void> {
-    if (!this.spec) {
-      // No store yet (a standby waiting for its base backup): roles still go both ways.
-    }
-    let mine: Heartbeat;
-    try {
-      mine = await this.ownHeartbeat();
-    } catch {
-      return;
-    }
+    // Without a store yet (a standby waiting for its base backup) roles still go both ways.
+    const mine = await this.ownHeartbeat();
     const lsn =
       mine.store?.current_lsn && !mine.store.in_recovery ? parseLsn(mine.store.current_lsn) : undefined;
     if (lsn !== undefined && this.state.role === "primary") {

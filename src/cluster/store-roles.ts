@@ -18,7 +18,6 @@ import {
   CLUSTER_SETTINGS_FILE,
   type ClusterSpec,
   clusterPaths,
-  isInitialised,
   own,
   quoteSetting,
 } from "../store/cluster.ts";
@@ -216,5 +215,3 @@ export async function rewindStore(spec: ClusterSpec, tunnel: TunnelConninfo, log
 function serverProgram(spec: ClusterSpec, name: string): string {
   return findClientProgram(name, dirname(realpathSync(spec.bin.postgres)));
 }
-
-export { isInitialised };

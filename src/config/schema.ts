@@ -17,6 +17,26 @@ const name = (key: string) =>
     .min(1, { error: `${key} must be a non-empty string` })
     .max(63, { error: `${key} must be at most 63 bytes (a Postgres identifier)` });
 
+/** `section.a` and `section.b` go together: without one of them, an issue naming the one missing. */
+function requireBoth(
+  ctx: z.RefinementCtx,
+  values: Record<string, unknown>,
+  section: string,
+  [a, b]: [string, string],
+  /** What needs them, with its verb: "TLS takes". */
+  needs: string,
+  /** After "or neither": what leaving both out means, if anything. */
+  neither = "",
+): void {
+  if (Boolean(values[a]) === Boolean(values[b])) return;
+  const missing = values[a] ? b : a;
+  ctx.addIssue({
+    code: "custom",
+    path: [missing],
+    message: `${section}.${missing} is needed too: ${needs} both ${section}.${a} and ${section}.${b} (or neither${neither})`,
+  });
+}
+
 export const postgresReplicationSchema = z.object({
   postgres_server_address: z
     .string({
@@ -119,14 +139,14 @@ export const s3RemoteSchema = z
     session_token: nonEmpty("remotes.s3.session_token", "a session token").optional(),
   })
   .superRefine((s3, ctx) => {
-    if (Boolean(s3.access_key_id) !== Boolean(s3.secret_access_key)) {
-      const missing = s3.access_key_id ? "secret_access_key" : "access_key_id";
-      ctx.addIssue({
-        code: "custom",
-        path: [missing],
-        message: `remotes.s3.${missing} is needed too: credentials in config.yaml take both remotes.s3.access_key_id and remotes.s3.secret_access_key (or neither, for the AWS environment's)`,
-      });
-    }
+    requireBoth(
+      ctx,
+      s3,
+      "remotes.s3",
+      ["access_key_id", "secret_access_key"],
+      "credentials in config.yaml take",
+      ", for the AWS environment's",
+    );
     if (s3.session_token && !s3.access_key_id) {
       ctx.addIssue({
         code: "custom",
@@ -170,14 +190,7 @@ export const remotesApiSchema = z
     },
   )
   .superRefine((api, ctx) => {
-    if (Boolean(api.tls_key) !== Boolean(api.tls_cert)) {
-      const missing = api.tls_key ? "tls_cert" : "tls_key";
-      ctx.addIssue({
-        code: "custom",
-        path: [missing],
-        message: `remotesapi.${missing} is needed too: HTTPS takes both remotesapi.tls_key and remotesapi.tls_cert (or neither, for plain HTTP)`,
-      });
-    }
+    requireBoth(ctx, api, "remotesapi", ["tls_key", "tls_cert"], "HTTPS takes", ", for plain HTTP");
   });
 
 const role = (key: string) =>
@@ -252,14 +265,14 @@ export const clusterSchema = z
           { error: "cluster.remotesapi must be a mapping with at least a port, e.g. {port: 50051}" },
         )
         .superRefine((api, ctx) => {
-          if (Boolean(api.tls_key) !== Boolean(api.tls_cert)) {
-            const missing = api.tls_key ? "tls_cert" : "tls_key";
-            ctx.addIssue({
-              code: "custom",
-              path: [missing],
-              message: `cluster.remotesapi.${missing} is needed too: TLS takes both tls_key and tls_cert (or neither)`,
-            });
-          }
+          requireBoth(
+            ctx,
+            api,
+            "cluster.remotesapi",
+            ["tls_key", "tls_cert"],
+            "TLS takes",
+            ", for plain HTTP",
+          );
           if ((api.server_name_urls.length > 0 || api.server_name_dns.length > 0) && !api.tls_ca) {
             ctx.addIssue({
               code: "custom",
@@ -316,14 +329,7 @@ export const configSchema = z.object({
         .default(100),
     })
     .superRefine((listener, ctx) => {
-      if (Boolean(listener.tls_key) !== Boolean(listener.tls_cert)) {
-        const missing = listener.tls_key ? "tls_cert" : "tls_key";
-        ctx.addIssue({
-          code: "custom",
-          path: [missing],
-          message: `listener.${missing} is needed too: TLS takes both listener.tls_key and listener.tls_cert (or neither)`,
-        });
-      }
+      requireBoth(ctx, listener, "listener", ["tls_key", "tls_cert"], "TLS takes");
       if (listener.require_secure_transport && !listener.tls_key && !listener.tls_cert) {
         ctx.addIssue({
           code: "custom",

@@ -88,10 +88,17 @@ export class StrataProcess {
     child.stderr!.on("data", (d) => {
       this.logs += d.toString();
     });
-    this.exited = new Promise((resolveExit) => child.once("close", (code) => resolveExit(code)));
+    let closed = false;
+    this.exited = new Promise((resolveExit) =>
+      child.once("close", (code) => {
+        closed = true;
+        resolveExit(code);
+      }),
+    );
+    // A Strata that died ends the wait too (`died` below has rejected by then, and wins the race).
     const ready = waitFor(
       "strata to accept connections",
-      async () => this.logs.includes("strata is ready for connections"),
+      async () => this.logs.includes("strata is ready for connections") || closed,
       60_000,
     );
     const died = this.exited.then((code) => {
