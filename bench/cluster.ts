@@ -1,7 +1,7 @@
 // npm run bench:cluster: a two-node hot-standby cluster (docs/cluster.md) on this machine.
 //
 //   node --import tsx bench/cluster.ts [--seconds N] [--probe-rate N] [--pgbench-rate N]
-//        [--failovers N]
+//        [--failovers N] [--commits N] [--sync-seconds N]
 //
 // 1. Standby lag under load: pgbench (scale 5, 2 clients, -R --pgbench-rate TPS, its default
 //    mixed script) runs against the primary's front door for --seconds; beside it a probe inserts
@@ -13,6 +13,10 @@
 //    the primary then dolt_assume_cluster_role('primary', e) on the standby, timed apart and
 //    together; after each, every probe row acknowledged before it is checked on the new primary
 //    (zero lost writes), and a write there must succeed.
+// 3. Cost of synchronous replication (dolt_cluster_ack_writes_timeout_secs): on the primary, in
+//    turn without and with it, --commits one-row INSERT commits one after another (latency
+//    p50/p99), then pgbench's simple-update script (-N, 2 clients, unthrottled) for --sync-seconds
+//    (TPS); the ratios with/without.
 //
 // One table on stdout, the figures in bench/results/cluster-<ts>.json. The nodes, their stores and
 // directories are removed at the end, also on failure or Ctrl-C.
@@ -35,12 +39,16 @@ const { values } = parseArgs({
     "probe-rate": { type: "string", default: "100" },
     "pgbench-rate": { type: "string", default: "500" },
     failovers: { type: "string", default: "3" },
+    commits: { type: "string", default: "2000" },
+    "sync-seconds": { type: "string", default: "10" },
   },
 });
 const seconds = Number(values.seconds);
 const probeRate = Number(values["probe-rate"]);
 const pgbenchRate = Number(values["pgbench-rate"]);
 const failovers = Number(values.failovers);
+const commits = Number(values.commits);
+const syncSeconds = Number(values["sync-seconds"]);
 const progress = (line: string) =>
   process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
 
@@ -68,13 +76,14 @@ async function main() {
   const setup = await connect(a.strata);
   await setup.query("CREATE TABLE probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
   await setup.end();
-  const target = {
+  const pgbenchTarget = (s: StrataProcess) => ({
     host: "127.0.0.1",
-    port: a.strata.port,
+    port: s.port,
     user: TEST_USER,
     password: TEST_PASSWORD,
     database: "postgres",
-  };
+  });
+  const target = pgbenchTarget(a.strata);
   progress("pgbench -i -s 5 on the primary");
   await runPgbench(target, ["-i", "-s", "5", "-q"]);
   await waitFor(
@@ -176,6 +185,45 @@ async function main() {
     );
   }
 
+  // 3. Synchronous replication's cost, on the primary the failovers left.
+  const modes: { mode: string; commit: ReturnType<typeof summarizeLatencies>; tps: number }[] = [];
+  for (const [mode, timeout] of [
+    ["async", 0],
+    ["sync", 10],
+  ] as const) {
+    const client = await connect(primary);
+    await client.query(`ALTER SYSTEM SET dolt_cluster_ack_writes_timeout_secs TO ${timeout}`);
+    await waitFor(`commits to be ${mode}`, async () => {
+      const { rows } = await client.query("SHOW synchronous_standby_names");
+      return (rows[0].synchronous_standby_names !== "") === timeout > 0;
+    });
+    progress(`${mode}: ${commits} one-row commits, then pgbench -N for ${syncSeconds} s`);
+    const latencies: number[] = [];
+    for (let i = 0; i < commits; i++) {
+      const t0 = performance.now();
+      await client.query("INSERT INTO probe (id) VALUES ($1)", [next++]);
+      latencies.push(performance.now() - t0);
+    }
+    await client.end();
+    const out = await runPgbench(pgbenchTarget(primary), [
+      "-N",
+      "-c",
+      "2",
+      "-j",
+      "2",
+      "-T",
+      String(syncSeconds),
+      "-M",
+      "prepared",
+    ]);
+    modes.push({
+      mode,
+      commit: summarizeLatencies(latencies),
+      tps: Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? Number.NaN),
+    });
+  }
+  const [async_, sync] = modes;
+
   const rows: string[][] = [
     ["standby lag p50 (ms)", fixed(lag.p50Ms, 1), "target: p99 < 50"],
     ["standby lag p99 (ms)", fixed(lag.p99Ms, 1), lag.p99Ms < 50 ? "met" : "NOT met"],
@@ -186,6 +234,17 @@ async function main() {
       fixed(r.totalMs, 0),
       `${fixed(r.demoteMs, 0)} + ${fixed(r.promoteMs, 0)}; lost writes ${r.lost}; target < 2000`,
     ]),
+    ...modes.flatMap((m) => [
+      [`${m.mode} commit p50 (ms)`, fixed(m.commit.p50Ms, 2), `${m.commit.samples} one-row commits`],
+      [`${m.mode} commit p99 (ms)`, fixed(m.commit.p99Ms, 2), ""],
+      [`${m.mode} pgbench -N TPS`, fixed(m.tps, 0), "2 clients, unthrottled"],
+    ]),
+    [
+      "sync / async commit p50",
+      fixed(sync.commit.p50Ms / async_.commit.p50Ms, 2),
+      "dolt_cluster_ack_writes_timeout_secs = 10",
+    ],
+    ["sync / async pgbench -N TPS", fixed(sync.tps / async_.tps, 2), ""],
   ];
   process.stdout.write(`${table(["figure", "value", "note"], rows)}\n`);
   const dir = join(import.meta.dirname, "results");
@@ -193,7 +252,7 @@ async function main() {
   const file = join(dir, `cluster-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(
     file,
-    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, failovers: rounds }, null, 2)}\n`,
+    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, failovers: rounds, synchronous: modes }, null, 2)}\n`,
   );
   progress(`wrote ${file}`);
   await stopStrata(a.strata);

@@ -52,6 +52,7 @@ import {
   takeBaseBackup,
   writeRoleSettings,
 } from "./store-roles.ts";
+import { SyncCommitBreaker } from "./sync-commit.ts";
 import { type StoreTunnel, startStoreTunnel } from "./tunnel.ts";
 
 const HEARTBEAT_MS = 1_000;
@@ -60,6 +61,10 @@ const PEER_STALE_MS = 5_000;
 /** Dolt's fixed wait for standbys in a graceful demotion. */
 export const DEMOTE_WAIT_MS = 10_000;
 const STATUS_FILE = "strata_cluster_status.json";
+/** How often a primary looks at commits waiting for standbys (the timeout's resolution). */
+const SYNC_POLL_MS = 100;
+/** How often it checks whether synchronous replication was switched on. */
+const SYNC_IDLE_POLL_MS = 1_000;
 
 /** The Postgres side of services only a primary runs (upstream replication, pushes to remotes). */
 export interface PrimaryServices {
@@ -123,6 +128,9 @@ export class ClusterController {
   private refusedIncoming?: { reason: string; at: number };
   /** (time, WAL position) samples of ours as a primary, for the standbys' lag. */
   private walSamples: { at: number; lsn: bigint }[] = [];
+  /** dolt_cluster_ack_writes_timeout_secs: which standbys commits wait for (sync-commit.ts). */
+  private readonly syncCommits = new SyncCommitBreaker((name) => name.startsWith(slotName("")));
+  private syncTimer?: NodeJS.Timeout;
   private stopped = false;
 
   constructor(
@@ -226,6 +234,16 @@ export class ClusterController {
       max: 2,
     });
     this.pool.on("error", () => {});
+    const watch = () => {
+      void this.watchSyncCommits()
+        .catch((err: Error) =>
+          this.log.warn({ err: err.message }, "cluster: cannot check commits waiting for standbys"),
+        )
+        .then((enabled) => {
+          if (!this.stopped) this.syncTimer = setTimeout(watch, enabled ? SYNC_POLL_MS : SYNC_IDLE_POLL_MS);
+        });
+    };
+    watch();
     if (this.state.role === "primary" && (await this.inRecovery())) {
       this.log.warn(
         "cluster: this node is primary but its store is a standby (a promotion was interrupted): promoting it",
@@ -282,6 +300,7 @@ export class ClusterController {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.syncTimer) clearTimeout(this.syncTimer);
     await this.queue.catch(() => {});
     this.peerKeys?.stop();
     for (const peer of this.peers.values()) peer.client.close();
@@ -405,6 +424,7 @@ export class ClusterController {
 
   private setState(role: RoleState): void {
     this.state = { ...this.state, ...role };
+    if (role.role !== "primary") this.syncCommits.reset();
     writeNodeState(this.dataDir, this.state);
     // The status table shows the new role now, not at the next heartbeat.
     this.writeStatus();
@@ -457,6 +477,8 @@ export class ClusterController {
     caller: SessionInfo,
   ): Promise<Set<string>> {
     this.transitioning = true;
+    // Read-only from here: nothing commits, so nothing waits for the standbys.
+    this.syncCommits.reset();
     try {
       writeRoleSettings(this.spec!, this.roleState(), undefined, { readOnly: true });
       await this.reload();
@@ -745,7 +767,78 @@ export class ClusterController {
       this.spec,
       this.roleState(),
       standby ? { tunnel: this.tunnelConninfo(), slot: slotName(this.state.node_id) } : undefined,
+      { synchronous: this.state.role === "primary" ? this.syncCommits.members : [] },
     );
+  }
+
+  /**
+   * As a primary with dolt_cluster_ack_writes_timeout_secs set: the standbys that keep up are the
+   * ones commits wait for; a commit that waited for the timeout is let go, with Postgres's warning,
+   * and the standbys it waited for stop being waited for until they catch up (sync-commit.ts).
+   * Resolves whether synchronous replication is on (it is then looked at more often).
+   */
+  private async watchSyncCommits(): Promise<boolean> {
+    if (this.state.role !== "primary" || this.transitioning || !this.pool || this.rewinding) return false;
+    const { rows } = await this.pool.query<{
+      timeout: string | null;
+      lsn: string | null;
+      standbys: { name: string; state: string; replay: string | null }[] | null;
+      waiters: { pid: number; xid: string | null }[] | null;
+    }>(
+      `SELECT current_setting('strata.dolt_cluster_ack_writes_timeout_secs', true) AS timeout,
+              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn,
+              (SELECT json_agg(json_build_object('name', application_name, 'state', state, 'replay', replay_lsn::text))
+                 FROM pg_stat_replication) AS standbys,
+              (SELECT json_agg(json_build_object('pid', pid, 'xid', backend_xid::text))
+                 FROM pg_stat_activity WHERE wait_event = 'SyncRep') AS waiters`,
+    );
+    const row = rows[0];
+    if (!row.lsn) return false;
+    const timeoutSecs = Number(row.timeout ?? 0);
+    const timeoutMs = Number.isFinite(timeoutSecs) && timeoutSecs > 0 ? timeoutSecs * 1000 : 0;
+    const decision = this.syncCommits.observe({
+      now: Date.now(),
+      timeoutMs,
+      currentLsn: parseLsn(row.lsn),
+      standbys: (row.standbys ?? []).map((s) => ({
+        name: s.name,
+        state: s.state,
+        replayLsn: s.replay ? parseLsn(s.replay) : undefined,
+      })),
+      waiters: (row.waiters ?? []).map((w) => ({ pid: w.pid, xid: w.xid ?? "" })),
+    });
+    if (!decision) return timeoutMs > 0;
+    // First the timed-out commits are let go, so that each gets the warning; then the list changes.
+    if (decision.cancel.length > 0)
+      await this.pool.query(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND wait_event = 'SyncRep'",
+        [decision.cancel],
+      );
+    const nameOf = (slot: string) =>
+      [...this.peers].find(([, p]) => p.seen && slotName(p.seen.node_id) === slot)?.[0] ?? slot;
+    if (decision.left.length > 0)
+      this.log.warn(
+        {
+          standbys: decision.left.map(nameOf),
+          timed_out_commits: decision.cancel.length,
+          timeout_secs: timeoutSecs,
+        },
+        timeoutMs > 0
+          ? "cluster: a commit waited dolt_cluster_ack_writes_timeout_secs for standbys that did not apply it; it returned with a warning, and commits stop waiting for those standbys until they catch up"
+          : "cluster: synchronous replication is off (dolt_cluster_ack_writes_timeout_secs = 0)",
+      );
+    if (decision.joined.length > 0)
+      this.log.info(
+        { standbys: decision.joined.map(nameOf), timeout_secs: timeoutSecs },
+        "cluster: commits wait for these standbys to apply them (dolt_cluster_ack_writes_timeout_secs)",
+      );
+    if (decision.joined.length > 0 || decision.left.length > 0) {
+      // A role change that began meanwhile writes its own settings.
+      if (this.state.role !== "primary" || this.transitioning) return false;
+      this.writeSettings();
+      await this.reload();
+    }
+    return timeoutMs > 0;
   }
 
   private async reload(): Promise<void> {

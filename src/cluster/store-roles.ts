@@ -22,6 +22,7 @@ import {
   quoteSetting,
 } from "../store/cluster.ts";
 import type { RoleState } from "./roles.ts";
+import { synchronousStandbyNames } from "./sync-commit.ts";
 
 /** How the store reaches the primary's store: libpq keywords for the tunnel's socket. */
 export interface TunnelConninfo {
@@ -56,7 +57,7 @@ export function writeRoleSettings(
   spec: ClusterSpec,
   state: RoleState,
   standby?: { tunnel: TunnelConninfo; slot: string },
-  options: { readOnly?: boolean } = {},
+  options: { readOnly?: boolean; synchronous?: readonly string[] } = {},
 ): void {
   const settings: Record<string, string | number | boolean> = {
     "strata.dolt_cluster_role": state.role,
@@ -64,6 +65,11 @@ export function writeRoleSettings(
     // A primary on its way to standby is read-only while it waits for its standbys.
     default_transaction_read_only: options.readOnly ?? state.role !== "primary",
   };
+  // Commits wait until every listed standby has applied them (sync-commit.ts).
+  if (options.synchronous?.length) {
+    settings.synchronous_standby_names = synchronousStandbyNames(options.synchronous);
+    settings.synchronous_commit = "remote_apply";
+  }
   if (standby) {
     settings.primary_conninfo = conninfoString(standby.tunnel, { application_name: standby.slot });
     settings.primary_slot_name = standby.slot;

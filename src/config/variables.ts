@@ -97,6 +97,14 @@ export const VARIABLES: readonly VariableDefinition[] = [
     readOnly: true,
   },
   {
+    name: "dolt_cluster_ack_writes_timeout_secs",
+    kind: "integer",
+    default: "0",
+    description:
+      "a cluster primary's commits wait up to this many seconds for every standby to apply them (0: they do not wait)",
+    readAt: "server",
+  },
+  {
     name: "strata_allow_replica_writes",
     kind: "boolean",
     default: "0",
@@ -147,6 +155,11 @@ export function normalizeValue(variable: VariableDefinition, raw: string): strin
   }
   if (variable.kind === "integer" && !/^-?\d+$/.test(value))
     throw new VariableError(`invalid value for ${variable.name}: "${raw}"`, `${variable.name} is an integer`);
+  if (variable.name === "dolt_cluster_ack_writes_timeout_secs" && Number(value) < 0)
+    throw new VariableError(
+      `invalid value for dolt_cluster_ack_writes_timeout_secs: "${raw}"`,
+      "use a number of seconds, or 0 for commits that do not wait for the standbys",
+    );
   if (
     variable.name === "dolt_replication_remote_url_template" &&
     value !== "" &&

@@ -1,6 +1,9 @@
 // Strata cluster nodes on one machine (separate data directories and ports), each configured
-// with the others as its standby_remotes, as the reference's two-node example does.
+// with the others as its standby_remotes, as the reference's two-node example does. With
+// `faults`, each node reaches each other one through a fault-injecting proxy of its own (one per
+// direction), so that a test can partition two nodes (partition / heal).
 import { join } from "node:path";
+import { FaultProxy } from "./fault-proxy.ts";
 import { freePort, tempDir } from "./postgres.ts";
 import { createStandaloneStrata, type StrataProcess } from "./strata.ts";
 
@@ -9,6 +12,8 @@ export interface ClusterNode {
   strata: StrataProcess;
   /** The control-plane (cluster.remotesapi) port. */
   controlPort: number;
+  /** With `faults`: the proxy each of the other nodes is reached through, by name. */
+  links: Map<string, FaultProxy>;
 }
 
 export interface NodeSpec {
@@ -21,17 +26,23 @@ export interface NodeSpec {
 export async function createClusterNodes(
   specs: NodeSpec[],
   extra: (name: string) => Record<string, unknown> = () => ({}),
+  options: { faults?: boolean } = {},
 ): Promise<ClusterNode[]> {
   const ports = await Promise.all(specs.map(() => freePort()));
   const nodes: ClusterNode[] = [];
   for (const [i, spec] of specs.entries()) {
-    const others = specs
-      .map((other, j) => ({ other, j }))
-      .filter(({ j }) => j !== i)
-      .map(({ other, j }) => ({
-        name: other.name,
-        remote_url_template: `http://127.0.0.1:${ports[j]}/{database}`,
-      }));
+    const links = new Map<string, FaultProxy>();
+    const others = [];
+    for (const [j, other] of specs.entries()) {
+      if (j === i) continue;
+      let port = ports[j];
+      if (options.faults) {
+        const proxy = await FaultProxy.start(ports[j]);
+        links.set(other.name, proxy);
+        port = proxy.port;
+      }
+      others.push({ name: other.name, remote_url_template: `http://127.0.0.1:${port}/{database}` });
+    }
     const { cluster: clusterExtra, ...rest } = extra(spec.name) as { cluster?: Record<string, unknown> };
     const strata = await createStandaloneStrata({
       dataDir: join(tempDir(`strata-node-${spec.name}-`), "data"),
@@ -46,7 +57,27 @@ export async function createClusterNodes(
         ...rest,
       },
     });
-    nodes.push({ name: spec.name, strata, controlPort: ports[i] });
+    nodes.push({ name: spec.name, strata, controlPort: ports[i], links });
   }
   return nodes;
+}
+
+/** Cut (or restore) the network between two nodes, both ways. */
+export function partition(a: ClusterNode, b: ClusterNode, cut = true): void {
+  for (const link of [a.links.get(b.name), b.links.get(a.name)]) {
+    if (!link) throw new Error(`${a.name} and ${b.name} were created without faults`);
+    if (cut) link.partition();
+    else link.heal();
+  }
+}
+
+export const heal = (a: ClusterNode, b: ClusterNode) => partition(a, b, false);
+
+/** Stop the nodes and their proxies, and remove their directories. */
+export async function destroyClusterNodes(nodes: (ClusterNode | undefined)[]): Promise<void> {
+  await Promise.all(nodes.map((n) => n?.strata.stop()));
+  for (const node of nodes) {
+    node?.strata.destroySync();
+    for (const link of node?.links.values() ?? []) await link.close();
+  }
 }
