@@ -123,12 +123,20 @@ export class StrataRewriter implements QueryRewriter {
 
   /** Only sessions of a database that pushes each commit before the client hears of it. */
   holdsTransactionEnds(context: { database: string }): boolean {
-    return this.remotes.pushesBeforeCommitReturns(context.database);
+    return this.pushes() && this.remotes.pushesBeforeCommitReturns(context.database);
   }
 
   /** After a transaction ended: a database that replicates to a remote pushes its new commits. */
   transactionEnded(context: { database: string }): Promise<void> | undefined {
-    return this.remotes.afterTransaction(context.database);
+    return this.pushes() ? this.remotes.afterTransaction(context.database) : undefined;
+  }
+
+  /**
+   * In a cluster only the primary pushes to remotes (a standby's commits are the primary's, which
+   * it pushes itself); after a failover the new primary takes over.
+   */
+  private pushes(): boolean {
+    return !this.cluster || this.cluster.role === "primary";
   }
 
   private async rewriteRemoteCall(sql: string, context: RewriteContext): Promise<string | undefined> {

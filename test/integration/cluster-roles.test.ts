@@ -20,7 +20,7 @@ import pg from "pg";
 
 import { NodeKey } from "../../src/cluster/auth.ts";
 import { clusterPaths } from "../../src/store/cluster.ts";
-import { type ClusterNode, createClusterNodes } from "../support/cluster-nodes.ts";
+import { type ClusterNode, createClusterNodes, roleOf, waitForRole } from "../support/cluster-nodes.ts";
 import { TEST_PASSWORD, TEST_USER, waitFor } from "../support/postgres.ts";
 import { failure, rowsOf, Sessions } from "../support/sessions.ts";
 
@@ -47,34 +47,6 @@ async function explained<T>(nodes: ClusterNode[], work: Promise<T>): Promise<T> 
     (err as Error).message += `\n${nodes.map((n) => clusterLog(n)).join("\n")}`;
     throw err;
   }
-}
-
-/** role@epoch, read on a new connection. */
-async function roleOf(node: ClusterNode): Promise<string> {
-  const client = new pg.Client(node.strata.connectionConfig());
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    const r = (await rowsOf(client, "SHOW dolt_cluster_role"))[0].dolt_cluster_role;
-    const e = (await rowsOf(client, "SHOW dolt_cluster_role_epoch"))[0].dolt_cluster_role_epoch;
-    return `${r}@${e}`;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-async function waitForRole(node: ClusterNode, expected: string, timeoutMs = 10_000): Promise<void> {
-  let last = "";
-  await waitFor(
-    `${node.name} to be ${expected}`,
-    async () => {
-      last = await roleOf(node);
-      return last === expected;
-    },
-    timeoutMs,
-  ).catch((err: Error) => {
-    throw new Error(`${err.message} (last seen: ${last || "nothing"})`);
-  });
 }
 
 const itemsSql = "SELECT id, v FROM items ORDER BY id";

@@ -3,8 +3,9 @@
 // `faults`, each node reaches each other one through a fault-injecting proxy of its own (one per
 // direction), so that a test can partition two nodes (partition / heal).
 import { join } from "node:path";
+import pg from "pg";
 import { FaultProxy } from "./fault-proxy.ts";
-import { freePort, tempDir } from "./postgres.ts";
+import { freePort, tempDir, waitFor } from "./postgres.ts";
 import { createStandaloneStrata, type StrataProcess } from "./strata.ts";
 
 export interface ClusterNode {
@@ -80,4 +81,32 @@ export async function destroyClusterNodes(nodes: (ClusterNode | undefined)[]): P
     node?.strata.destroySync();
     for (const link of node?.links.values() ?? []) await link.close();
   }
+}
+
+/** role@epoch, read on a new connection. */
+export async function roleOf(node: ClusterNode): Promise<string> {
+  const client = new pg.Client(node.strata.connectionConfig());
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    const r = (await client.query("SHOW dolt_cluster_role")).rows[0].dolt_cluster_role;
+    const e = (await client.query("SHOW dolt_cluster_role_epoch")).rows[0].dolt_cluster_role_epoch;
+    return `${r}@${e}`;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+export async function waitForRole(node: ClusterNode, expected: string, timeoutMs = 10_000): Promise<void> {
+  let last = "";
+  await waitFor(
+    `${node.name} to be ${expected}`,
+    async () => {
+      last = await roleOf(node).catch(() => "");
+      return last === expected;
+    },
+    timeoutMs,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message} (last seen: ${last || "nothing"})`);
+  });
 }
