@@ -8,7 +8,9 @@
 //    one row a transaction at --probe-rate per second on the primary, and a reader on the
 //    standby's front door polls max(id) without pause. A probe row's lag is the time from its
 //    COMMIT returning on the primary to the reader first seeing it on the standby (one process,
-//    one clock). p50/p99/max.
+//    one clock). p50/p99/max. The baseline, measured first the same way: a plain Postgres
+//    primary and its streaming standby (pg_basebackup -R, physical replication over TCP), with
+//    pgbench, probe and reader connected to them directly.
 // 2. Graceful failover: --failovers round trips, each dolt_assume_cluster_role('standby', e) on
 //    the primary then dolt_assume_cluster_role('primary', e) on the standby, timed apart and
 //    together; after each, every probe row acknowledged before it is checked on the new primary
@@ -20,18 +22,29 @@
 //
 // One table on stdout, the figures in bench/results/cluster-<ts>.json. The nodes, their stores and
 // directories are removed at the end, also on failure or Ctrl-C.
+import { execFile } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
+import { asUser, type ClusterSpec, clusterPaths, own, startCluster } from "../src/store/cluster.ts";
 import { createClusterNodes } from "../test/support/cluster-nodes.ts";
-import { TEST_PASSWORD, TEST_USER, waitFor } from "../test/support/postgres.ts";
+import {
+  freePort,
+  startPrimary,
+  TEST_PASSWORD,
+  TEST_USER,
+  TestCluster,
+  tempDir,
+  waitFor,
+} from "../test/support/postgres.ts";
 import type { StrataProcess } from "../test/support/strata.ts";
 import { summarizeLatencies } from "./support/latency.ts";
-import { runPgbench } from "./support/pgbench.ts";
-import { cleanUpAtExit, stopStrata, tracked } from "./support/processes.ts";
+import { type PgbenchTarget, runPgbench } from "./support/pgbench.ts";
+import { cleanUpAtExit, stopCluster, stopStrata, tracked } from "./support/processes.ts";
 import { fixed, table } from "./support/report.ts";
+import { pgProgram } from "./support/scaffold.ts";
 
 const { values } = parseArgs({
   options: {
@@ -54,51 +67,18 @@ const progress = (line: string) =>
 
 cleanUpAtExit("bench:cluster interrupted; the nodes are being removed");
 
-const connect = async (s: StrataProcess) => {
-  const client = new pg.Client(s.connectionConfig());
+const connectTo = async (config: pg.ClientConfig) => {
+  const client = new pg.Client(config);
   client.on("error", () => {});
   await client.connect();
   return client;
 };
+const connect = (s: StrataProcess) => connectTo(s.connectionConfig());
 
-async function main() {
-  const [a, b] = await createClusterNodes(
-    [
-      { name: "node-a", bootstrap_role: "primary" },
-      { name: "node-b", bootstrap_role: "standby" },
-    ],
-    () => ({ log_level: "info" }),
-  );
-  tracked(a.strata);
-  tracked(b.strata);
-  progress("starting a primary and a standby (the standby takes a base backup)");
-  await Promise.all([a.strata.start(), b.strata.start()]);
-  const setup = await connect(a.strata);
-  await setup.query("CREATE TABLE probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
-  await setup.end();
-  const pgbenchTarget = (s: StrataProcess) => ({
-    host: "127.0.0.1",
-    port: s.port,
-    user: TEST_USER,
-    password: TEST_PASSWORD,
-    database: "postgres",
-  });
-  const target = pgbenchTarget(a.strata);
-  progress("pgbench -i -s 5 on the primary");
-  await runPgbench(target, ["-i", "-s", "5", "-q"]);
-  await waitFor(
-    "the standby to have pgbench's tables",
-    async () => {
-      const rows = await b.strata.query("SELECT count(*)::int AS n FROM pgbench_branches").catch(() => []);
-      return rows[0]?.n === 5;
-    },
-    120_000,
-  );
-
-  // 1. Lag under load.
-  progress(`lag: pgbench -R ${pgbenchRate} and ${probeRate} probes/s for ${seconds} s`);
-  const writer = await connect(a.strata);
-  const reader = await connect(b.strata);
+/** Lag under load (see the header): pgbench and the probe on `primary`, the reader on `standby`. */
+async function measureLag(primary: pg.ClientConfig, standby: pg.ClientConfig, target: PgbenchTarget) {
+  const writer = await connectTo(primary);
+  const reader = await connectTo(standby);
   const committedAt = new Map<number, number>();
   const lags: number[] = [];
   let seen = 0;
@@ -144,10 +124,117 @@ async function main() {
   stoppedAt = performance.now();
   const pgbenchOut = await load;
   await readLoop;
-  const tps = Number(/tps = ([\d.]+)/.exec(pgbenchOut)?.[1] ?? Number.NaN);
-  const lag = summarizeLatencies(lags);
   await writer.end();
   await reader.end();
+  return {
+    lag: summarizeLatencies(lags),
+    tps: Number(/tps = ([\d.]+)/.exec(pgbenchOut)?.[1] ?? Number.NaN),
+    probes: next - 1,
+  };
+}
+
+/**
+ * The baseline: the same measurement on a plain Postgres primary and its streaming standby
+ * (pg_basebackup -R, physical replication straight over TCP), same settings as Strata's stores.
+ */
+async function nativeLag() {
+  const primary = tracked(
+    await startPrimary({
+      settings: { synchronous_commit: true, full_page_writes: true },
+      hba: ["host replication all 127.0.0.1/32 scram-sha-256"],
+    }),
+  );
+  const port = await freePort();
+  const spec: ClusterSpec = { ...primary.spec, root: tempDir("strata-native-standby-"), port };
+  const standby = tracked(new TestCluster(spec, port));
+  try {
+    own(spec, spec.root, 0o700);
+    await new Promise<void>((resolve, reject) =>
+      execFile(
+        pgProgram("pg_basebackup"),
+        [
+          "-D",
+          clusterPaths(spec).pgdata,
+          "-R",
+          "-X",
+          "stream",
+          "-d",
+          `host=127.0.0.1 port=${primary.port} user=${TEST_USER} password=${TEST_PASSWORD} application_name=native_standby`,
+        ],
+        asUser(spec),
+        (err, _out, stderr) =>
+          err ? reject(new Error(`pg_basebackup: ${stderr || err.message}`)) : resolve(),
+      ),
+    );
+    await startCluster(spec);
+    const target = {
+      host: "127.0.0.1",
+      port: primary.port,
+      user: TEST_USER,
+      password: TEST_PASSWORD,
+      database: "postgres",
+    };
+    await primary.query("CREATE TABLE probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    await runPgbench(target, ["-i", "-s", "5", "-q"]);
+    await waitFor(
+      "the native standby to have pgbench's tables",
+      async () => {
+        const rows = await standby.query("SELECT count(*)::int AS n FROM pgbench_branches").catch(() => []);
+        return rows[0]?.n === 5;
+      },
+      120_000,
+    );
+    return await measureLag(primary.connectionConfig(), standby.connectionConfig(), target);
+  } finally {
+    await stopCluster(standby);
+    await stopCluster(primary);
+  }
+}
+
+async function main() {
+  progress(
+    `native streaming replication (baseline): pgbench -R ${pgbenchRate} and ${probeRate} probes/s for ${seconds} s`,
+  );
+  const native = await nativeLag();
+  const [a, b] = await createClusterNodes(
+    [
+      { name: "node-a", bootstrap_role: "primary" },
+      { name: "node-b", bootstrap_role: "standby" },
+    ],
+    () => ({ log_level: "info" }),
+  );
+  tracked(a.strata);
+  tracked(b.strata);
+  progress("starting a primary and a standby (the standby takes a base backup)");
+  await Promise.all([a.strata.start(), b.strata.start()]);
+  const setup = await connect(a.strata);
+  await setup.query("CREATE TABLE probe (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+  await setup.end();
+  const pgbenchTarget = (s: StrataProcess) => ({
+    host: "127.0.0.1",
+    port: s.port,
+    user: TEST_USER,
+    password: TEST_PASSWORD,
+    database: "postgres",
+  });
+  const target = pgbenchTarget(a.strata);
+  progress("pgbench -i -s 5 on the primary");
+  await runPgbench(target, ["-i", "-s", "5", "-q"]);
+  await waitFor(
+    "the standby to have pgbench's tables",
+    async () => {
+      const rows = await b.strata.query("SELECT count(*)::int AS n FROM pgbench_branches").catch(() => []);
+      return rows[0]?.n === 5;
+    },
+    120_000,
+  );
+
+  // 1. Lag under load.
+  progress(`lag: pgbench -R ${pgbenchRate} and ${probeRate} probes/s for ${seconds} s`);
+  const strataLag = await measureLag(a.strata.connectionConfig(), b.strata.connectionConfig(), target);
+  const lag = strataLag.lag;
+  const tps = strataLag.tps;
+  let next = strataLag.probes + 1;
 
   // 2. Failover round trips.
   const rounds: { demoteMs: number; promoteMs: number; totalMs: number; lost: number }[] = [];
@@ -225,10 +312,19 @@ async function main() {
   const [async_, sync] = modes;
 
   const rows: string[][] = [
-    ["standby lag p50 (ms)", fixed(lag.p50Ms, 1), "target: p99 < 50"],
-    ["standby lag p99 (ms)", fixed(lag.p99Ms, 1), lag.p99Ms < 50 ? "met" : "NOT met"],
-    ["standby lag max (ms)", fixed(lag.maxMs, 1), `${lag.samples} probe rows`],
-    ["pgbench TPS on the primary", fixed(tps, 0), `-R ${pgbenchRate}`],
+    ["standby lag p50 (ms)", fixed(lag.p50Ms, 1), `native streaming: ${fixed(native.lag.p50Ms, 1)}`],
+    [
+      "standby lag p99 (ms)",
+      fixed(lag.p99Ms, 1),
+      `native: ${fixed(native.lag.p99Ms, 1)}; target < 50: ${lag.p99Ms < 50 ? "met" : "NOT met"}`,
+    ],
+    [
+      "standby lag max (ms)",
+      fixed(lag.maxMs, 1),
+      `native: ${fixed(native.lag.maxMs, 1)}; ${lag.samples} probe rows`,
+    ],
+    ["standby lag p99, Strata / native", fixed(lag.p99Ms / native.lag.p99Ms, 2), ""],
+    ["pgbench TPS on the primary", fixed(tps, 0), `-R ${pgbenchRate}; native: ${fixed(native.tps, 0)}`],
     ...rounds.map((r, i) => [
       `failover ${i + 1} (demote + promote, ms)`,
       fixed(r.totalMs, 0),
@@ -252,7 +348,7 @@ async function main() {
   const file = join(dir, `cluster-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(
     file,
-    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, failovers: rounds, synchronous: modes }, null, 2)}\n`,
+    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, native, failovers: rounds, synchronous: modes }, null, 2)}\n`,
   );
   progress(`wrote ${file}`);
   await stopStrata(a.strata);
