@@ -31,6 +31,7 @@ import {
 import type { OpenStoreOptions, StoreHandle } from "../store/store.ts";
 import { NodeKey, PeerKeys } from "./auth.ts";
 import { ControlRefusal, type ControlServer, startControlServer } from "./control-server.ts";
+import { type FailoverView, promotionEpoch, shouldFence } from "./failover.ts";
 import { type NodeState, newNodeId, readNodeState, writeNodeState } from "./node-state.ts";
 import { outboundTlsOptions } from "./peer-tls.ts";
 import { type Heartbeat, PeerClient, PeerRefusal, peerEndpoint } from "./peers.ts";
@@ -65,6 +66,10 @@ const STATUS_FILE = "strata_cluster_status.json";
 const SYNC_POLL_MS = 100;
 /** How often it checks whether synchronous replication was switched on. */
 const SYNC_IDLE_POLL_MS = 1_000;
+/** How often the automatic failover policy looks at the heartbeats (failover.ts). */
+const FAILOVER_CHECK_MS = 250;
+const FENCED_ERROR =
+  "this primary cannot reach a majority of its cluster and is read-only until it can (cluster.automatic_failover)";
 
 /** The Postgres side of services only a primary runs (upstream replication, pushes to remotes). */
 export interface PrimaryServices {
@@ -84,6 +89,8 @@ interface PeerStatus {
   error?: string;
   /** As a standby: the last heartbeat this primary sent us. */
   fromPrimaryAt?: number;
+  /** A heartbeat exchange still under way. */
+  exchanging?: Promise<void>;
 }
 
 export interface TransitionRow {
@@ -131,6 +138,11 @@ export class ClusterController {
   /** dolt_cluster_ack_writes_timeout_secs: which standbys commits wait for (sync-commit.ts). */
   private readonly syncCommits = new SyncCommitBreaker((name) => name.startsWith(slotName("")));
   private syncTimer?: NodeJS.Timeout;
+  /** A primary without a majority, under the automatic failover policy: read-only. */
+  private fenced = false;
+  private failoverTimer?: NodeJS.Timeout;
+  /** When the current role and epoch began (this run): a standby's clock for a missing primary starts here. */
+  private roleSince = Date.now();
   private stopped = false;
 
   constructor(
@@ -201,6 +213,20 @@ export class ClusterController {
       });
     };
     tick();
+    if (this.cluster.automatic_failover) {
+      const after = this.cluster.automatic_failover.after_secs;
+      this.log.info({ after_secs: after }, "cluster: automatic failover is on");
+      const check = () => {
+        void this.applyFailoverPolicy(after * 1000)
+          .catch((err: Error) =>
+            this.log.error({ err: err.message }, "cluster: the automatic failover policy failed"),
+          )
+          .finally(() => {
+            if (!this.stopped) this.failoverTimer = setTimeout(check, FAILOVER_CHECK_MS);
+          });
+      };
+      check();
+    }
   }
 
   /** How the store is made and started for this role (openStore's options). */
@@ -301,6 +327,7 @@ export class ClusterController {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     if (this.syncTimer) clearTimeout(this.syncTimer);
+    if (this.failoverTimer) clearTimeout(this.failoverTimer);
     await this.queue.catch(() => {});
     this.peerKeys?.stop();
     for (const peer of this.peers.values()) peer.client.close();
@@ -314,9 +341,9 @@ export class ClusterController {
   /** The error a session gets for a statement, if any: after it changed roles, or during a change. */
   refusal(session: SessionInfo, sql: string): ClusterError | undefined {
     if (this.tainted.has(session)) return new ClusterError(TRANSITIONED_ERROR, "08006", "reconnect");
-    if (this.state.role !== "primary" && /transaction_read_only|read\s+write/i.test(sql))
+    if ((this.state.role !== "primary" || this.fenced) && /transaction_read_only|read\s+write/i.test(sql))
       return new ClusterError(
-        `this server is a ${this.state.role} in its cluster and is read-only`,
+        this.fenced ? FENCED_ERROR : `this server is a ${this.state.role} in its cluster and is read-only`,
         "25006",
         "writes go to the cluster's primary (SHOW dolt_cluster_role on each server)",
       );
@@ -423,6 +450,10 @@ export class ClusterController {
   }
 
   private setState(role: RoleState): void {
+    if (role.role !== this.state.role || role.epoch !== this.state.epoch) {
+      this.roleSince = Date.now();
+      this.fenced = false;
+    }
     this.state = { ...this.state, ...role };
     if (role.role !== "primary") this.syncCommits.reset();
     writeNodeState(this.dataDir, this.state);
@@ -512,7 +543,7 @@ export class ClusterController {
   }
 
   /** Standby (or broken) → primary at `epoch`: persisted, then promoted, then writes open. */
-  private async promote(epoch: number, caller: SessionInfo): Promise<void> {
+  private async promote(epoch: number, caller: SessionInfo | undefined): Promise<void> {
     this.transitioning = true;
     try {
       this.setState({ role: "primary", epoch });
@@ -577,20 +608,30 @@ export class ClusterController {
       const last = this.walSamples[this.walSamples.length - 1];
       if (!last || last.lsn !== lsn) this.walSamples.push({ at: Date.now(), lsn });
     }
+    // A peer that does not answer (its request times out after 5 s) must not hold up the
+    // heartbeats to the others: each tick waits for each exchange for one interval at most, and
+    // a peer whose last exchange is still under way is skipped.
     await Promise.all(
       [...this.peers].map(async ([name, peer]) => {
-        try {
-          const theirs = await peer.client.heartbeat(mine);
-          peer.seen = theirs;
-          peer.seenAt = Date.now();
-          peer.error = undefined;
-          if (theirs.role === "primary") peer.fromPrimaryAt = Date.now();
-          this.learn(name, theirs);
-          if (this.state.role === "primary" && lsn !== undefined) this.measureLag(peer, theirs, lsn);
-        } catch (err) {
-          peer.error = (err as Error).message;
-          if (err instanceof PeerRefusal && err.peerRole) this.learn(name, err.peerRole);
-        }
+        if (peer.exchanging) return;
+        const exchange = (async () => {
+          try {
+            const theirs = await peer.client.heartbeat(mine);
+            peer.seen = theirs;
+            peer.seenAt = Date.now();
+            peer.error = undefined;
+            if (theirs.role === "primary") peer.fromPrimaryAt = Date.now();
+            this.learn(name, theirs);
+            if (this.state.role === "primary" && lsn !== undefined) this.measureLag(peer, theirs, lsn);
+          } catch (err) {
+            peer.error = (err as Error).message;
+            if (err instanceof PeerRefusal && err.peerRole) this.learn(name, err.peerRole);
+          }
+        })();
+        peer.exchanging = exchange.finally(() => {
+          peer.exchanging = undefined;
+        });
+        await Promise.race([exchange, new Promise((r) => setTimeout(r, HEARTBEAT_MS).unref())]);
       }),
     );
     // Samples every standby has replayed are of no more use.
@@ -759,6 +800,78 @@ export class ClusterController {
     };
   }
 
+  /** As a standby: the last heartbeat with a primary at our epoch or later, or when the role began. */
+  private primaryContactAt(): number {
+    let at = this.roleSince;
+    for (const peer of this.peers.values())
+      if (peer.seen?.role === "primary" && peer.seen.epoch >= this.state.epoch && (peer.seenAt ?? 0) > at)
+        at = peer.seenAt!;
+    return at;
+  }
+
+  private async failoverView(afterMs: number): Promise<FailoverView> {
+    let replayLsn: bigint | undefined;
+    if (this.state.role === "standby" && this.spec && isStandbyStore(this.spec)) {
+      const store = (await this.ownHeartbeat()).store;
+      if (store?.in_recovery && store.replay_lsn) replayLsn = parseLsn(store.replay_lsn);
+    }
+    return {
+      now: Date.now(),
+      afterMs,
+      role: this.state.role,
+      epoch: this.state.epoch,
+      nodeId: this.state.node_id,
+      replayLsn,
+      peers: [...this.peers.values()].map((p) => ({ contactAt: p.seenAt, seen: p.seen })),
+      primaryContactAt: this.primaryContactAt(),
+    };
+  }
+
+  /**
+   * cluster.automatic_failover (failover.ts): a primary without a majority fences itself (and
+   * opens again with one); a standby that the policy elects promotes itself.
+   */
+  private async applyFailoverPolicy(afterMs: number): Promise<void> {
+    if (this.transitioning || this.rewinding || this.stopped || !this.store) return;
+    if (this.state.role === "primary") {
+      const fence = shouldFence(await this.failoverView(afterMs));
+      if (fence === this.fenced) return;
+      await this.serialised(async () => {
+        if (this.state.role !== "primary" || shouldFence(await this.failoverView(afterMs)) !== fence) return;
+        await this.setFenced(fence);
+      });
+      return;
+    }
+    if (promotionEpoch(await this.failoverView(afterMs)) === undefined) return;
+    await this.serialised(async () => {
+      // Decided again in the queue: a role change may have come first.
+      const epoch = promotionEpoch(await this.failoverView(afterMs));
+      if (epoch === undefined) return;
+      this.log.warn(
+        { epoch, after_secs: afterMs / 1000 },
+        "cluster: no primary for after_secs, and this standby is the most advanced of a majority: promoting itself (cluster.automatic_failover)",
+      );
+      await this.promote(epoch, undefined);
+    });
+  }
+
+  private async setFenced(fenced: boolean): Promise<void> {
+    this.fenced = fenced;
+    this.writeSettings();
+    await this.reload();
+    if (fenced) {
+      this.log.warn(
+        "cluster: this primary cannot reach a majority of its cluster: read-only (fenced) until it can, so that a standby may replace it safely (cluster.automatic_failover)",
+      );
+      await this.stopServices();
+      await this.endSessions(undefined, FENCED_ERROR);
+    } else {
+      this.log.info("cluster: this primary reaches a majority again: writes open");
+      await this.startServices();
+    }
+    this.writeStatus();
+  }
+
   /** strata-cluster.conf for the current role (a standby's also says where its WAL comes from). */
   private writeSettings(): void {
     if (!this.spec) return;
@@ -767,7 +880,10 @@ export class ClusterController {
       this.spec,
       this.roleState(),
       standby ? { tunnel: this.tunnelConninfo(), slot: slotName(this.state.node_id) } : undefined,
-      { synchronous: this.state.role === "primary" ? this.syncCommits.members : [] },
+      {
+        synchronous: this.state.role === "primary" ? this.syncCommits.members : [],
+        readOnly: this.fenced ? true : undefined,
+      },
     );
   }
 
@@ -857,6 +973,8 @@ export class ClusterController {
 
   private async ownHeartbeat(): Promise<Heartbeat> {
     const mine: Heartbeat = { role: this.state.role, epoch: this.state.epoch, node_id: this.state.node_id };
+    if (this.state.role === "standby") mine.primary_contact_ms = Date.now() - this.primaryContactAt();
+    if (this.fenced) mine.fenced = true;
     if (!this.pool || this.rewinding) return mine;
     try {
       const { rows } = await this.pool.query<{
@@ -922,6 +1040,7 @@ export class ClusterController {
       const primary = this.state.role === "primary";
       let error = peer.error ?? this.peerKeys.fetchError(name) ?? null;
       if (this.state.role === "detected_broken_config") error = BROKEN_CONFIG_ERROR;
+      if (this.fenced) error = FENCED_ERROR;
       if (!error && this.refusedIncoming && Date.now() - this.refusedIncoming.at < 30_000)
         error = `refused a request: ${this.refusedIncoming.reason}`;
       const lastUpdate = primary ? peer.caughtUpAt : peer.fromPrimaryAt;

@@ -282,12 +282,42 @@ export const clusterSchema = z
             });
           }
         }),
+      /**
+       * Opt-in: a standby promotes itself when the primary is gone (src/cluster/failover.ts). Left
+       * out, a server never promotes itself.
+       */
+      automatic_failover: z
+        .object(
+          {
+            after_secs: z
+              .number({ error: "cluster.automatic_failover.after_secs must be a number of seconds, e.g. 10" })
+              .int({
+                error: "cluster.automatic_failover.after_secs must be a whole number of seconds, e.g. 10",
+              })
+              .min(4, {
+                error:
+                  "cluster.automatic_failover.after_secs must be at least 4: a primary that cannot reach its cluster makes itself read-only after half of it, and heartbeats come every second",
+              })
+              .default(10),
+          },
+          { error: "cluster.automatic_failover must be a mapping, e.g. {after_secs: 10}" },
+        )
+        .optional(),
     },
     {
       error:
         "cluster must be a mapping: {standby_remotes: [...], bootstrap_role, bootstrap_epoch, remotesapi: {port}}",
     },
   )
+  .superRefine((cluster, ctx) => {
+    if (cluster.automatic_failover && cluster.standby_remotes.length < 2)
+      ctx.addIssue({
+        code: "custom",
+        path: ["automatic_failover"],
+        message:
+          "cluster.automatic_failover needs at least three servers (two standby_remotes): with two, a standby cannot tell a primary that is down from a network that is cut, and could make a second primary. Add a server, or remove automatic_failover (failover stays manual: dolt_assume_cluster_role)",
+      });
+  })
   .transform(({ boostrap_role, boostrap_epoch, ...cluster }) => ({
     ...cluster,
     bootstrap_role: cluster.bootstrap_role ?? boostrap_role ?? "primary",

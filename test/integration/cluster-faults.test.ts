@@ -10,6 +10,7 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
 import { findPgBinaries } from "../../src/store/binaries.ts";
+import { AckedWriter, assertNoneLost, assertSameRows, PGBENCH_TABLES } from "../support/cluster-load.ts";
 import {
   type ClusterNode,
   createClusterNodes,
@@ -22,7 +23,6 @@ import {
 import { TEST_PASSWORD, TEST_USER, waitFor } from "../support/postgres.ts";
 
 const PGBENCH = join(dirname(realpathSync(findPgBinaries().initdb)), "pgbench");
-const TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "acks"];
 
 /** pgbench against a node's front door; resolves its exit code (a failover aborts its clients). */
 function pgbench(node: ClusterNode, args: string[]): { done: Promise<number | null>; child: ChildProcess } {
@@ -42,135 +42,6 @@ function pgbench(node: ClusterNode, args: string[]): { done: Promise<number | nu
     }),
   );
   return { done, child };
-}
-
-/**
- * Inserts numbered rows into `acks` on whichever node `target()` names, one per transaction, and
- * keeps the numbers whose COMMIT returned. A failed insert's number is never used again (it may
- * or may not have committed); after a failure it reconnects.
- */
-class AckedWriter {
-  readonly acknowledged: number[] = [];
-  failures = 0;
-  private next = 1;
-  private stopped = false;
-  private paused = false;
-  private idle = false;
-  private running?: Promise<void>;
-
-  constructor(private readonly target: () => ClusterNode) {}
-
-  start(): void {
-    this.running = this.loop();
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await this.running;
-  }
-
-  /** Stop writing for a moment (a comparison of the nodes' rows): resolves once nothing is in flight. */
-  async pause(): Promise<void> {
-    this.paused = true;
-    await waitFor("the writer to pause", async () => this.idle || this.stopped, 30_000);
-  }
-
-  resume(): void {
-    this.paused = false;
-  }
-
-  /** Wait until `count` more inserts were acknowledged. */
-  async progress(count: number, what: string): Promise<void> {
-    const goal = this.acknowledged.length + count;
-    await waitFor(
-      `${count} acknowledged writes ${what}`,
-      async () => this.acknowledged.length >= goal,
-      60_000,
-    );
-  }
-
-  private async loop(): Promise<void> {
-    let client: pg.Client | undefined;
-    while (!this.stopped) {
-      this.idle = this.paused;
-      if (this.paused) {
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
-      }
-      try {
-        if (!client) {
-          client = new pg.Client(this.target().strata.connectionConfig());
-          client.on("error", () => {});
-          await client.connect();
-        }
-        const id = this.next++;
-        await client.query("INSERT INTO acks (id) VALUES ($1)", [id]);
-        this.acknowledged.push(id);
-        // A few hundred a second: enough to be writing at every moment, not to fill the table.
-        await new Promise((r) => setTimeout(r, 2));
-      } catch {
-        this.failures++;
-        await client?.end().catch(() => {});
-        client = undefined;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-    await client?.end().catch(() => {});
-  }
-}
-
-/** Each table's row count and a hash of its rows (sorted), read on `node`. */
-async function fingerprint(node: ClusterNode): Promise<Record<string, string>> {
-  const client = new pg.Client(node.strata.connectionConfig());
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    const out: Record<string, string> = {};
-    for (const table of TABLES) {
-      const { rows } = await client.query(
-        `SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) AS h FROM ${table} t`,
-      );
-      out[table] = `${rows[0].n} rows, ${rows[0].h}`;
-    }
-    return out;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-/** The standby has exactly the primary's rows, once it has caught up (the writer paused meanwhile). */
-async function assertSameRows(
-  primary: ClusterNode,
-  standby: ClusterNode,
-  writer?: AckedWriter,
-): Promise<void> {
-  await writer?.pause();
-  try {
-    await compareRows(primary, standby);
-  } finally {
-    writer?.resume();
-  }
-}
-
-async function compareRows(primary: ClusterNode, standby: ClusterNode): Promise<void> {
-  const expected = await fingerprint(primary);
-  let seen: Record<string, string> = {};
-  await waitFor(
-    `${standby.name} to have exactly ${primary.name}'s rows`,
-    async () => {
-      seen = await fingerprint(standby).catch(() => ({}));
-      return JSON.stringify(seen) === JSON.stringify(expected);
-    },
-    60_000,
-  ).catch(() => assert.deepEqual(seen, expected));
-}
-
-/** Every write the writer saw acknowledged is on `node`. */
-async function assertNoneLost(node: ClusterNode, writer: AckedWriter): Promise<void> {
-  const acknowledged = [...writer.acknowledged];
-  const present = new Set((await node.strata.query("SELECT id FROM acks")).map((r) => r.id as number));
-  const lost = acknowledged.filter((id) => !present.has(id));
-  assert.deepEqual(lost, [], `acknowledged writes missing on ${node.name} (of ${acknowledged.length})`);
 }
 
 const historyRows = async (node: ClusterNode) =>
@@ -195,7 +66,7 @@ describe("cluster: partitions, restarts and failovers under load", { timeout: 60
     await Promise.all([a.strata.start(), b.strata.start()]);
     assert.equal(await pgbench(a, ["-i", "-s", "1", "-q"]).done, 0);
     await a.strata.query("CREATE TABLE acks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
-    await assertSameRows(a, b);
+    await assertSameRows(a, b, PGBENCH_TABLES);
     writer = new AckedWriter(() => primary);
     writer.start();
   });
@@ -228,7 +99,7 @@ describe("cluster: partitions, restarts and failovers under load", { timeout: 60
       run.child.kill("SIGINT");
       await run.done;
     }
-    await assertSameRows(a, b, writer);
+    await assertSameRows(a, b, PGBENCH_TABLES, writer);
     assert.equal(await roleOf(a), "primary@1");
     assert.equal(await roleOf(b), "standby@1");
     assert.ok(a.links.get("b")!.refused + b.links.get("a")!.refused > 0, "the partition refused connections");
@@ -246,7 +117,7 @@ describe("cluster: partitions, restarts and failovers under load", { timeout: 60
       run.child.kill("SIGINT");
       await run.done;
     }
-    await assertSameRows(a, b, writer);
+    await assertSameRows(a, b, PGBENCH_TABLES, writer);
   });
 
   it("the primary SIGKILLed and restarted: it is primary again, with every acknowledged write", async () => {
@@ -259,7 +130,7 @@ describe("cluster: partitions, restarts and failovers under load", { timeout: 60
     await assertNoneLost(a, writer);
     assert.equal(await roleOf(a), "primary@1");
     assert.equal(await roleOf(b), "standby@1");
-    await assertSameRows(a, b, writer);
+    await assertSameRows(a, b, PGBENCH_TABLES, writer);
   });
 
   it("graceful failovers back and forth under load lose no acknowledged write", async () => {
@@ -290,7 +161,7 @@ describe("cluster: partitions, restarts and failovers under load", { timeout: 60
     }
     await writer.stop();
     await assertNoneLost(a, writer);
-    await assertSameRows(a, b);
+    await assertSameRows(a, b, PGBENCH_TABLES);
     assert.equal(await roleOf(a), "primary@3");
     assert.equal(await roleOf(b), "standby@3");
   });

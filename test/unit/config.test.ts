@@ -144,3 +144,29 @@ test("system_variables: known names are defaults for the store; unknown names an
       /system_variables\.dolt_async_replication/.test(err.message) && /boolean/.test(err.message),
   );
 });
+
+test("cluster.automatic_failover: opt-in, at least three servers, after_secs of 4 or more", () => {
+  const cluster = (standbys: number, failover?: unknown) => ({
+    cluster: {
+      standby_remotes: Array.from({ length: standbys }, (_, i) => ({
+        name: `peer${i}`,
+        remote_url_template: `http://peer${i}:50051/{database}`,
+      })),
+      remotesapi: { port: 50051 },
+      ...(failover === undefined ? {} : { automatic_failover: failover }),
+    },
+  });
+  assert.equal(validateConfig(cluster(1), "c.yaml").config.cluster?.automatic_failover, undefined);
+  assert.deepEqual(validateConfig(cluster(2, {}), "c.yaml").config.cluster?.automatic_failover, {
+    after_secs: 10,
+  });
+  assert.throws(
+    () => validateConfig(cluster(1, { after_secs: 10 }), "c.yaml"),
+    (err: Error) =>
+      /needs at least three servers/.test(err.message) && /dolt_assume_cluster_role/.test(err.message),
+  );
+  assert.throws(
+    () => validateConfig(cluster(2, { after_secs: 2 }), "c.yaml"),
+    (err: Error) => /after_secs must be at least 4/.test(err.message),
+  );
+});

@@ -1,0 +1,73 @@
+// The opt-in automatic failover policy (cluster.automatic_failover: {after_secs}): what a server
+// decides from the heartbeats it exchanged. Without the policy no server promotes itself.
+//
+//   a primary that has not exchanged a heartbeat with a majority of the cluster (itself included)
+//   for after_secs / 2 fences itself: read-only until it has a majority again. It may be the side
+//   of a cut network that the others will replace.
+//
+//   a standby promotes itself, at one epoch above any it has seen, when all of these hold:
+//   - no heartbeat with a primary (at its epoch or later) for after_secs;
+//   - it exchanged heartbeats with a majority within after_secs / 2, and none of those servers
+//     had a heartbeat with a primary within after_secs (so the primary, alive or not, has been
+//     fenced for at least after_secs / 2: two majorities always share a server);
+//   - of the standbys in that majority it has replayed the most WAL (ties: the lowest node id).
+//
+// The other standbys then follow the new primary (a higher-epoch primary, roles.ts), and so does
+// the old primary when it is back (rewound onto the new primary's history). The guarantees, and
+// what synchronous replication adds to them, are in docs/cluster.md.
+import { parseLsn } from "../protocol/lsn.ts";
+import type { Heartbeat } from "./peers.ts";
+import type { Role } from "./roles.ts";
+
+export interface FailoverPeer {
+  /** When this server last exchanged a heartbeat with the peer (either direction). */
+  contactAt?: number;
+  /** The peer's last heartbeat. */
+  seen?: Heartbeat;
+}
+
+export interface FailoverView {
+  now: number;
+  afterMs: number;
+  role: Role;
+  epoch: number;
+  nodeId: string;
+  /** As a standby: what its store has replayed; undefined when it is not a streaming standby. */
+  replayLsn?: bigint;
+  peers: FailoverPeer[];
+  /** As a standby: its last heartbeat with a primary at its epoch or later (or when it started). */
+  primaryContactAt: number;
+}
+
+/** The peers heard from within after_secs / 2. */
+function reachable(view: FailoverView): FailoverPeer[] {
+  return view.peers.filter((p) => p.contactAt !== undefined && view.now - p.contactAt <= view.afterMs / 2);
+}
+
+/** Whether this server and the peers it reaches are more than half of the cluster. */
+export function hasMajority(view: FailoverView): boolean {
+  return 2 * (1 + reachable(view).length) > 1 + view.peers.length;
+}
+
+/** A primary without a majority is read-only (fenced) until it has one again. */
+export function shouldFence(view: FailoverView): boolean {
+  return view.role === "primary" && !hasMajority(view);
+}
+
+/** The epoch a standby should promote itself at now, or undefined (see the header). */
+export function promotionEpoch(view: FailoverView): number | undefined {
+  if (view.role !== "standby" || view.replayLsn === undefined) return undefined;
+  if (view.now - view.primaryContactAt < view.afterMs) return undefined;
+  if (!hasMajority(view)) return undefined;
+  for (const peer of reachable(view)) {
+    const seen = peer.seen;
+    if (!seen || seen.role === "primary" || seen.role === "detected_broken_config") return undefined;
+    if ((seen.primary_contact_ms ?? Number.POSITIVE_INFINITY) < view.afterMs) return undefined;
+    // A standby whose store is not streaming (a former primary not yet rewound) is not compared.
+    if (!seen.store?.in_recovery || !seen.store.replay_lsn) continue;
+    const theirs = parseLsn(seen.store.replay_lsn);
+    if (theirs > view.replayLsn || (theirs === view.replayLsn && seen.node_id < view.nodeId))
+      return undefined;
+  }
+  return Math.max(view.epoch, ...view.peers.map((p) => p.seen?.epoch ?? 0)) + 1;
+}
