@@ -2,6 +2,8 @@
 // What one database can answer alone is here: its own branch name, and dolt_branches, whose rows
 // for the other branches the front door gathers from their databases into strata.branch_heads
 // whenever a statement names dolt_branches (the row of the branch itself is always read live).
+// A hot standby's store is read-only: there the front door writes them to a file in PGDATA
+// instead (service.ts refreshHeads), which strata.branch_heads_now() reads.
 // Making, switching and merging branches spans databases, so only the front door does it; the
 // store's functions of those names say so.
 
@@ -23,6 +25,28 @@ CREATE TABLE IF NOT EXISTS strata.branch_heads (
   seen_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+CREATE OR REPLACE FUNCTION strata.branch_heads_now()
+RETURNS TABLE (name text, hash text, latest_committer text, latest_committer_email text,
+               latest_commit_date timestamptz, latest_commit_message text, dirty boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+  IF pg_is_in_recovery() THEN
+    RETURN QUERY
+      SELECT h.name, h.hash, h.committer, h.email, h.date, h.message, coalesce(h.dirty, false)
+        FROM jsonb_to_recordset(coalesce(nullif(pg_read_file(
+               'strata_branch_heads.' || md5(current_database()) || '.json', 0, 16777216, true), '')::jsonb, '[]'))
+             AS h(name text, hash text, committer text, email text, date timestamptz, message text, dirty boolean);
+  ELSE
+    RETURN QUERY
+      SELECT b.name, b.hash, b.latest_committer, b.latest_committer_email, b.latest_commit_date,
+             b.latest_commit_message, b.dirty
+        FROM strata.branch_heads b;
+  END IF;
+END
+$fn$;
+REVOKE ALL ON FUNCTION strata.branch_heads_now() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION strata.branch_heads_now() TO PUBLIC;
+
 CREATE OR REPLACE VIEW dolt.dolt_branches AS
   WITH here AS (
     SELECT dolt.active_branch() AS name, c.hash, c.committer, c.email, c.date, c.message,
@@ -33,7 +57,7 @@ CREATE OR REPLACE VIEW dolt.dolt_branches AS
     UNION ALL
     SELECT h.name, h.hash, h.latest_committer, h.latest_committer_email, h.latest_commit_date,
            h.latest_commit_message, h.dirty
-      FROM strata.branch_heads h WHERE h.name <> (SELECT name FROM here)
+      FROM strata.branch_heads_now() h WHERE h.name <> (SELECT name FROM here)
   )
   SELECT b.name, b.hash, b.committer AS latest_committer, b.email AS latest_committer_email,
          b.date AS latest_commit_date, b.message AS latest_commit_message,

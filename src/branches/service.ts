@@ -5,6 +5,8 @@
 //
 // Changes to one database's branches run one at a time (a queue per database), so two sessions
 // making the same branch do not both copy it.
+import { createHash } from "node:crypto";
+import { chownSync, renameSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +18,7 @@ import type { Logger } from "../log.ts";
 import { DirectoryRemote } from "../remotes/directory-remote.ts";
 import { pullBranch } from "../remotes/pull.ts";
 import { pushCommitsAfter } from "../remotes/push.ts";
+import { clusterPaths } from "../store/cluster.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { copyDatabase } from "./copy-database.ts";
 import {
@@ -117,6 +120,11 @@ export class BranchService {
     }
     const client = await connect(this.config(database));
     try {
+      const { rows } = await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r");
+      if (rows[0].r) {
+        this.writeHeadsFile(database, heads);
+        return;
+      }
       await client.query("BEGIN");
       await client.query("DELETE FROM strata.branch_heads");
       await client.query(
@@ -132,6 +140,22 @@ export class BranchService {
     } finally {
       await client.end().catch(() => {});
     }
+  }
+
+  /**
+   * A hot standby's store cannot be written: the heads go to a file in its PGDATA, which
+   * strata.branch_heads_now() reads there (branch-sql.ts).
+   */
+  private writeHeadsFile(database: string, heads: Record<string, unknown>[]): void {
+    const spec = this.store.managed;
+    if (!spec) return; // a store Strata does not run: the standby shows the primary's last heads
+    const file = join(
+      clusterPaths(spec).pgdata,
+      `strata_branch_heads.${createHash("md5").update(database).digest("hex")}.json`,
+    );
+    writeFileSync(`${file}.tmp`, JSON.stringify(heads));
+    if (spec.osUser) chownSync(`${file}.tmp`, spec.osUser.uid, spec.osUser.gid);
+    renameSync(`${file}.tmp`, file);
   }
 
   private async branch(base: string, current: string, args: string[]): Promise<BranchCallResult> {

@@ -77,6 +77,26 @@ describe("cluster: a primary and a hot standby", () => {
     ]);
     await waitForRows(b, "SELECT count(*)::int AS n FROM pg_database WHERE datname = 'appdb'", [{ n: 1 }]);
     await waitForRows(b, "SELECT rolname FROM pg_roles WHERE rolname = 'reader'", [{ rolname: "reader" }]);
+    // Branches: made and written on the primary, listed and read on the standby.
+    await primary.query("SELECT dolt_branch('feature')");
+    const feature = await sessions.open(a.strata, "postgres/feature");
+    await feature.query("INSERT INTO items VALUES (10, 'ten')");
+    await feature.query("SELECT dolt_commit('-am', 'ten on feature')");
+    await waitForRows(b, "SELECT name FROM dolt_branches ORDER BY name", [
+      { name: "feature" },
+      { name: "main" },
+    ]);
+    const onStandby = await sessions.open(b.strata);
+    await onStandby.query('USE "postgres/feature"');
+    assert.deepEqual(await rowsOf(onStandby, "SELECT id FROM items ORDER BY id"), [
+      { id: 1 },
+      { id: 2 },
+      { id: 10 },
+    ]);
+    assert.deepEqual(
+      await rowsOf(onStandby, "SELECT message FROM dolt_log ORDER BY commit_order DESC LIMIT 1"),
+      [{ message: "ten on feature" }],
+    );
   });
 
   it("refuses writes on the standby", async () => {
