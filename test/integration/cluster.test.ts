@@ -86,6 +86,23 @@ describe("cluster: a primary and a hot standby", () => {
       { name: "feature" },
       { name: "main" },
     ]);
+    // The history surface on the standby.
+    await primary.query("CREATE TABLE notes (id int PRIMARY KEY, v text)");
+    await primary.query("INSERT INTO notes VALUES (1, 'a')");
+    await primary.query("SELECT dolt_commit('-Am', 'note 1')");
+    await primary.query("UPDATE notes SET v = 'b'");
+    await primary.query("SELECT dolt_commit('-am', 'note 1 changed')");
+    await waitForRows(b, "SELECT v FROM notes", [{ v: "b" }]);
+    const history = await sessions.open(b.strata);
+    assert.deepEqual(await rowsOf(history, "SELECT id, v FROM notes AS OF 'HEAD~1'"), [{ id: 1, v: "a" }]);
+    assert.deepEqual(
+      await rowsOf(history, "SELECT diff_type, from_v, to_v FROM dolt_diff('HEAD~1', 'HEAD', 'notes')"),
+      [{ diff_type: "modified", from_v: "a", to_v: "b" }],
+    );
+    assert.deepEqual(await rowsOf(history, "SELECT count(*)::int AS n FROM dolt_history_notes"), [{ n: 2 }]);
+    assert.deepEqual(await rowsOf(history, "SELECT count(*)::int AS n FROM dolt_blame_notes"), [{ n: 1 }]);
+    assert.deepEqual(await rowsOf(history, "SELECT count(*)::int AS n FROM dolt_diff_notes"), [{ n: 2 }]);
+    assert.deepEqual(await rowsOf(history, "SELECT * FROM dolt_status"), []);
     const onStandby = await sessions.open(b.strata);
     await onStandby.query('USE "postgres/feature"');
     assert.deepEqual(await rowsOf(onStandby, "SELECT id FROM items ORDER BY id"), [
