@@ -9,6 +9,10 @@
 //   a store that was a primary, now a      stop, pg_rewind from the primary, start as its hot
 //   standby's, once a primary is known     standby (the WAL it streams comes through tunnel.ts)
 //   standby → primary                      pg_promote(), writes open, primary services start
+//   synchronous replication (100 ms)       the standbys commits wait for, Dolt's timeout and
+//                                          circuit breaker (sync-commit.ts)
+//   automatic failover (opt-in, 250 ms)    a primary without a majority fences itself; the elected
+//                                          standby promotes itself (failover.ts)
 //
 // Role changes run one at a time. The state is persisted (node-state.ts) before a change is
 // reported; a crash in the middle is finished by the next start from the persisted role.
@@ -974,7 +978,6 @@ export class ClusterController {
   private async ownHeartbeat(): Promise<Heartbeat> {
     const mine: Heartbeat = { role: this.state.role, epoch: this.state.epoch, node_id: this.state.node_id };
     if (this.state.role === "standby") mine.primary_contact_ms = Date.now() - this.primaryContactAt();
-    if (this.fenced) mine.fenced = true;
     if (!this.pool || this.rewinding) return mine;
     try {
       const { rows } = await this.pool.query<{

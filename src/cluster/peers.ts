@@ -45,8 +45,6 @@ export interface Heartbeat {
   store?: { in_recovery: boolean; current_lsn?: string; replay_lsn?: string; timeline?: number };
   /** A standby: ms since its last heartbeat with a primary at its epoch or later (failover.ts). */
   primary_contact_ms?: number;
-  /** A primary fenced by the automatic failover policy (read-only without a majority). */
-  fenced?: boolean;
 }
 
 /** A peer refused a request: the HTTP status and its reason. */
