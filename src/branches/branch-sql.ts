@@ -2,8 +2,9 @@
 // What one database can answer alone is here: its own branch name, and dolt_branches, whose rows
 // for the other branches the front door gathers from their databases into strata.branch_heads
 // whenever a statement names dolt_branches (the row of the branch itself is always read live).
-// A hot standby's store is read-only: there the front door writes them to a file in PGDATA
-// instead (service.ts refreshHeads), which strata.branch_heads_now() reads.
+// A read-only store (a hot standby's, or a cluster node's that is not a writable primary): there
+// the front door writes them to a file in PGDATA instead (service.ts refreshHeads), which
+// strata.branch_heads_now() reads.
 // Making, switching and merging branches spans databases, so only the front door does it; the
 // store's functions of those names say so.
 
@@ -30,7 +31,7 @@ RETURNS TABLE (name text, hash text, latest_committer text, latest_committer_ema
                latest_commit_date timestamptz, latest_commit_message text, dirty boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 BEGIN
-  IF pg_is_in_recovery() THEN
+  IF pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on' THEN
     RETURN QUERY
       SELECT h.name, h.hash, h.committer, h.email, h.date, h.message, coalesce(h.dirty, false)
         FROM jsonb_to_recordset(coalesce(nullif(pg_read_file(

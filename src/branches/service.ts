@@ -120,7 +120,10 @@ export class BranchService {
     }
     const client = await connect(this.config(database));
     try {
-      const { rows } = await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r");
+      // A hot standby, or a cluster node that is not a writable primary: the store is read-only.
+      const { rows } = await client.query<{ r: boolean }>(
+        "SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on' AS r",
+      );
       if (rows[0].r) {
         this.writeHeadsFile(database, heads);
         return;
@@ -143,8 +146,9 @@ export class BranchService {
   }
 
   /**
-   * A hot standby's store cannot be written: the heads go to a file in its PGDATA, which
-   * strata.branch_heads_now() reads there (branch-sql.ts).
+   * A read-only store (a hot standby's, or a cluster node's that is not a writable primary) cannot
+   * be written: the heads go to a file in its PGDATA, which strata.branch_heads_now() reads there
+   * (branch-sql.ts).
    */
   private writeHeadsFile(database: string, heads: Record<string, unknown>[]): void {
     const spec = this.store.managed;

@@ -11,7 +11,7 @@ import { createConnection, type Socket } from "node:net";
 import type { Logger } from "../log.ts";
 import { loadTlsFiles } from "../tls-files.ts";
 import { ClusterAuthError, type NodeKey, type PeerKeys } from "./auth.ts";
-import { EPOCH_HEADER, type Heartbeat, ROLE_HEADER, TUNNEL_PROTOCOL } from "./peers.ts";
+import { EPOCH_HEADER, type Heartbeat, parseHeartbeat, ROLE_HEADER, TUNNEL_PROTOCOL } from "./peers.ts";
 import type { RoleState } from "./roles.ts";
 
 export interface ControlServerOptions {
@@ -107,9 +107,9 @@ export async function startControlServer(
         const body = await readBody(req);
         let theirs: Heartbeat;
         try {
-          theirs = JSON.parse(body) as Heartbeat;
-        } catch {
-          throw new ControlRefusal("the heartbeat is not JSON", 400);
+          theirs = parseHeartbeat(body);
+        } catch (err) {
+          throw new ControlRefusal((err as Error).message, 400);
         }
         return reply(200, await handlers.heartbeat(peer, theirs));
       }

@@ -86,6 +86,8 @@ interface PeerStatus {
   /** Its last heartbeat, and when it came. */
   seen?: Heartbeat;
   seenAt?: number;
+  /** When a heartbeat we sent it was last answered (performance.now(): failover.ts). */
+  answeredAt?: number;
   /** As a primary: when this standby had last replayed everything we had written (Dolt's lastSuccess). */
   caughtUpAt?: number;
   /** Lag in ms at the last heartbeat (null before the first since we became primary). */
@@ -145,8 +147,10 @@ export class ClusterController {
   /** A primary without a majority, under the automatic failover policy: read-only. */
   private fenced = false;
   private failoverTimer?: NodeJS.Timeout;
+  /** The store is prepared (the policy would otherwise fence a primary before its own schema is in). */
+  private serving = false;
   /** When the current role and epoch began (this run): a standby's clock for a missing primary starts here. */
-  private roleSince = Date.now();
+  private roleSince = performance.now();
   private stopped = false;
 
   constructor(
@@ -322,9 +326,16 @@ export class ClusterController {
     this.services = options.services;
   }
 
-  /** Start the primary's services if this node is primary (at start, after storeStarted). */
+  /**
+   * The store is prepared and clients are let in next: start the primary's services if this node
+   * is primary. Under the automatic failover policy, a primary that has no majority yet is fenced
+   * first (a restarted primary may have been replaced meanwhile), and opens once it has one.
+   */
   async startServicesIfPrimary(): Promise<void> {
-    if (this.state.role === "primary") await this.startServices();
+    this.serving = true;
+    const policy = this.cluster.automatic_failover;
+    if (policy) await this.applyFailoverPolicy(policy.after_secs * 1000);
+    if (this.state.role === "primary" && !this.fenced) await this.startServices();
   }
 
   async stop(): Promise<void> {
@@ -342,14 +353,26 @@ export class ClusterController {
 
   // --- sessions (the front door asks) ---
 
+  /**
+   * Why this server refuses writes, for the read-only errors its sessions get (and where writes go);
+   * undefined on a writable primary.
+   */
+  readOnlyHint(): string | undefined {
+    if (this.fenced) return FENCED_ERROR;
+    if (this.state.role === "primary") return undefined;
+    const primary = this.primaryPeer()?.client.peer.name;
+    return `this server is a ${this.state.role} at epoch ${this.state.epoch} in its cluster: write to ${primary ? `the primary, ${primary}` : "the cluster's primary"} (SHOW dolt_cluster_role on each server)`;
+  }
+
   /** The error a session gets for a statement, if any: after it changed roles, or during a change. */
   refusal(session: SessionInfo, sql: string): ClusterError | undefined {
     if (this.tainted.has(session)) return new ClusterError(TRANSITIONED_ERROR, "08006", "reconnect");
-    if ((this.state.role !== "primary" || this.fenced) && /transaction_read_only|read\s+write/i.test(sql))
+    const readOnly = this.readOnlyHint();
+    if (readOnly && /transaction_read_only|read\s+write/i.test(sql))
       return new ClusterError(
-        this.fenced ? FENCED_ERROR : `this server is a ${this.state.role} in its cluster and is read-only`,
+        "this server is read-only: its transactions cannot be made read-write",
         "25006",
-        "writes go to the cluster's primary (SHOW dolt_cluster_role on each server)",
+        readOnly,
       );
     return undefined;
   }
@@ -455,7 +478,7 @@ export class ClusterController {
 
   private setState(role: RoleState): void {
     if (role.role !== this.state.role || role.epoch !== this.state.epoch) {
-      this.roleSince = Date.now();
+      this.roleSince = performance.now();
       this.fenced = false;
     }
     this.state = { ...this.state, ...role };
@@ -523,9 +546,9 @@ export class ClusterController {
       const caught = await this.waitForStandbys(target, minCaughtUp);
       const needed = minCaughtUp === 0 ? this.peers.size : minCaughtUp;
       if (caught.size < needed) {
-        writeRoleSettings(this.spec!, this.roleState());
+        this.writeSettings();
         await this.reload();
-        await this.startServices();
+        if (!this.fenced) await this.startServices();
         await this.endSessions(caller, "this server stayed primary; reconnect");
         const databases = await this.databases();
         throw new ClusterError(
@@ -590,6 +613,7 @@ export class ClusterController {
             const theirs = await peer.client.heartbeat(await this.ownHeartbeat());
             peer.seen = theirs;
             peer.seenAt = Date.now();
+            peer.answeredAt = performance.now();
             const replay = theirs.store?.replay_lsn;
             if (theirs.store?.in_recovery && replay && parseLsn(replay) >= target) caught.add(name);
           } catch (err) {
@@ -623,6 +647,7 @@ export class ClusterController {
             const theirs = await peer.client.heartbeat(mine);
             peer.seen = theirs;
             peer.seenAt = Date.now();
+            peer.answeredAt = performance.now();
             peer.error = undefined;
             if (theirs.role === "primary") peer.fromPrimaryAt = Date.now();
             this.learn(name, theirs);
@@ -808,8 +833,8 @@ export class ClusterController {
   private primaryContactAt(): number {
     let at = this.roleSince;
     for (const peer of this.peers.values())
-      if (peer.seen?.role === "primary" && peer.seen.epoch >= this.state.epoch && (peer.seenAt ?? 0) > at)
-        at = peer.seenAt!;
+      if (peer.seen?.role === "primary" && peer.seen.epoch >= this.state.epoch && (peer.answeredAt ?? 0) > at)
+        at = peer.answeredAt!;
     return at;
   }
 
@@ -820,13 +845,13 @@ export class ClusterController {
       if (store?.in_recovery && store.replay_lsn) replayLsn = parseLsn(store.replay_lsn);
     }
     return {
-      now: Date.now(),
+      now: performance.now(),
       afterMs,
       role: this.state.role,
       epoch: this.state.epoch,
       nodeId: this.state.node_id,
       replayLsn,
-      peers: [...this.peers.values()].map((p) => ({ contactAt: p.seenAt, seen: p.seen })),
+      peers: [...this.peers.values()].map((p) => ({ contactAt: p.answeredAt, seen: p.seen })),
       primaryContactAt: this.primaryContactAt(),
     };
   }
@@ -836,7 +861,7 @@ export class ClusterController {
    * opens again with one); a standby that the policy elects promotes itself.
    */
   private async applyFailoverPolicy(afterMs: number): Promise<void> {
-    if (this.transitioning || this.rewinding || this.stopped || !this.store) return;
+    if (!this.serving || this.transitioning || this.rewinding || this.stopped || !this.store) return;
     if (this.state.role === "primary") {
       const fence = shouldFence(await this.failoverView(afterMs));
       if (fence === this.fenced) return;
@@ -898,7 +923,11 @@ export class ClusterController {
    * Resolves whether synchronous replication is on (it is then looked at more often).
    */
   private async watchSyncCommits(): Promise<boolean> {
-    if (this.state.role !== "primary" || this.transitioning || !this.pool || this.rewinding) return false;
+    const ready = () =>
+      this.state.role === "primary" && !this.transitioning && !this.rewinding && !this.fenced;
+    if (!ready() || !this.pool) return false;
+    // A role change during the query resets the breaker: this observation is then stale.
+    const generation = this.syncCommits.generation;
     const { rows } = await this.pool.query<{
       timeout: string | null;
       lsn: string | null;
@@ -913,7 +942,7 @@ export class ClusterController {
                  FROM pg_stat_activity WHERE wait_event = 'SyncRep') AS waiters`,
     );
     const row = rows[0];
-    if (!row.lsn) return false;
+    if (!row.lsn || !ready() || generation !== this.syncCommits.generation) return false;
     const timeoutSecs = Number(row.timeout ?? 0);
     const timeoutMs = Number.isFinite(timeoutSecs) && timeoutSecs > 0 ? timeoutSecs * 1000 : 0;
     const decision = this.syncCommits.observe({
@@ -929,10 +958,14 @@ export class ClusterController {
     });
     if (!decision) return timeoutMs > 0;
     // First the timed-out commits are let go, so that each gets the warning; then the list changes.
+    // Only a backend still waiting on the same transaction's commit (a signal can still land just
+    // after its wait ends, and cancel its next statement: a window of microseconds).
     if (decision.cancel.length > 0)
       await this.pool.query(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND wait_event = 'SyncRep'",
-        [decision.cancel],
+        `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
+           JOIN unnest($1::int[], $2::text[]) AS w(pid, xid) ON w.pid = a.pid AND w.xid = a.backend_xid::text
+          WHERE a.wait_event = 'SyncRep'`,
+        [decision.cancel.map((w) => w.pid), decision.cancel.map((w) => w.xid)],
       );
     const nameOf = (slot: string) =>
       [...this.peers].find(([, p]) => p.seen && slotName(p.seen.node_id) === slot)?.[0] ?? slot;
@@ -954,7 +987,7 @@ export class ClusterController {
       );
     if (decision.joined.length > 0 || decision.left.length > 0) {
       // A role change that began meanwhile writes its own settings.
-      if (this.state.role !== "primary" || this.transitioning) return false;
+      if (!ready() || generation !== this.syncCommits.generation) return false;
       this.writeSettings();
       await this.reload();
     }
@@ -977,7 +1010,8 @@ export class ClusterController {
 
   private async ownHeartbeat(): Promise<Heartbeat> {
     const mine: Heartbeat = { role: this.state.role, epoch: this.state.epoch, node_id: this.state.node_id };
-    if (this.state.role === "standby") mine.primary_contact_ms = Date.now() - this.primaryContactAt();
+    if (this.state.role === "standby")
+      mine.primary_contact_ms = Math.round(performance.now() - this.primaryContactAt());
     if (!this.pool || this.rewinding) return mine;
     try {
       const { rows } = await this.pool.query<{

@@ -20,7 +20,10 @@ import type { Heartbeat } from "./peers.ts";
 import type { Role } from "./roles.ts";
 
 export interface FailoverPeer {
-  /** When this server last exchanged a heartbeat with the peer (either direction). */
+  /**
+   * When a heartbeat this server sent the peer was last answered (monotonic ms): both directions
+   * work. A heartbeat received is not enough: our answers may not get through.
+   */
   contactAt?: number;
   /** The peer's last heartbeat. */
   seen?: Heartbeat;
@@ -37,6 +40,7 @@ export interface FailoverView {
   peers: FailoverPeer[];
   /** As a standby: its last heartbeat with a primary at its epoch or later (or when it started). */
   primaryContactAt: number;
+  // Times are performance.now() milliseconds: a wall clock stepped back would stall the fence.
 }
 
 /** The peers heard from within after_secs / 2. */
@@ -49,9 +53,13 @@ export function hasMajority(view: FailoverView): boolean {
   return 2 * (1 + reachable(view).length) > 1 + view.peers.length;
 }
 
-/** A primary without a majority is read-only (fenced) until it has one again. */
+/**
+ * A primary without a majority is read-only (fenced) until it has one again; so is a primary that
+ * hears of any server at a higher epoch (a newer primary was made, which it may not reach yet).
+ */
 export function shouldFence(view: FailoverView): boolean {
-  return view.role === "primary" && !hasMajority(view);
+  if (view.role !== "primary") return false;
+  return !hasMajority(view) || view.peers.some((p) => (p.seen?.epoch ?? 0) > view.epoch);
 }
 
 /** The epoch a standby should promote itself at now, or undefined (see the header). */
@@ -62,7 +70,8 @@ export function promotionEpoch(view: FailoverView): number | undefined {
   for (const peer of reachable(view)) {
     const seen = peer.seen;
     if (!seen || seen.role === "primary" || seen.role === "detected_broken_config") return undefined;
-    if ((seen.primary_contact_ms ?? Number.POSITIVE_INFINITY) < view.afterMs) return undefined;
+    // A peer that does not say (an older version) may have seen the primary.
+    if ((seen.primary_contact_ms ?? 0) < view.afterMs) return undefined;
     // A standby whose store is not streaming (a former primary not yet rewound) is not compared.
     if (!seen.store?.in_recovery || !seen.store.replay_lsn) continue;
     const theirs = parseLsn(seen.store.replay_lsn);

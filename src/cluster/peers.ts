@@ -11,6 +11,7 @@
 import http from "node:http";
 import https from "node:https";
 import type { Socket } from "node:net";
+import { z } from "zod";
 import type { NodeKey, PeerKeys } from "./auth.ts";
 import type { outboundTlsOptions } from "./peer-tls.ts";
 import { describeTlsError } from "./peer-tls.ts";
@@ -45,6 +46,38 @@ export interface Heartbeat {
   store?: { in_recovery: boolean; current_lsn?: string; replay_lsn?: string; timeline?: number };
   /** A standby: ms since its last heartbeat with a primary at its epoch or later (failover.ts). */
   primary_contact_ms?: number;
+}
+
+const lsnText = z.string().regex(/^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/i);
+const heartbeatSchema = z.object({
+  role: z.enum(["primary", "standby", "detected_broken_config"]),
+  epoch: z.number().int().min(0),
+  node_id: z.string().min(1).max(100),
+  store: z
+    .object({
+      in_recovery: z.boolean(),
+      current_lsn: lsnText.optional(),
+      replay_lsn: lsnText.optional(),
+      timeline: z.number().int().optional(),
+    })
+    .optional(),
+  primary_contact_ms: z.number().min(0).optional(),
+});
+
+/** A heartbeat as a peer sent it, checked: a malformed one is refused, never acted on. */
+export function parseHeartbeat(body: string): Heartbeat {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    throw new Error("the heartbeat is not JSON");
+  }
+  const parsed = heartbeatSchema.safeParse(value);
+  if (!parsed.success)
+    throw new Error(
+      `the heartbeat is malformed (${parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")})`,
+    );
+  return parsed.data;
 }
 
 /** A peer refused a request: the HTTP status and its reason. */
@@ -84,7 +117,7 @@ export class PeerClient {
   /** Exchange heartbeats: resolves to the peer's. */
   async heartbeat(mine: Heartbeat): Promise<Heartbeat> {
     const body = await this.request("POST", "cluster/heartbeat", JSON.stringify(mine));
-    return JSON.parse(body) as Heartbeat;
+    return parseHeartbeat(body);
   }
 
   /** A byte stream to the peer's store (it must be primary), for a walreceiver, pg_basebackup or pg_rewind. */

@@ -46,6 +46,9 @@ export function conninfoString(tunnel: TunnelConninfo, extra: Record<string, str
     .join(" ");
 }
 
+/** A standby name no standby has: commits on a read-only node's store wait for it for ever. */
+export const READ_ONLY_FENCE = "strata_read_only_fence";
+
 /** The replication slot a node streams through, on whichever peer is primary. */
 export const slotName = (nodeId: string) => `strata_standby_${nodeId}`;
 
@@ -65,8 +68,15 @@ export function writeRoleSettings(
     // A primary on its way to standby is read-only while it waits for its standbys.
     default_transaction_read_only: options.readOnly ?? state.role !== "primary",
   };
-  // Commits wait until every listed standby has applied them (sync-commit.ts).
-  if (options.synchronous?.length) {
+  const readOnly = settings.default_transaction_read_only === true;
+  if (readOnly && !standby) {
+    // A store that is not a standby's can still commit a transaction begun READ WRITE (the
+    // setting above is a default). Commits wait for a standby that never comes instead: none is
+    // acknowledged while the node is read-only, and the sessions ended then get an error.
+    settings.synchronous_standby_names = `"${READ_ONLY_FENCE}"`;
+    settings.synchronous_commit = "on";
+  } else if (options.synchronous?.length) {
+    // Commits wait until every listed standby has applied them (sync-commit.ts).
     settings.synchronous_standby_names = synchronousStandbyNames(options.synchronous);
     settings.synchronous_commit = "remote_apply";
   }

@@ -6,7 +6,8 @@
 // Postgres would wait for ever; Dolt's timeout and circuit breaker are kept here. A commit that has
 // waited for the timeout is cancelled out of its wait (it has committed: it returns with Postgres's
 // warning), and the standbys that had not caught up leave the list, so later commits stop waiting
-// for them. A standby joins the list (again) when it is streaming and has replayed what the
+// for them; the other commits waiting then are let go with the warning too. After that, until
+// the standbys are back, commits return without waiting and without a warning (as in Dolt). A standby joins the list (again) when it is streaming and has replayed what the
 // primary had written one observation earlier: it keeps up.
 //
 // This module decides; the controller observes the store and applies the decisions.
@@ -40,8 +41,11 @@ export interface SyncDecision {
   members: string[];
   joined: string[];
   left: string[];
-  /** Backends whose wait timed out: cancel their wait (their commit returns with a warning). */
-  cancel: number[];
+  /**
+   * Backends to let go with a warning: the waits that timed out, and with them every other wait
+   * on the standbys that leave (the list's change would release them silently).
+   */
+  cancel: ObservedWaiter[];
 }
 
 /** synchronous_standby_names for `members`: all of them ('' when none). */
@@ -60,6 +64,8 @@ interface Wait {
 export class SyncCommitBreaker {
   private current = new Set<string>();
   private readonly waits = new Map<string, Wait>();
+  /** Changes at each reset: an observation begun before one is stale (see the controller). */
+  generation = 0;
   /** The primary's WAL position at the previous observation. */
   private previousLsn?: bigint;
 
@@ -72,6 +78,7 @@ export class SyncCommitBreaker {
 
   /** Forget everything (the node is no longer primary, or is leaving primary). */
   reset(): void {
+    this.generation++;
     this.current.clear();
     this.waits.clear();
     this.previousLsn = undefined;
@@ -83,7 +90,7 @@ export class SyncCommitBreaker {
     this.previousLsn = o.currentLsn;
     const left: string[] = [];
     const joined: string[] = [];
-    const cancel: number[] = [];
+    const cancel: ObservedWaiter[] = [];
     if (o.timeoutMs <= 0) {
       this.waits.clear();
       left.push(...this.current);
@@ -102,8 +109,6 @@ export class SyncCommitBreaker {
         this.waits.set(key, wait);
       }
       if (wait.cancelled || o.now - wait.since < o.timeoutMs) continue;
-      wait.cancelled = true;
-      cancel.push(waiter.pid);
       if (expiredMark === undefined || wait.mark > expiredMark) expiredMark = wait.mark;
     }
     for (const key of this.waits.keys()) if (!seen.has(key)) this.waits.delete(key);
@@ -119,6 +124,12 @@ export class SyncCommitBreaker {
         this.current.delete(name);
         left.push(name);
       }
+      for (const waiter of o.waiters) {
+        const wait = this.waits.get(`${waiter.pid}/${waiter.xid}`)!;
+        if (wait.cancelled) continue;
+        wait.cancelled = true;
+        cancel.push(waiter);
+      }
       return this.decision(joined, left, cancel);
     }
     const keepsUp = previous ?? o.currentLsn;
@@ -132,7 +143,7 @@ export class SyncCommitBreaker {
     return this.decision(joined, left, cancel);
   }
 
-  private decision(joined: string[], left: string[], cancel: number[]): SyncDecision | undefined {
+  private decision(joined: string[], left: string[], cancel: ObservedWaiter[]): SyncDecision | undefined {
     if (left.length === 0 && joined.length === 0 && cancel.length === 0) return undefined;
     return { members: this.members, joined, left, cancel };
   }

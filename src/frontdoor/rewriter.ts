@@ -13,6 +13,7 @@ import type { StoreHandle } from "../store/store.ts";
 import { findRemoteCall, mayCallRemote } from "./remote-call.ts";
 import { type AlteredSetting, loadParser, mayRewrite, rewriteSql } from "./rewrite.ts";
 import type { QueryRewriter, RewriteContext } from "./session.ts";
+import { encodeErrorResponse } from "./wire.ts";
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 /** How long the key parameters of a table's as-of function are remembered. */
@@ -129,6 +130,24 @@ export class StrataRewriter implements QueryRewriter {
   /** After a transaction ended: a database that replicates to a remote pushes its new commits. */
   transactionEnded(context: { database: string }): Promise<void> | undefined {
     return this.pushes() ? this.remotes.afterTransaction(context.database) : undefined;
+  }
+
+  /** On a server of a cluster that is not a writable primary, the store's read-only errors say why. */
+  rewritesStoreErrors(): boolean {
+    return this.cluster?.readOnlyHint() !== undefined;
+  }
+
+  /** A read-only error (25006) on a standby: Postgres's message, with Doltgres's detail and where writes go. */
+  storeError(fields: Map<string, string>, context: { database: string }): Buffer | undefined {
+    const hint = fields.get("C") === "25006" ? this.cluster?.readOnlyHint() : undefined;
+    if (!hint) return undefined;
+    return encodeErrorResponse({
+      severity: fields.get("S") === "FATAL" ? "FATAL" : "ERROR",
+      code: "25006",
+      message: fields.get("M") ?? "cannot execute this statement in a read-only transaction",
+      detail: fields.get("D") ?? `Database ${splitDatabaseName(context.database).base} is read-only.`,
+      hint,
+    });
   }
 
   /**

@@ -31,6 +31,7 @@ import {
 } from "./store-login.ts";
 import {
   decodeBackendKeyData,
+  decodeErrorFields,
   decodeParameterStatus,
   decodeParse,
   decodeQuery,
@@ -116,6 +117,14 @@ export interface QueryRewriter {
    * next reply on, and transactionEnded is then not called. Without this method: always true.
    */
   holdsTransactionEnds?(context: { database: string; user: string }): boolean;
+  /**
+   * Whether the store's errors to the session's client may be replaced (decide cheaply; asked at
+   * every ReadyForQuery, like holdsTransactionEnds): true puts the session's replies on the
+   * frame-by-frame path, and storeError sees each ErrorResponse.
+   */
+  rewritesStoreErrors?(): boolean;
+  /** The ErrorResponse to send instead of the store's (its fields by code), or undefined for the store's. */
+  storeError?(fields: Map<string, string>, context: { database: string }): Buffer | undefined;
   /**
    * Called before a session's StartupMessage reaches the store, with the database it names; the
    * session waits for the Promise (Strata clones a read replica's new database here). Errors are
@@ -267,7 +276,13 @@ export class Session implements SessionInfo {
   }
 
   private storeSplitter(): FrameSplitter {
-    const tags = [TAG.readyForQuery, TAG.backendKeyData, TAG.parameterStatus, TAG.authentication];
+    const tags = [
+      TAG.readyForQuery,
+      TAG.backendKeyData,
+      TAG.parameterStatus,
+      TAG.authentication,
+      TAG.errorResponse,
+    ];
     return new FrameSplitter(tags, this.framed, true);
   }
 
@@ -296,8 +311,15 @@ export class Session implements SessionInfo {
   private readonly onStoreClose = () => this.end("the store closed the connection");
 
   private fromStoreChunk(length: number, buffer: Buffer): void {
-    // A change of mode takes effect between chunks, and never while something is held.
-    if (this.wantFramed !== this.framed && !this.held && this.heldFrames.length === 0) {
+    // A change of mode takes effect between chunks, between two messages (a message collected
+    // whole that the last chunk ended in was already written, or not yet), and never while
+    // something is held.
+    if (
+      this.wantFramed !== this.framed &&
+      !this.held &&
+      this.heldFrames.length === 0 &&
+      this.fromStore.atMessageBoundary()
+    ) {
       this.framed = this.wantFramed;
       this.fromStore.passRuns = this.framed;
     }
@@ -587,6 +609,15 @@ export class Session implements SessionInfo {
       if (frame.tag === TAG.readyForQuery && this.txStatus === "I" && before !== undefined) {
         if (this.holdAtTransactionEnd(frame.bytes)) return;
       }
+      if (frame.tag === TAG.errorResponse && this.rewriter?.storeError) {
+        const replaced = this.rewriter.storeError(decodeErrorFields(frame.bytes), {
+          database: this.database,
+        });
+        if (replaced) {
+          this.client.write(replaced);
+          return;
+        }
+      }
     }
     this.client.write(frame.bytes);
   }
@@ -677,6 +708,7 @@ export class Session implements SessionInfo {
   private hookWanted(): boolean {
     if (this.switching) return true;
     const rewriter = this.rewriter;
+    if (rewriter?.rewritesStoreErrors?.()) return true;
     if (typeof rewriter?.transactionEnded !== "function") return false;
     return rewriter.holdsTransactionEnds?.({ database: this.database, user: this.user }) ?? true;
   }

@@ -45,8 +45,12 @@ describe("cluster: automatic failover (opt-in)", { timeout: 300_000 }, () => {
     );
     primary = nodes[0];
     await Promise.all(nodes.map((n) => n.strata.start()));
-    await primary.strata.query(
-      "CREATE TABLE acks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    // A primary is fenced (read-only) until it has exchanged heartbeats with a majority.
+    await waitFor("the primary to take writes", async () =>
+      primary.strata
+        .query("CREATE TABLE acks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        .then(() => true)
+        .catch(() => false),
     );
     for (const standby of nodes.slice(1)) await assertSameRows(primary, standby, []);
     writer = new AckedWriter(() => primary);
@@ -132,12 +136,30 @@ describe("cluster: automatic failover (opt-in)", { timeout: 300_000 }, () => {
       "SELECT DISTINCT current_error FROM dolt_cluster.dolt_cluster_status",
     );
     assert.match(String(status[0]?.current_error), FENCED);
+    // A transaction made read-write in a way the front door does not recognise commits on the
+    // store, but is never acknowledged: its commit waits, and fails when the session is ended.
+    const sneaky = new pg.Client(old.strata.connectionConfig());
+    sneaky.on("error", () => {});
+    await sneaky.connect();
+    let sneakyDone = false;
+    const sneakyCommit = sneaky
+      .query("BEGIN READ/**/WRITE; INSERT INTO acks (id) VALUES (-1000); COMMIT")
+      .then(
+        () => "acknowledged",
+        (err: Error) => err.message,
+      )
+      .finally(() => {
+        sneakyDone = true;
+      });
     primary = await electedAt(others, 3);
     const electedAfter = Date.now() - cutAt;
     assert.ok(electedAfter >= AFTER_SECS * 1000 - 500, `elected after after_secs (${electedAfter} ms)`);
     await writer.progress(50, "on the new primary");
     for (const other of others) heal(old, other);
+    assert.equal(sneakyDone, false, "the read-write commit on the fenced primary is still waiting");
     await waitForRole(old, "standby@3", 30_000);
+    assert.notEqual(await sneakyCommit, "acknowledged");
+    await sneaky.end().catch(() => {});
     await assertNoneLost(primary, writer);
     for (const standby of nodes.filter((n) => n !== primary))
       await assertSameRows(primary, standby, [], writer);

@@ -120,8 +120,20 @@ describe("cluster: a primary and a hot standby", () => {
     const standby = await sessions.open(b.strata);
     const err = await failure(standby, "INSERT INTO items VALUES (3, 'three')");
     assert.equal(err.code, "25006");
+    // Postgres's message; Doltgres's words and where the writes go beside it.
+    assert.equal(err.message, "cannot execute INSERT in a read-only transaction");
+    assert.equal(err.detail, "Database postgres is read-only.");
+    assert.equal(
+      err.hint,
+      "this server is a standby at epoch 1 in its cluster: write to the primary, dolt-1 (SHOW dolt_cluster_role on each server)",
+    );
+    // Extended protocol too, and the session goes on.
+    const prepared = await failure(standby, { text: "UPDATE items SET name = $1", values: ["x"] });
+    assert.equal(prepared.hint, err.hint);
+    assert.deepEqual(await rowsOf(standby, "SELECT count(*)::int AS n FROM items"), [{ n: 2 }]);
     const sneaky = await failure(standby, "SET default_transaction_read_only = off");
     assert.equal(sneaky.code, "25006");
+    assert.equal(sneaky.hint, err.hint);
   });
 
   it("shows the status of replication on the primary", async () => {

@@ -32,9 +32,9 @@ export const rowsOf = async (client: pg.Client, sql: string, values?: unknown[])
   (await client.query(sql, values)).rows;
 
 /** The error `sql` fails with (the test fails if it succeeds). */
-export const failure = async (client: pg.Client, sql: string) =>
+export const failure = async (client: pg.Client, sql: string | pg.QueryConfig) =>
   (await client.query(sql).then(
-    () => assert.fail(`${sql} should fail`),
+    () => assert.fail(`${typeof sql === "string" ? sql : sql.text} should fail`),
     (err) => err,
   )) as pg.DatabaseError;
 

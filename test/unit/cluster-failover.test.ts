@@ -103,3 +103,16 @@ test("a standby whose store is not streaming (a former primary) is part of the m
   };
   assert.equal(promotionEpoch(view({ peers: [oldPrimary, heardAgo(500, rejoining)] })), 2);
 });
+
+test("a primary that hears of a server at a higher epoch stays fenced, even with a majority", () => {
+  // a was cut off and replaced: b is primary at 2, c follows it; a reaches c again, not b.
+  const c = heardAgo(500, standbyBeat("c", "0/900", 0, 2));
+  assert.equal(shouldFence(view({ role: "primary", epoch: 1, peers: [c, {}] })), true);
+  assert.equal(shouldFence(view({ role: "primary", epoch: 2, peers: [c, {}] })), false);
+});
+
+test("a peer that does not report when it last saw the primary (an older version) blocks a promotion", () => {
+  const oldPrimary = heardAgo(60_000, { role: "primary", epoch: 1, node_id: "a" });
+  const { primary_contact_ms: _, ...silent } = standbyBeat("c", "0/400");
+  assert.equal(promotionEpoch(view({ peers: [oldPrimary, heardAgo(500, silent)] })), undefined);
+});

@@ -2,6 +2,7 @@
 // accepts and refuses, and what a server learns from a peer's role and epoch.
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { parseHeartbeat } from "../../src/cluster/peers.ts";
 import { checkAssume, learnFromPeer, RoleError, type RoleState } from "../../src/cluster/roles.ts";
 
 const primary1: RoleState = { role: "primary", epoch: 1 };
@@ -76,4 +77,24 @@ test("learned from a peer: nothing changes otherwise, and nobody becomes primary
   assert.equal(learnFromPeer({ role: "primary", epoch: 2 }, primary1), undefined);
   assert.equal(learnFromPeer({ role: "primary", epoch: 2 }, broken1), undefined);
   assert.equal(learnFromPeer(primary1, { role: "standby", epoch: 9 }), undefined);
+});
+
+test("a peer's heartbeat is checked before anything acts on it", () => {
+  const good = {
+    role: "standby",
+    epoch: 2,
+    node_id: "b1",
+    store: { in_recovery: true, replay_lsn: "0/16B3748" },
+  };
+  assert.deepEqual(parseHeartbeat(JSON.stringify(good)), good);
+  assert.throws(() => parseHeartbeat("{"), /not JSON/);
+  for (const bad of [
+    { ...good, role: "leader" },
+    { ...good, epoch: "2" },
+    { ...good, epoch: -1 },
+    { ...good, store: { in_recovery: true, replay_lsn: "zz" } },
+    { ...good, primary_contact_ms: "soon" },
+    { role: "primary", epoch: 1 },
+  ])
+    assert.throws(() => parseHeartbeat(JSON.stringify(bad)), /the heartbeat is malformed/);
 });

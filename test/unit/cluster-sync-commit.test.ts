@@ -87,7 +87,7 @@ test("a wait that reaches the timeout is cancelled once; only the standbys behin
     members: [A],
     joined: [],
     left: [B],
-    cancel: [42],
+    cancel: [waiting],
   });
   // Still seen waiting a moment later (the cancel takes a moment): not cancelled twice.
   assert.equal(
@@ -102,7 +102,7 @@ test("a wait that reaches the timeout is cancelled once; only the standbys behin
   );
   assert.deepEqual(
     b.observe(observation({ now: 5_200, currentLsn: 300n, standbys, waiters: [next] }))?.cancel,
-    [42],
+    [next],
   );
 });
 
@@ -124,7 +124,7 @@ test("a standby that is gone is behind; when none looks behind, the breaker open
       members: [],
       joined: [],
       left: [A],
-      cancel: [1],
+      cancel: [waiter],
     },
   );
 });
@@ -147,4 +147,26 @@ test("a standby that left joins again once it keeps up; reset forgets everything
   );
   b.reset();
   assert.deepEqual(b.members, []);
+});
+
+test("when standbys leave, every commit still waiting is let go with the warning, not only the timed-out one", () => {
+  const b = breaker();
+  b.observe(observation({ standbys: [streaming(A, 100n)] }));
+  const old = { pid: 1, xid: "5" };
+  const young = { pid: 2, xid: "6" };
+  b.observe(observation({ now: 0, standbys: [], waiters: [old] }));
+  b.observe(observation({ now: 1_500, standbys: [], waiters: [old, young] }));
+  assert.deepEqual(b.observe(observation({ now: 2_000, standbys: [], waiters: [old, young] }))?.cancel, [
+    old,
+    young,
+  ]);
+  // Each is let go once.
+  assert.equal(b.observe(observation({ now: 2_100, standbys: [], waiters: [old, young] })), undefined);
+});
+
+test("reset moves the generation on, so that an observation begun before it can be told stale", () => {
+  const b = breaker();
+  const before = b.generation;
+  b.reset();
+  assert.equal(b.generation, before + 1);
 });
