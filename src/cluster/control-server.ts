@@ -4,6 +4,7 @@
 //
 //   GET  /.well-known/jwks.json   unauthenticated: peers verify our tokens with it
 //   POST /cluster/heartbeat       → handlers.heartbeat(peer, their heartbeat)  → ours
+//   POST /cluster/vote            → handlers.vote(peer, a candidate's request) → granted or not
 //   GET  /cluster/store + Upgrade → handlers.storeTunnel(peer, their role): a socket path to pipe to
 import http from "node:http";
 import https from "node:https";
@@ -11,7 +12,15 @@ import { createConnection, type Socket } from "node:net";
 import type { Logger } from "../log.ts";
 import { loadTlsFiles } from "../tls-files.ts";
 import { ClusterAuthError, type NodeKey, type PeerKeys } from "./auth.ts";
-import { EPOCH_HEADER, type Heartbeat, parseHeartbeat, ROLE_HEADER, TUNNEL_PROTOCOL } from "./peers.ts";
+import type { VoteRequest } from "./failover.ts";
+import {
+  EPOCH_HEADER,
+  type Heartbeat,
+  parseHeartbeat,
+  parseVoteRequest,
+  ROLE_HEADER,
+  TUNNEL_PROTOCOL,
+} from "./peers.ts";
 import type { RoleState } from "./roles.ts";
 
 export interface ControlServerOptions {
@@ -37,6 +46,8 @@ export interface ControlHandlers {
   /** Our role and epoch, sent back with every answer. */
   self(): RoleState;
   heartbeat(peer: string, theirs: Heartbeat): Promise<Heartbeat>;
+  /** A candidate's request for our vote (automatic failover). */
+  vote(peer: string, request: VoteRequest): Promise<{ granted: boolean; reason?: string }>;
   /** Where a tunnel from `peer` goes (our store's socket), or a ControlRefusal. */
   storeTunnel(peer: string, theirs: RoleState | undefined): Promise<string>;
   /** A request that failed authentication (shown in the status table). */
@@ -112,6 +123,16 @@ export async function startControlServer(
           throw new ControlRefusal((err as Error).message, 400);
         }
         return reply(200, await handlers.heartbeat(peer, theirs));
+      }
+      if (req.method === "POST" && path === "/cluster/vote") {
+        const peer = await authenticate(req);
+        let request: VoteRequest;
+        try {
+          request = parseVoteRequest(await readBody(req));
+        } catch (err) {
+          throw new ControlRefusal((err as Error).message, 400);
+        }
+        return reply(200, await handlers.vote(peer, request));
       }
       reply(404, { error: `no such endpoint: ${req.method} ${path}` });
     } catch (err) {

@@ -22,7 +22,7 @@ import pg from "pg";
 import type { ClusterConfig, Config } from "../config/schema.ts";
 import type { SessionInfo } from "../frontdoor/session.ts";
 import type { Logger } from "../log.ts";
-import { parseLsn } from "../protocol/lsn.ts";
+import { formatLsn, parseLsn } from "../protocol/lsn.ts";
 import {
   type ClusterSpec,
   clusterPaths,
@@ -35,7 +35,14 @@ import {
 import type { OpenStoreOptions, StoreHandle } from "../store/store.ts";
 import { NodeKey, PeerKeys } from "./auth.ts";
 import { ControlRefusal, type ControlServer, startControlServer } from "./control-server.ts";
-import { type FailoverView, promotionEpoch, shouldFence } from "./failover.ts";
+import {
+  type FailoverView,
+  isMajority,
+  promotionEpoch,
+  shouldFence,
+  type VoteRequest,
+  voteFor,
+} from "./failover.ts";
 import { type NodeState, newNodeId, readNodeState, writeNodeState } from "./node-state.ts";
 import { outboundTlsOptions } from "./peer-tls.ts";
 import { type Heartbeat, PeerClient, PeerRefusal, peerEndpoint } from "./peers.ts";
@@ -149,6 +156,9 @@ export class ClusterController {
   private failoverTimer?: NodeJS.Timeout;
   /** The store is prepared (the policy would otherwise fence a primary before its own schema is in). */
   private serving = false;
+  /** The last epoch this node stood for and lost, and when it may stand again (performance.now()). */
+  private lostElection?: number;
+  private nextCandidacyAt = 0;
   /** When the current role and epoch began (this run): a standby's clock for a missing primary starts here. */
   private roleSince = performance.now();
   private stopped = false;
@@ -462,6 +472,24 @@ export class ClusterController {
     if (!this.store || "host" in this.store.endpoint)
       throw new ControlRefusal("the store is not running", 503);
     return this.store.endpoint.path;
+  }
+
+  /** A candidate asks for our vote: granted at most once per epoch, persisted before the answer. */
+  async vote(peer: string, request: VoteRequest): Promise<{ granted: boolean; reason?: string }> {
+    const policy = this.cluster.automatic_failover;
+    if (!policy) return { granted: false, reason: "automatic failover is off on this server" };
+    const view = await this.failoverView(policy.after_secs * 1000);
+    // From here to the write nothing awaits: two requests cannot both take the same epoch's vote.
+    const answer = voteFor(view, request, this.state.vote);
+    if (answer.granted) {
+      this.state = { ...this.state, vote: { epoch: request.epoch, node_id: request.node_id } };
+      writeNodeState(this.dataDir, this.state);
+    }
+    this.log.info(
+      { candidate: peer, epoch: request.epoch, granted: answer.granted, reason: answer.reason },
+      "cluster: a standby asked for this server's vote (cluster.automatic_failover)",
+    );
+    return answer;
   }
 
   refused(reason: string): void {
@@ -871,14 +899,53 @@ export class ClusterController {
       });
       return;
     }
+    if (performance.now() < this.nextCandidacyAt) return;
     if (promotionEpoch(await this.failoverView(afterMs)) === undefined) return;
     await this.serialised(async () => {
       // Decided again in the queue: a role change may have come first.
-      const epoch = promotionEpoch(await this.failoverView(afterMs));
-      if (epoch === undefined) return;
+      const view = await this.failoverView(afterMs);
+      let epoch = promotionEpoch(view);
+      if (epoch === undefined || view.replayLsn === undefined) return;
+      // An epoch whose vote this server gave away, or lost, is not tried again.
+      const vote = this.state.vote;
+      if (
+        vote &&
+        vote.epoch >= epoch &&
+        (vote.node_id !== this.state.node_id || this.lostElection === vote.epoch)
+      )
+        epoch = vote.epoch + 1;
+      const request: VoteRequest = {
+        epoch,
+        node_id: this.state.node_id,
+        replay_lsn: formatLsn(view.replayLsn),
+      };
+      this.state = { ...this.state, vote: { epoch, node_id: this.state.node_id } };
+      writeNodeState(this.dataDir, this.state);
+      const fresh = [...this.peers].filter(
+        ([, p]) => p.answeredAt !== undefined && view.now - p.answeredAt <= afterMs / 2,
+      );
+      const answers = await Promise.all(
+        fresh.map(async ([name, p]) => ({
+          name,
+          ...(await p.client
+            .requestVote(request)
+            .catch((err: Error) => ({ granted: false, reason: err.message }))),
+        })),
+      );
+      const granted = answers.filter((a) => a.granted).map((a) => a.name);
+      if (!isMajority(1 + granted.length, 1 + this.peers.size)) {
+        this.lostElection = epoch;
+        // A random pause, so that two candidates do not keep splitting the votes.
+        this.nextCandidacyAt = performance.now() + 250 + Math.random() * 1_000;
+        this.log.info(
+          { epoch, granted, refused: answers.filter((a) => !a.granted) },
+          "cluster: this standby did not win the election for primary (cluster.automatic_failover)",
+        );
+        return;
+      }
       this.log.warn(
-        { epoch, after_secs: afterMs / 1000 },
-        "cluster: no primary for after_secs, and this standby is the most advanced of a majority: promoting itself (cluster.automatic_failover)",
+        { epoch, votes: granted, after_secs: afterMs / 1000 },
+        "cluster: no primary for after_secs, and this standby, the most advanced of a majority, won its vote: promoting itself (cluster.automatic_failover)",
       );
       await this.promote(epoch, undefined);
     });

@@ -10,7 +10,11 @@
 //   - it exchanged heartbeats with a majority within after_secs / 2, and none of those servers
 //     had a heartbeat with a primary within after_secs (so the primary, alive or not, has been
 //     fenced for at least after_secs / 2: two majorities always share a server);
-//   - of the standbys in that majority it has replayed the most WAL (ties: the lowest node id).
+//   - of the standbys in that majority it has replayed the most WAL (ties: the lowest node id);
+//   - it wins an election: a majority (itself included) grants it their vote for that epoch. A
+//     server votes once per epoch (the vote is persisted), and only for a candidate that has
+//     replayed at least as much as itself while it has not heard from a primary for after_secs,
+//     so two standbys that each think they are the most advanced cannot both be promoted.
 //
 // The other standbys then follow the new primary (a higher-epoch primary, roles.ts), and so does
 // the old primary when it is back (rewound onto the new primary's history). The guarantees, and
@@ -50,7 +54,7 @@ function reachable(view: FailoverView): FailoverPeer[] {
 
 /** Whether this server and the peers it reaches are more than half of the cluster. */
 export function hasMajority(view: FailoverView): boolean {
-  return 2 * (1 + reachable(view).length) > 1 + view.peers.length;
+  return isMajority(1 + reachable(view).length, 1 + view.peers.length);
 }
 
 /**
@@ -80,3 +84,35 @@ export function promotionEpoch(view: FailoverView): number | undefined {
   }
   return Math.max(view.epoch, ...view.peers.map((p) => p.seen?.epoch ?? 0)) + 1;
 }
+
+/** A standby's request for votes before it promotes itself. */
+export interface VoteRequest {
+  epoch: number;
+  node_id: string;
+  /** What the candidate's store has replayed (pg_lsn text). */
+  replay_lsn: string;
+}
+
+/**
+ * Whether this server grants `request` its vote, given its view and its last vote: never two
+ * candidates at one epoch, never while it would not promote anyone itself.
+ */
+export function voteFor(
+  view: FailoverView,
+  request: VoteRequest,
+  voted: { epoch: number; node_id: string } | undefined,
+): { granted: boolean; reason?: string } {
+  if (request.epoch <= view.epoch)
+    return { granted: false, reason: `the epoch ${request.epoch} is not above this server's ${view.epoch}` };
+  if (voted && voted.epoch >= request.epoch && voted.node_id !== request.node_id)
+    return { granted: false, reason: `this server voted for another candidate at epoch ${voted.epoch}` };
+  if (view.role !== "standby") return { granted: false, reason: `this server is ${view.role}` };
+  if (view.now - view.primaryContactAt < view.afterMs)
+    return { granted: false, reason: "this server heard from the primary within after_secs" };
+  if (view.replayLsn !== undefined && view.replayLsn > parseLsn(request.replay_lsn))
+    return { granted: false, reason: "this server has replayed more WAL than the candidate" };
+  return { granted: true };
+}
+
+/** Whether `votes` (the candidate's own included) are a majority of a cluster of `servers`. */
+export const isMajority = (votes: number, servers: number) => 2 * votes > servers;

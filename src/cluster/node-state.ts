@@ -13,6 +13,8 @@ export interface NodeState {
   node_id: string;
   role: Role;
   epoch: number;
+  /** The candidate this node last voted for in an automatic failover (failover.ts), and at which epoch. */
+  vote?: { epoch: number; node_id: string };
 }
 
 export const nodeStatePath = (dataDir: string) => join(dataDir, "cluster", "node.json");
@@ -38,7 +40,9 @@ export function readNodeState(dataDir: string): NodeState | undefined {
     typeof state.node_id !== "string" ||
     typeof state.role !== "string" ||
     !isRole(state.role) ||
-    !Number.isSafeInteger(state.epoch)
+    !Number.isSafeInteger(state.epoch) ||
+    (state.vote !== undefined &&
+      (typeof state.vote?.node_id !== "string" || !Number.isSafeInteger(state.vote?.epoch)))
   )
     throw new Error(
       `${file}: persisted role ${JSON.stringify(state.role)} at epoch ${JSON.stringify(state.epoch)} is not valid (role must be "primary", "standby" or "detected_broken_config"): fix it, or delete the file to start this node in its bootstrap role`,

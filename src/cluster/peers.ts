@@ -13,6 +13,7 @@ import https from "node:https";
 import type { Socket } from "node:net";
 import { z } from "zod";
 import type { NodeKey, PeerKeys } from "./auth.ts";
+import type { VoteRequest } from "./failover.ts";
 import type { outboundTlsOptions } from "./peer-tls.ts";
 import { describeTlsError } from "./peer-tls.ts";
 import type { Role, RoleState } from "./roles.ts";
@@ -65,20 +66,32 @@ const heartbeatSchema = z.object({
 });
 
 /** A heartbeat as a peer sent it, checked: a malformed one is refused, never acted on. */
-export function parseHeartbeat(body: string): Heartbeat {
+export const parseHeartbeat = (body: string): Heartbeat => parseChecked(body, heartbeatSchema, "heartbeat");
+
+const voteRequestSchema = z.object({
+  epoch: z.number().int().min(0),
+  node_id: z.string().min(1).max(100),
+  replay_lsn: lsnText,
+});
+const voteAnswerSchema = z.object({ granted: z.boolean(), reason: z.string().optional() });
+
+function parseChecked<T>(body: string, schema: z.ZodType<T>, what: string): T {
   let value: unknown;
   try {
     value = JSON.parse(body);
   } catch {
-    throw new Error("the heartbeat is not JSON");
+    throw new Error(`the ${what} is not JSON`);
   }
-  const parsed = heartbeatSchema.safeParse(value);
+  const parsed = schema.safeParse(value);
   if (!parsed.success)
     throw new Error(
-      `the heartbeat is malformed (${parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")})`,
+      `the ${what} is malformed (${parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")})`,
     );
   return parsed.data;
 }
+
+export const parseVoteRequest = (body: string): VoteRequest =>
+  parseChecked(body, voteRequestSchema, "vote request");
 
 /** A peer refused a request: the HTTP status and its reason. */
 export class PeerRefusal extends Error {
@@ -112,6 +125,12 @@ export class PeerClient {
 
   close(): void {
     this.agent.destroy();
+  }
+
+  /** Ask for the peer's vote in an automatic failover (failover.ts). */
+  async requestVote(request: VoteRequest): Promise<{ granted: boolean; reason?: string }> {
+    const body = await this.request("POST", "cluster/vote", JSON.stringify(request));
+    return parseChecked(body, voteAnswerSchema, "vote");
   }
 
   /** Exchange heartbeats: resolves to the peer's. */

@@ -89,7 +89,9 @@ describe("cluster: automatic failover (opt-in)", { timeout: 300_000 }, () => {
     primary = await electedAt(survivors, 2);
     const tookMs = Date.now() - killedAt;
     assert.ok(tookMs >= AFTER_SECS * 1000 - 500, `no promotion before after_secs (${tookMs} ms)`);
-    assert.match(primary.strata.logs, /promoting itself \(cluster\.automatic_failover\)/);
+    assert.match(primary.strata.logs, /won its vote: promoting itself \(cluster\.automatic_failover\)/);
+    const other = survivors.find((n) => n !== primary)!;
+    assert.match(other.strata.logs, /"granted":true[^\n]*asked for this server.s vote/);
     await writer.progress(50, "on the new primary");
     await assertNoneLost(primary, writer);
     // The old primary comes back as primary@1, hears of epoch 2, and follows.

@@ -7,6 +7,7 @@ import {
   type FailoverView,
   promotionEpoch,
   shouldFence,
+  voteFor,
 } from "../../src/cluster/failover.ts";
 import type { Heartbeat } from "../../src/cluster/peers.ts";
 
@@ -115,4 +116,26 @@ test("a peer that does not report when it last saw the primary (an older version
   const oldPrimary = heardAgo(60_000, { role: "primary", epoch: 1, node_id: "a" });
   const { primary_contact_ms: _, ...silent } = standbyBeat("c", "0/400");
   assert.equal(promotionEpoch(view({ peers: [oldPrimary, heardAgo(500, silent)] })), undefined);
+});
+
+test("a vote goes to one candidate per epoch, one that has replayed at least as much, while no primary is heard", () => {
+  const request = { epoch: 2, node_id: "c", replay_lsn: "0/500" };
+  assert.deepEqual(voteFor(view({}), request, undefined), { granted: true });
+  // The same candidate may ask again; another at that epoch may not.
+  assert.equal(voteFor(view({}), request, { epoch: 2, node_id: "c" }).granted, true);
+  assert.match(
+    voteFor(view({}), request, { epoch: 2, node_id: "d" }).reason ?? "",
+    /voted for another candidate at epoch 2/,
+  );
+  assert.equal(voteFor(view({}), { ...request, epoch: 3 }, { epoch: 2, node_id: "d" }).granted, true);
+  // Not for an epoch at or below ours, not when we have replayed more, not while a primary is heard.
+  assert.match(voteFor(view({ epoch: 2 }), request, undefined).reason ?? "", /not above/);
+  assert.match(voteFor(view({ replayLsn: 0x501n }), request, undefined).reason ?? "", /replayed more/);
+  assert.match(
+    voteFor(view({ primaryContactAt: NOW - 1_000 }), request, undefined).reason ?? "",
+    /heard from the primary/,
+  );
+  // A primary or a broken server never votes.
+  assert.match(voteFor(view({ role: "primary" }), request, undefined).reason ?? "", /this server is primary/);
+  assert.equal(voteFor(view({ role: "detected_broken_config" }), request, undefined).granted, false);
 });
