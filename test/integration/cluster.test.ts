@@ -77,6 +77,18 @@ describe("cluster: a primary and a hot standby", () => {
     ]);
     await waitForRows(b, "SELECT count(*)::int AS n FROM pg_database WHERE datname = 'appdb'", [{ n: 1 }]);
     await waitForRows(b, "SELECT rolname FROM pg_roles WHERE rolname = 'reader'", [{ rolname: "reader" }]);
+    // Grants, and a database dropped: the standby has them too, and the user logs in there.
+    await primary.query("GRANT SELECT ON items TO reader");
+    await primary.query("CREATE DATABASE short_lived");
+    await waitForRows(b, "SELECT count(*)::int AS n FROM pg_database WHERE datname = 'short_lived'", [
+      { n: 1 },
+    ]);
+    await primary.query("DROP DATABASE short_lived");
+    await waitForRows(b, "SELECT count(*)::int AS n FROM pg_database WHERE datname = 'short_lived'", [
+      { n: 0 },
+    ]);
+    const asReader = await sessions.open(b.strata, "postgres", { user: "reader", password: "secret" });
+    assert.deepEqual(await rowsOf(asReader, "SELECT count(*)::int AS n FROM items"), [{ n: 2 }]);
     // Branches: made and written on the primary, listed and read on the standby.
     await primary.query("SELECT dolt_branch('feature')");
     const feature = await sessions.open(a.strata, "postgres/feature");

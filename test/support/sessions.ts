@@ -9,8 +9,13 @@ import type { StrataProcess } from "./strata.ts";
 export class Sessions {
   private readonly clients: pg.Client[] = [];
 
-  async open(strata: StrataProcess, database = "postgres"): Promise<pg.Client> {
-    const client = new pg.Client(strata.connectionConfig(database));
+  /** A session of `strata`'s front door; `as` logs in as another user. */
+  async open(
+    strata: StrataProcess,
+    database = "postgres",
+    as?: { user: string; password: string },
+  ): Promise<pg.Client> {
+    const client = new pg.Client({ ...strata.connectionConfig(database), ...as });
     client.on("error", () => {}); // a session the server ends fails its query, not the test process
     await client.connect();
     this.clients.push(client);
