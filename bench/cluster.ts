@@ -19,6 +19,9 @@
 //    turn without and with it, --commits one-row INSERT commits one after another (latency
 //    p50/p99), then pgbench's simple-update script (-N, 2 clients, unthrottled) for --sync-seconds
 //    (TPS); the ratios with/without.
+// 4. Automatic failover (cluster.automatic_failover, after_secs 4) on three nodes with synchronous
+//    replication: a writer commits one row at a time; the primary's Strata is SIGKILLed; the time
+//    to a new primary and to the writer's next acknowledged commit, and acknowledged rows lost.
 //
 // One table on stdout, the figures in bench/results/cluster-<ts>.json. The nodes, their stores and
 // directories are removed at the end, also on failure or Ctrl-C.
@@ -29,6 +32,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { asUser, type ClusterSpec, clusterPaths, own, startCluster } from "../src/store/cluster.ts";
+import { AckedWriter } from "../test/support/cluster-load.ts";
 import { createClusterNodes } from "../test/support/cluster-nodes.ts";
 import {
   freePort,
@@ -310,6 +314,13 @@ async function main() {
     });
   }
   const [async_, sync] = modes;
+  await stopStrata(a.strata);
+  await stopStrata(b.strata);
+
+  // 4. Automatic failover on three nodes.
+  progress(`automatic failover: three nodes, after_secs ${AUTO_AFTER_SECS}, synchronous replication on`);
+  const auto = await automaticFailover();
+  progress(`automatic failover: writes again after ${fixed(auto.writableMs, 0)} ms, lost ${auto.lost}`);
 
   const rows: string[][] = [
     ["standby lag p50 (ms)", fixed(lag.p50Ms, 1), `native streaming: ${fixed(native.lag.p50Ms, 1)}`],
@@ -341,6 +352,16 @@ async function main() {
       "dolt_cluster_ack_writes_timeout_secs = 10",
     ],
     ["sync / async pgbench -N TPS", fixed(sync.tps / async_.tps, 2), ""],
+    [
+      "automatic failover: kill → new primary (ms)",
+      fixed(auto.electedMs, 0),
+      `after_secs ${AUTO_AFTER_SECS}; a standby waits that long for the primary`,
+    ],
+    [
+      "automatic failover: kill → next write acknowledged (ms)",
+      fixed(auto.writableMs, 0),
+      `lost acknowledged writes ${auto.lost} of ${auto.acknowledged}`,
+    ],
   ];
   process.stdout.write(`${table(["figure", "value", "note"], rows)}\n`);
   const dir = join(import.meta.dirname, "results");
@@ -348,11 +369,75 @@ async function main() {
   const file = join(dir, `cluster-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(
     file,
-    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, native, failovers: rounds, synchronous: modes }, null, 2)}\n`,
+    `${JSON.stringify({ machine: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30) }, seconds, probeRate, pgbenchRate, tps, lag, native, failovers: rounds, synchronous: modes, automaticFailover: auto }, null, 2)}\n`,
   );
   progress(`wrote ${file}`);
-  await stopStrata(a.strata);
-  await stopStrata(b.strata);
+}
+
+const AUTO_AFTER_SECS = 4;
+
+/**
+ * Three nodes with cluster.automatic_failover and synchronous replication; a writer commits one
+ * row at a time on the primary; the primary's Strata is SIGKILLed. Times to a new primary and to
+ * the writer's next acknowledged commit, and the acknowledged rows missing on the new primary.
+ */
+async function automaticFailover() {
+  const nodes = await createClusterNodes(
+    [
+      { name: "auto-a", bootstrap_role: "primary" },
+      { name: "auto-b", bootstrap_role: "standby" },
+      { name: "auto-c", bootstrap_role: "standby" },
+    ],
+    () => ({
+      log_level: "info",
+      cluster: { automatic_failover: { after_secs: AUTO_AFTER_SECS } },
+      system_variables: { dolt_cluster_ack_writes_timeout_secs: 10 },
+    }),
+  );
+  for (const n of nodes) tracked(n.strata);
+  try {
+    await Promise.all(nodes.map((n) => n.strata.start()));
+    let primary = nodes[0];
+    await waitFor("the primary to take writes", async () =>
+      primary.strata
+        .query("CREATE TABLE acks (id int PRIMARY KEY)")
+        .then(() => true)
+        .catch(() => false),
+    );
+    const writer = new AckedWriter(() => primary);
+    writer.start();
+    await writer.progress(200, "before the kill");
+    await nodes[0].strata.kill("SIGKILL");
+    const killedAt = performance.now();
+    const before = writer.acknowledged.length;
+    const survivors = nodes.slice(1);
+    primary = await waitFor(
+      "a new primary",
+      async () => {
+        for (const n of survivors) {
+          const rows = await n.strata.query("SHOW dolt_cluster_role").catch(() => []);
+          if (rows[0]?.dolt_cluster_role === "primary") return n;
+        }
+        return undefined;
+      },
+      60_000,
+    );
+    const electedMs = performance.now() - killedAt;
+    await waitFor("a write on the new primary", async () => writer.acknowledged.length > before, 60_000);
+    const writableMs = performance.now() - killedAt;
+    await writer.stop();
+    const present = new Set((await primary.strata.query("SELECT id FROM acks")).map((r) => r.id as number));
+    const lost = writer.acknowledged.filter((id) => !present.has(id)).length;
+    return {
+      afterSecs: AUTO_AFTER_SECS,
+      electedMs,
+      writableMs,
+      lost,
+      acknowledged: writer.acknowledged.length,
+    };
+  } finally {
+    for (const n of nodes) await stopStrata(n.strata);
+  }
 }
 
 main().then(
