@@ -64,12 +64,15 @@ export async function startServer(
       primary.frontDoor = frontDoor;
       if (cluster) frontDoor.useCluster(cluster);
     }
-    if (cluster) await cluster.startServicesIfPrimary();
+    if (cluster) {
+      cluster.attach({ services: primary });
+      await cluster.startServicesIfPrimary();
+    }
     else await primary.start();
     if (config.remotesapi) remotesApi = await startRemotesApi(config.remotesapi, { store, dataDir, log });
     listener = await startListener(config.listener, store.endpoint, frontDoor, log);
     const sessions = listener.sessions;
-    cluster?.attach({ sessions: () => sessions(), services: primary });
+    cluster?.attach({ sessions: () => sessions() });
     log.info(
       {
         host: listener.address.host,

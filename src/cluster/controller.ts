@@ -331,9 +331,10 @@ export class ClusterController {
     });
   }
 
-  attach(options: { sessions: () => SessionInfo[]; services: PrimaryServices }): void {
-    this.sessions = options.sessions;
-    this.services = options.services;
+  /** The primary's services (before startServicesIfPrimary), and the front door's sessions (once it listens). */
+  attach(options: { sessions?: () => SessionInfo[]; services?: PrimaryServices }): void {
+    if (options.sessions) this.sessions = options.sessions;
+    if (options.services) this.services = options.services;
   }
 
   /**

@@ -68,6 +68,9 @@ export class ReplicationSettingsCache {
 
   private async readNow(database: string): Promise<ReplicationSettings | null> {
     let value: ReplicationSettings | null = null;
+    // Whether the store answered: a read that failed (the store restarting, a role change ending
+    // connections) must not be taken for "not replicated" and cached as such.
+    let answered = false;
     const client = await connect(this.config(database)).catch(() => null);
     if (client) {
       try {
@@ -87,12 +90,16 @@ export class ReplicationSettingsCache {
           skipErrors: r.skip === "1",
           urlTemplate: r.url_template ?? "",
         };
-      } catch {
-        value = null; // not a Strata database (no dolt.setting): nothing to replicate
+        answered = true;
+      } catch (err) {
+        // Not a Strata database (no dolt schema, or no dolt.setting): nothing to replicate.
+        const code = (err as { code?: string }).code;
+        answered = code === "3F000" || code === "42883";
       } finally {
         await client.end().catch(() => {});
       }
     }
+    if (!answered) return this.settings.get(database)?.value ?? null;
     this.settings.set(database, { at: Date.now(), value });
     return value;
   }

@@ -15,6 +15,7 @@ import {
   createClusterNodes,
   destroyClusterNodes,
   roleOf,
+  storeQuery,
   waitForRole,
 } from "../support/cluster-nodes.ts";
 import { tempDir, waitFor } from "../support/postgres.ts";
@@ -79,21 +80,29 @@ describe("cluster: replication to a remote across failovers", { timeout: 240_000
     await client.query("CREATE TABLE items (id int PRIMARY KEY)");
     const first = await commitItems(a, [1, 2]);
     assert.equal(await remoteHead(), first);
+    // A commit made on the store directly reaches the remote too (the primary's background push).
+    await storeQuery(a, "INSERT INTO items VALUES (50)");
+    acknowledged.push(50);
+    const [direct] = await storeQuery(a, "SELECT (dolt.dolt_commit('-Am', 'on the store'))[1] AS c");
+    await waitFor(
+      "the background push of a commit made on the store",
+      async () => (await remoteHead()) === direct.c,
+    );
     // Reads on the standby (transactions that end there) push nothing, and fail nothing.
     await waitFor(
-      "the standby to have the commit",
-      async () => (await itemsOn(b).catch(() => [])).length === 2,
+      "the standby to have the commits",
+      async () => (await itemsOn(b).catch(() => [])).length === 3,
     );
     for (let i = 0; i < 5; i++) await b.strata.query("SELECT count(*) FROM dolt_log");
     assert.deepEqual(standbyPushes(b), []);
-    assert.equal(await remoteHead(), first);
+    assert.equal(await remoteHead(), direct.c);
   });
 
   it("after a failover the new primary pushes", async () => {
     await failover(a, b, 2);
     const second = await commitItems(b, [3, 4]);
     assert.equal(await remoteHead(), second);
-    await waitFor("a to have b's commit", async () => (await itemsOn(a).catch(() => [])).length === 4);
+    await waitFor("a to have b's commit", async () => (await itemsOn(a).catch(() => [])).length === 5);
     for (let i = 0; i < 5; i++) await a.strata.query("SELECT count(*) FROM dolt_log");
     assert.equal(await remoteHead(), second);
   });

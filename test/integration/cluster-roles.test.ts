@@ -13,15 +13,19 @@
 //   node starts (a peer played by the test)        is detected_broken_config
 import assert from "node:assert/strict";
 import http from "node:http";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { generateKeyPair, SignJWT } from "jose";
-import pg from "pg";
+import type pg from "pg";
 
 import { NodeKey } from "../../src/cluster/auth.ts";
-import { clusterPaths } from "../../src/store/cluster.ts";
-import { type ClusterNode, createClusterNodes, roleOf, waitForRole } from "../support/cluster-nodes.ts";
-import { TEST_PASSWORD, TEST_USER, waitFor } from "../support/postgres.ts";
+import {
+  type ClusterNode,
+  createClusterNodes,
+  roleOf,
+  storeQuery,
+  waitForRole,
+} from "../support/cluster-nodes.ts";
+import { waitFor } from "../support/postgres.ts";
 import { failure, rowsOf, Sessions } from "../support/sessions.ts";
 
 const DEMOTE_FAILED =
@@ -73,24 +77,6 @@ async function currentError(node: ClusterNode): Promise<string | null> {
   );
   assert.equal(rows.length, 1, `${node.name}: one status row for postgres`);
   return rows[0].current_error;
-}
-
-/** SQL on a node's store itself (its unix socket), bypassing Strata: works while Strata is down. */
-async function storeQuery(node: ClusterNode, sql: string): Promise<pg.QueryResultRow[]> {
-  const client = new pg.Client({
-    host: clusterPaths({ root: join(node.strata.dataDir, "store") }).socketDir,
-    port: 5432,
-    user: TEST_USER,
-    password: TEST_PASSWORD,
-    database: "postgres",
-  });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return (await client.query(sql)).rows;
-  } finally {
-    await client.end().catch(() => {});
-  }
 }
 
 async function cleanUp(nodes: (ClusterNode | undefined)[], sessions: Sessions): Promise<void> {

@@ -4,8 +4,9 @@
 // direction), so that a test can partition two nodes (partition / heal).
 import { join } from "node:path";
 import pg from "pg";
+import { clusterPaths } from "../../src/store/cluster.ts";
 import { FaultProxy } from "./fault-proxy.ts";
-import { freePort, tempDir, waitFor } from "./postgres.ts";
+import { freePort, TEST_PASSWORD, TEST_USER, tempDir, waitFor } from "./postgres.ts";
 import { createStandaloneStrata, type StrataProcess } from "./strata.ts";
 
 export interface ClusterNode {
@@ -109,4 +110,22 @@ export async function waitForRole(node: ClusterNode, expected: string, timeoutMs
   ).catch((err: Error) => {
     throw new Error(`${err.message} (last seen: ${last || "nothing"})`);
   });
+}
+
+/** SQL on a node's store itself (its unix socket), bypassing Strata: works while Strata is down. */
+export async function storeQuery(node: ClusterNode, sql: string): Promise<pg.QueryResultRow[]> {
+  const client = new pg.Client({
+    host: clusterPaths({ root: join(node.strata.dataDir, "store") }).socketDir,
+    port: 5432,
+    user: TEST_USER,
+    password: TEST_PASSWORD,
+    database: "postgres",
+  });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    return (await client.query(sql)).rows;
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
