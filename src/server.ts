@@ -67,8 +67,7 @@ export async function startServer(
     if (cluster) {
       cluster.attach({ services: primary });
       await cluster.startServicesIfPrimary();
-    }
-    else await primary.start();
+    } else await primary.start();
     if (config.remotesapi) remotesApi = await startRemotesApi(config.remotesapi, { store, dataDir, log });
     listener = await startListener(config.listener, store.endpoint, frontDoor, log);
     const sessions = listener.sessions;

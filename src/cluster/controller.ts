@@ -79,6 +79,8 @@ const SYNC_POLL_MS = 100;
 const SYNC_IDLE_POLL_MS = 1_000;
 /** How often the automatic failover policy looks at the heartbeats (failover.ts). */
 const FAILOVER_CHECK_MS = 250;
+/** How far above every known epoch a vote may be asked for (each lost election adds one). */
+const MAX_EPOCH_LEAP = 100;
 const FENCED_ERROR =
   "this primary cannot reach a majority of its cluster and is read-only until it can (cluster.automatic_failover)";
 
@@ -95,6 +97,8 @@ interface PeerStatus {
   seenAt?: number;
   /** When a heartbeat we sent it was last answered (performance.now(): failover.ts). */
   answeredAt?: number;
+  /** When it last sent us a heartbeat (performance.now()). */
+  heardAt?: number;
   /** As a primary: when this standby had last replayed everything we had written (Dolt's lastSuccess). */
   caughtUpAt?: number;
   /** Lag in ms at the last heartbeat (null before the first since we became primary). */
@@ -159,6 +163,9 @@ export class ClusterController {
   /** The last epoch this node stood for and lost, and when it may stand again (performance.now()). */
   private lostElection?: number;
   private nextCandidacyAt = 0;
+  /** When this node last granted a vote (performance.now()), and whether it is standing itself. */
+  private votedAt = 0;
+  private campaigning = false;
   /** When the current role and epoch began (this run): a standby's clock for a missing primary starts here. */
   private roleSince = performance.now();
   private stopped = false;
@@ -379,7 +386,9 @@ export class ClusterController {
   refusal(session: SessionInfo, sql: string): ClusterError | undefined {
     if (this.tainted.has(session)) return new ClusterError(TRANSITIONED_ERROR, "08006", "reconnect");
     const readOnly = this.readOnlyHint();
-    if (readOnly && /transaction_read_only|read\s+write/i.test(sql))
+    // Comments out, so that READ/**/WRITE reads as what it is. The store's own fence holds the
+    // commits of whatever gets past this (store-roles.ts); synchronous_commit would undo that.
+    if (readOnly && /transaction_read_only|synchronous_commit|read\s+write/i.test(withoutComments(sql)))
       return new ClusterError(
         "this server is read-only: its transactions cannot be made read-write",
         "25006",
@@ -447,6 +456,7 @@ export class ClusterController {
     if (status) {
       status.seen = theirs;
       status.seenAt = Date.now();
+      status.heardAt = performance.now();
       if (theirs.role === "primary") status.fromPrimaryAt = Date.now();
     }
     this.learn(peer, theirs);
@@ -481,10 +491,22 @@ export class ClusterController {
     if (!policy) return { granted: false, reason: "automatic failover is off on this server" };
     const view = await this.failoverView(policy.after_secs * 1000);
     // From here to the write nothing awaits: two requests cannot both take the same epoch's vote.
-    const answer = voteFor(view, request, this.state.vote);
+    const known = Math.max(
+      this.state.epoch,
+      this.state.vote?.epoch ?? 0,
+      ...view.peers.map((p) => p.seen?.epoch ?? 0),
+    );
+    const candidate = this.peers.get(peer)?.seen?.node_id;
+    let answer = voteFor(view, request, this.state.vote);
+    if (this.campaigning) answer = { granted: false, reason: "this server is standing itself" };
+    else if (candidate !== request.node_id)
+      answer = { granted: false, reason: "the candidate's node id is not the one its heartbeats carry" };
+    else if (request.epoch > known + MAX_EPOCH_LEAP)
+      answer = { granted: false, reason: `the epoch ${request.epoch} is far above any known (${known})` };
     if (answer.granted) {
       this.state = { ...this.state, vote: { epoch: request.epoch, node_id: request.node_id } };
       writeNodeState(this.dataDir, this.state);
+      this.votedAt = performance.now();
     }
     this.log.info(
       { candidate: peer, epoch: request.epoch, granted: answer.granted, reason: answer.reason },
@@ -564,8 +586,8 @@ export class ClusterController {
     caller: SessionInfo,
   ): Promise<Set<string>> {
     this.transitioning = true;
-    // Read-only from here: nothing commits, so nothing waits for the standbys.
-    this.syncCommits.reset();
+    // The synchronous list is kept (the sync watcher is idle meanwhile): a failed demotion writes
+    // it back; a successful one resets it with the role.
     try {
       writeRoleSettings(this.spec!, this.roleState(), undefined, { readOnly: true });
       await this.reload();
@@ -860,10 +882,17 @@ export class ClusterController {
 
   /** As a standby: the last heartbeat with a primary at our epoch or later, or when the role began. */
   private primaryContactAt(): number {
-    let at = this.roleSince;
-    for (const peer of this.peers.values())
-      if (peer.seen?.role === "primary" && peer.seen.epoch >= this.state.epoch && (peer.answeredAt ?? 0) > at)
-        at = peer.answeredAt!;
+    // Either direction counts here (a standby errs towards not standing), while a primary counts
+    // only its own answered heartbeats (it errs towards fencing itself). A vote given counts too:
+    // the candidate may be primary by now. A primary whose store is down or still in recovery
+    // (a promotion that failed) does not.
+    let at = Math.max(this.roleSince, this.votedAt);
+    for (const peer of this.peers.values()) {
+      const seen = peer.seen;
+      if (seen?.role !== "primary" || seen.epoch < this.state.epoch || !seen.store || seen.store.in_recovery)
+        continue;
+      at = Math.max(at, peer.answeredAt ?? 0, peer.heardAt ?? 0);
+    }
     return at;
   }
 
@@ -892,6 +921,22 @@ export class ClusterController {
   private async applyFailoverPolicy(afterMs: number): Promise<void> {
     if (!this.serving || this.transitioning || this.rewinding || this.stopped || !this.store) return;
     if (this.state.role === "primary") {
+      // A newer primary was made (a peer is at a higher epoch, even if it is not that primary):
+      // this one becomes a standby at that epoch, and follows the new primary once it hears of it.
+      const higher = Math.max(...[...this.peers.values()].map((p) => p.seen?.epoch ?? 0));
+      if (higher > this.state.epoch) {
+        await this.serialised(async () => {
+          if (this.state.role !== "primary" || higher <= this.state.epoch) return;
+          this.log.warn(
+            { epoch: higher },
+            "cluster: a server is at a higher epoch: a newer primary was made; this server becomes a standby (cluster.automatic_failover)",
+          );
+          const from = this.state.role;
+          this.setState({ role: "standby", epoch: higher });
+          await this.enterReadOnly(from, undefined);
+        });
+        return;
+      }
       const fence = shouldFence(await this.failoverView(afterMs));
       if (fence === this.fenced) return;
       await this.serialised(async () => {
@@ -907,14 +952,13 @@ export class ClusterController {
       const view = await this.failoverView(afterMs);
       let epoch = promotionEpoch(view);
       if (epoch === undefined || view.replayLsn === undefined) return;
-      // An epoch whose vote this server gave away, or lost, is not tried again.
+      // An epoch whose vote this server gave away, or lost, is not tried again; nor a lower one.
       const vote = this.state.vote;
-      if (
-        vote &&
-        vote.epoch >= epoch &&
-        (vote.node_id !== this.state.node_id || this.lostElection === vote.epoch)
-      )
-        epoch = vote.epoch + 1;
+      if (vote && vote.epoch >= epoch)
+        epoch =
+          vote.node_id !== this.state.node_id || this.lostElection === vote.epoch
+            ? vote.epoch + 1
+            : vote.epoch;
       const request: VoteRequest = {
         epoch,
         node_id: this.state.node_id,
@@ -925,14 +969,28 @@ export class ClusterController {
       const fresh = [...this.peers].filter(
         ([, p]) => p.answeredAt !== undefined && view.now - p.answeredAt <= afterMs / 2,
       );
-      const answers = await Promise.all(
-        fresh.map(async ([name, p]) => ({
-          name,
-          ...(await p.client
-            .requestVote(request)
-            .catch((err: Error) => ({ granted: false, reason: err.message }))),
-        })),
-      );
+      this.campaigning = true;
+      let answers: { name: string; granted: boolean; reason?: string }[];
+      try {
+        answers = await Promise.all(
+          fresh.map(async ([name, p]) => ({
+            name,
+            ...(await p.client
+              .requestVote(request)
+              .catch((err: Error) => ({ granted: false, reason: err.message }))),
+          })),
+        );
+      } finally {
+        this.campaigning = false;
+      }
+      // Meanwhile a newer primary may have been heard of (learn), or our vote given elsewhere.
+      if (
+        this.state.role !== "standby" ||
+        this.state.epoch >= epoch ||
+        this.state.vote?.epoch !== epoch ||
+        this.state.vote.node_id !== this.state.node_id
+      )
+        return;
       const granted = answers.filter((a) => a.granted).map((a) => a.name);
       if (!isMajority(1 + granted.length, 1 + this.peers.size)) {
         this.lostElection = epoch;
@@ -1110,10 +1168,26 @@ export class ClusterController {
     await this.services.start();
   }
 
+  /**
+   * Stop the primary's services: only ever when the node turns read-only, whose store then holds
+   * every commit (store-roles.ts). A commit a service had begun would wait for ever, and the
+   * service's stop with it: the backends waiting so are ended meanwhile (their commits are not
+   * acknowledged; the upstream replicator, for one, applies them again from its own position).
+   */
   private async stopServices(): Promise<void> {
     if (!this.servicesRunning || !this.services) return;
     this.servicesRunning = false;
-    await this.services.stop();
+    let stopped = false;
+    const stopping = this.services.stop().finally(() => {
+      stopped = true;
+    });
+    while (!stopped) {
+      await this.pool
+        ?.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        .catch(() => {});
+      await Promise.race([stopping, new Promise((r) => setTimeout(r, 100))]);
+    }
+    await stopping;
   }
 
   /** End every front-door session but the caller's, and their store backends. */
@@ -1181,3 +1255,8 @@ function keepDivergedStore(spec: ClusterSpec): string {
 }
 
 export { RoleError };
+
+/** SQL without its comments (for a text check; string contents are left as they are). */
+function withoutComments(sql: string): string {
+  return sql.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/--[^\n]*/g, " ");
+}

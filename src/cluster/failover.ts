@@ -73,9 +73,11 @@ export function promotionEpoch(view: FailoverView): number | undefined {
   if (!hasMajority(view)) return undefined;
   for (const peer of reachable(view)) {
     const seen = peer.seen;
-    if (!seen || seen.role === "primary" || seen.role === "detected_broken_config") return undefined;
+    if (!seen || seen.role === "detected_broken_config") return undefined;
+    // A primary of an older epoch (replaced, and fenced by that) is only a server of the majority.
+    if (seen.role === "primary" && seen.epoch >= view.epoch) return undefined;
     // A peer that does not say (an older version) may have seen the primary.
-    if ((seen.primary_contact_ms ?? 0) < view.afterMs) return undefined;
+    if (seen.role === "standby" && (seen.primary_contact_ms ?? 0) < view.afterMs) return undefined;
     // A standby whose store is not streaming (a former primary not yet rewound) is not compared.
     if (!seen.store?.in_recovery || !seen.store.replay_lsn) continue;
     const theirs = parseLsn(seen.store.replay_lsn);
@@ -106,6 +108,8 @@ export function voteFor(
     return { granted: false, reason: `the epoch ${request.epoch} is not above this server's ${view.epoch}` };
   if (voted && voted.epoch >= request.epoch && voted.node_id !== request.node_id)
     return { granted: false, reason: `this server voted for another candidate at epoch ${voted.epoch}` };
+  if (voted && voted.epoch > request.epoch)
+    return { granted: false, reason: `this server has voted at a later epoch (${voted.epoch})` };
   if (view.role !== "standby") return { granted: false, reason: `this server is ${view.role}` };
   if (view.now - view.primaryContactAt < view.afterMs)
     return { granted: false, reason: "this server heard from the primary within after_secs" };

@@ -138,14 +138,24 @@ describe("cluster: automatic failover (opt-in)", { timeout: 300_000 }, () => {
       "SELECT DISTINCT current_error FROM dolt_cluster.dolt_cluster_status",
     );
     assert.match(String(status[0]?.current_error), FENCED);
-    // A transaction made read-write in a way the front door does not recognise commits on the
-    // store, but is never acknowledged: its commit waits, and fails when the session is ended.
+    // The front door refuses to make a transaction read-write there, comments or not.
+    const refused = new pg.Client(old.strata.connectionConfig());
+    refused.on("error", () => {});
+    await refused.connect();
+    const readWrite = await refused.query("BEGIN READ/**/WRITE").catch((err: pg.DatabaseError) => err);
+    assert.equal((readWrite as pg.DatabaseError).code, "25006");
+    await refused.end().catch(() => {});
+    // A transaction made read-write in a way the front door does not recognise (an escaped
+    // setting name) commits on the store, but is never acknowledged: its commit waits, and fails
+    // when the session is ended.
     const sneaky = new pg.Client(old.strata.connectionConfig());
     sneaky.on("error", () => {});
     await sneaky.connect();
     let sneakyDone = false;
     const sneakyCommit = sneaky
-      .query("BEGIN READ/**/WRITE; INSERT INTO acks (id) VALUES (-1000); COMMIT")
+      .query(
+        'BEGIN; SET LOCAL U&"transaction_read_onl\\0079" TO off; INSERT INTO acks (id) VALUES (-1000); COMMIT',
+      )
       .then(
         () => "acknowledged",
         (err: Error) => err.message,

@@ -139,3 +139,16 @@ test("a vote goes to one candidate per epoch, one that has replayed at least as 
   assert.match(voteFor(view({ role: "primary" }), request, undefined).reason ?? "", /this server is primary/);
   assert.equal(voteFor(view({ role: "detected_broken_config" }), request, undefined).granted, false);
 });
+
+test("a primary of an older epoch (replaced) does not stop a standby of a newer one from standing", () => {
+  // a (primary@1) was replaced by b (primary@2), which died; c is standby@2 and hears a again.
+  const oldPrimary = heardAgo(500, { role: "primary", epoch: 1, node_id: "a" });
+  assert.equal(promotionEpoch(view({ epoch: 2, peers: [oldPrimary, {}] })), 3);
+  const current = heardAgo(500, { role: "primary", epoch: 2, node_id: "b" });
+  assert.equal(promotionEpoch(view({ epoch: 2, peers: [current, {}] })), undefined);
+});
+
+test("a vote recorded at a later epoch is never lowered", () => {
+  const request = { epoch: 2, node_id: "c", replay_lsn: "0/500" };
+  assert.match(voteFor(view({}), request, { epoch: 3, node_id: "c" }).reason ?? "", /later epoch/);
+});
