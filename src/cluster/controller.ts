@@ -147,6 +147,7 @@ export class ClusterController {
   /** True while a role change is under way: other sessions' statements are refused. */
   private transitioning = false;
   private rewinding = false;
+  private promoting = false;
   /** The primary (name@epoch/node) this standby last made sure has its slot. */
   private slotOn?: string;
   private refusedIncoming?: { reason: string; at: number };
@@ -641,6 +642,28 @@ export class ClusterController {
     }
   }
 
+  /** A primary whose store is still in recovery (its promotion failed): try the promotion again. */
+  private async finishPromotion(): Promise<void> {
+    if (this.transitioning || this.rewinding || this.promoting) return;
+    this.promoting = true;
+    try {
+      await this.serialised(async () => {
+        if (this.state.role !== "primary" || !(await this.inRecovery())) return;
+        this.log.warn(
+          "cluster: this server is primary but its store is still in recovery: promoting it again",
+        );
+        await this.promoteStore();
+        this.writeSettings();
+        await this.reload();
+        if (!this.fenced) await this.startServices();
+      });
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, "cluster: the store's promotion failed again");
+    } finally {
+      this.promoting = false;
+    }
+  }
+
   private async promoteStore(): Promise<void> {
     const { rows } = await this.pool!.query<{ promoted: boolean }>("SELECT pg_promote(true, 60) AS promoted");
     if (!rows[0]?.promoted)
@@ -722,6 +745,7 @@ export class ClusterController {
     while (this.walSamples.length > 1 && this.walSamples[0].lsn <= least) this.walSamples.shift();
     this.writeStatus();
     void this.followPrimaryIfNeeded();
+    if (this.state.role === "primary" && mine.store?.in_recovery) void this.finishPromotion();
     void this.ensureSlotOnNewPrimary();
   }
 

@@ -49,10 +49,15 @@ export interface Heartbeat {
   primary_contact_ms?: number;
 }
 
+/** The largest answer read from a peer. */
+const MAX_ANSWER = 64 * 1024;
+/** Epochs are counters of failovers: a value past this is not a peer's. */
+const MAX_EPOCH = 1_000_000_000;
+const epochValue = z.number().int().min(0).max(MAX_EPOCH);
 const lsnText = z.string().regex(/^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/i);
 const heartbeatSchema = z.object({
   role: z.enum(["primary", "standby", "detected_broken_config"]),
-  epoch: z.number().int().min(0),
+  epoch: epochValue,
   node_id: z.string().min(1).max(100),
   store: z
     .object({
@@ -69,7 +74,7 @@ const heartbeatSchema = z.object({
 export const parseHeartbeat = (body: string): Heartbeat => parseChecked(body, heartbeatSchema, "heartbeat");
 
 const voteRequestSchema = z.object({
-  epoch: z.number().int().min(0),
+  epoch: epochValue,
   node_id: z.string().min(1).max(100),
   replay_lsn: lsnText,
 });
@@ -173,6 +178,11 @@ export class PeerClient {
           res.setEncoding("utf8");
           res.on("data", (chunk: string) => {
             text += chunk;
+            // Heartbeats and votes are small: a peer sending more is not answering as a peer.
+            if (text.length > MAX_ANSWER) {
+              res.destroy();
+              reject(new Error(`the peer's answer is larger than ${MAX_ANSWER} bytes`));
+            }
           });
           res.on("end", () => resolveRequest(text));
           res.on("error", (err) => reject(this.networkError(err)));

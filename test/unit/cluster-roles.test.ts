@@ -92,6 +92,7 @@ test("a peer's heartbeat is checked before anything acts on it", () => {
     { ...good, role: "leader" },
     { ...good, epoch: "2" },
     { ...good, epoch: -1 },
+    { ...good, epoch: 2 ** 53 },
     { ...good, store: { in_recovery: true, replay_lsn: "zz" } },
     { ...good, primary_contact_ms: "soon" },
     { role: "primary", epoch: 1 },
