@@ -47,6 +47,9 @@ export interface FailoverView {
   // Times are performance.now() milliseconds: a wall clock stepped back would stall the fence.
 }
 
+/** Whether `votes` (the candidate's own included) are a majority of a cluster of `servers`. */
+export const isMajority = (votes: number, servers: number) => 2 * votes > servers;
+
 /** The peers heard from within after_secs / 2. */
 function reachable(view: FailoverView): FailoverPeer[] {
   return view.peers.filter((p) => p.contactAt !== undefined && view.now - p.contactAt <= view.afterMs / 2);
@@ -117,6 +120,3 @@ export function voteFor(
     return { granted: false, reason: "this server has replayed more WAL than the candidate" };
   return { granted: true };
 }
-
-/** Whether `votes` (the candidate's own included) are a majority of a cluster of `servers`. */
-export const isMajority = (votes: number, servers: number) => 2 * votes > servers;

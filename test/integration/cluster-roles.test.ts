@@ -21,6 +21,7 @@ import { NodeKey } from "../../src/cluster/auth.ts";
 import {
   type ClusterNode,
   createClusterNodes,
+  destroyClusterNodes,
   roleOf,
   storeQuery,
   waitForRole,
@@ -81,8 +82,7 @@ async function currentError(node: ClusterNode): Promise<string | null> {
 
 async function cleanUp(nodes: (ClusterNode | undefined)[], sessions: Sessions): Promise<void> {
   await sessions.closeAll();
-  await Promise.all(nodes.map((n) => n?.strata.stop().catch(() => {})));
-  for (const n of nodes) n?.strata.destroySync();
+  await destroyClusterNodes(nodes);
 }
 
 /**

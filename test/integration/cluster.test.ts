@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 
-import { type ClusterNode, createClusterNodes } from "../support/cluster-nodes.ts";
+import { type ClusterNode, createClusterNodes, destroyClusterNodes } from "../support/cluster-nodes.ts";
 import { waitFor } from "../support/postgres.ts";
 import { failure, rowsOf, Sessions } from "../support/sessions.ts";
 
@@ -25,9 +25,7 @@ describe("cluster: a primary and a hot standby", () => {
 
   after(async () => {
     await sessions.closeAll();
-    await Promise.all([a?.strata.stop(), b?.strata.stop()]);
-    a?.strata.destroySync();
-    b?.strata.destroySync();
+    await destroyClusterNodes([a, b]);
   });
 
   const role = async (node: ClusterNode) => {

@@ -77,7 +77,7 @@ export const heal = (a: ClusterNode, b: ClusterNode) => partition(a, b, false);
 
 /** Stop the nodes and their proxies, and remove their directories. */
 export async function destroyClusterNodes(nodes: (ClusterNode | undefined)[]): Promise<void> {
-  await Promise.all(nodes.map((n) => n?.strata.stop()));
+  await Promise.all(nodes.map((n) => n?.strata.stop().catch(() => {})));
   for (const node of nodes) {
     node?.strata.destroySync();
     for (const link of node?.links.values() ?? []) await link.close();
