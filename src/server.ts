@@ -48,6 +48,7 @@ export async function startServer(
   let frontDoor: QueryRewriter | undefined;
   let remotesApi: RemotesApi | undefined;
   const primary = new PrimaryServicesHolder(config, dataDir, log);
+  if (cluster) primary.standbySlots = () => cluster.standbySlots();
   try {
     await cluster?.start();
     store = await openStore(config, dataDir, log, cluster?.storeOptions());
@@ -169,6 +170,8 @@ class PrimaryServicesHolder implements PrimaryServices {
   replicator?: Replicator;
   sequenceSync?: SequenceSyncTimer;
   slotMonitor?: SlotMonitor;
+  /** A cluster node's standbys' slots, which bound what is acknowledged upstream (replicator.ts). */
+  standbySlots?: () => readonly string[];
   private backgroundPush?: { stop(): Promise<void> };
 
   constructor(
@@ -188,6 +191,7 @@ class PrimaryServicesHolder implements PrimaryServices {
         dataDir: this.dataDir,
         history: this.history,
         log,
+        standbySlots: this.standbySlots,
       });
       this.replicator = replicator;
       replicator.start();

@@ -456,6 +456,7 @@ export class ClusterController {
     const status = this.peers.get(peer);
     if (status) {
       status.seen = theirs;
+      this.rememberNodeId(peer, theirs.node_id);
       status.seenAt = Date.now();
       status.heardAt = performance.now();
       if (theirs.role === "primary") status.fromPrimaryAt = Date.now();
@@ -516,11 +517,29 @@ export class ClusterController {
     return answer;
   }
 
+  /**
+   * The replication slots, on this node's store, of the configured standbys (by the node ids they
+   * last gave). A primary replicating from upstream acknowledges there only what every one of
+   * them has flushed (replicator.ts), so that whichever is promoted has every change the upstream
+   * slot let go. A standby whose slot is missing or lost is not waited for: it needs a base
+   * backup, which has everything.
+   */
+  standbySlots(): string[] {
+    const known = this.state.peers ?? {};
+    return [...this.peers.keys()].filter((name) => known[name]).map((name) => slotName(known[name]));
+  }
+
   refused(reason: string): void {
     this.refusedIncoming = { reason, at: Date.now() };
   }
 
   // --- internals ---
+
+  private rememberNodeId(peer: string, nodeId: string): void {
+    if (this.state.peers?.[peer] === nodeId) return;
+    this.state = { ...this.state, peers: { ...this.state.peers, [peer]: nodeId } };
+    writeNodeState(this.dataDir, this.state);
+  }
 
   private serialised<T>(work: () => Promise<T>): Promise<T> {
     const run = this.queue.then(work, work);
@@ -688,6 +707,7 @@ export class ClusterController {
             peer.seen = theirs;
             peer.seenAt = Date.now();
             peer.answeredAt = performance.now();
+            this.rememberNodeId(name, theirs.node_id);
             const replay = theirs.store?.replay_lsn;
             if (theirs.store?.in_recovery && replay && parseLsn(replay) >= target) caught.add(name);
           } catch (err) {
@@ -722,6 +742,7 @@ export class ClusterController {
             peer.seen = theirs;
             peer.seenAt = Date.now();
             peer.answeredAt = performance.now();
+            this.rememberNodeId(name, theirs.node_id);
             peer.error = undefined;
             if (theirs.role === "primary") peer.fromPrimaryAt = Date.now();
             this.learn(name, theirs);

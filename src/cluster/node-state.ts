@@ -15,6 +15,12 @@ export interface NodeState {
   epoch: number;
   /** The candidate this node last voted for in an automatic failover (failover.ts), and at which epoch. */
   vote?: { epoch: number; node_id: string };
+  /**
+   * The node id each peer (by standby_remotes name) last said it has: names its replication slot
+   * on this node's store, whose position bounds what a replicating primary acknowledges upstream
+   * (controller.ts standbySlots). Kept here so a peer that is down at a restart still counts.
+   */
+  peers?: Record<string, string>;
 }
 
 export const nodeStatePath = (dataDir: string) => join(dataDir, "cluster", "node.json");
@@ -46,6 +52,15 @@ export function readNodeState(dataDir: string): NodeState | undefined {
   )
     throw new Error(
       `${file}: persisted role ${JSON.stringify(state.role)} at epoch ${JSON.stringify(state.epoch)} is not valid (role must be "primary", "standby" or "detected_broken_config"): fix it, or delete the file to start this node in its bootstrap role`,
+    );
+  if (
+    state.peers !== undefined &&
+    (typeof state.peers !== "object" ||
+      state.peers === null ||
+      Object.values(state.peers).some((id) => typeof id !== "string"))
+  )
+    throw new Error(
+      `${file}: "peers" must map standby_remotes names to node ids: fix it, or remove the key (it is written again at the next heartbeats)`,
     );
   return state as NodeState;
 }

@@ -16,10 +16,12 @@ const CHEAP =
 
 export type ClusterCall = "dolt_assume_cluster_role" | "dolt_cluster_transition_to_standby";
 
-export type FoundCall =
+/** `alias`: the result column's name, when the call was written `SELECT fn(...) AS alias`. */
+export type FoundCall = (
   | { kind: "remote"; fn: RemoteCall; args: string[] }
   | { kind: "branch"; fn: BranchCall; args: string[] }
-  | { kind: "cluster"; fn: ClusterCall; args: string[]; star: boolean };
+  | { kind: "cluster"; fn: ClusterCall; args: string[]; star: boolean }
+) & { alias?: string };
 
 // biome-ignore lint/suspicious/noExplicitAny: an untyped JSON tree, read field by field
 type Node = any;
@@ -49,6 +51,7 @@ export function findRemoteCall(sql: string): FoundCall | undefined {
     call = from.functions[0]?.List?.items?.[0]?.FuncCall;
     star = true;
   } else call = select.targetList[0]?.ResTarget?.val?.FuncCall;
+  const alias: string | undefined = star ? undefined : (select.targetList[0]?.ResTarget?.name ?? undefined);
   if (!call) return undefined;
   const names: string[] = (call.funcname ?? []).map((n: Node) => n?.String?.sval);
   const fn = names[names.length - 1];
@@ -71,6 +74,8 @@ export function findRemoteCall(sql: string): FoundCall | undefined {
     else if (kind === "cluster" && integer !== undefined) args.push(String(integer.ival ?? 0));
     else return undefined;
   }
-  if (kind === "cluster") return { kind, fn: fn as ClusterCall, args, star };
-  return kind === "remote" ? { kind, fn: fn as RemoteCall, args } : { kind, fn: fn as BranchCall, args };
+  if (kind === "cluster") return { kind, fn: fn as ClusterCall, args, star, alias };
+  return kind === "remote"
+    ? { kind, fn: fn as RemoteCall, args, alias }
+    : { kind, fn: fn as BranchCall, args, alias };
 }

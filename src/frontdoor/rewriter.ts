@@ -162,13 +162,18 @@ export class StrataRewriter implements QueryRewriter {
     await loadParser();
     const call = findRemoteCall(sql);
     if (!call) return this.rewriteCandidate(sql, context);
-    if (call.kind === "remote") return this.remotes.call(call.fn, call.args, context.database);
-    if (call.kind === "cluster") return this.clusterCall(call.fn, call.args, context);
+    // SELECT fn(...) AS name: the one-column result, under that name.
+    const named = (result: string) =>
+      call.alias === undefined
+        ? result
+        : `SELECT * FROM (${result}) AS strata_call(${quoteIdent(call.alias)})`;
+    if (call.kind === "remote") return named(await this.remotes.call(call.fn, call.args, context.database));
+    if (call.kind === "cluster") return named(await this.clusterCall(call.fn, call.args, context));
     // A checkout is refused inside a transaction block before any branch is made for it.
     if (call.fn === "dolt_checkout" && context.session.txStatus !== "I") await this.moveSession("", context);
     const result = await this.branches.call(call.fn, call.args, context.database);
     if (result.switchTo) await this.moveSession(result.switchTo, context);
-    return result.sql;
+    return named(result.sql);
   }
 
   /** dolt_assume_cluster_role and dolt_cluster_transition_to_standby, with Dolt's results. */

@@ -15,6 +15,11 @@ export class DurableAcks {
     this.pending.push({ wal, position });
   }
 
+  /** Where the store's WAL must be flushed to for the oldest waiting batch to be durable. */
+  get oldestWal(): bigint | undefined {
+    return this.pending[0]?.wal;
+  }
+
   /** Whether committed batches wait for the store's WAL flush. */
   get waiting(): boolean {
     return this.pending.length > 0;

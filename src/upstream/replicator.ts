@@ -70,12 +70,21 @@ export interface ReplicatorOptions {
   /** dolt_transaction_commit */
   history: boolean;
   log: Logger;
+  /**
+   * On a cluster primary: the physical replication slots of its hot standbys, on the store. What
+   * is acknowledged upstream is then also bounded by how far every one of them has flushed the
+   * store's WAL, so that a standby promoted after a failover has every change the upstream slot
+   * let go (PostgreSQL 17's synchronized_standby_slots does the same for logical slots).
+   */
+  standbySlots?: () => readonly string[];
 }
 
 const BATCH_MAX_CHANGES = 5000;
 /** How often the store's WAL flush position is read while committed batches wait for it. */
 const DURABLE_CHECK_MS = 50;
 const BATCH_MAX_AGE_MS = 100;
+/** How long standbys may hold acknowledgements back before it is logged and shown as a warning. */
+const STANDBY_WAIT_WARN_MS = 30_000;
 const STATUS_TABLE_INTERVAL_MS = 1000;
 /** How far behind the primary's WAL end the stream may be and still count as caught up. */
 const CAUGHT_UP_SLACK_BYTES = 1024n * 1024n;
@@ -104,6 +113,9 @@ export class Replicator {
   /** WAL the slot holds back on the primary, and a warning to show in the status row (set by the slot monitor). */
   slotRetainedWalBytes: bigint | undefined;
   warning: string | undefined;
+  /** Set while the cluster's standbys have held acknowledgements back for long (status row). */
+  private standbyWait: string | undefined;
+  private standbyWaitSince: number | undefined;
   /** The current session's held tables (for the status row). */
   private heldWork: HeldTableWork | undefined;
 
@@ -372,7 +384,16 @@ export class Replicator {
       if (proto >= 2) startOptions.streaming = "on";
       // Logical decoding messages carry the DDL sent by `strata setup-primary`'s event trigger.
       if (upstream.serverVersion >= 140000) startOptions.messages = "true";
-      this.acked = applier.position > this.acked ? applier.position : this.acked;
+      // Batches commit without waiting for the store's WAL flush; the primary is told a position
+      // only once the store's WAL is flushed past its batch (durable-acks.ts), and on a cluster
+      // primary once every standby has flushed it too.
+      const acks = new DurableAcks();
+      const gated = this.options.standbySlots !== undefined;
+      if (!gated) this.acked = applier.position > this.acked ? applier.position : this.acked;
+      else if (applier.position > this.acked) {
+        // What the store already holds may not have reached the standbys (a restart, a promotion).
+        acks.committed(await this.storeWalInserted(), applier.position);
+      }
       this.log.info(
         {
           upstream: `${cfg.postgres_server_address}:${cfg.postgres_port}/${cfg.postgres_database}`,
@@ -416,12 +437,13 @@ export class Replicator {
       const ap = applier;
       let inStream: number | undefined;
       let current: { skip: boolean } | undefined;
-      // Batches commit without waiting for the store's WAL flush; the primary is told a position
-      // only once the store's WAL is flushed past its batch (durable-acks.ts).
-      const acks = new DurableAcks();
       let committed = ap.position;
+      /** How far every standby has flushed the store's WAL (null: nothing bounds it). */
+      let standbysFlushed: bigint | null = gated ? 0n : null;
       const acknowledge = (flushed: bigint) => {
-        const durable = acks.flushedTo(flushed);
+        const durable = acks.flushedTo(
+          standbysFlushed !== null && standbysFlushed < flushed ? standbysFlushed : flushed,
+        );
         if (durable !== undefined && durable > this.acked) {
           this.acked = durable;
           sendStatus();
@@ -439,7 +461,11 @@ export class Replicator {
       flushTimer = setInterval(() => {
         if (!acks.waiting) return;
         this.storeWalFlushed()
-          .then(acknowledge)
+          .then(({ flushed, standbys }) => {
+            standbysFlushed = standbys;
+            this.noteStandbyWait(acks.oldestWal, standbys, flushed);
+            acknowledge(flushed);
+          })
           .catch((err) =>
             this.log.debug({ err: err.message }, "could not read the store's WAL flush position"),
           );
@@ -748,11 +774,52 @@ export class Replicator {
     return this.statusClient;
   }
 
-  /** How far the store's WAL is flushed (on the status connection: the apply one is busy). */
-  private async storeWalFlushed(): Promise<bigint> {
+  /**
+   * How far the store's WAL is flushed, and on a cluster primary how far every standby has
+   * flushed it (null: no standby slot to wait for). On the status connection: the apply one is busy.
+   */
+  private async storeWalFlushed(): Promise<{ flushed: bigint; standbys: bigint | null }> {
     const client = await this.statusConnection();
-    const { rows } = await client.query<{ lsn: string }>("SELECT pg_current_wal_flush_lsn()::text AS lsn");
+    const slots = this.options.standbySlots?.() ?? [];
+    const { rows } = await client.query<{ lsn: string; standbys: string | null }>(
+      `SELECT pg_current_wal_flush_lsn()::text AS lsn,
+              (SELECT min(restart_lsn)::text FROM pg_replication_slots
+                WHERE slot_name = ANY($1::text[]) AND slot_type = 'physical' AND wal_status IS DISTINCT FROM 'lost') AS standbys`,
+      [slots],
+    );
+    return {
+      flushed: parseLsn(rows[0].lsn),
+      standbys: rows[0].standbys === null ? null : parseLsn(rows[0].standbys),
+    };
+  }
+
+  /** Where the store's WAL ends now: everything committed so far lies before it. */
+  private async storeWalInserted(): Promise<bigint> {
+    const client = await this.statusConnection();
+    const { rows } = await client.query<{ lsn: string }>("SELECT pg_current_wal_insert_lsn()::text AS lsn");
     return parseLsn(rows[0].lsn);
+  }
+
+  /**
+   * Acknowledgements held back by the cluster's standbys for long are logged and shown in the
+   * status row: the upstream slot retains WAL meanwhile.
+   */
+  private noteStandbyWait(oldest: bigint | undefined, standbys: bigint | null, flushed: bigint): void {
+    const waiting = oldest !== undefined && standbys !== null && standbys < oldest && oldest <= flushed;
+    if (!waiting) {
+      if (this.standbyWait) {
+        this.log.info("the cluster's standbys caught up: acknowledging the primary again");
+        this.statusDirty = true;
+      }
+      this.standbyWaitSince = this.standbyWait = undefined;
+      return;
+    }
+    this.standbyWaitSince ??= Date.now();
+    if (this.standbyWait || Date.now() - this.standbyWaitSince < STANDBY_WAIT_WARN_MS) return;
+    const slots = (this.options.standbySlots?.() ?? []).join(", ");
+    this.standbyWait = `changes applied here are acknowledged upstream only once this cluster's standbys have them, and they have not for ${Math.round((Date.now() - this.standbyWaitSince) / 1000)} s (their slots ${slots} are at ${formatLsn(standbys)} in this store's WAL, the oldest waiting change at ${formatLsn(oldest)}); the upstream slot retains WAL meanwhile: bring the standbys back, or remove one that is gone for good from cluster.standby_remotes and restart`;
+    this.log.warn({ slots, standbys_flushed: formatLsn(standbys) }, this.standbyWait);
+    this.statusDirty = true;
   }
 
   /** Write the status row read by dolt_replication_status. */
@@ -805,7 +872,7 @@ export class Replicator {
           : Math.round(snapshot.total.rowsEstimate),
         snapshot?.total.bytesEstimate ?? null,
         this.slotRetainedWalBytes === undefined ? null : String(this.slotRetainedWalBytes),
-        this.warning ?? null,
+        [this.warning, this.standbyWait].filter(Boolean).join("; ") || null,
         held.text,
       ],
     );

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VariableError } from "../../src/config/variables.ts";
-import { type RewriteCatalog, rewriteSql } from "../../src/frontdoor/rewrite.ts";
+import { findRemoteCall } from "../../src/frontdoor/remote-call.ts";
+import { loadParser, type RewriteCatalog, rewriteSql } from "../../src/frontdoor/rewrite.ts";
 
 /** A catalog where table t is keyed by id, pair by (a, b), and u has no key. */
 const catalog: RewriteCatalog = {
@@ -175,4 +176,33 @@ test("a bad variable name or value is refused with what is wrong and what to wri
     /no \{database\}/,
   );
   assert.match((await refused("SHOW dolt_bogus")).message, /dolt_bogus/);
+});
+
+test("the front door's own calls are found with their literal arguments, and the name given to their result", async () => {
+  await loadParser();
+  assert.deepEqual(findRemoteCall("SELECT dolt_push('origin', 'main')"), {
+    kind: "remote",
+    fn: "dolt_push",
+    args: ["origin", "main"],
+    alias: undefined,
+  });
+  assert.deepEqual(findRemoteCall("select dolt.dolt_assume_cluster_role('primary', 2) AS result"), {
+    kind: "cluster",
+    fn: "dolt_assume_cluster_role",
+    args: ["primary", "2"],
+    star: false,
+    alias: "result",
+  });
+  assert.equal(
+    findRemoteCall("SELECT * FROM dolt_cluster_transition_to_standby(2, 1) AS t")?.alias,
+    undefined,
+  );
+  for (const text of [
+    "SELECT dolt_push($1, 'main')",
+    "SELECT dolt_push('origin', 'main'), 1",
+    "SELECT 'dolt_push(''origin'')'",
+    "SELECT other.dolt_push('origin')",
+    "SELECT * FROM dolt_push('origin')",
+  ])
+    assert.equal(findRemoteCall(text), undefined, text);
 });
