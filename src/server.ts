@@ -19,6 +19,7 @@ import { ensureDatabase, openStore, type StoreHandle } from "./store/store.ts";
 import { Replicator } from "./upstream/replicator.ts";
 import { SequenceSyncTimer } from "./upstream/sequences.ts";
 import { SlotMonitor } from "./upstream/slot-health.ts";
+import type { ClusterStandby } from "./upstream/standby-bound.ts";
 
 export interface RunningServer {
   listener: Listener;
@@ -48,7 +49,7 @@ export async function startServer(
   let frontDoor: QueryRewriter | undefined;
   let remotesApi: RemotesApi | undefined;
   const primary = new PrimaryServicesHolder(config, dataDir, log);
-  if (cluster) primary.standbySlots = () => cluster.standbySlots();
+  if (cluster) primary.standbys = () => cluster.standbys();
   try {
     await cluster?.start();
     store = await openStore(config, dataDir, log, cluster?.storeOptions());
@@ -170,8 +171,8 @@ class PrimaryServicesHolder implements PrimaryServices {
   replicator?: Replicator;
   sequenceSync?: SequenceSyncTimer;
   slotMonitor?: SlotMonitor;
-  /** A cluster node's standbys' slots, which bound what is acknowledged upstream (replicator.ts). */
-  standbySlots?: () => readonly string[];
+  /** A cluster node's standbys, which bound what is acknowledged upstream (upstream/standby-bound.ts). */
+  standbys?: () => readonly ClusterStandby[];
   private backgroundPush?: { stop(): Promise<void> };
 
   constructor(
@@ -191,7 +192,7 @@ class PrimaryServicesHolder implements PrimaryServices {
         dataDir: this.dataDir,
         history: this.history,
         log,
-        standbySlots: this.standbySlots,
+        standbys: this.standbys,
       });
       this.replicator = replicator;
       replicator.start();

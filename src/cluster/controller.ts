@@ -33,6 +33,7 @@ import {
   stopCluster,
 } from "../store/cluster.ts";
 import type { OpenStoreOptions, StoreHandle } from "../store/store.ts";
+import type { ClusterStandby } from "../upstream/standby-bound.ts";
 import { NodeKey, PeerKeys } from "./auth.ts";
 import { ControlRefusal, type ControlServer, startControlServer } from "./control-server.ts";
 import {
@@ -518,15 +519,17 @@ export class ClusterController {
   }
 
   /**
-   * The replication slots, on this node's store, of the configured standbys (by the node ids they
-   * last gave). A primary replicating from upstream acknowledges there only what every one of
-   * them has flushed (replicator.ts), so that whichever is promoted has every change the upstream
-   * slot let go. A standby whose slot is missing or lost is not waited for: it needs a base
-   * backup, which has everything.
+   * The configured standbys, each with its replication slot on this node's store once its node id
+   * is known (the one it last gave, persisted). A primary replicating from upstream acknowledges
+   * there only what every one of them has flushed (upstream/standby-bound.ts), so that whichever
+   * is promoted has every change the upstream slot let go.
    */
-  standbySlots(): string[] {
+  standbys(): ClusterStandby[] {
     const known = this.state.peers ?? {};
-    return [...this.peers.keys()].filter((name) => known[name]).map((name) => slotName(known[name]));
+    return [...this.peers.keys()].map((name) => ({
+      name,
+      slot: known[name] === undefined ? undefined : slotName(known[name]),
+    }));
   }
 
   refused(reason: string): void {
@@ -538,7 +541,12 @@ export class ClusterController {
   private rememberNodeId(peer: string, nodeId: string): void {
     if (this.state.peers?.[peer] === nodeId) return;
     this.state = { ...this.state, peers: { ...this.state.peers, [peer]: nodeId } };
-    writeNodeState(this.dataDir, this.state);
+    try {
+      writeNodeState(this.dataDir, this.state);
+    } catch (err) {
+      // Kept in memory meanwhile; written again with the next change of state.
+      this.log.warn({ peer, err: (err as Error).message }, "cluster: could not record a peer's node id");
+    }
   }
 
   private serialised<T>(work: () => Promise<T>): Promise<T> {

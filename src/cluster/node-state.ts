@@ -57,6 +57,7 @@ export function readNodeState(dataDir: string): NodeState | undefined {
     state.peers !== undefined &&
     (typeof state.peers !== "object" ||
       state.peers === null ||
+      Array.isArray(state.peers) ||
       Object.values(state.peers).some((id) => typeof id !== "string"))
   )
     throw new Error(

@@ -74,7 +74,15 @@ export function findRemoteCall(sql: string): FoundCall | undefined {
     else if (kind === "cluster" && integer !== undefined) args.push(String(integer.ival ?? 0));
     else return undefined;
   }
-  if (kind === "cluster") return { kind, fn: fn as ClusterCall, args, star, alias };
+  // dolt_cluster_transition_to_standby answers with four columns: only a one-column answer is renamed.
+  if (kind === "cluster")
+    return {
+      kind,
+      fn: fn as ClusterCall,
+      args,
+      star,
+      alias: fn === "dolt_assume_cluster_role" ? alias : undefined,
+    };
   return kind === "remote"
     ? { kind, fn: fn as RemoteCall, args, alias }
     : { kind, fn: fn as BranchCall, args, alias };

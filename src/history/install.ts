@@ -78,6 +78,12 @@ CREATE TABLE IF NOT EXISTS strata.snapshot_bases (
 CREATE OR REPLACE FUNCTION strata.key_of(row_image jsonb, key_columns text[]) RETURNS jsonb
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   AS $$ SELECT jsonb_object_agg(k, row_image -> k) FROM unnest(key_columns) AS k $$;
+-- An initial snapshot begun (replicator.ts): written before its replication slot exists, so that
+-- a replica whose store has this row but not the snapshot's commit takes the snapshot again.
+CREATE TABLE IF NOT EXISTS strata.snapshots_pending (
+  slot_name text PRIMARY KEY,
+  started_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 CREATE TABLE IF NOT EXISTS strata.resyncs (
   slot_name text PRIMARY KEY,
   lost_after_lsn pg_lsn NOT NULL,

@@ -51,6 +51,7 @@ import {
 } from "./setup.ts";
 import { inspectSlot, slotLostError } from "./slot-health.ts";
 import { cleanUpUnfinishedSnapshot, copyInitialSnapshot } from "./snapshot.ts";
+import { type ClusterStandby, leastFlushed, StandbyBound, type StandbyPosition } from "./standby-bound.ts";
 import { StreamBuffer } from "./stream-buffer.ts";
 import { copyJoiningTable } from "./table-sync.ts";
 
@@ -71,12 +72,12 @@ export interface ReplicatorOptions {
   history: boolean;
   log: Logger;
   /**
-   * On a cluster primary: the physical replication slots of its hot standbys, on the store. What
-   * is acknowledged upstream is then also bounded by how far every one of them has flushed the
-   * store's WAL, so that a standby promoted after a failover has every change the upstream slot
-   * let go (PostgreSQL 17's synchronized_standby_slots does the same for logical slots).
+   * On a cluster primary: its hot standbys. What is acknowledged upstream is then also bounded by
+   * how far every one of them has flushed the store's WAL (standby-bound.ts), so that a standby
+   * promoted after a failover has every change the upstream slot let go (PostgreSQL 17's
+   * synchronized_standby_slots does the same for logical slots).
    */
-  standbySlots?: () => readonly string[];
+  standbys?: () => readonly ClusterStandby[];
 }
 
 const BATCH_MAX_CHANGES = 5000;
@@ -116,6 +117,7 @@ export class Replicator {
   /** Set while the cluster's standbys have held acknowledgements back for long (status row). */
   private standbyWait: string | undefined;
   private standbyWaitSince: number | undefined;
+  private readonly standbyBound = new StandbyBound();
   /** The current session's held tables (for the status row). */
   private heldWork: HeldTableWork | undefined;
 
@@ -283,7 +285,13 @@ export class Replicator {
             { lsn: formatLsn(seed.lsn), file: seed.file },
             "starting replication just after the seeded WAL location",
           );
-        } else if (slotExists && (unfinished || existsSync(marker) || (await this.resyncPending(store)))) {
+        } else if (
+          slotExists &&
+          (unfinished ||
+            existsSync(marker) ||
+            (await this.resyncPending(store)) ||
+            (await this.snapshotPending(store)))
+        ) {
           await dropSlot(cfg);
           this.log.warn(
             "the previous initial snapshot did not finish; dropped its replication slot to take a new one",
@@ -296,6 +304,7 @@ export class Replicator {
       } else {
         // A snapshot that committed but was killed before removing its marker.
         rmSync(marker, { force: true });
+        await this.snapshotDone(store);
       }
       if (applier.position !== 0n && slotExists) {
         const health = await inspectSlot(cfg);
@@ -319,15 +328,24 @@ export class Replicator {
           `set postgres_replication.resync: auto to take a fresh snapshot into a new commit, start a fresh replica (an empty data_dir takes a new initial snapshot), or create the slot yourself (SELECT pg_create_logical_replication_slot('${cfg.slot_name}', 'pgoutput')) to accept the gap`,
         );
       }
+      if (!slotExists && bootstrap) {
+        mkdirSync(dirname(marker), { recursive: true });
+        writeFileSync(marker, `${new Date().toISOString()}\n`);
+        // In the store too, before the slot exists: a cluster standby promoted before it has any
+        // of the snapshot finds it there and takes the snapshot again, rather than stream from the
+        // slot into tables that never got their rows. So its standbys must have it first.
+        await store.query(
+          "INSERT INTO strata.snapshots_pending (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
+          [cfg.slot_name],
+        );
+        await this.waitForStandbys(await this.storeWalInserted(), "before creating the replication slot");
+        if (this.stopping) return;
+      }
       repl = await ReplicationConnection.open(upstreamConnectionConfig(cfg));
       this.repl = repl;
       if (this.stopping) return;
       const system = await repl.identifySystem();
       if (!slotExists) {
-        if (bootstrap) {
-          mkdirSync(dirname(marker), { recursive: true });
-          writeFileSync(marker, `${new Date().toISOString()}\n`);
-        }
         const created = await repl.createSlot(cfg.slot_name, bootstrap);
         this.log.info(
           { consistent_point: formatLsn(created.consistentPoint) },
@@ -366,6 +384,7 @@ export class Replicator {
             clearInterval(snapshotStatusTimer);
           }
           rmSync(marker, { force: true });
+          await this.snapshotDone(store);
           await applier.init();
           await this.finishResync(store, created.consistentPoint);
           // Sequences are not replicated: their values are copied now, then periodically.
@@ -388,7 +407,7 @@ export class Replicator {
       // only once the store's WAL is flushed past its batch (durable-acks.ts), and on a cluster
       // primary once every standby has flushed it too.
       const acks = new DurableAcks();
-      const gated = this.options.standbySlots !== undefined;
+      const gated = this.options.standbys !== undefined;
       if (!gated) this.acked = applier.position > this.acked ? applier.position : this.acked;
       else if (applier.position > this.acked) {
         // What the store already holds may not have reached the standbys (a restart, a promotion).
@@ -462,7 +481,9 @@ export class Replicator {
         if (!acks.waiting) return;
         this.storeWalFlushed()
           .then(({ flushed, standbys }) => {
-            standbysFlushed = standbys;
+            // A reading that comes back after its session ended acts on nothing.
+            if (flushTimer === undefined) return;
+            standbysFlushed = standbys === null ? null : leastFlushed(standbys);
             this.noteStandbyWait(acks.oldestWal, standbys, flushed);
             acknowledge(flushed);
           })
@@ -619,6 +640,8 @@ export class Replicator {
       clearInterval(statusTableTimer);
       clearInterval(heldTimer);
       clearInterval(flushTimer);
+      flushTimer = undefined;
+      this.clearStandbyWait(false);
       await stopHeldWork?.();
       await applier?.abort();
       buffer.clear();
@@ -698,6 +721,37 @@ export class Replicator {
     }
   }
 
+  private async snapshotPending(store: pg.Client): Promise<boolean> {
+    const { rowCount } = await store.query("SELECT 1 FROM strata.snapshots_pending WHERE slot_name = $1", [
+      this.options.config.slot_name,
+    ]);
+    return Boolean(rowCount);
+  }
+
+  private async snapshotDone(store: pg.Client): Promise<void> {
+    await store.query("DELETE FROM strata.snapshots_pending WHERE slot_name = $1", [
+      this.options.config.slot_name,
+    ]);
+  }
+
+  /** On a cluster primary: until every standby has flushed the store's WAL to `lsn`. */
+  private async waitForStandbys(lsn: bigint, why: string): Promise<void> {
+    if (!this.options.standbys) return;
+    let said = false;
+    while (!this.stopping) {
+      const { flushed, standbys } = await this.storeWalFlushed();
+      const least = standbys === null ? null : leastFlushed(standbys);
+      if (least === null || least >= lsn) break;
+      this.noteStandbyWait(lsn, standbys, flushed > lsn ? flushed : lsn);
+      if (!said) {
+        this.log.info(`waiting for this cluster's standbys to have the store's WAL ${why}`);
+        said = true;
+      }
+      await new Promise((r) => setTimeout(r, DURABLE_CHECK_MS * 2));
+    }
+    this.clearStandbyWait(said);
+  }
+
   private async resyncPending(store: pg.Client): Promise<boolean> {
     const { rowCount } = await store.query("SELECT 1 FROM strata.resyncs WHERE slot_name = $1", [
       this.options.config.slot_name,
@@ -775,21 +829,35 @@ export class Replicator {
   }
 
   /**
-   * How far the store's WAL is flushed, and on a cluster primary how far every standby has
-   * flushed it (null: no standby slot to wait for). On the status connection: the apply one is busy.
+   * How far the store's WAL is flushed, and on a cluster primary how far each standby has flushed
+   * it (null: not a cluster primary). On the status connection: the apply one is busy.
    */
-  private async storeWalFlushed(): Promise<{ flushed: bigint; standbys: bigint | null }> {
+  private async storeWalFlushed(): Promise<{ flushed: bigint; standbys: StandbyPosition[] | null }> {
     const client = await this.statusConnection();
-    const slots = this.options.standbySlots?.() ?? [];
-    const { rows } = await client.query<{ lsn: string; standbys: string | null }>(
+    const standbys = this.options.standbys?.();
+    const { rows } = await client.query<{ lsn: string; slots: SlotJson[] }>(
       `SELECT pg_current_wal_flush_lsn()::text AS lsn,
-              (SELECT min(restart_lsn)::text FROM pg_replication_slots
-                WHERE slot_name = ANY($1::text[]) AND slot_type = 'physical' AND wal_status IS DISTINCT FROM 'lost') AS standbys`,
-      [slots],
+              (SELECT coalesce(json_agg(json_build_object('slot', s.slot_name, 'lost', coalesce(s.wal_status = 'lost', false),
+                                                          'restart', s.restart_lsn::text, 'flush', r.flush_lsn::text)), '[]'::json)
+                 FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+                WHERE s.slot_name = ANY($1::text[]) AND s.slot_type = 'physical') AS slots`,
+      [(standbys ?? []).flatMap((s) => (s.slot ? [s.slot] : []))],
     );
+    const lsn = (text: string | null) => (text === null ? null : parseLsn(text));
     return {
       flushed: parseLsn(rows[0].lsn),
-      standbys: rows[0].standbys === null ? null : parseLsn(rows[0].standbys),
+      standbys:
+        standbys === undefined
+          ? null
+          : this.standbyBound.positions(
+              standbys,
+              rows[0].slots.map((r) => ({
+                slot: r.slot,
+                lost: r.lost,
+                restartLsn: lsn(r.restart),
+                streamingFlush: lsn(r.flush),
+              })),
+            ),
     };
   }
 
@@ -804,22 +872,33 @@ export class Replicator {
    * Acknowledgements held back by the cluster's standbys for long are logged and shown in the
    * status row: the upstream slot retains WAL meanwhile.
    */
-  private noteStandbyWait(oldest: bigint | undefined, standbys: bigint | null, flushed: bigint): void {
-    const waiting = oldest !== undefined && standbys !== null && standbys < oldest && oldest <= flushed;
-    if (!waiting) {
-      if (this.standbyWait) {
-        this.log.info("the cluster's standbys caught up: acknowledging the primary again");
-        this.statusDirty = true;
-      }
-      this.standbyWaitSince = this.standbyWait = undefined;
+  private noteStandbyWait(
+    oldest: bigint | undefined,
+    standbys: StandbyPosition[] | null,
+    flushed: bigint,
+  ): void {
+    const behind =
+      oldest === undefined || oldest > flushed ? [] : (standbys ?? []).filter((p) => p.flushed < oldest);
+    if (behind.length === 0 || oldest === undefined) {
+      this.clearStandbyWait(true);
       return;
     }
     this.standbyWaitSince ??= Date.now();
     if (this.standbyWait || Date.now() - this.standbyWaitSince < STANDBY_WAIT_WARN_MS) return;
-    const slots = (this.options.standbySlots?.() ?? []).join(", ");
-    this.standbyWait = `changes applied here are acknowledged upstream only once this cluster's standbys have them, and they have not for ${Math.round((Date.now() - this.standbyWaitSince) / 1000)} s (their slots ${slots} are at ${formatLsn(standbys)} in this store's WAL, the oldest waiting change at ${formatLsn(oldest)}); the upstream slot retains WAL meanwhile: bring the standbys back, or remove one that is gone for good from cluster.standby_remotes and restart`;
-    this.log.warn({ slots, standbys_flushed: formatLsn(standbys) }, this.standbyWait);
+    const which = behind
+      .map((p) => `${p.name} (${p.unknown ?? `at ${formatLsn(p.flushed)} in this store's WAL`})`)
+      .join(", ");
+    this.standbyWait = `changes applied here are acknowledged upstream only once every standby of this cluster has them, and for ${Math.round((Date.now() - this.standbyWaitSince) / 1000)} s these have not: ${which}, where the oldest waiting change ends at ${formatLsn(oldest)}; the upstream slot retains WAL meanwhile: bring them back, or remove one that is gone for good from cluster.standby_remotes and restart`;
+    this.log.warn({ standbys: behind.map((p) => p.name) }, this.standbyWait);
     this.statusDirty = true;
+  }
+
+  private clearStandbyWait(caughtUp: boolean): void {
+    if (this.standbyWait) {
+      if (caughtUp) this.log.info("the cluster's standbys caught up: acknowledging upstream again");
+      this.statusDirty = true;
+    }
+    this.standbyWaitSince = this.standbyWait = undefined;
   }
 
   /** Write the status row read by dolt_replication_status. */
@@ -877,6 +956,14 @@ export class Replicator {
       ],
     );
   }
+}
+
+/** A standby slot as storeWalFlushed's query returns it. */
+interface SlotJson {
+  slot: string;
+  lost: boolean;
+  restart: string | null;
+  flush: string | null;
 }
 
 function isDataMessage(msg: PgoutputMessage): msg is Extract<PgoutputMessage, { xid?: number }> & {

@@ -5,8 +5,13 @@
 //   partition   the primary goes on applying upstream changes, but does not acknowledge them
 //               upstream while its standby does not have them
 //   failover    the primary is SIGKILLed and the standby promoted: it streams from the upstream
-//               slot where its own store ends, and ends up with every change, each applied once
-//   rejoin      the old primary, restarted, is rewound and follows, with the same history
+//               slot where its own store ends, and ends up with every change, each applied once;
+//               it acknowledges nothing upstream while its standby (the old primary) is down
+//   rejoin      the old primary, restarted, is rewound and follows, with the same history, and
+//               acknowledgements resume
+//
+// And an initial snapshot begun while the standby is cut off: no upstream slot is made until the
+// standby knows of the snapshot, and the standby, promoted, takes the snapshot itself.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { parseLsn } from "../../src/protocol/lsn.ts";
@@ -22,6 +27,18 @@ import { startPrimary, TEST_PASSWORD, TEST_USER, type TestCluster, waitFor } fro
 import { waitForSameRows } from "../support/strata.ts";
 
 const SLOT = "strata_cluster_slot";
+
+/** Both nodes replicate from `upstream` (only the primary's replicator runs). */
+const replicationConfig = (upstream: TestCluster) => ({
+  postgres_server_address: upstream.host,
+  postgres_port: upstream.port,
+  postgres_user: TEST_USER,
+  postgres_password: TEST_PASSWORD,
+  postgres_database: "postgres",
+  slot_name: SLOT,
+  status_interval_ms: 200,
+  reconnect_max_delay_ms: 500,
+});
 
 describe("cluster: a primary replicating from upstream, and a failover", { timeout: 240_000 }, () => {
   let upstream: TestCluster;
@@ -59,18 +76,7 @@ describe("cluster: a primary replicating from upstream, and a failover", { timeo
         { name: "a", bootstrap_role: "primary" },
         { name: "b", bootstrap_role: "standby" },
       ],
-      () => ({
-        postgres_replication: {
-          postgres_server_address: upstream.host,
-          postgres_port: upstream.port,
-          postgres_user: TEST_USER,
-          postgres_password: TEST_PASSWORD,
-          postgres_database: "postgres",
-          slot_name: SLOT,
-          status_interval_ms: 200,
-          reconnect_max_delay_ms: 500,
-        },
-      }),
+      () => ({ postgres_replication: replicationConfig(upstream) }),
       { faults: true },
     );
     await Promise.all([a.strata.start(), b.strata.start()]);
@@ -116,17 +122,20 @@ describe("cluster: a primary replicating from upstream, and a failover", { timeo
       async () => (await upstreamCommits(b)) >= next - 1,
     );
     assert.equal(await upstreamCommits(b), next - 1);
-    // Later changes follow, and are acknowledged upstream again.
-    const end = await insertRows(3);
+    // Later changes follow; they are acknowledged upstream only once the old primary, now to be
+    // its standby, has them too.
+    const before = await slotConfirmed();
+    await insertRows(3);
     await waitForSameRows(upstream, b.strata, "items", "id");
-    await waitFor("the upstream slot to be acknowledged", async () => (await slotConfirmed()) >= end);
+    assert.equal(await slotConfirmed(), before);
   });
 
   it("rejoin: the old primary is rewound and follows, with the new primary's history", async () => {
     heal(a, b);
     await a.strata.start();
     await waitForRole(a, "standby@2", 60_000);
-    await insertRows(2);
+    const end = await insertRows(2);
+    await waitFor("the upstream slot to be acknowledged again", async () => (await slotConfirmed()) >= end);
     await waitForSameRows(upstream, b.strata, "items", "id");
     await waitForSameRows(upstream, a.strata, "items", "id");
     const log = async (node: ClusterNode) =>
@@ -135,5 +144,61 @@ describe("cluster: a primary replicating from upstream, and a failover", { timeo
       );
     await waitFor("the same history on both", async () => (await log(a)) === (await log(b)));
     assert.equal(await upstreamCommits(a), next - 1);
+  });
+});
+
+describe("cluster: the initial snapshot while the standby is cut off", { timeout: 240_000 }, () => {
+  let upstream: TestCluster;
+  let a: ClusterNode;
+  let b: ClusterNode;
+
+  before(async () => {
+    upstream = await startPrimary();
+    await upstream.query("CREATE TABLE items (id int PRIMARY KEY, v text)");
+    await upstream.query("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 500) g");
+    // Down at first: the standby takes its base backup before the primary can start a snapshot.
+    await upstream.stopServer();
+    [a, b] = await createClusterNodes(
+      [
+        { name: "a", bootstrap_role: "primary" },
+        { name: "b", bootstrap_role: "standby" },
+      ],
+      () => ({ postgres_replication: replicationConfig(upstream) }),
+      { faults: true },
+    );
+    await Promise.all([a.strata.start(), b.strata.start()]);
+    await waitForRole(b, "standby@1", 60_000);
+  });
+
+  after(async () => {
+    await destroyClusterNodes([a, b]);
+    await upstream?.stop();
+  });
+
+  it("the primary makes no slot its standby does not know of; the promoted standby takes the snapshot itself", async () => {
+    const waiting =
+      "waiting for this cluster's standbys to have the store's WAL before creating the replication slot";
+    partition(a, b);
+    await upstream.startServer();
+    await waitFor("the primary to wait for its standby before making the slot", async () =>
+      a.strata.logs.includes(waiting),
+    );
+    assert.deepEqual(await upstream.query("SELECT slot_name FROM pg_replication_slots"), []);
+    await a.strata.kill();
+    await b.strata.query("SELECT dolt_assume_cluster_role('primary', 2)");
+    await waitForRole(b, "primary@2");
+    // The new primary waits in turn for its own standby, the old primary, which rejoins.
+    await waitFor("the new primary to wait for its standby", async () => b.strata.logs.includes(waiting));
+    heal(a, b);
+    await a.strata.start();
+    await waitForRole(a, "standby@2", 60_000);
+    await waitForSameRows(upstream, b.strata, "items", "id");
+    await upstream.query("INSERT INTO items VALUES (501, 'after')");
+    await waitForSameRows(upstream, b.strata, "items", "id");
+    await waitForSameRows(upstream, a.strata, "items", "id");
+    const snapshots = await b.strata.query(
+      "SELECT message FROM dolt_log WHERE message LIKE 'initial snapshot at %'",
+    );
+    assert.equal(snapshots.length, 1, "the promoted standby's history starts with its own snapshot");
   });
 });
