@@ -18,7 +18,7 @@ export interface NodeState {
   /**
    * The node id each peer (by standby_remotes name) last said it has: names its replication slot
    * on this node's store, whose position bounds what a replicating primary acknowledges upstream
-   * (controller.ts standbySlots). Kept here so a peer that is down at a restart still counts.
+   * (controller.ts standbys()). Kept here so a peer that is down at a restart still counts.
    */
   peers?: Record<string, string>;
 }

@@ -31,6 +31,17 @@ import { WORKING_SET_SQL } from "./working-set-sql.ts";
 
 export const SCHEMA_VERSION = 1;
 
+/**
+ * An initial snapshot begun (replicator.ts): written before its replication slot exists, so that a
+ * replica whose store has this row but not the snapshot's commit takes the snapshot again. The
+ * replicator also makes it itself: a cluster standby promoted under a newer Strata than its old
+ * primary's has the older schema.
+ */
+export const SNAPSHOTS_PENDING = `CREATE TABLE IF NOT EXISTS strata.snapshots_pending (
+  slot_name text PRIMARY KEY,
+  started_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);`;
+
 const INSTALL = `
 CREATE SCHEMA IF NOT EXISTS strata;
 CREATE SCHEMA IF NOT EXISTS dolt;
@@ -78,12 +89,7 @@ CREATE TABLE IF NOT EXISTS strata.snapshot_bases (
 CREATE OR REPLACE FUNCTION strata.key_of(row_image jsonb, key_columns text[]) RETURNS jsonb
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   AS $$ SELECT jsonb_object_agg(k, row_image -> k) FROM unnest(key_columns) AS k $$;
--- An initial snapshot begun (replicator.ts): written before its replication slot exists, so that
--- a replica whose store has this row but not the snapshot's commit takes the snapshot again.
-CREATE TABLE IF NOT EXISTS strata.snapshots_pending (
-  slot_name text PRIMARY KEY,
-  started_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+${SNAPSHOTS_PENDING}
 CREATE TABLE IF NOT EXISTS strata.resyncs (
   slot_name text PRIMARY KEY,
   lost_after_lsn pg_lsn NOT NULL,

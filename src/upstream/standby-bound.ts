@@ -8,8 +8,8 @@
 // standby. So a standby counts by the flush it reports while it streams (pg_stat_replication),
 // and, once it has reported one to this store since this process began, by its slot's restart_lsn
 // while it does not. Until then, and while its node id or its slot is unknown, it holds
-// everything back. A lost slot is not waited for: its standby needs a new base backup, which holds
-// everything.
+// everything back. So does a lost slot (as with PostgreSQL 17's synchronized_standby_slots): its
+// standby can no longer stream, but it could still be promoted with what it has.
 
 /** One configured standby: its standby_remotes name, and its slot's name once its node id is known. */
 export interface ClusterStandby {
@@ -38,10 +38,7 @@ export class StandbyBound {
   /** Slots whose standby has reported a flush to this store since this object was made. */
   private readonly reported = new Set<string>();
 
-  /**
-   * Each standby waited for, with how far it has flushed. Those not waited for (lost slots) are
-   * left out; an empty list means nothing bounds the acknowledgements.
-   */
+  /** Each standby, with how far it has flushed; an empty list means nothing bounds the acknowledgements. */
   positions(standbys: readonly ClusterStandby[], rows: readonly StandbySlotRow[]): StandbyPosition[] {
     const bySlot = new Map(rows.map((r) => [r.slot, r]));
     const positions: StandbyPosition[] = [];
@@ -50,7 +47,7 @@ export class StandbyBound {
         positions.push({
           name: standby.name,
           flushed: 0n,
-          unknown: "not heard from since this node has run",
+          unknown: "never heard from by this node, so its slot is not known",
         });
         continue;
       }
@@ -63,7 +60,14 @@ export class StandbyBound {
         });
         continue;
       }
-      if (row.lost) continue;
+      if (row.lost) {
+        positions.push({
+          name: standby.name,
+          flushed: 0n,
+          unknown: `its slot ${row.slot} was lost (this store removed WAL it still needed): stop it, empty its data directory and start it again, to take a new base backup`,
+        });
+        continue;
+      }
       if (row.streamingFlush !== null) {
         this.reported.add(row.slot);
         positions.push({ name: standby.name, flushed: row.streamingFlush });

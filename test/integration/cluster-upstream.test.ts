@@ -95,7 +95,6 @@ describe("cluster: a primary replicating from upstream, and a failover", { timeo
   });
 
   it("partition: the primary applies upstream changes but acknowledges none its standby lacks", async () => {
-    const before = await slotConfirmed();
     partition(a, b);
     const end = await insertRows(10);
     await waitForSameRows(upstream, a.strata, "items", "id");
@@ -107,7 +106,6 @@ describe("cluster: a primary replicating from upstream, and a failover", { timeo
       assert.ok(confirmed < end, `the upstream slot stays before the standby's gap (${confirmed} < ${end})`);
       await new Promise((r) => setTimeout(r, 100));
     }
-    assert.equal(await slotConfirmed(), before, "nothing was acknowledged while the standby was cut off");
   });
 
   it("failover: the promoted standby streams from where its store ends, every change once", async () => {

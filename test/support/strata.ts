@@ -71,6 +71,9 @@ export class StrataProcess {
       // As bin/strata.js runs it: a small young generation keeps the memory bound.
       [
         "--max-semi-space-size=4",
+        // Extra node flags for Strata alone, e.g. STRATA_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"
+        // to profile it in a test or benchmark (NODE_OPTIONS refuses --cpu-prof).
+        ...(process.env.STRATA_NODE_ARGS ?? "").split(" ").filter(Boolean),
         "--import",
         "tsx",
         join(ROOT, "src/cli/main.ts"),

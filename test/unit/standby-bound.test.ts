@@ -27,21 +27,21 @@ test("a streaming standby counts by the flush it reports, and afterwards by its 
   ]);
 });
 
-test("an unknown node id or a missing slot holds everything back; a lost slot is not waited for", () => {
+test("an unknown node id, a missing slot or a lost one holds everything back", () => {
   const bound = new StandbyBound();
   const positions = bound.positions(
     [{ name: "b" }, { name: "c", slot: "strata_standby_c" }, { name: "d", slot: "strata_standby_d" }],
     [slot("strata_standby_d", { lost: true, restartLsn: 10n })],
   );
-  assert.deepEqual(positions, [
-    { name: "b", flushed: 0n, unknown: "not heard from since this node has run" },
-    { name: "c", flushed: 0n, unknown: "its slot strata_standby_c does not exist yet" },
-  ]);
-  assert.equal(leastFlushed(positions), 0n);
   assert.deepEqual(
-    bound.positions([{ name: "d", slot: "strata_standby_d" }], [slot("strata_standby_d", { lost: true })]),
-    [],
+    positions.map((p) => [p.name, p.flushed, p.unknown?.replace(/ \(.*/, "")]),
+    [
+      ["b", 0n, "never heard from by this node, so its slot is not known"],
+      ["c", 0n, "its slot strata_standby_c does not exist yet"],
+      ["d", 0n, "its slot strata_standby_d was lost"],
+    ],
   );
+  assert.equal(leastFlushed(positions), 0n);
 });
 
 test("the bound is the least standby's position, and none without standbys", () => {
