@@ -113,8 +113,14 @@ export interface DdlMessage {
  */
 interface PendingRun {
   target: TargetTable;
-  /** The rows' keys (no key twice in a run: rows are matched back by key); empty for a keyless table. */
-  keys: Set<string>;
+  /**
+   * The rows' keys, each with the index of its first row (no key twice in a run of inserts: rows
+   * are matched back by key; in a run of updates, a key updated again is collapsed); empty for a
+   * keyless table.
+   */
+  keys: Map<string, number>;
+  /** Per row, the index of its key in `keys` (updates). */
+  groups: number[];
   /** Per column of the target, the rows' (new) values as text. */
   columns: (string | null)[][];
   seqs: string[];
@@ -1111,7 +1117,8 @@ export class Applier {
   private newRun(target: TargetTable): PendingRun {
     return {
       target,
-      keys: new Set(),
+      keys: new Map(),
+      groups: [],
       columns: target.columns.map(() => []),
       seqs: [],
       ords: [],
@@ -1122,7 +1129,12 @@ export class Applier {
 
   /** A row of the open commit joins a run (its values are text: see batchable/updateBatchable). */
   private addToRun(run: PendingRun, key: string, tuple: TupleData, ord: number): void {
-    run.keys.add(key);
+    let group = run.keys.get(key);
+    if (group === undefined) {
+      group = run.keys.size;
+      run.keys.set(key, group);
+    }
+    run.groups.push(group);
     for (let i = 0; i < tuple.length; i++) run.columns[i].push(tuple[i] as string | null);
     run.seqs.push(String(this.seq + 1n));
     run.ords.push(ord);
@@ -1152,8 +1164,11 @@ export class Applier {
     const run = this.pendingInserts;
     if (!run) return;
     this.pendingInserts = undefined;
-    // One run in flight at a time: memory stays bounded, and a failure is reported promptly.
-    await this.settle();
+    // One run in flight at a time: memory stays bounded, and a failure is reported promptly. The
+    // other tables' pending runs of updates stay pending (changes to different tables commute
+    // within a batch): sending them now would cut them short wherever inserts into two tables
+    // interleave.
+    await this.drain();
     const { target } = run;
     const n = target.columns.length;
     let sql = target.sqlCache.get("I*");
@@ -1214,6 +1229,11 @@ export class Applier {
   private async settle(): Promise<void> {
     if (this.pendingInserts) await this.flushInserts();
     for (const target of [...this.pendingUpdates.keys()]) await this.flushUpdates(target);
+    await this.drain();
+  }
+
+  /** Wait for the statements sent so far (not the pending runs); report a failure among them. */
+  private async drain(): Promise<void> {
     // The client runs statements in order, so the last one done means all are.
     await this.inflight;
     this.inflight = undefined;
@@ -1247,6 +1267,7 @@ export class Applier {
     const run = this.pendingUpdates.get(target);
     if (!run) return;
     this.pendingUpdates.delete(target);
+    if (run.keys.size < run.seqs.length) return this.flushCollapsedUpdates(target, run);
     let sql = target.sqlCache.get("U*");
     if (!sql) {
       const aliases = target.columns.map((_, i) => `strata_c${i}`);
@@ -1286,6 +1307,90 @@ export class Applier {
           throw withLsn(
             new ApplyError(
               `${expected - (result.rowCount ?? 0)} of ${expected} rows to update are missing on the replica`,
+              `the replica table ${target.rel} diverged from the primary (rows were changed or removed on the replica); restore them or re-seed the table, then replication resumes`,
+              { table: target.rel },
+            ),
+            lsn,
+          );
+      },
+      target.rel,
+      run.bytes,
+    );
+  }
+
+  /**
+   * A run of updates in which some rows are updated more than once (pgbench's branches, say):
+   * each row is written once, with its last values, and history still gets every version. A
+   * version's image after is the stored row with that update's values; its image before is the
+   * previous version's after, or for the first, the row as it was. Only for tables whose columns
+   * are all replicated (update), so those values are the whole row.
+   */
+  private async flushCollapsedUpdates(target: TargetTable, run: PendingRun): Promise<void> {
+    const history = this.options.history;
+    let sql = target.sqlCache.get("U+");
+    if (!sql) {
+      const aliases = target.columns.map((_, i) => `strata_c${i}`);
+      const arrays = target.columns.map((_, i) => `$${i + 5}::text[]`).join(", ");
+      const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[], ${arrays})
+                       AS u(strata_seq, strata_ord, strata_group, strata_last, ${aliases.join(", ")}))`;
+      const match = target.keyIndexes
+        .map(
+          (i) => `strata_s.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
+        )
+        .join(" AND ");
+      const assignments = target.columns
+        .map((c, i) => `${c.quoted} = strata_o.${aliases[i]}::${c.type}`)
+        .join(", ");
+      // jsonb_build_object takes at most 100 arguments: 50 columns a call.
+      const values: string[] = [];
+      for (let i = 0; i < target.columns.length; i += 50)
+        values.push(
+          `jsonb_build_object(${target.columns
+            .slice(i, i + 50)
+            .map((c, j) => `'${c.name.replace(/'/g, "''")}', strata_i.${aliases[i + j]}::${c.type}`)
+            .join(", ")})`,
+        );
+      const n = target.columns.length;
+      sql = history
+        ? `WITH ${input},
+                strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid, to_jsonb(strata_s.*) AS strata_old, strata_in.*
+                               FROM ${target.qualified} strata_s JOIN strata_in ON ${match} WHERE strata_in.strata_last),
+                strata_u AS (UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}
+                      RETURNING strata_o.strata_group, strata_o.strata_old, to_jsonb(strata_t.*) AS strata_new, ${target.keyJson("strata_t")} AS strata_key),
+                strata_v AS (SELECT strata_i.strata_seq, strata_i.strata_ord, strata_i.strata_group, strata_u.strata_key, strata_u.strata_old,
+                                    CASE WHEN strata_i.strata_last THEN strata_u.strata_new ELSE strata_u.strata_new || ${values.join(" || ")} END AS strata_img
+                               FROM strata_in strata_i JOIN strata_u ON strata_u.strata_group = strata_i.strata_group)
+           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row, new_row)
+           SELECT strata_seq, strata_ord, $${n + 5}::text, 'U', strata_key,
+                  coalesce(lag(strata_img) OVER (PARTITION BY strata_group ORDER BY strata_seq, strata_ord), strata_old), strata_img
+             FROM strata_v`
+        : `WITH ${input},
+                strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid, strata_in.*
+                               FROM ${target.qualified} strata_s JOIN strata_in ON ${match} WHERE strata_in.strata_last)
+           UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}`;
+      target.sqlCache.set("U+", sql);
+    }
+    const last = new Array<boolean>(run.groups.length).fill(false);
+    const seen = new Set<number>();
+    for (let i = run.groups.length - 1; i >= 0; i--) {
+      if (seen.has(run.groups[i])) continue;
+      seen.add(run.groups[i]);
+      last[i] = true;
+    }
+    const params: unknown[] = [run.seqs, run.ords, run.groups, last, ...run.columns];
+    if (history) params.push(target.rel);
+    // With history, one history row per update; without, one row updated per key.
+    const expected = history ? run.seqs.length : run.keys.size;
+    const lsn = run.firstLsn;
+    await this.enqueue(
+      this.exec(sql, params),
+      (result) => {
+        if (result.rowCount !== expected)
+          throw withLsn(
+            new ApplyError(
+              history
+                ? `${expected - (result.rowCount ?? 0)} of ${expected} updates found no row on the replica`
+                : `${expected - (result.rowCount ?? 0)} of ${expected} rows to update are missing on the replica`,
               `the replica table ${target.rel} diverged from the primary (rows were changed or removed on the replica); restore them or re-seed the table, then replication resumes`,
               { table: target.rel },
             ),
@@ -1356,7 +1461,9 @@ export class Applier {
     if (this.updateBatchable(target, msg)) {
       const key = JSON.stringify(target.keyIndexes.map((i) => msg.newTuple[i]));
       let run = this.pendingUpdates.get(target);
-      if (run?.keys.has(key)) {
+      // A key updated again joins the run too (flushUpdates collapses it), where every version
+      // of the row can be written to history from the run's own values.
+      if (run?.keys.has(key) && !target.onlyReplicatedColumns) {
         await this.flushUpdates(target);
         run = undefined;
       }
@@ -1457,7 +1564,7 @@ export class Applier {
     );
     this.queued++;
     this.queuedBytes += bytes;
-    if (this.queued >= QUEUE_MAX_STATEMENTS || this.queuedBytes >= QUEUE_MAX_BYTES) await this.settle();
+    if (this.queued >= QUEUE_MAX_STATEMENTS || this.queuedBytes >= QUEUE_MAX_BYTES) await this.drain();
   }
 
   private missingRow(target: TargetTable, what: string, identity: TupleData): never {

@@ -35,6 +35,12 @@ export interface TargetTable {
   keyJson: (alias: string) => string;
   /** A partitioned table on the replica (TRUNCATE cannot take ONLY). */
   partitioned: boolean;
+  /**
+   * Every column of the replica table is a replicated one (no extra or generated columns): a
+   * row's image in history is then exactly its replicated values, which lets a run of updates
+   * write intermediate versions of a row it updates more than once (applier.ts flushUpdates).
+   */
+  onlyReplicatedColumns: boolean;
   sqlCache: Map<string, string>;
 }
 
@@ -227,6 +233,7 @@ export async function resolveTarget(
     keyIndexes,
     keyJson,
     sqlCache: new Map(),
+    onlyReplicatedColumns: replica.length === columns.length,
     partitioned:
       (
         await client.query("SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", [

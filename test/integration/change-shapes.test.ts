@@ -258,3 +258,45 @@ test("history equals the transactions that ran", async () => {
   );
   assert.equal(Number(moved[0].n), 4, "two updates moved keys: one row, then three");
 });
+
+test("a row updated again within a batch is written once, and history keeps every version in order", async () => {
+  await primary.query("CREATE TABLE counter (id int PRIMARY KEY, n int, label text)");
+  await primary.query("INSERT INTO counter VALUES (1, 0, 'a'), (2, 0, 'b')");
+  await waitForSameRows(primary, strata, "counter", "id");
+  const bump = "UPDATE counter SET n = n + 1, label = 'v' || (n + 1) WHERE id = $1";
+  // One transaction updating the same rows several times (one run of updates), then many small
+  // transactions sent back to back (batched together as they arrive).
+  const client = await primary.connect();
+  try {
+    await client.query("BEGIN");
+    for (const id of [1, 2, 1, 1, 2]) await client.query(bump, [id]);
+    await client.query("COMMIT");
+    await Promise.all(Array.from({ length: 30 }, (_, i) => client.query(bump, [(i % 2) + 1])));
+  } finally {
+    await client.end();
+  }
+  await waitForSameRows(primary, strata, "counter", "id");
+  const versions = await strata.query<{
+    id: string;
+    old_row: { n: number };
+    new_row: { n: number; label: string };
+  }>(
+    "SELECT row_key->>'id' AS id, old_row, new_row FROM strata.changes WHERE rel = 'public.counter' AND op = 'U' ORDER BY commit_seq, ord",
+  );
+  for (const id of ["1", "2"]) {
+    const mine = versions.filter((v) => v.id === id);
+    assert.equal(mine.length, id === "1" ? 18 : 17, `every update of row ${id} is a version`);
+    let before: unknown = { id: Number(id), n: 0, label: id === "1" ? "a" : "b" };
+    for (const [i, v] of mine.entries()) {
+      assert.deepEqual(
+        v.old_row,
+        before,
+        `row ${id}, version ${i + 1}: its image before is the version before`,
+      );
+      assert.deepEqual(v.new_row, { id: Number(id), n: i + 1, label: `v${i + 1}` });
+      before = v.new_row;
+    }
+    const [now] = await strata.query("SELECT to_jsonb(c) AS row FROM counter c WHERE id = $1", [id]);
+    assert.deepEqual(now.row, before, `row ${id}'s last version is the row as it stands`);
+  }
+});
