@@ -87,6 +87,13 @@ export interface ApplierOptions {
    * it in the background (see held-tables.ts). Without it, such a table starts empty.
    */
   copyJoiningTables?: boolean;
+  /**
+   * The store session applies as a replica (session_replication_role = replica: it needs a
+   * superuser): the replica's foreign keys and ordinary triggers do not fire on applied rows.
+   * Only then may changes to different tables be sent out of their stream order, and a row
+   * updated several times in a batch be written once.
+   */
+  replicaRole?: boolean;
 }
 
 /** Held changes replayed per store transaction. */
@@ -1164,11 +1171,12 @@ export class Applier {
     const run = this.pendingInserts;
     if (!run) return;
     this.pendingInserts = undefined;
-    // One run in flight at a time: memory stays bounded, and a failure is reported promptly. The
-    // other tables' pending runs of updates stay pending (changes to different tables commute
-    // within a batch): sending them now would cut them short wherever inserts into two tables
-    // interleave.
-    await this.drain();
+    // One run in flight at a time: memory stays bounded, and a failure is reported promptly. As a
+    // replica, the other tables' pending runs of updates stay pending (changes to different
+    // tables commute within a batch when no foreign key is checked): sending them now would cut
+    // them short wherever inserts into two tables interleave.
+    if (this.options.replicaRole) await this.drain();
+    else await this.settle();
     const { target } = run;
     const n = target.columns.length;
     let sql = target.sqlCache.get("I*");
@@ -1230,6 +1238,14 @@ export class Applier {
     if (this.pendingInserts) await this.flushInserts();
     for (const target of [...this.pendingUpdates.keys()]) await this.flushUpdates(target);
     await this.drain();
+  }
+
+  /**
+   * Whether a run of updates may collapse a key updated again (flushCollapsedUpdates): applying
+   * as a replica, to a table whose columns are all replicated and whose row triggers do not fire.
+   */
+  private collapsible(target: TargetTable): boolean {
+    return Boolean(this.options.replicaRole) && target.onlyReplicatedColumns && !target.replicaRowTriggers;
   }
 
   /** Wait for the statements sent so far (not the pending runs); report a failure among them. */
@@ -1463,7 +1479,7 @@ export class Applier {
       let run = this.pendingUpdates.get(target);
       // A key updated again joins the run too (flushUpdates collapses it), where every version
       // of the row can be written to history from the run's own values.
-      if (run?.keys.has(key) && !target.onlyReplicatedColumns) {
+      if (run?.keys.has(key) && !this.collapsible(target)) {
         await this.flushUpdates(target);
         run = undefined;
       }
@@ -1564,7 +1580,7 @@ export class Applier {
     );
     this.queued++;
     this.queuedBytes += bytes;
-    if (this.queued >= QUEUE_MAX_STATEMENTS || this.queuedBytes >= QUEUE_MAX_BYTES) await this.drain();
+    if (this.queued >= QUEUE_MAX_STATEMENTS || this.queuedBytes >= QUEUE_MAX_BYTES) await this.settle();
   }
 
   private missingRow(target: TargetTable, what: string, identity: TupleData): never {

@@ -41,6 +41,11 @@ export interface TargetTable {
    * write intermediate versions of a row it updates more than once (applier.ts flushUpdates).
    */
   onlyReplicatedColumns: boolean;
+  /**
+   * Row triggers on the replica table that fire even under session_replication_role = replica
+   * (ENABLE ALWAYS or ENABLE REPLICA): they may change what is stored.
+   */
+  replicaRowTriggers: boolean;
   sqlCache: Map<string, string>;
 }
 
@@ -234,6 +239,12 @@ export async function resolveTarget(
     keyJson,
     sqlCache: new Map(),
     onlyReplicatedColumns: replica.length === columns.length,
+    replicaRowTriggers: (
+      await client.query(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgenabled IN ('A', 'R') AND (tgtype & 1) = 1) AS any",
+        [`${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`],
+      )
+    ).rows[0].any,
     partitioned:
       (
         await client.query("SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", [

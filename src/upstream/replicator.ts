@@ -247,11 +247,15 @@ export class Replicator {
     try {
       // A batch is visible as soon as it commits; it is acknowledged once durable (durable-acks.ts).
       await store.query("SET synchronous_commit = off");
-      await store.query("SET session_replication_role = replica").catch(() => {
-        this.log.warn(
-          "cannot set session_replication_role = replica on the store (not a superuser): replica triggers will fire",
-        );
-      });
+      const replicaRole = await store.query("SET session_replication_role = replica").then(
+        () => true,
+        () => {
+          this.log.warn(
+            "cannot set session_replication_role = replica on the store (not a superuser): replica triggers will fire",
+          );
+          return false;
+        },
+      );
       applier = new Applier(store, {
         slot: cfg.slot_name,
         history: this.options.history,
@@ -261,6 +265,7 @@ export class Replicator {
         upstreamAttnums: (relid) => upstreamAttnums(cfg, relid),
         upstreamMissingValues: (relid, columns) => upstreamMissingValues(cfg, relid, columns),
         copyJoiningTables: !upstream.publicationAllTables,
+        replicaRole,
       });
       await applier.init();
       // A replica with no position and no slot takes an initial snapshot. The marker file says a
@@ -551,10 +556,10 @@ export class Replicator {
           const msg = decodePgoutput(message.data, { inStream: inStream !== undefined });
           switch (msg.tag) {
             case "Begin":
-              if (ap.hasUnflushed && Date.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
+              if (ap.hasUnflushed && performance.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
               current = { skip: msg.finalLsn < ap.position };
               if (!current.skip) {
-                if (!ap.hasUnflushed) batchStartedAt = Date.now();
+                if (!ap.hasUnflushed) batchStartedAt = performance.now();
                 ap.beginTransaction({
                   xid: msg.xid,
                   commitLsn: msg.finalLsn,
@@ -566,7 +571,10 @@ export class Replicator {
               if (current && !current.skip) {
                 await ap.commitTransaction(msg.endLsn);
                 this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
-                if (ap.batchChanges >= BATCH_MAX_CHANGES || Date.now() - batchStartedAt > BATCH_MAX_AGE_MS)
+                if (
+                  ap.batchChanges >= BATCH_MAX_CHANGES ||
+                  performance.now() - batchStartedAt > BATCH_MAX_AGE_MS
+                )
                   await flush();
               }
               current = undefined;
@@ -585,8 +593,8 @@ export class Replicator {
                 buffer.abort(msg.xid, msg.xid);
                 break;
               }
-              if (ap.hasUnflushed && Date.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
-              if (!ap.hasUnflushed) batchStartedAt = Date.now();
+              if (ap.hasUnflushed && performance.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
+              if (!ap.hasUnflushed) batchStartedAt = performance.now();
               ap.beginTransaction({
                 xid: msg.xid,
                 commitLsn: msg.commitLsn,
@@ -598,7 +606,10 @@ export class Replicator {
               }
               await ap.commitTransaction(msg.endLsn);
               this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
-              if (ap.batchChanges >= BATCH_MAX_CHANGES || Date.now() - batchStartedAt > BATCH_MAX_AGE_MS)
+              if (
+                ap.batchChanges >= BATCH_MAX_CHANGES ||
+                performance.now() - batchStartedAt > BATCH_MAX_AGE_MS
+              )
                 await flush();
               break;
             default:
@@ -616,7 +627,7 @@ export class Replicator {
           // Caught up with the stream: commit the batch, once it has gathered transactions for a
           // few ms. Each store commit costs round trips whatever it holds, and on a busy primary a
           // batch per transaction costs more CPU than the rate allows, so the stream falls behind.
-          const wait = LIVE_BATCH_MS - (Date.now() - batchStartedAt);
+          const wait = LIVE_BATCH_MS - (performance.now() - batchStartedAt);
           if (wait <= 0) await flush();
           else if (!lingering)
             lingering = setTimeout(() => {
