@@ -229,6 +229,22 @@ function locateOne(target: TargetTable, where: string, withOldImage: boolean): s
     : "";
   return `strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid${old} FROM ${target.qualified} strata_s WHERE ${where} LIMIT 1)`;
 }
+/**
+ * Parts of a run of updates' statement: the input columns' aliases, their array parameters (from
+ * `$first`), the join that finds each row by key, and the SET list.
+ */
+function updateRunSql(target: TargetTable, first: number) {
+  const aliases = target.columns.map((_, i) => `strata_c${i}`);
+  return {
+    aliases,
+    arrays: target.columns.map((_, i) => `$${i + first}::text[]`).join(", "),
+    match: target.keyIndexes
+      .map((i) => `strata_s.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`)
+      .join(" AND "),
+    assignments: target.columns.map((c, i) => `${c.quoted} = strata_o.${aliases[i]}::${c.type}`).join(", "),
+  };
+}
+
 const LOCATED = "strata_t.tableoid = strata_o.strata_oid AND strata_t.ctid = strata_o.strata_ctid";
 
 interface OpenTransaction {
@@ -1286,17 +1302,8 @@ export class Applier {
     if (run.keys.size < run.seqs.length) return this.flushCollapsedUpdates(target, run);
     let sql = target.sqlCache.get("U*");
     if (!sql) {
-      const aliases = target.columns.map((_, i) => `strata_c${i}`);
-      const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
+      const { aliases, arrays, match, assignments } = updateRunSql(target, 3);
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")}))`;
-      const match = target.keyIndexes
-        .map(
-          (i) => `strata_s.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
-        )
-        .join(" AND ");
-      const assignments = target.columns
-        .map((c, i) => `${c.quoted} = strata_o.${aliases[i]}::${c.type}`)
-        .join(", ");
       const n = target.columns.length;
       sql = this.options.history
         ? `WITH ${input},
@@ -1338,25 +1345,16 @@ export class Applier {
    * A run of updates in which some rows are updated more than once (pgbench's branches, say):
    * each row is written once, with its last values, and history still gets every version. A
    * version's image after is the stored row with that update's values; its image before is the
-   * previous version's after, or for the first, the row as it was. Only for tables whose columns
-   * are all replicated (update), so those values are the whole row.
+   * previous version's after, or for the first, the row as it was. Only where those values are
+   * the whole row as stored (collapsible).
    */
   private async flushCollapsedUpdates(target: TargetTable, run: PendingRun): Promise<void> {
     const history = this.options.history;
     let sql = target.sqlCache.get("U+");
     if (!sql) {
-      const aliases = target.columns.map((_, i) => `strata_c${i}`);
-      const arrays = target.columns.map((_, i) => `$${i + 5}::text[]`).join(", ");
+      const { aliases, arrays, match, assignments } = updateRunSql(target, 5);
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[], ${arrays})
                        AS u(strata_seq, strata_ord, strata_group, strata_last, ${aliases.join(", ")}))`;
-      const match = target.keyIndexes
-        .map(
-          (i) => `strata_s.${target.columns[i].quoted} = strata_in.${aliases[i]}::${target.columns[i].type}`,
-        )
-        .join(" AND ");
-      const assignments = target.columns
-        .map((c, i) => `${c.quoted} = strata_o.${aliases[i]}::${c.type}`)
-        .join(", ");
       // jsonb_build_object takes at most 100 arguments: 50 columns a call.
       const values: string[] = [];
       for (let i = 0; i < target.columns.length; i += 50)

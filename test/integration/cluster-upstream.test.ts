@@ -28,17 +28,27 @@ import { waitForSameRows } from "../support/strata.ts";
 
 const SLOT = "strata_cluster_slot";
 
-/** Both nodes replicate from `upstream` (only the primary's replicator runs). */
-const replicationConfig = (upstream: TestCluster) => ({
-  postgres_server_address: upstream.host,
-  postgres_port: upstream.port,
-  postgres_user: TEST_USER,
-  postgres_password: TEST_PASSWORD,
-  postgres_database: "postgres",
-  slot_name: SLOT,
-  status_interval_ms: 200,
-  reconnect_max_delay_ms: 500,
-});
+/** Primary a and standby b, both configured to replicate from `upstream` (only a primary's replicator runs). */
+const createNodes = (upstream: TestCluster) =>
+  createClusterNodes(
+    [
+      { name: "a", bootstrap_role: "primary" },
+      { name: "b", bootstrap_role: "standby" },
+    ],
+    () => ({
+      postgres_replication: {
+        postgres_server_address: upstream.host,
+        postgres_port: upstream.port,
+        postgres_user: TEST_USER,
+        postgres_password: TEST_PASSWORD,
+        postgres_database: "postgres",
+        slot_name: SLOT,
+        status_interval_ms: 200,
+        reconnect_max_delay_ms: 500,
+      },
+    }),
+    { faults: true },
+  );
 
 describe("cluster: a primary replicating from upstream, and a failover", { timeout: 240_000 }, () => {
   let upstream: TestCluster;
@@ -71,14 +81,7 @@ describe("cluster: a primary replicating from upstream, and a failover", { timeo
   before(async () => {
     upstream = await startPrimary();
     await upstream.query("CREATE TABLE items (id int PRIMARY KEY, v text)");
-    [a, b] = await createClusterNodes(
-      [
-        { name: "a", bootstrap_role: "primary" },
-        { name: "b", bootstrap_role: "standby" },
-      ],
-      () => ({ postgres_replication: replicationConfig(upstream) }),
-      { faults: true },
-    );
+    [a, b] = await createNodes(upstream);
     await Promise.all([a.strata.start(), b.strata.start()]);
     await a.strata.waitForStreaming();
   });
@@ -156,14 +159,7 @@ describe("cluster: the initial snapshot while the standby is cut off", { timeout
     await upstream.query("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 500) g");
     // Down at first: the standby takes its base backup before the primary can start a snapshot.
     await upstream.stopServer();
-    [a, b] = await createClusterNodes(
-      [
-        { name: "a", bootstrap_role: "primary" },
-        { name: "b", bootstrap_role: "standby" },
-      ],
-      () => ({ postgres_replication: replicationConfig(upstream) }),
-      { faults: true },
-    );
+    [a, b] = await createNodes(upstream);
     await Promise.all([a.strata.start(), b.strata.start()]);
     await waitForRole(b, "standby@1", 60_000);
   });
