@@ -1321,24 +1321,7 @@ export class Applier {
     }
     const params: unknown[] = [run.seqs, run.ords, ...run.columns];
     if (this.options.history) params.push(target.rel);
-    const expected = run.seqs.length;
-    const lsn = run.firstLsn;
-    await this.enqueue(
-      this.exec(sql, params),
-      (result) => {
-        if (result.rowCount !== expected)
-          throw withLsn(
-            new ApplyError(
-              `${expected - (result.rowCount ?? 0)} of ${expected} rows to update are missing on the replica`,
-              `the replica table ${target.rel} diverged from the primary (rows were changed or removed on the replica); restore them or re-seed the table, then replication resumes`,
-              { table: target.rel },
-            ),
-            lsn,
-          );
-      },
-      target.rel,
-      run.bytes,
-    );
+    await this.sendUpdateRun(target, run, sql, params, run.seqs.length, "rows to update are missing");
   }
 
   /**
@@ -1394,21 +1377,36 @@ export class Applier {
     const params: unknown[] = [run.seqs, run.ords, run.groups, last, ...run.columns];
     if (history) params.push(target.rel);
     // With history, one history row per update; without, one row updated per key.
-    const expected = history ? run.seqs.length : run.keys.size;
-    const lsn = run.firstLsn;
+    await this.sendUpdateRun(
+      target,
+      run,
+      sql,
+      params,
+      history ? run.seqs.length : run.keys.size,
+      history ? "updates found no row" : "rows to update are missing",
+    );
+  }
+
+  /** A run of updates' statement, sent without waiting: it must count `expected` rows. */
+  private async sendUpdateRun(
+    target: TargetTable,
+    run: PendingRun,
+    sql: string,
+    params: unknown[],
+    expected: number,
+    shortfall: string,
+  ): Promise<void> {
     await this.enqueue(
       this.exec(sql, params),
       (result) => {
         if (result.rowCount !== expected)
           throw withLsn(
             new ApplyError(
-              history
-                ? `${expected - (result.rowCount ?? 0)} of ${expected} updates found no row on the replica`
-                : `${expected - (result.rowCount ?? 0)} of ${expected} rows to update are missing on the replica`,
+              `${expected - (result.rowCount ?? 0)} of ${expected} ${shortfall} on the replica`,
               `the replica table ${target.rel} diverged from the primary (rows were changed or removed on the replica); restore them or re-seed the table, then replication resumes`,
               { table: target.rel },
             ),
-            lsn,
+            run.firstLsn,
           );
       },
       target.rel,
