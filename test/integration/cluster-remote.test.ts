@@ -75,6 +75,11 @@ describe("cluster: replication to a remote across failovers", { timeout: 240_000
     node.strata.logs.split("\n").filter((l) => /replication push failed|"msg":"pushed"/.test(l));
 
   it("only the primary pushes; its commits are on the remote when dolt_commit returns", async () => {
+    // The background push has looked, and found no remote yet: the commit right after the remote
+    // is added must still push to it (what the background push saw is not trusted).
+    await waitFor("the background push to find no remote", async () =>
+      a.strata.logs.includes('has no remote \\"origin\\"'),
+    );
     const client = await sessions.open(a.strata);
     await client.query(`SELECT dolt_remote('add', 'origin', '${remoteUrl}')`);
     await client.query("CREATE TABLE items (id int PRIMARY KEY)");
