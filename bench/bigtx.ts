@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startPrimary, waitFor } from "../test/support/postgres.ts";
 import { startStrata } from "../test/support/strata.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { peakRssKb } from "./support/procfs.ts";
 import { fixed, table, thousands } from "./support/report.ts";
 
@@ -36,6 +37,7 @@ function rssKb(pid: number): number {
   }
 }
 
+useCompiledStrata();
 const primary = await startPrimary();
 let strata: Awaited<ReturnType<typeof startStrata>> | undefined;
 try {

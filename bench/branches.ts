@@ -58,6 +58,7 @@ import pg from "pg";
 import { tempDir } from "../test/support/postgres.ts";
 import type { StrataProcess } from "../test/support/strata.ts";
 import { seededRandom } from "../test/support/workload.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, randomInt, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow, type OwnProcesses } from "./support/machine-load.ts";
@@ -1255,6 +1256,7 @@ function readRows(r: ReadResult): string[][] {
 }
 
 async function main() {
+  useCompiledStrata();
   const info = machineInfo();
   const code = codeVersion();
   const startedAt = new Date();

@@ -24,6 +24,7 @@ import type pg from "pg";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { exitOnSignals, INTERNAL_WRITER } from "./support/processes.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
@@ -690,6 +691,7 @@ function render(results: WorkloadResult[]): string {
 }
 
 async function main() {
+  useCompiledStrata();
   const info = machineInfo();
   const startedAt = new Date();
   progress(

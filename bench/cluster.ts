@@ -44,6 +44,7 @@ import {
   waitFor,
 } from "../test/support/postgres.ts";
 import type { StrataProcess } from "../test/support/strata.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { summarizeLatencies } from "./support/latency.ts";
 import { type PgbenchTarget, runPgbench } from "./support/pgbench.ts";
 import { cleanUpAtExit, stopCluster, stopStrata, tracked } from "./support/processes.ts";
@@ -196,6 +197,7 @@ async function nativeLag() {
 }
 
 async function main() {
+  useCompiledStrata();
   progress(
     `native streaming replication (baseline): pgbench -R ${pgbenchRate} and ${probeRate} probes/s for ${seconds} s`,
   );

@@ -41,6 +41,7 @@ import { clusterPaths } from "../src/store/cluster.ts";
 import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStandaloneStrata, createStrata, type StrataProcess } from "../test/support/strata.ts";
 import { seededRandom } from "../test/support/workload.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, randomInt, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
@@ -898,6 +899,7 @@ function latCells(s: Summary): string[] {
 }
 
 async function main() {
+  useCompiledStrata();
   const info = machineInfo();
   const startedAt = new Date();
   progress(

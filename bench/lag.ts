@@ -45,6 +45,7 @@ import pg from "pg";
 import { clusterPaths } from "../src/store/cluster.ts";
 import { startPrimary, type TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { type LatencySummary, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
 import {
@@ -963,6 +964,7 @@ function render(results: LagRun[]): { text: string; target?: string } {
 }
 
 async function main() {
+  useCompiledStrata();
   const info = machineInfo();
   const code = codeVersion();
   const startedAt = new Date();

@@ -58,6 +58,7 @@ import pg from "pg";
 import { TEST_PASSWORD, tempDir } from "../test/support/postgres.ts";
 import { startS3Server, strataRemotesConfig, type TestS3Server } from "../test/support/s3-server.ts";
 import type { StrataProcess } from "../test/support/strata.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import { connect, withConnection } from "./support/connection.ts";
 import { type LatencySummary, summarizeLatencies } from "./support/latency.ts";
 import { loadWindow } from "./support/machine-load.ts";
@@ -1370,6 +1371,7 @@ function transferRows(t: TransferResult): string[][] {
 }
 
 async function main() {
+  useCompiledStrata();
   const info = machineInfo();
   const code = codeVersion();
   const startedAt = new Date();

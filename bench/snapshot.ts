@@ -33,6 +33,7 @@ import { clusterPaths } from "../src/store/cluster.ts";
 import { onProcessExit } from "../test/support/cleanup.ts";
 import { startPrimary, TestCluster, tempDir, waitFor } from "../test/support/postgres.ts";
 import { createStrata, type StrataProcess } from "../test/support/strata.ts";
+import { useCompiledStrata } from "./support/compiled.ts";
 import * as procfs from "./support/procfs.ts";
 import { fixed, type Summary, summarize, table, thousands } from "./support/report.ts";
 import {
@@ -846,6 +847,7 @@ function render(dataset: Dataset, byTarget: Map<string, TargetRun[]>): string {
 }
 
 async function main() {
+  useCompiledStrata();
   const info = machine();
   const startedAt = new Date();
   progress(

@@ -247,6 +247,27 @@ function updateRunSql(target: TargetTable, first: number) {
 
 const LOCATED = "strata_t.tableoid = strata_o.strata_oid AND strata_t.ctid = strata_o.strata_ctid";
 
+/**
+ * A row's image as jsonb built from its typed values: `value(i)` is the SQL of column i's value.
+ * Equal to to_jsonb() of the stored row when the values are the whole row as stored (see
+ * collapsible()). jsonb_build_object takes at most 100 arguments: 50 columns a call.
+ */
+function rowImageSql(
+  target: TargetTable,
+  value: (i: number) => string,
+  columns = target.columns.map((_, i) => i),
+): string {
+  const parts: string[] = [];
+  for (let i = 0; i < columns.length; i += 50)
+    parts.push(
+      `jsonb_build_object(${columns
+        .slice(i, i + 50)
+        .map((c) => `'${target.columns[c].name.replace(/'/g, "''")}', ${value(c)}`)
+        .join(", ")})`,
+    );
+  return parts.join(" || ");
+}
+
 interface OpenTransaction {
   meta: UpstreamTransaction;
   /** Set once the first change has opened the store transaction. */
@@ -1195,7 +1216,25 @@ export class Applier {
     else await this.settle();
     const { target } = run;
     const n = target.columns.length;
-    let sql = target.sqlCache.get("I*");
+    const fromInput = this.options.history && this.collapsible(target);
+    let sql = target.sqlCache.get(fromInput ? "I*in" : "I*");
+    if (!sql && fromInput) {
+      // The stored rows are exactly the typed input values (collapsible()): history is built from
+      // them, without RETURNING the rows and pairing each with its input row again (by key, or
+      // for a keyless table by content, two sorts on jsonb: most of the statement's time).
+      const aliases = target.columns.map((_, i) => `strata_c${i}`);
+      const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
+      const typed = target.columns.map((c, i) => `strata_c${i}::${c.type} AS strata_c${i}`).join(", ");
+      const value = (i: number) => `strata_t.strata_c${i}`;
+      const key = target.keyIndexes.length ? rowImageSql(target, value, target.keyIndexes) : "NULL::jsonb";
+      sql = `WITH strata_t AS (SELECT strata_seq, strata_ord, ${typed}
+                               FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")})),
+                  strata_n AS (INSERT INTO ${target.qualified} (${target.columns.map((c) => c.quoted).join(", ")})
+                               SELECT ${aliases.join(", ")} FROM strata_t ORDER BY strata_seq, strata_ord)
+             INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
+             SELECT strata_seq, strata_ord, $${n + 3}::text, 'I', ${key}, ${rowImageSql(target, value)} FROM strata_t`;
+      target.sqlCache.set("I*in", sql);
+    }
     if (!sql) {
       const aliases = target.columns.map((_, i) => `strata_c${i}`);
       const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
@@ -1338,15 +1377,7 @@ export class Applier {
       const { aliases, arrays, match, assignments } = updateRunSql(target, 5);
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[], ${arrays})
                        AS u(strata_seq, strata_ord, strata_group, strata_last, ${aliases.join(", ")}))`;
-      // jsonb_build_object takes at most 100 arguments: 50 columns a call.
-      const values: string[] = [];
-      for (let i = 0; i < target.columns.length; i += 50)
-        values.push(
-          `jsonb_build_object(${target.columns
-            .slice(i, i + 50)
-            .map((c, j) => `'${c.name.replace(/'/g, "''")}', strata_i.${aliases[i + j]}::${c.type}`)
-            .join(", ")})`,
-        );
+      const image = rowImageSql(target, (i) => `strata_i.${aliases[i]}::${target.columns[i].type}`);
       const n = target.columns.length;
       sql = history
         ? `WITH ${input},
@@ -1355,7 +1386,7 @@ export class Applier {
                 strata_u AS (UPDATE ${target.qualified} strata_t SET ${assignments} FROM strata_o WHERE ${LOCATED}
                       RETURNING strata_o.strata_group, strata_o.strata_old, to_jsonb(strata_t.*) AS strata_new, ${target.keyJson("strata_t")} AS strata_key),
                 strata_v AS (SELECT strata_i.strata_seq, strata_i.strata_ord, strata_i.strata_group, strata_u.strata_key, strata_u.strata_old,
-                                    CASE WHEN strata_i.strata_last THEN strata_u.strata_new ELSE strata_u.strata_new || ${values.join(" || ")} END AS strata_img
+                                    CASE WHEN strata_i.strata_last THEN strata_u.strata_new ELSE strata_u.strata_new || ${image} END AS strata_img
                                FROM strata_in strata_i JOIN strata_u ON strata_u.strata_group = strata_i.strata_group)
            INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row, new_row)
            SELECT strata_seq, strata_ord, $${n + 5}::text, 'U', strata_key,

@@ -154,6 +154,19 @@ test("every common type round-trips exactly", async () => {
     "SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum) AS t FROM pg_attribute WHERE attrelid = 'types'::regclass AND attnum > 0",
   );
   assert.equal(types[0].t, expected[0].t);
+  // History's image of each row's last change is the row as stored, for every type (an insert's
+  // image is built from the typed values it inserted, not read back from the table).
+  const images = await strata.query<{ id: number; same: boolean }>(
+    `SELECT t.id, c.new_row = to_jsonb(t.*) AS same FROM types t
+       JOIN LATERAL (SELECT new_row FROM strata.changes WHERE rel = 'public.types' AND row_key = jsonb_build_object('id', t.id)
+                      ORDER BY commit_seq DESC, ord DESC LIMIT 1) c ON true
+      ORDER BY t.id`,
+  );
+  assert.deepEqual(images, [
+    { id: 1, same: true },
+    { id: 2, same: true },
+    { id: 3, same: true },
+  ]);
 });
 
 test("a replica table with extra columns and a wider type is used as it is", async () => {

@@ -74,9 +74,10 @@ export class StrataProcess {
         // Extra node flags for Strata alone, e.g. STRATA_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"
         // to profile it in a test or benchmark (NODE_OPTIONS refuses --cpu-prof).
         ...(process.env.STRATA_NODE_ARGS ?? "").split(" ").filter(Boolean),
-        "--import",
-        "tsx",
-        join(ROOT, "src/cli/main.ts"),
+        // The benchmarks run the compiled CLI, as users do (bench/support/compiled.ts).
+        ...(process.env.STRATA_RUN_COMPILED === "1"
+          ? [join(ROOT, "dist/cli/main.js")]
+          : ["--import", "tsx", join(ROOT, "src/cli/main.ts")]),
         "serve",
         "--config",
         this.configFile,
