@@ -60,7 +60,7 @@ const PROGRESS_MS = 10_000;
 
 const USAGE = `usage: node --import tsx bench/catchup.ts [options]
   --runs N           repeat each measurement N times (default 1)
-  --rows N           row changes per workload, at least (default 1000000)
+  --rows N           row changes per workload, at least (default 2000000)
   --workload W       bulk | mixed | all (default all)
   --scale N          pgbench scale of the mixed workload's tables (default 10)
   --fsync on|off     durability of both replicas (native subscriber cluster, Strata's store), default on
@@ -71,7 +71,7 @@ function options() {
   const { values } = parseArgs({
     options: {
       runs: { type: "string", default: "1" },
-      rows: { type: "string", default: "1000000" },
+      rows: { type: "string", default: "2000000" },
       workload: { type: "string", default: "all" },
       scale: { type: "string", default: "10" },
       fsync: { type: "string", default: "on" },

@@ -6,13 +6,15 @@ import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 
 const ROOT = join(import.meta.dirname, "..", "..");
+let built = false;
 
 /**
  * Build dist/ from the current sources (so that it is never stale), and make StrataProcess run it.
  * STRATA_RUN_COMPILED=0 keeps the sources through tsx (to compare the two).
  */
 export function useCompiledStrata(): void {
-  if (process.env.STRATA_RUN_COMPILED === "1" || process.env.STRATA_RUN_COMPILED === "0") return;
+  // Built whatever the variable says (but "0"): a "1" left in a shell must not run a stale dist/.
+  if (process.env.STRATA_RUN_COMPILED === "0" || built) return;
   process.stderr.write("building dist/ (npm run build) so that Strata runs compiled, as users run it\n");
   execFileSync(
     process.execPath,
@@ -23,4 +25,5 @@ export function useCompiledStrata(): void {
     },
   );
   process.env.STRATA_RUN_COMPILED = "1";
+  built = true;
 }

@@ -55,6 +55,7 @@ import {
   readReplicaState,
   replicaTableHasRows,
   resolveTarget,
+  sameShapeSql,
   type TargetTable,
   type TypeResolver,
 } from "./target-table.ts";
@@ -1228,7 +1229,8 @@ export class Applier {
       const value = (i: number) => `strata_t.strata_c${i}`;
       const key = target.keyIndexes.length ? rowImageSql(target, value, target.keyIndexes) : "NULL::jsonb";
       sql = `WITH strata_t AS (SELECT strata_seq, strata_ord, ${typed}
-                               FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")})),
+                               FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")})
+                              WHERE ${sameShapeSql(target)}),
                   strata_n AS (INSERT INTO ${target.qualified} (${target.columns.map((c) => c.quoted).join(", ")})
                                SELECT ${aliases.join(", ")} FROM strata_t ORDER BY strata_seq, strata_ord)
              INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
@@ -1375,8 +1377,9 @@ export class Applier {
     let sql = target.sqlCache.get("U+");
     if (!sql) {
       const { aliases, arrays, match, assignments } = updateRunSql(target, 5);
+      // The run relies on the table's shape (collapsible()): the statement checks it.
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[], ${arrays})
-                       AS u(strata_seq, strata_ord, strata_group, strata_last, ${aliases.join(", ")}))`;
+                       AS u(strata_seq, strata_ord, strata_group, strata_last, ${aliases.join(", ")}) WHERE ${sameShapeSql(target)})`;
       const image = rowImageSql(target, (i) => `strata_i.${aliases[i]}::${target.columns[i].type}`);
       const n = target.columns.length;
       sql = history

@@ -40,6 +40,11 @@ export class StoreConnectionError extends Error {
   override name = "StoreConnectionError";
 }
 
+/** A replica table's columns or triggers changed while Strata applied to it: applied again. */
+export class ReplicaTableChanged extends Error {
+  override name = "ReplicaTableChanged";
+}
+
 function isTransient(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   if (typeof code !== "string") return true; // a broken connection, not a statement's error
@@ -54,6 +59,9 @@ function isTransient(err: unknown): boolean {
  */
 export function explainStoreError(err: unknown, table: string): Error {
   if (err instanceof ApplyError) return err;
+  // The replica table changed under the apply (strata.expect_replica_shape): not the change's
+  // fault, nor the table's; the stream starts again and resolves the table anew.
+  if ((err as { code?: unknown }).code === "SR001") return new ReplicaTableChanged((err as Error).message);
   if (isTransient(err))
     return new StoreConnectionError(
       `the store connection failed while applying to ${table}: ${(err as Error).message}`,

@@ -46,6 +46,11 @@ export interface TargetTable {
    * (ENABLE ALWAYS or ENABLE REPLICA): they may change what is stored.
    */
   replicaRowTriggers: boolean;
+  /**
+   * strata.replica_shape() of the replica table when it was resolved: statements that rely on
+   * onlyReplicatedColumns and replicaRowTriggers check it is unchanged (sameShapeSql).
+   */
+  shape: string;
   sqlCache: Map<string, string>;
 }
 
@@ -225,6 +230,11 @@ export async function resolveTarget(
     };
   });
   const keyIndexes = relation.replicaIdentity === "f" ? [] : columns.flatMap((c, i) => (c.isKey ? [i] : []));
+  const shape: string = (
+    await client.query("SELECT strata.replica_shape(to_regclass($1)) AS shape", [
+      `${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`,
+    ])
+  ).rows[0].shape;
   const keyJson = (alias: string) =>
     keyIndexes.length === 0
       ? "NULL::jsonb"
@@ -239,12 +249,10 @@ export async function resolveTarget(
     keyJson,
     sqlCache: new Map(),
     onlyReplicatedColumns: replica.length === columns.length,
-    replicaRowTriggers: (
-      await client.query(
-        "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgenabled IN ('A', 'R') AND (tgtype & 1) = 1) AS any",
-        [`${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`],
-      )
-    ).rows[0].any,
+    shape,
+    // A partitioned table's partitions count too: a row trigger on one of them fires for the rows
+    // routed there.
+    replicaRowTriggers: shape.split(":")[1] !== "0",
     partitioned:
       (
         await client.query("SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", [
@@ -262,4 +270,12 @@ export async function resolveTarget(
       keyIndexes.map((i) => columns[i].name),
     );
   return target;
+}
+
+/**
+ * A condition, true once per statement, that fails the statement with SQLSTATE SR001 if the
+ * replica table's shape is no longer the one `target` was resolved with.
+ */
+export function sameShapeSql(target: TargetTable): string {
+  return `(SELECT strata.expect_replica_shape(${literal(target.qualified)}::regclass, ${literal(target.shape)}))`;
 }

@@ -149,6 +149,27 @@ CREATE TABLE IF NOT EXISTS strata.snapshot_tables (
   commit_seq bigint NOT NULL,
   PRIMARY KEY (slot_name, schema_name, table_name)
 );
+-- What the apply's fast paths rely on in a replica table (applier.ts collapsible()): its columns
+-- (relnatts grows with each one added) and its row triggers that fire as a replica, partitions'
+-- included. Read when Strata resolves the table; its statements check it has not changed since
+-- and fail with SQLSTATE SR001 if it has, so the stream retries with the table resolved again.
+CREATE OR REPLACE FUNCTION strata.replica_shape(tbl regclass) RETURNS text
+LANGUAGE sql STABLE AS $fn$
+  SELECT (SELECT relnatts FROM pg_class WHERE oid = tbl) || ':' ||
+         (SELECT count(*) FROM pg_trigger
+           WHERE (tgrelid = tbl OR tgrelid IN (SELECT relid FROM pg_partition_tree(tbl)))
+             AND NOT tgisinternal AND tgenabled IN ('A', 'R') AND (tgtype & 1) = 1)
+$fn$;
+CREATE OR REPLACE FUNCTION strata.expect_replica_shape(tbl regclass, shape text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+  IF strata.replica_shape(tbl) IS DISTINCT FROM shape THEN
+    RAISE EXCEPTION 'the replica table % changed (a column or a trigger) while Strata applied to it', tbl
+      USING ERRCODE = 'SR001', HINT = 'Strata applies the batch again with the table as it is now';
+  END IF;
+  RETURN true;
+END
+$fn$;
 CREATE OR REPLACE VIEW dolt.dolt_log AS
   SELECT hash AS commit_hash, committer, email, date, message,
          upstream_commit_lsn AS upstream_lsn, upstream_xid, parent_hash, seq AS commit_order

@@ -257,6 +257,8 @@ export class RemoteService {
   async branchDeleted(base: string, branch: string): Promise<void> {
     this.pushedHead.delete(branchDatabase(base, branch));
     const s = await this.settings.now(base);
+    // Asked afresh, as for a push: a remote added a moment ago counts (a rare call, one query).
+    if (s?.pushTo) this.remoteKnown.delete(`${base}\u0000${s.pushTo}`);
     if (!s?.pushTo || !(await this.hasRemote(base, s.pushTo, s.urlTemplate))) return;
     try {
       await this.withRemote(base, s.pushTo, async (client, storage) => {

@@ -167,6 +167,12 @@ test("every common type round-trips exactly", async () => {
     { id: 2, same: true },
     { id: 3, same: true },
   ]);
+  // Row 1 was updated since: its insert's image is the row as the update found it.
+  const [inserted] = await strata.query<{ same: boolean }>(
+    `SELECT i.new_row = u.old_row AS same FROM strata.changes i JOIN strata.changes u USING (rel, row_key)
+      WHERE i.rel = 'public.types' AND i.row_key = '{"id": 1}' AND i.op = 'I' AND u.op = 'U'`,
+  );
+  assert.equal(inserted?.same, true);
 });
 
 test("a replica table with extra columns and a wider type is used as it is", async () => {
@@ -312,4 +318,47 @@ test("a row updated again within a batch is written once, and history keeps ever
     const [now] = await strata.query("SELECT to_jsonb(c) AS row FROM counter c WHERE id = $1", [id]);
     assert.deepEqual(now.row, before, `row ${id}'s last version is the row as it stands`);
   }
+});
+
+test("a replica table given a column or an ALWAYS trigger while Strata streams: history keeps the rows as stored", async () => {
+  await primary.query("CREATE TABLE shaped (id int PRIMARY KEY, v text)");
+  await primary.query("INSERT INTO shaped VALUES (1, 'one')");
+  await waitForSameRows(primary, strata, "shaped", "id");
+  // Strata has resolved the table: every column replicated, no trigger. Both change by hand.
+  await strata.query("ALTER TABLE shaped ADD COLUMN note text DEFAULT 'local'");
+  await primary.query("INSERT INTO shaped VALUES (2, 'two'), (3, 'three')");
+  /** Whether each row's last version in history is the row as stored (rows after the first). */
+  const storedRowsMatchHistory = () =>
+    strata.query<{ id: number; same: boolean }>(
+      `SELECT t.id, c.new_row = to_jsonb(t.*) AS same FROM shaped t
+         JOIN LATERAL (SELECT new_row FROM strata.changes WHERE rel = 'public.shaped' AND row_key = jsonb_build_object('id', t.id)
+                        ORDER BY commit_seq DESC, ord DESC LIMIT 1) c ON true
+        WHERE t.id > 1 ORDER BY t.id`,
+    );
+  await waitFor("rows 2 and 3 on the replica", async () =>
+    (await strata.query("SELECT count(*)::int AS n FROM shaped"))[0].n === 3 ? true : undefined,
+  );
+  assert.deepEqual(await storedRowsMatchHistory(), [
+    { id: 2, same: true },
+    { id: 3, same: true },
+  ]);
+  await strata.query(`CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN NEW.v := upper(NEW.v); RETURN NEW; END $$`);
+  await strata.query(
+    "CREATE TRIGGER shout BEFORE INSERT OR UPDATE ON shaped FOR EACH ROW EXECUTE FUNCTION shout()",
+  );
+  await strata.query("ALTER TABLE shaped ENABLE ALWAYS TRIGGER shout");
+  await primary.query("INSERT INTO shaped VALUES (4, 'four')");
+  await primary.query("UPDATE shaped SET v = 'deux' WHERE id = 2; UPDATE shaped SET v = 'dos' WHERE id = 2");
+  await waitFor("row 4 and the updates on the replica", async () =>
+    (await strata.query("SELECT v FROM shaped WHERE id = 2"))[0]?.v === "DOS" &&
+    (await strata.query("SELECT count(*)::int AS n FROM shaped"))[0].n === 4
+      ? true
+      : undefined,
+  );
+  assert.deepEqual(await storedRowsMatchHistory(), [
+    { id: 2, same: true },
+    { id: 3, same: true },
+    { id: 4, same: true },
+  ]);
 });
