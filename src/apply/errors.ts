@@ -58,7 +58,8 @@ function isTransient(err: unknown): boolean {
  * a StoreConnectionError when it is the connection, not the change, that failed.
  */
 export function explainStoreError(err: unknown, table: string): Error {
-  if (err instanceof ApplyError) return err;
+  if (err instanceof ApplyError || err instanceof ReplicaTableChanged || err instanceof StoreConnectionError)
+    return err;
   // The replica table changed under the apply (strata.expect_replica_shape): not the change's
   // fault, nor the table's; the stream starts again and resolves the table anew.
   if ((err as { code?: unknown }).code === "SR001") return new ReplicaTableChanged((err as Error).message);

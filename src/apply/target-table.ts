@@ -50,7 +50,7 @@ export interface TargetTable {
    * strata.replica_shape() of the replica table when it was resolved: statements that rely on
    * onlyReplicatedColumns and replicaRowTriggers check it is unchanged (sameShapeSql).
    */
-  shape: string;
+  shape: string | null;
   sqlCache: Map<string, string>;
 }
 
@@ -206,11 +206,11 @@ export async function resolveTarget(
   history: boolean,
 ): Promise<TargetTable> {
   const rel = relName(relation);
-  let replica = await replicaColumns(client, relation.namespace, relation.name);
-  if (!replica) {
+  if (!(await replicaColumns(client, relation.namespace, relation.name)))
     await createTable(client, relation, types);
-    replica = (await replicaColumns(client, relation.namespace, relation.name))!;
-  }
+  // Read before the columns: a change after this read is caught by the statements' check.
+  const shape = await readShape(client, relation);
+  const replica = (await replicaColumns(client, relation.namespace, relation.name))!;
   const byName = new Map(replica.map((c) => [c.name, c]));
   const columns: TargetColumn[] = relation.columns.map((col) => {
     const match = byName.get(col.name);
@@ -230,11 +230,6 @@ export async function resolveTarget(
     };
   });
   const keyIndexes = relation.replicaIdentity === "f" ? [] : columns.flatMap((c, i) => (c.isKey ? [i] : []));
-  const shape: string = (
-    await client.query("SELECT strata.replica_shape(to_regclass($1)) AS shape", [
-      `${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`,
-    ])
-  ).rows[0].shape;
   const keyJson = (alias: string) =>
     keyIndexes.length === 0
       ? "NULL::jsonb"
@@ -251,8 +246,8 @@ export async function resolveTarget(
     onlyReplicatedColumns: replica.length === columns.length,
     shape,
     // A partitioned table's partitions count too: a row trigger on one of them fires for the rows
-    // routed there.
-    replicaRowTriggers: shape.split(":")[1] !== "0",
+    // routed there. An unknown shape counts as triggers: the fast paths are not taken.
+    replicaRowTriggers: shape === null || shape.split(":")[1] !== "0",
     partitioned:
       (
         await client.query("SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", [
@@ -277,5 +272,22 @@ export async function resolveTarget(
  * replica table's shape is no longer the one `target` was resolved with.
  */
 export function sameShapeSql(target: TargetTable): string {
-  return `(SELECT strata.expect_replica_shape(${literal(target.qualified)}::regclass, ${literal(target.shape)}))`;
+  return `(SELECT strata.expect_replica_shape(${literal(target.qualified)}::regclass, ${literal(target.shape ?? "")}))`;
+}
+
+/**
+ * strata.replica_shape() of the replica table, or null where the store's Strata schema predates
+ * it (a standby promoted before its primary's Strata was upgraded: the install runs at the next
+ * start).
+ */
+async function readShape(client: pg.Client, relation: RelationMessage): Promise<string | null> {
+  // Asked first, not caught: a failed statement would abort the batch's transaction.
+  const known = await client.query(
+    "SELECT to_regprocedure('strata.replica_shape(regclass)') IS NOT NULL AS ok",
+  );
+  if (!known.rows[0].ok) return null;
+  const { rows } = await client.query("SELECT strata.replica_shape(to_regclass($1)) AS shape", [
+    `${quoteIdent(relation.namespace)}.${quoteIdent(relation.name)}`,
+  ]);
+  return rows[0].shape;
 }

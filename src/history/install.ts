@@ -150,12 +150,13 @@ CREATE TABLE IF NOT EXISTS strata.snapshot_tables (
   PRIMARY KEY (slot_name, schema_name, table_name)
 );
 -- What the apply's fast paths rely on in a replica table (applier.ts collapsible()): its columns
--- (relnatts grows with each one added) and its row triggers that fire as a replica, partitions'
--- included. Read when Strata resolves the table; its statements check it has not changed since
--- and fail with SQLSTATE SR001 if it has, so the stream retries with the table resolved again.
+-- and their types, and its row triggers that fire as a replica, partitions' included. Read when
+-- Strata resolves the table; its statements check it has not changed since and fail with
+-- SQLSTATE SR001 if it has, so the stream retries with the table resolved again.
 CREATE OR REPLACE FUNCTION strata.replica_shape(tbl regclass) RETURNS text
 LANGUAGE sql STABLE AS $fn$
-  SELECT (SELECT relnatts FROM pg_class WHERE oid = tbl) || ':' ||
+  SELECT (SELECT md5(string_agg(concat_ws(' ', attnum, atttypid, atttypmod, attisdropped), ',' ORDER BY attnum))
+            FROM pg_attribute WHERE attrelid = tbl AND attnum > 0) || ':' ||
          (SELECT count(*) FROM pg_trigger
            WHERE (tgrelid = tbl OR tgrelid IN (SELECT relid FROM pg_partition_tree(tbl)))
              AND NOT tgisinternal AND tgenabled IN ('A', 'R') AND (tgtype & 1) = 1)

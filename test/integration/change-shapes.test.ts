@@ -361,4 +361,22 @@ test("a replica table given a column or an ALWAYS trigger while Strata streams: 
     { id: 3, same: true },
     { id: 4, same: true },
   ]);
+  // A column's type changed on the replica (numeric rounded to whole numbers there).
+  await primary.query("CREATE TABLE amounts_typed (id int PRIMARY KEY, amount numeric)");
+  await primary.query("INSERT INTO amounts_typed VALUES (1, 1.25)");
+  await waitForSameRows(primary, strata, "amounts_typed", "id");
+  await strata.query("ALTER TABLE amounts_typed ALTER COLUMN amount TYPE numeric(10, 0)");
+  await primary.query("INSERT INTO amounts_typed VALUES (2, 1.6), (3, 2.4)");
+  await waitFor("rows 2 and 3 of amounts_typed", async () =>
+    (await strata.query("SELECT count(*)::int AS n FROM amounts_typed"))[0].n === 3 ? true : undefined,
+  );
+  const typed = await strata.query<{ id: number; same: boolean }>(
+    `SELECT t.id, c.new_row = to_jsonb(t.*) AS same FROM amounts_typed t
+       JOIN strata.changes c ON c.rel = 'public.amounts_typed' AND c.row_key = jsonb_build_object('id', t.id)
+      WHERE t.id > 1 ORDER BY t.id`,
+  );
+  assert.deepEqual(typed, [
+    { id: 2, same: true },
+    { id: 3, same: true },
+  ]);
 });

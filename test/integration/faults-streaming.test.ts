@@ -49,7 +49,7 @@ test("a streamed transaction killed mid-stream and again mid-apply is applied ex
 
   const open = await pair.connectPrimary();
   await open.query("BEGIN");
-  await open.query("INSERT INTO streamed SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 10000) g");
+  await open.query("INSERT INTO streamed SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 30000) g");
   // Strata holds the open transaction's streamed changes, spilled to disk.
   await waitFor("Strata to spill the streamed transaction", async () => spillFiles(pair).length > 0);
   // Other transactions commit and are applied meanwhile: the durable position moves past the
@@ -59,7 +59,7 @@ test("a streamed transaction killed mid-stream and again mid-apply is applied ex
   await strata.kill("SIGKILL");
   await startStrata(strata);
   await open.query(
-    "INSERT INTO streamed SELECT g, repeat(md5(g::text), 2) FROM generate_series(10001, 20000) g",
+    "INSERT INTO streamed SELECT g, repeat(md5(g::text), 2) FROM generate_series(30001, 60000) g",
   );
   await open.query("UPDATE streamed SET payload = 'updated' WHERE id % 100 = 0");
   await open.query("DELETE FROM streamed WHERE id % 100 = 50");
@@ -69,10 +69,11 @@ test("a streamed transaction killed mid-stream and again mid-apply is applied ex
   const base = await relationSize(pair, "streamed");
   await open.query("COMMIT");
   const [{ lsn }] = await primary.query<{ lsn: string }>("SELECT pg_current_wal_insert_lsn()::text AS lsn");
-  // ~75 rows a page: kill about a third of the way through the apply.
+  // ~75 rows a page: kill about a third of the way through the apply. (Enough rows that the apply
+  // is still running when this sees a third of them: runs of inserts are applied fast.)
   await waitFor(
     "the replica to be a third of the way through applying the streamed transaction",
-    async () => (await relationSize(pair, "streamed")) >= base + Math.ceil(20_000 / 75 / 3) * 8192,
+    async () => (await relationSize(pair, "streamed")) >= base + Math.ceil(60_000 / 75 / 3) * 8192,
     60_000,
   );
   await strata.kill("SIGKILL");
@@ -102,8 +103,8 @@ test("a streamed transaction killed mid-stream and again mid-apply is applied ex
   );
   assert.deepEqual(
     big,
-    { seq: "4", n: String(20_000 + 201 + 200) },
-    "the streamed transaction is one commit, once (20000 inserts, 201 updates, 200 deletes)",
+    { seq: "4", n: String(60_000 + 601 + 600) },
+    "the streamed transaction is one commit, once (60000 inserts, 601 updates, 600 deletes)",
   );
   assert.deepEqual(spillFiles(pair), [], "no spill file is left behind");
 });
