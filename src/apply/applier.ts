@@ -231,10 +231,10 @@ function locateOne(target: TargetTable, where: string, withOldImage: boolean): s
   return `strata_o AS (SELECT strata_s.tableoid AS strata_oid, strata_s.ctid AS strata_ctid${old} FROM ${target.qualified} strata_s WHERE ${where} LIMIT 1)`;
 }
 /**
- * Parts of a run of updates' statement: the input columns' aliases, their array parameters (from
- * `$first`), the join that finds each row by key, and the SET list.
+ * Parts of a run's statement: the input columns' aliases, their array parameters (from `$first`),
+ * and for a run of updates the join that finds each row by key and the SET list.
  */
-function updateRunSql(target: TargetTable, first: number) {
+function runSql(target: TargetTable, first: number) {
   const aliases = target.columns.map((_, i) => `strata_c${i}`);
   return {
     aliases,
@@ -1223,10 +1223,9 @@ export class Applier {
       // The stored rows are exactly the typed input values (collapsible()): history is built from
       // them, without RETURNING the rows and pairing each with its input row again (by key, or
       // for a keyless table by content, two sorts on jsonb: most of the statement's time).
-      const aliases = target.columns.map((_, i) => `strata_c${i}`);
-      const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
-      const typed = target.columns.map((c, i) => `strata_c${i}::${c.type} AS strata_c${i}`).join(", ");
-      const value = (i: number) => `strata_t.strata_c${i}`;
+      const { aliases, arrays } = runSql(target, 3);
+      const typed = target.columns.map((c, i) => `${aliases[i]}::${c.type} AS ${aliases[i]}`).join(", ");
+      const value = (i: number) => `strata_t.${aliases[i]}`;
       const key = target.keyIndexes.length ? rowImageSql(target, value, target.keyIndexes) : "NULL::jsonb";
       sql = `WITH strata_t AS (SELECT strata_seq, strata_ord, ${typed}
                                FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")})
@@ -1238,8 +1237,7 @@ export class Applier {
       target.sqlCache.set("I*in", sql);
     }
     if (!sql) {
-      const aliases = target.columns.map((_, i) => `strata_c${i}`);
-      const arrays = target.columns.map((_, i) => `$${i + 3}::text[]`).join(", ");
+      const { aliases, arrays } = runSql(target, 3);
       const typed = target.columns.map((c, i) => `${aliases[i]}::${c.type}`).join(", ");
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")}))`;
       const insert = `INSERT INTO ${target.qualified} (${target.columns.map((c) => c.quoted).join(", ")}) SELECT ${typed} FROM strata_in ORDER BY strata_seq, strata_ord`;
@@ -1343,7 +1341,7 @@ export class Applier {
     if (run.keys.size < run.seqs.length) return this.flushCollapsedUpdates(target, run);
     let sql = target.sqlCache.get("U*");
     if (!sql) {
-      const { aliases, arrays, match, assignments } = updateRunSql(target, 3);
+      const { aliases, arrays, match, assignments } = runSql(target, 3);
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], ${arrays}) AS u(strata_seq, strata_ord, ${aliases.join(", ")}))`;
       const n = target.columns.length;
       sql = this.options.history
@@ -1376,7 +1374,7 @@ export class Applier {
     const history = this.options.history;
     let sql = target.sqlCache.get("U+");
     if (!sql) {
-      const { aliases, arrays, match, assignments } = updateRunSql(target, 5);
+      const { aliases, arrays, match, assignments } = runSql(target, 5);
       // The run relies on the table's shape (collapsible()): the statement checks it.
       const input = `strata_in AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bool[], ${arrays})
                        AS u(strata_seq, strata_ord, strata_group, strata_last, ${aliases.join(", ")}) WHERE ${sameShapeSql(target)})`;

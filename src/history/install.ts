@@ -165,7 +165,7 @@ CREATE OR REPLACE FUNCTION strata.expect_replica_shape(tbl regclass, shape text)
 LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
   IF strata.replica_shape(tbl) IS DISTINCT FROM shape THEN
-    RAISE EXCEPTION 'the replica table % changed (a column or a trigger) while Strata applied to it', tbl
+    RAISE EXCEPTION 'the replica table % changed (its columns, their types or its triggers) while Strata applied to it', tbl
       USING ERRCODE = 'SR001', HINT = 'Strata applies the batch again with the table as it is now';
   END IF;
   RETURN true;
