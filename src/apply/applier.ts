@@ -52,6 +52,7 @@ import {
   createTable,
   createTableStatements,
   createTypeResolver,
+  literal,
   readReplicaState,
   replicaTableHasRows,
   resolveTarget,
@@ -263,7 +264,7 @@ function rowImageSql(
     parts.push(
       `jsonb_build_object(${columns
         .slice(i, i + 50)
-        .map((c) => `'${target.columns[c].name.replace(/'/g, "''")}', ${value(c)}`)
+        .map((c) => `${literal(target.columns[c].name)}, ${value(c)}`)
         .join(", ")})`,
     );
   return parts.join(" || ");

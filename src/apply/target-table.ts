@@ -197,7 +197,8 @@ export async function createTable(
   );
 }
 
-const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
+/** A SQL string literal. */
+export const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
 
 export async function resolveTarget(
   client: pg.Client,
