@@ -295,14 +295,13 @@ export class RemoteService {
   }
 
   private async pushForReplication(database: string, s: ReplicationSettings): Promise<void> {
-    const state = await this.pushState(database, s.pushTo);
-    if (!state.hasRemote) {
-      // Asked on every push, not cached: a remote added just before (dolt_remote('add') then
-      // dolt_commit in one breath) must be pushed to by that very commit.
-      if (!s.urlTemplate) return this.warnNoRemote(database, s.pushTo);
-      this.remoteKnown.delete(`${database}\u0000${s.pushTo}`);
-      if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
-    } else if (!state.unpushed) {
+    // A cached "no remote" is asked again (a short connection, closed at once, not a pooled one
+    // that would keep the database busy): a remote added just before (dolt_remote('add') then
+    // dolt_commit in one breath) must be pushed to by that very commit.
+    const key = `${database}\u0000${s.pushTo}`;
+    if (this.remoteKnown.get(key)?.value === false) this.remoteKnown.delete(key);
+    if (!(await this.hasRemote(database, s.pushTo, s.urlTemplate))) return;
+    if (!(await this.hasUnpushed(database, s.pushTo))) {
       this.log.debug({ database, remote: s.pushTo }, "nothing to push");
       return;
     }
@@ -326,21 +325,13 @@ export class RemoteService {
   }
 
   /**
-   * Whether the database has the remote, and a commit or a tag the remote has not had from this
-   * server: one small query on a pooled connection, so that the transactions that commit
-   * nothing (most of them) do not wait on the remote.
+   * Whether the database has a commit or a tag the remote has not had from this server: one
+   * small query on a pooled connection, so that the transactions that commit nothing (most of
+   * them) do not wait on the remote.
    */
-  private async pushState(
-    database: string,
-    remote: string,
-  ): Promise<{ hasRemote: boolean; unpushed: boolean }> {
-    const { rows } = await this.pool(database).query<{
-      head: string | null;
-      tags: boolean;
-      has_remote: boolean;
-    }>(
+  private async hasUnpushed(database: string, remote: string): Promise<boolean> {
+    const { rows } = await this.pool(database).query<{ head: string | null; tags: boolean }>(
       `SELECT (SELECT hash FROM strata.commits ORDER BY seq DESC LIMIT 1) AS head,
-              EXISTS (SELECT 1 FROM strata.remotes WHERE name = $1) AS has_remote,
               EXISTS (SELECT 1 FROM strata.tags t WHERE NOT EXISTS (
                 SELECT 1 FROM strata.remote_tags r WHERE r.remote = $1 AND r.name = t.name AND r.commit_hash = t.commit_hash))
               OR EXISTS (SELECT 1 FROM strata.remote_tags r WHERE r.remote = $1 AND NOT EXISTS (
@@ -348,9 +339,7 @@ export class RemoteService {
       [remote],
     );
     const head = rows[0]?.head ?? null;
-    const unpushed =
-      head !== null && (rows[0].tags || head !== this.pushedHead.get(`${database}\u0000${remote}`));
-    return { hasRemote: rows[0]?.has_remote ?? false, unpushed };
+    return head !== null && (rows[0].tags || head !== this.pushedHead.get(`${database}\u0000${remote}`));
   }
 
   private pool(database: string): pg.Pool {
@@ -554,16 +543,13 @@ export class RemoteService {
       }
     }
     this.remoteKnown.set(`${database}\u0000${remote}`, { at: Date.now(), value });
-    if (!value) this.warnNoRemote(database, remote);
+    if (!value)
+      this.warnOnce(
+        `${database}:${remote}`,
+        { database, remote },
+        `database "${database}" has no remote "${remote}" (named by a replication setting): it is not replicated; add it with dolt_remote('add', '${remote}', url)`,
+      );
     return value;
-  }
-
-  private warnNoRemote(database: string, remote: string): void {
-    this.warnOnce(
-      `${database}:${remote}`,
-      { database, remote },
-      `database "${database}" has no remote "${remote}" (named by a replication setting): it is not replicated; add it with dolt_remote('add', '${remote}', url)`,
-    );
   }
 
   private warnOnce(key: string, fields: Record<string, unknown>, message: string) {
