@@ -219,13 +219,18 @@ export class Replicator {
   private async session(): Promise<void> {
     const cfg = this.options.config;
     const upstream = await prepareUpstream(cfg, this.publication, this.log);
+    let repl: ReplicationConnection | undefined;
     const store = await connect(
       {
         ...this.options.store.connectionConfig(cfg.postgres_database),
         options: SESSION_OPTIONS,
         application_name: "strata apply",
       },
-      (err) => this.log.warn({ err: err.message }, "lost the connection to the store"),
+      (err) => {
+        this.log.warn({ err: err.message }, "lost the connection to the store");
+        // Between messages the stream would learn of it only with its next statement.
+        void repl?.close(`lost the connection to the store: ${err.message}`);
+      },
     );
     const buffer = new StreamBuffer(
       join(this.options.dataDir, "spill", cfg.slot_name),
@@ -236,7 +241,6 @@ export class Replicator {
           "streamed transaction spilling to disk",
         ),
     );
-    let repl: ReplicationConnection | undefined;
     let statusTimer: NodeJS.Timeout | undefined;
     let statusTableTimer: NodeJS.Timeout | undefined;
     let heldTimer: NodeJS.Timeout | undefined;
@@ -422,9 +426,18 @@ export class Replicator {
       // primary once every standby has flushed it too.
       const acks = new DurableAcks();
       const gated = this.options.standbys !== undefined;
-      if (!gated) this.acked = applier.position > this.acked ? applier.position : this.acked;
-      else if (applier.position > this.acked) {
-        // What the store already holds may not have reached the standbys (a restart, a promotion).
+      // The flush position is read on another connection, and the store's WAL positions mean
+      // nothing across a restart of the store (a crash loses the WAL it had not flushed, and the
+      // restarted store writes new WAL over those positions): a reading counts only while this
+      // apply session, which a restart ends, is still there.
+      const applyBackend = (
+        await store.query<StoreBackend>(
+          "SELECT pid, (extract(epoch FROM backend_start) * 1e6)::bigint::text AS started FROM pg_stat_get_activity(pg_backend_pid())",
+        )
+      ).rows[0];
+      if (applier.position > this.acked) {
+        // What the store holds may not be durable yet (the last session's batches commit without
+        // waiting for the flush), nor on the standbys (a restart, a promotion).
         acks.committed(await this.storeWalInserted(), applier.position);
       }
       this.log.info(
@@ -493,10 +506,16 @@ export class Replicator {
       // The store's walwriter flushes within wal_writer_delay: ask it how far, while batches wait.
       flushTimer = setInterval(() => {
         if (!acks.waiting) return;
-        this.storeWalFlushed()
-          .then(({ flushed, standbys }) => {
+        this.storeWalFlushed(applyBackend)
+          .then(({ flushed, standbys, sameStore }) => {
             // A reading that comes back after its session ended acts on nothing.
             if (flushTimer === undefined) return;
+            if (!sameStore) {
+              // The store restarted under this session: its waiting batches may be lost, and the
+              // next session starts again from what the store holds.
+              void conn.close("the store restarted; replication starts again from what it holds");
+              return;
+            }
             standbysFlushed = standbys === null ? null : leastFlushed(standbys);
             this.noteStandbyWait(acks.oldestWal, standbys, flushed);
             acknowledge(flushed);
@@ -866,20 +885,25 @@ export class Replicator {
    * How far the store's WAL is flushed, and on a cluster primary how far each standby has flushed
    * it (null: not a cluster primary). On the status connection: the apply one is busy.
    */
-  private async storeWalFlushed(): Promise<{ flushed: bigint; standbys: StandbyPosition[] | null }> {
+  private async storeWalFlushed(
+    apply?: StoreBackend,
+  ): Promise<{ flushed: bigint; standbys: StandbyPosition[] | null; sameStore: boolean }> {
     const client = await this.statusConnection();
     const standbys = this.options.standbys?.();
-    const { rows } = await client.query<{ lsn: string; slots: SlotJson[] }>(
+    const { rows } = await client.query<{ lsn: string; slots: SlotJson[]; same_store: boolean }>(
       `SELECT pg_current_wal_flush_lsn()::text AS lsn,
               (SELECT coalesce(json_agg(json_build_object('slot', s.slot_name, 'lost', coalesce(s.wal_status = 'lost', false),
                                                           'restart', s.restart_lsn::text, 'flush', r.flush_lsn::text)), '[]'::json)
                  FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-                WHERE s.slot_name = ANY($1::text[]) AND s.slot_type = 'physical') AS slots`,
-      [(standbys ?? []).flatMap((s) => (s.slot ? [s.slot] : []))],
+                WHERE s.slot_name = ANY($1::text[]) AND s.slot_type = 'physical') AS slots,
+              $2::int IS NULL OR EXISTS (SELECT 1 FROM pg_stat_get_activity($2::int) a
+                                          WHERE (extract(epoch FROM a.backend_start) * 1e6)::bigint = $3::bigint) AS same_store`,
+      [(standbys ?? []).flatMap((s) => (s.slot ? [s.slot] : [])), apply?.pid ?? null, apply?.started ?? null],
     );
     const lsn = (text: string | null) => (text === null ? null : parseLsn(text));
     return {
       flushed: parseLsn(rows[0].lsn),
+      sameStore: rows[0].same_store,
       standbys:
         standbys === undefined
           ? null
@@ -995,6 +1019,12 @@ export class Replicator {
       ],
     );
   }
+}
+
+/** A store session, told apart from a later one with the same pid (after a restart of the store). */
+interface StoreBackend {
+  pid: number;
+  started: string;
 }
 
 /** A standby slot as storeWalFlushed's query returns it. */
