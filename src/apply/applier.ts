@@ -142,9 +142,11 @@ interface PendingRun {
 
 const INSERT_RUN_MAX = 1000;
 const UPDATE_RUN_MAX = 1000;
+/** The fewest pending rows worth sending an idle store before their runs fill (feedIdleStore). */
+const FEED_MIN_ROWS = 256;
 /** Bounds of the statements sent ahead without waiting (see enqueue). */
 const QUEUE_MAX_STATEMENTS = 1000;
-const QUEUE_MAX_BYTES = 16 * 1024 * 1024;
+const QUEUE_MAX_BYTES = 4 * 1024 * 1024;
 
 /** Bytes of text or binary values in a tuple (for the queue's bound). */
 function tupleBytes(tuple: TupleData): number {
@@ -320,12 +322,17 @@ export class Applier {
   private pendingInserts: PendingRun | undefined;
   /** Updates waiting to be applied as one statement per table (see flushUpdates). */
   private readonly pendingUpdates = new Map<TargetTable, PendingRun>();
-  /** The run of inserts the store is applying, and its failure once it has failed. */
+  /**
+   * The last statement sent and not yet waited for (the client runs them in order, so it is done
+   * when all are), and the first failure among them.
+   */
   private inflight: Promise<void> | undefined;
   private inflightError: Error | undefined;
   /** Statements sent and not yet waited for, and the bytes of values they carry. */
   private queued = 0;
   private queuedBytes = 0;
+  /** Statements the store has not finished yet (the store is idle at 0: see feedIdleStore). */
+  private unfinished = 0;
   /** Relations copied mid-stream: their changes committed before the LSN are skipped. */
   private readonly syncedBefore = new Map<number, bigint>();
   /** Tables whose changes are held (strata.held_tables), by upstream relation oid. */
@@ -1115,7 +1122,29 @@ export class Applier {
       name = `strata_apply_${this.statementNames.size + 1}`;
       this.statementNames.set(text, name);
     }
-    return this.client.query({ name, text, values });
+    const done = this.client.query({ name, text, values });
+    this.unfinished++;
+    const finished = () => {
+      this.unfinished--;
+    };
+    done.then(finished, finished);
+    return done;
+  }
+
+  /**
+   * Between upstream transactions: if the store has finished every statement sent, send it the
+   * pending runs now rather than when they fill. Otherwise the store sits idle at the start of
+   * each batch while Strata decodes the first thousand rows of every table's run, and a busy
+   * store lets the runs grow, which is when they pay.
+   */
+  async feedIdleStore(): Promise<void> {
+    if (this.tx || this.unfinished > 0) return;
+    // Not a row at a time: each statement has its fixed cost, and a run's repeated keys collapse.
+    let rows = this.pendingInserts?.seqs.length ?? 0;
+    for (const run of this.pendingUpdates.values()) rows += run.seqs.length;
+    if (rows < FEED_MIN_ROWS) return;
+    if (this.pendingInserts) await this.flushInserts();
+    for (const target of [...this.pendingUpdates.keys()]) await this.flushUpdates(target);
   }
 
   private historyParams(ord: number, target: TargetTable): unknown[] {
@@ -1210,12 +1239,12 @@ export class Applier {
     const run = this.pendingInserts;
     if (!run) return;
     this.pendingInserts = undefined;
-    // One run in flight at a time: memory stays bounded, and a failure is reported promptly. As a
-    // replica, the other tables' pending runs of updates stay pending (changes to different
-    // tables commute within a batch when no foreign key is checked): sending them now would cut
-    // them short wherever inserts into two tables interleave.
-    if (this.options.replicaRole) await this.drain();
-    else await this.settle();
+    // Not waited for, like every statement (enqueue bounds what is queued). As a replica, the
+    // other tables' pending runs of updates stay pending (changes to different tables commute
+    // within a batch when no foreign key is checked): sending them now would cut them short
+    // wherever inserts into two tables interleave.
+    if (!this.options.replicaRole)
+      for (const other of [...this.pendingUpdates.keys()]) await this.flushUpdates(other);
     const { target } = run;
     const n = target.columns.length;
     const fromInput = this.options.history && this.collapsible(target);
@@ -1277,13 +1306,7 @@ export class Applier {
     }
     const params: unknown[] = [run.seqs, run.ords, ...run.columns];
     if (this.options.history) params.push(target.rel);
-    this.inflight = this.exec(sql, params).then(
-      () => {},
-      (err) => {
-        this.inflightError ??= withLsn(explainStoreError(err, target.rel), run.firstLsn);
-      },
-    );
-    this.queued++;
+    await this.enqueue(this.exec(sql, params), undefined, target.rel, run.bytes, run.firstLsn);
   }
 
   /**
@@ -1444,6 +1467,7 @@ export class Applier {
       },
       target.rel,
       run.bytes,
+      run.firstLsn,
     );
   }
 
@@ -1592,8 +1616,8 @@ export class Applier {
     check: ((result: T) => void) | undefined,
     rel: string,
     bytes: number,
+    lsn = this.tx?.meta.commitLsn,
   ): Promise<void> {
-    const lsn = this.tx?.meta.commitLsn;
     this.inflight = query.then(
       (result) => {
         try {

@@ -94,6 +94,8 @@ const LIVE_BATCH_MS = 5;
 /** How long standbys may hold acknowledgements back before it is logged and shown as a warning. */
 const STANDBY_WAIT_WARN_MS = 30_000;
 const STATUS_TABLE_INTERVAL_MS = 1000;
+/** The longest the apply loop goes without letting the event loop turn (see turnEventLoop). */
+const EVENT_LOOP_TURN_MS = 1;
 /** How far behind the primary's WAL end the stream may be and still count as caught up. */
 const CAUGHT_UP_SLACK_BYTES = 1024n * 1024n;
 const COMMITTER = "strata";
@@ -560,7 +562,18 @@ export class Replicator {
         if (held.active) conn.poke();
       }, 1000);
 
+      // While messages are queued, this loop runs on promise jobs alone and never lets the event
+      // loop turn; but pg sends the store a queued statement only from its socket's events, when
+      // the one before has finished. So the loop yields every few ms, or the store would sit idle
+      // with statements waiting while Strata decodes.
+      let turnedAt = performance.now();
+      const turnEventLoop = async () => {
+        if (performance.now() - turnedAt < EVENT_LOOP_TURN_MS) return;
+        await new Promise<void>((resolveTurn) => setImmediate(resolveTurn));
+        turnedAt = performance.now();
+      };
       for await (const message of messages) {
+        await turnEventLoop();
         if (message.tag === WAKE_UP.tag) {
           // Nothing from the primary: a timer's or a finished copy's turn (below).
         } else if (message.tag === "PrimaryKeepalive") {
@@ -595,6 +608,7 @@ export class Replicator {
                   performance.now() - batchStartedAt > BATCH_MAX_AGE_MS
                 )
                   await flush();
+                else await ap.feedIdleStore();
               }
               current = undefined;
               break;
@@ -621,6 +635,7 @@ export class Replicator {
               });
               for await (const raw of buffer.take(msg.xid)) {
                 if (this.stopping) return;
+                await turnEventLoop();
                 await this.applyData(ap, decodePgoutput(raw, { inStream: true }), raw, true);
               }
               await ap.commitTransaction(msg.endLsn);
