@@ -57,6 +57,28 @@ export interface PushResult {
   bytes?: number;
 }
 
+/**
+ * Make every commit this session can see durable on the store, before any of them is pushed.
+ * The apply path commits without waiting for its WAL flush (acknowledged upstream only once
+ * flushed), so a commit can be visible before it is durable; a store crash then loses it and the
+ * replica makes it again, not always as the same commit (a held table's replayed changes are
+ * dated at the replay). A remote must never hold a commit its source may lose. A transaction
+ * that writes WAL and waits for its own local flush flushes every record before its commit
+ * record: all that was visible when it began. (One that writes no WAL commits without a flush,
+ * whatever synchronous_commit says: hence the write, to the database's identity row, which the
+ * push needs anyway.) A standby's visible WAL was flushed by its primary before it was sent.
+ */
+export async function flushVisibleCommits(client: pg.Client): Promise<void> {
+  const { rows } = await client.query<{ recovery: boolean }>("SELECT pg_is_in_recovery() AS recovery");
+  if (rows[0]?.recovery) return;
+  await client.query(
+    `BEGIN; SET LOCAL synchronous_commit = local;
+     INSERT INTO strata.database_identity (id) VALUES (replace(gen_random_uuid()::text, '-', ''))
+       ON CONFLICT (singleton) DO UPDATE SET id = strata.database_identity.id;
+     COMMIT`,
+  );
+}
+
 /** Push `branch` of the database `client` is connected to. */
 export async function pushBranch(opts: {
   client: pg.Client;
@@ -82,6 +104,7 @@ export async function pushBranch(opts: {
         "55000",
         "make a commit first: SELECT dolt_commit('-Am', 'message')",
       );
+    await flushVisibleCommits(client);
     const ref = await storage.readRef(refName);
     let baseSeq = 0n;
     let base: RefValue | null = null;
@@ -154,6 +177,7 @@ export async function pushCommitsAfter(opts: {
   const found = rows[0];
   if (!found?.base_seq)
     throw new RemoteOperationError(`commit ${opts.base} is not in this branch's history`, "55000");
+  await flushVisibleCommits(client);
   const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
   try {
     const written = await writeObjects(client, storage, dir, {
