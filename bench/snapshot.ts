@@ -406,6 +406,10 @@ interface TargetRun {
   historyRows?: number;
   /** Strata only: per-table seconds from its "initial snapshot: table copied" lines. */
   tableSeconds?: Record<string, number>;
+  /** Strata: seconds each table's keys and indexes took to build, by table. */
+  indexSeconds?: Record<string, number>;
+  /** Strata: its "initial snapshot…" log lines, each with its time in seconds from the spawn. */
+  timeline?: { msg: string; at: number; tables?: string }[];
   checksums?: Record<string, TableSum>;
 }
 
@@ -553,10 +557,12 @@ async function runNative(primary: TestCluster, dataset: Dataset, run: number): P
   }
 }
 
-function logLines(logs: string, msg: string): Record<string, unknown>[] {
+/** The log lines whose message is `msg` (or, with `prefix`, starts with it), parsed. */
+function logLines(logs: string, msg: string, prefix = false): Record<string, unknown>[] {
   const out: Record<string, unknown>[] = [];
+  const needle = prefix ? `"msg":"${msg}` : `"msg":"${msg}"`;
   for (const line of logs.split("\n")) {
-    if (!line.includes(`"msg":"${msg}"`)) continue;
+    if (!line.includes(needle)) continue;
     try {
       out.push(JSON.parse(line));
     } catch {
@@ -623,6 +629,7 @@ async function runStrata(
     const s = strata;
     progress(`strata serve, snapshot_workers ${opts.workers}`);
     const started = performance.now();
+    const spawnedAt = Date.now();
     await guarded(() => s.start());
     const startupSeconds = (performance.now() - started) / 1000;
     const pid = s.child?.pid;
@@ -707,6 +714,19 @@ async function runStrata(
     const tableSeconds: Record<string, number> = {};
     for (const l of logLines(s.logs, "initial snapshot: table copied"))
       tableSeconds[String(l.table)] = Number(l.seconds);
+    // When each step of the snapshot ended, in seconds from the spawn (its log lines' times).
+    const timeline: { msg: string; at: number; tables?: string }[] = [];
+    for (const l of logLines(s.logs, "initial snapshot", true)) {
+      const tables = l.table ?? (Array.isArray(l.tables) ? l.tables.join(",") : undefined);
+      timeline.push({
+        msg: String(l.msg),
+        at: Number(((Date.parse(String(l.time)) - spawnedAt) / 1000).toFixed(2)),
+        ...(tables === undefined ? {} : { tables: String(tables) }),
+      });
+    }
+    const indexSeconds: Record<string, number> = {};
+    for (const l of logLines(s.logs, "initial snapshot: keys and indexes built"))
+      indexSeconds[(l.tables as string[]).join(",")] = Number(l.seconds);
     return {
       target: name,
       run,
@@ -725,6 +745,8 @@ async function runStrata(
       historyBytes: sizes[0] ? Number(sizes[0].changes) : undefined,
       historyRows,
       tableSeconds,
+      indexSeconds,
+      timeline,
       checksums: sums,
     };
   } catch (err) {
