@@ -104,7 +104,6 @@ export async function pushBranch(opts: {
         "55000",
         "make a commit first: SELECT dolt_commit('-Am', 'message')",
       );
-    await flushVisibleCommits(client);
     const ref = await storage.readRef(refName);
     let baseSeq = 0n;
     let base: RefValue | null = null;
@@ -127,6 +126,8 @@ export async function pushBranch(opts: {
       if (record) await recordRemoteBranch(client, remote, branch, base);
       return { status: "up-to-date", branch, head: head.hash, commits: 0 };
     }
+    // Only when there is something to send: an up-to-date push has nothing to make durable.
+    await flushVisibleCommits(client);
     const previous = base ? await readPackHeader(storage, base.pack) : undefined;
     const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
     try {
