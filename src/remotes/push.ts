@@ -58,25 +58,29 @@ export interface PushResult {
 }
 
 /**
- * Make every commit this session can see durable on the store, before any of them is pushed.
- * The apply path commits without waiting for its WAL flush (acknowledged upstream only once
- * flushed), so a commit can be visible before it is durable; a store crash then loses it and the
- * replica makes it again, not always as the same commit (a held table's replayed changes are
+ * Make every commit this session can see durable on the store, before any of them is pushed, and
+ * make sure the database has its identity (tables get their ids from it as the objects name
+ * them). The apply path commits without waiting for its WAL flush (acknowledged upstream only
+ * once flushed), so a commit can be visible before it is durable; a store crash then loses it and
+ * the replica makes it again, not always as the same commit (a held table's replayed changes are
  * dated at the replay). A remote must never hold a commit its source may lose. A transaction
  * that writes WAL and waits for its own local flush flushes every record before its commit
  * record: all that was visible when it began. (One that writes no WAL commits without a flush,
- * whatever synchronous_commit says: hence the write, to the database's identity row, which the
- * push needs anyway.) A standby's visible WAL was flushed by its primary before it was sent.
+ * whatever synchronous_commit says: hence the identity row is written even when it exists.)
  */
 export async function flushVisibleCommits(client: pg.Client): Promise<void> {
-  const { rows } = await client.query<{ recovery: boolean }>("SELECT pg_is_in_recovery() AS recovery");
-  if (rows[0]?.recovery) return;
-  await client.query(
-    `BEGIN; SET LOCAL synchronous_commit = local;
-     INSERT INTO strata.database_identity (id) VALUES (replace(gen_random_uuid()::text, '-', ''))
-       ON CONFLICT (singleton) DO UPDATE SET id = strata.database_identity.id;
-     COMMIT`,
-  );
+  await client
+    .query(
+      `BEGIN; SET LOCAL synchronous_commit = local;
+       INSERT INTO strata.database_identity (id) VALUES (replace(gen_random_uuid()::text, '-', ''))
+         ON CONFLICT (singleton) DO UPDATE SET id = strata.database_identity.id;
+       COMMIT`,
+    )
+    .catch(async (err) => {
+      // A failed statement leaves the transaction block open: the connection is reused.
+      await client.query("ROLLBACK").catch(() => {});
+      throw err;
+    });
 }
 
 /** Push `branch` of the database `client` is connected to. */
@@ -126,8 +130,6 @@ export async function pushBranch(opts: {
       if (record) await recordRemoteBranch(client, remote, branch, base);
       return { status: "up-to-date", branch, head: head.hash, commits: 0 };
     }
-    // Only when there is something to send: an up-to-date push has nothing to make durable.
-    await flushVisibleCommits(client);
     const previous = base ? await readPackHeader(storage, base.pack) : undefined;
     const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
     try {
@@ -178,7 +180,6 @@ export async function pushCommitsAfter(opts: {
   const found = rows[0];
   if (!found?.base_seq)
     throw new RemoteOperationError(`commit ${opts.base} is not in this branch's history`, "55000");
-  await flushVisibleCommits(client);
   const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
   try {
     const written = await writeObjects(client, storage, dir, {
@@ -230,11 +231,9 @@ async function writeObjects(
   dir: string,
   range: PushRange,
 ): Promise<{ pack: string; commits: number }> {
-  // Tables get their ids (strata.table_id) as the objects name them: the database's own part
-  // first, outside the transaction, so that it is there for every writer.
-  await client.query(
-    "INSERT INTO strata.database_identity (id) VALUES (replace(gen_random_uuid()::text, '-', '')) ON CONFLICT DO NOTHING",
-  );
+  // Outside the transaction: the commits in (baseSeq, headSeq] made durable, and the database's
+  // identity there for every writer (strata.table_id).
+  await flushVisibleCommits(client);
   // One snapshot of history for everything written: commits go on meanwhile.
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
   const writers: ObjectWriter[] = [];
