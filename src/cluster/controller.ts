@@ -16,7 +16,7 @@
 //
 // Role changes run one at a time. The state is persisted (node-state.ts) before a change is
 // reported; a crash in the middle is finished by the next start from the persisted role.
-import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import type { ClusterConfig, Config } from "../config/schema.ts";
@@ -31,6 +31,7 @@ import {
   socketDirFor,
   startCluster,
   stopCluster,
+  writeOwned,
 } from "../store/cluster.ts";
 import type { OpenStoreOptions, StoreHandle } from "../store/store.ts";
 import type { ClusterStandby } from "../upstream/standby-bound.ts";
@@ -1287,11 +1288,11 @@ export class ClusterController {
     if (!existsSync(join(pgdata, "PG_VERSION"))) return;
     const file = join(pgdata, STATUS_FILE);
     try {
-      writeFileSync(
-        `${file}.tmp`,
+      writeOwned(
+        this.spec,
+        file,
         JSON.stringify({ role: this.state.role, epoch: this.state.epoch, remotes }),
       );
-      renameSync(`${file}.tmp`, file);
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, "cluster: cannot write the status file");
     }

@@ -9,7 +9,7 @@
 //   a store that was a primary      pg_rewind from the new primary before it follows it
 //   standby → primary               pg_promote(): a new timeline, writes open
 import { execFile, spawn } from "node:child_process";
-import { chownSync, existsSync, realpathSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, realpathSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { findClientProgram } from "../store/binaries.ts";
@@ -20,6 +20,7 @@ import {
   clusterPaths,
   own,
   quoteSetting,
+  writeOwned,
 } from "../store/cluster.ts";
 import type { RoleState } from "./roles.ts";
 import { synchronousStandbyNames } from "./sync-commit.ts";
@@ -92,11 +93,7 @@ export function writeRoleSettings(
   }
   const lines = Object.entries(settings).map(([k, v]) => `${k} = ${quoteSetting(v)}`);
   const file = join(clusterPaths(spec).pgdata, CLUSTER_SETTINGS_FILE);
-  writeFileSync(`${file}.tmp`, `# written by Strata: this node's cluster role\n${lines.join("\n")}\n`, {
-    mode: 0o600,
-  });
-  if (spec.osUser) chownSync(`${file}.tmp`, spec.osUser.uid, spec.osUser.gid);
-  renameSync(`${file}.tmp`, file);
+  writeOwned(spec, file, `# written by Strata: this node's cluster role\n${lines.join("\n")}\n`);
 }
 
 const signalFile = (spec: ClusterSpec) => join(clusterPaths(spec).pgdata, "standby.signal");
@@ -110,8 +107,7 @@ export function setStandbySignal(spec: ClusterSpec, standby: boolean): void {
     rmSync(file, { force: true });
     return;
   }
-  writeFileSync(file, "");
-  if (spec.osUser) chownSync(file, spec.osUser.uid, spec.osUser.gid);
+  writeOwned(spec, file, "");
 }
 
 /**

@@ -10,7 +10,16 @@
 // The same code starts the managed store and the throwaway clusters of the test suite.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chownSync, existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import type { PgBinaries } from "./binaries.ts";
@@ -159,7 +168,8 @@ function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
   };
   const lines = Object.entries(settings).map(([k, v]) => `${k} = ${quoteSetting(v)}`);
   // A cluster node's role settings (src/cluster/store-roles.ts) go last: they change while running.
-  writeFileSync(
+  writeOwned(
+    spec,
     join(paths.pgdata, "strata.conf"),
     `# written by Strata at every start\n${lines.join("\n")}\ninclude_if_exists = '${CLUSTER_SETTINGS_FILE}'\n`,
   );
@@ -172,7 +182,18 @@ function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
     "host all all ::1/128 scram-sha-256",
     "host replication all ::1/128 scram-sha-256",
   ];
-  writeFileSync(join(paths.pgdata, "pg_hba.conf"), `${hba.join("\n")}\n`);
+  writeOwned(spec, join(paths.pgdata, "pg_hba.conf"), `${hba.join("\n")}\n`);
+}
+
+/**
+ * Write a file in PGDATA, whole (a temporary file renamed over it), owned by the store's user like
+ * the rest of PGDATA: pg_rewind, run as that user, rewrites the files it does not know, and one
+ * owned by root made every rewind fail.
+ */
+export function writeOwned(spec: ClusterSpec, path: string, text: string) {
+  writeFileSync(`${path}.tmp`, text, { mode: 0o600 });
+  if (spec.osUser) chownSync(`${path}.tmp`, spec.osUser.uid, spec.osUser.gid);
+  renameSync(`${path}.tmp`, path);
 }
 
 /** Is `pid` the postmaster of this data directory (not some other process that reused the pid)? */

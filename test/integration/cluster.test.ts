@@ -221,6 +221,8 @@ describe("cluster: a primary and a hot standby", () => {
     await b.strata.query("INSERT INTO items VALUES (4, 'four')");
     // The old primary follows the new one (rewound onto its history) and serves its writes.
     await waitForRows(a, "SELECT count(*)::int AS n FROM items", [{ n: 4 }]);
+    assert.match(a.strata.logs, /store checked against the new primary/);
+    assert.doesNotMatch(a.strata.logs, /cannot rewind this former primary/);
     const err = await failure(await sessions.open(a.strata), "INSERT INTO items VALUES (5, 'five')");
     assert.equal(err.code, "25006");
     // And back.
@@ -229,6 +231,7 @@ describe("cluster: a primary and a hot standby", () => {
     await rowsOf(await sessions.open(a.strata), "SELECT dolt_assume_cluster_role('primary', 3)");
     await a.strata.query("INSERT INTO items VALUES (5, 'five')");
     await waitForRows(b, "SELECT count(*)::int AS n FROM items", [{ n: 5 }]);
+    assert.doesNotMatch(b.strata.logs, /cannot rewind this former primary/);
     assert.equal(await role(a), "primary@3");
     assert.equal(await role(b), "standby@3");
   });
