@@ -76,6 +76,8 @@ const USAGE = `usage: node --import tsx bench/snapshot.ts [options]
   --only LIST        comma-separated targets among dump, native, strata (default all)
   --history on|off|both  Strata's behavior.dolt_transaction_commit (default both: two Strata rows)
   --chunk-mb N       Strata's snapshot_chunk_mb (default: Strata's default, 128)
+  --setting K=V      a server setting for every target (dump targets, native subscriber, Strata's
+                     store), e.g. default_toast_compression=lz4 to give the others Strata's; repeatable
   --timeout-min N    give up on one target after N minutes (default 60)`;
 
 function options() {
@@ -89,6 +91,7 @@ function options() {
       only: { type: "string", default: TARGETS.join(",") },
       history: { type: "string", default: "both" },
       "chunk-mb": { type: "string" },
+      setting: { type: "string", multiple: true, default: [] },
       "timeout-min": { type: "string", default: "60" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -103,6 +106,12 @@ function options() {
   if (!["on", "off"].includes(values.fsync)) fail(`--fsync must be on or off, got ${values.fsync}`);
   if (!["on", "off", "both"].includes(values.history))
     fail(`--history must be on, off or both, got ${values.history}`);
+  const settings: Record<string, string> = {};
+  for (const pair of values.setting) {
+    const eq = pair.indexOf("=");
+    if (eq < 1) fail(`--setting takes NAME=VALUE, got ${pair}`);
+    settings[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
   const only = values.only.split(",").map((s) => s.trim());
   for (const t of only)
     if (!(TARGETS as readonly string[]).includes(t)) fail(`--only takes ${TARGETS.join(", ")}; got ${t}`);
@@ -115,6 +124,7 @@ function options() {
     only: new Set(only as TargetGroup[]),
     histories: values.history === "both" ? [true, false] : [values.history === "on"],
     timeoutMs: int("timeout-min", values["timeout-min"], 1) * 60_000,
+    settings,
     chunkMb: values["chunk-mb"] === undefined ? undefined : int("chunk-mb", values["chunk-mb"], 1),
   };
 }
@@ -123,6 +133,13 @@ const opts = options();
 
 /** The same durability on every target: both dump targets, the native subscriber, Strata's store. */
 const DURABILITY = durabilitySettings(opts.fsync);
+/** Every target's server settings: the durability, then --setting's. */
+const TARGET_SETTINGS = { ...DURABILITY, ...opts.settings };
+const SETTINGS_TEXT = Object.keys(opts.settings).length
+  ? `${Object.entries(opts.settings)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(", ")} on every target`
+  : "PostgreSQL's defaults on every target but for Strata's own choices for its store (TOAST compression lz4 where the server has it)";
 const DURABILITY_TEXT = opts.fsync
   ? "fsync=on, synchronous_commit=on, full_page_writes=on on every target cluster (dump targets, native subscriber, Strata's managed store); the primary is the test harness's (fsync=off)"
   : "fsync=off, synchronous_commit=off, full_page_writes=off on every target cluster: NOT durable";
@@ -387,6 +404,29 @@ async function dropIdleSlots(primary: TestCluster) {
 // ---------------------------------------------------------------------------------------------
 // Targets
 
+interface WalStats {
+  mb: number;
+  /** Full-page images: after a checkpoint, the first change to a page (hint bits included) logs it whole. */
+  fullPageImages: number;
+  checkpoints: number;
+}
+
+/** The server's WAL counters (pg_stat_wal, PostgreSQL 14+) and checkpoints so far. */
+async function walStats(endpoint: Endpoint): Promise<WalStats | undefined> {
+  return withClient(endpoint, async (c) => {
+    const { rows } = await c.query<{ bytes: string; fpi: string; checkpoints: string }>(
+      `SELECT wal_bytes::text AS bytes, wal_fpi::text AS fpi,
+              (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)::text AS checkpoints
+         FROM pg_stat_wal`,
+    );
+    return {
+      mb: Number((Number(rows[0].bytes) / MB).toFixed(0)),
+      fullPageImages: Number(rows[0].fpi),
+      checkpoints: Number(rows[0].checkpoints),
+    };
+  }).catch(() => undefined);
+}
+
 interface TargetRun {
   target: string;
   run: number;
@@ -397,6 +437,8 @@ interface TargetRun {
   steps?: Record<string, number>;
   /** The target's server (cluster or Strata's store): CPU seconds of all its processes. */
   serverCpuSeconds?: number;
+  /** The target's server: WAL written since it was made, up to the end of the copy (native, Strata). */
+  wal?: WalStats;
   /** Strata only. */
   processCpuSeconds?: number;
   processPeakRssMb?: number;
@@ -423,7 +465,7 @@ function targetNames(): string[] {
 }
 
 async function targetCluster(settings: Record<string, string | number | boolean> = {}) {
-  const cluster = await guarded(() => startPrimary({ settings: { ...DURABILITY, ...settings } }));
+  const cluster = await guarded(() => startPrimary({ settings: { ...TARGET_SETTINGS, ...settings } }));
   const postmaster = procfs.postmasterPid(clusterPaths(cluster.spec).pgdata);
   if (!postmaster) throw new Error("no postmaster.pid in the target cluster");
   return { cluster, postmaster, cpuBefore: procfs.clusterCpuSeconds(postmaster) };
@@ -539,6 +581,7 @@ async function runNative(primary: TestCluster, dataset: Dataset, run: number): P
       }
     });
     const serverCpu = procfs.clusterCpuSeconds(postmaster) - cpuBefore;
+    const wal = await walStats(endpointOfCluster(cluster));
     progress(`all tables ready in ${seconds.toFixed(1)} s; checking the tables`);
     const { sums, problems } = await verify(endpointOfCluster(cluster), dataset);
     await cluster.query("DROP SUBSCRIPTION bench_sub").catch(() => {});
@@ -549,6 +592,7 @@ async function runNative(primary: TestCluster, dataset: Dataset, run: number): P
       error: problems.length ? problems.join("; ") : undefined,
       seconds,
       serverCpuSeconds: serverCpu,
+      wal,
       checksums: sums,
     };
   } finally {
@@ -592,7 +636,7 @@ async function runStrata(
   const instances: StrataProcess[] = [];
   const config = {
     log_level: "info",
-    store: { settings: DURABILITY },
+    store: { settings: TARGET_SETTINGS },
     behavior: { dolt_transaction_commit: history },
   };
   let strata: StrataProcess | undefined;
@@ -676,6 +720,7 @@ async function runStrata(
     const storePgdata = clusterPaths({ root: join(dataDir, "store") }).pgdata;
     const store = procfs.postmasterPid(storePgdata);
     const serverCpu = store ? procfs.clusterCpuSeconds(store) : undefined;
+    const wal = await walStats(endpointOfStrata(s));
     progress(`snapshot complete in ${seconds.toFixed(1)} s; waiting for streaming, checking the tables`);
     await s.waitForStreaming(60_000);
     const problems: string[] = [];
@@ -738,6 +783,7 @@ async function runStrata(
         ...(complete?.seconds !== undefined ? { snapshot: Number(complete.seconds) } : {}),
       },
       serverCpuSeconds: serverCpu,
+      wal,
       processCpuSeconds: processCpu,
       processPeakRssMb: peakRss !== undefined ? peakRss / 1024 : undefined,
       storeDatabaseBytes: sizes[0] ? Number(sizes[0].db) : undefined,
@@ -827,6 +873,14 @@ function render(dataset: Dataset, byTarget: Map<string, TargetRun[]>): string {
         1,
       ),
       fixed(
+        medianOf(runs, (r) => r.wal?.mb),
+        0,
+      ),
+      fixed(
+        medianOf(runs, (r) => r.wal?.fullPageImages),
+        0,
+      ),
+      fixed(
         medianOf(runs, (r) => r.processCpuSeconds),
         1,
       ),
@@ -858,6 +912,8 @@ function render(dataset: Dataset, byTarget: Map<string, TargetRun[]>): string {
         "target",
         "steps",
         "server cpu",
+        "WAL MB",
+        "full-page images",
         "strata process cpu",
         "strata peak RSS",
         "store db size",
@@ -876,6 +932,7 @@ async function main() {
     `machine: ${info.cpus} × ${info.cpuModel}, ${info.memoryGb} GB, ${info.os}, node ${info.node}, ${info.postgres}, load ${info.loadAverage.join(" ")}`,
   );
   progress(`durability: ${DURABILITY_TEXT}`);
+  progress(`settings: ${SETTINGS_TEXT}`);
   phase("dataset");
   const primary = await guarded(() =>
     startPrimary({ settings: { max_replication_slots: 40, max_wal_senders: 40, max_wal_size: "4GB" } }),
@@ -911,6 +968,7 @@ async function main() {
     `\nInitial snapshot: Strata vs pg_dump | psql, pg_dump -Fd -j | pg_restore -j, and native CREATE SUBSCRIPTION (copy_data = true)\n` +
       `machine: ${info.cpus} CPUs (${info.cpuModel}), ${info.memoryGb} GB RAM, ${info.os}, node ${info.node}, ${info.postgres}; load average at start ${info.loadAverage.join(" ")} (shared machine)\n` +
       `durability: ${DURABILITY_TEXT}\n` +
+      `settings: ${SETTINGS_TEXT}\n` +
       `parallelism: ${opts.workers} (strata snapshot_workers, native max_sync_workers_per_subscription, pg_dump/pg_restore -j); strata snapshot_chunk_mb: ${opts.chunkMb ?? "default (128)"}; runs: ${opts.runs}\n` +
       `seconds: start of the copy until all data is present (dump: until psql / pg_restore exit, indexes included; native: until every table is 'r'; strata: spawn until "initial snapshot complete"); MB/s = published tables' on-disk size / seconds\n\n` +
       `${text}\n`,
@@ -933,6 +991,7 @@ async function main() {
       only: [...opts.only],
       strataHistory: opts.histories,
       strataChunkMb: opts.chunkMb ?? "default",
+      targetSettings: opts.settings,
     },
     durability: { settings: DURABILITY, description: DURABILITY_TEXT },
     dataset,

@@ -92,3 +92,21 @@ export function findPgBinaries(explicitDir?: string): PgBinaries {
     major: match ? Number(match[1]) : 0,
   };
 }
+
+/**
+ * Whether these server binaries were built with lz4, for TOAST compression. `postgres -C` checks
+ * the value against the build's list and prints it without starting a server (and, given -C
+ * first, runs as root too); it reads the configuration, so it needs an initialised PGDATA.
+ */
+export function supportsLz4(bin: PgBinaries, pgdata: string): boolean {
+  try {
+    execFileSync(
+      bin.postgres,
+      ["-C", "default_toast_compression", "-D", pgdata, "-c", "default_toast_compression=lz4"],
+      { stdio: "ignore" },
+    );
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -48,6 +48,12 @@ export interface ClusterPaths {
   logFile: string;
 }
 
+/**
+ * The file in PGDATA with an initial snapshot's checkpoint settings (bulk-load.ts), read after
+ * strata.conf's own; removed at every start, since no snapshot runs then.
+ */
+export const BULK_LOAD_SETTINGS_FILE = "strata-bulk-load.conf";
+
 /** The file in PGDATA holding a cluster node's role settings (read after strata.conf). */
 export const CLUSTER_SETTINGS_FILE = "strata-cluster.conf";
 
@@ -171,8 +177,9 @@ function writeRuntimeConfig(spec: ClusterSpec, paths: ClusterPaths) {
   writeOwned(
     spec,
     join(paths.pgdata, "strata.conf"),
-    `# written by Strata at every start\n${lines.join("\n")}\ninclude_if_exists = '${CLUSTER_SETTINGS_FILE}'\n`,
+    `# written by Strata at every start\n${lines.join("\n")}\ninclude_if_exists = '${BULK_LOAD_SETTINGS_FILE}'\ninclude_if_exists = '${CLUSTER_SETTINGS_FILE}'\n`,
   );
+  rmSync(join(paths.pgdata, BULK_LOAD_SETTINGS_FILE), { force: true });
   const hba = [
     ...(spec.hba ?? []),
     "local all all scram-sha-256",

@@ -8,7 +8,7 @@ import type { Config } from "../config/schema.ts";
 import { defaultSettings } from "../config/variables.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
-import { findPgBinaries } from "./binaries.ts";
+import { findPgBinaries, supportsLz4 } from "./binaries.ts";
 import {
   type ClusterSpec,
   clusterPaths,
@@ -64,6 +64,7 @@ export async function openStore(
       "initialised the managed store",
     );
   }
+  preferLz4(spec);
   options.beforeStart?.(spec);
   const { paths, recovery } = await startCluster(spec);
   if (recovery === "stopped-orphan")
@@ -71,7 +72,14 @@ export async function openStore(
       "found the store's postmaster still running from a previous run (Strata was killed); restarted it",
     );
   if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
-  log.info({ socket_dir: paths.socketDir, version: spec.bin.major }, "managed store started");
+  log.info(
+    {
+      socket_dir: paths.socketDir,
+      version: spec.bin.major,
+      toast_compression: spec.settings?.default_toast_compression ?? "pglz",
+    },
+    "managed store started",
+  );
   const handle = managedStoreHandle(paths.socketDir, spec.superuser, spec.password, async () => {
     await stopCluster(spec);
     log.info("managed store stopped");
@@ -100,6 +108,18 @@ export function managedStoreSpec(config: Config, dataDir: string): ClusterSpec {
       ...config.store.settings,
     },
   };
+}
+
+/**
+ * TOAST compression with lz4 where the server is built with it, unless store.settings chooses:
+ * wide values (a snapshot's large text columns, history's row images) are compressed on every
+ * write, and pglz spends several times lz4's CPU on them (docs/decisions.md §9).
+ */
+function preferLz4(spec: ClusterSpec) {
+  const settings = spec.settings ?? {};
+  if ("default_toast_compression" in settings) return;
+  if (supportsLz4(spec.bin, clusterPaths(spec).pgdata))
+    spec.settings = { ...settings, default_toast_compression: "lz4" };
 }
 
 /** A managed store reached through its unix socket in `socketDir`. */

@@ -32,6 +32,7 @@ import type { Logger } from "../log.ts";
 import { formatLsn, nowPgTime, parseLsn, pgTimeToDate } from "../protocol/lsn.ts";
 import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
+import { spaceOutCheckpoints } from "../store/bulk-load.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { ReplicationConnection, WAKE_UP } from "./connection.ts";
 import { DDL_MESSAGE_PREFIX, parseDdlMessage } from "./ddl-trigger.ts";
@@ -399,6 +400,7 @@ export class Replicator {
               shouldStop: () => this.stopping,
               progress: this.snapshotProgress,
               message: await this.resyncMessage(store, created.consistentPoint),
+              spaceOutCheckpoints: this.checkpointSpacer(store),
             });
           } finally {
             clearInterval(snapshotStatusTimer);
@@ -828,6 +830,21 @@ export class Replicator {
   }
 
   /** The snapshot commit's message when it completes a resync. */
+  /** The managed store's checkpoints spaced out while a snapshot copies (an external store's are its own). */
+  private checkpointSpacer(store: pg.Client): ((bytes: number) => Promise<() => Promise<void>>) | undefined {
+    const managed = this.options.store.managed;
+    if (!managed) return undefined;
+    return async (bytes) => {
+      const { maxWalMb, raised, restore } = await spaceOutCheckpoints(managed, store, bytes);
+      if (raised)
+        this.log.info(
+          { max_wal_size_mb: maxWalMb, snapshot_mb: Math.round(bytes / 1024 / 1024) },
+          "initial snapshot: the store's checkpoints are spaced out until it ends",
+        );
+      return restore;
+    };
+  }
+
   private async resyncMessage(store: pg.Client, at: bigint): Promise<string | undefined> {
     const { rows } = await store.query<{ lsn: string }>(
       "SELECT lost_after_lsn::text AS lsn FROM strata.resyncs WHERE slot_name = $1",

@@ -89,6 +89,11 @@ export interface SnapshotOptions {
   progress?: SnapshotProgress;
   /** The commit message (default "initial snapshot at <LSN>"). */
   message?: string;
+  /**
+   * Called once the copy's size is known (bytes, on the primary), before the first row: spaces
+   * out the store's checkpoints for it (src/store/bulk-load.ts). Resolves what puts them back.
+   */
+  spaceOutCheckpoints?: (bytes: number) => Promise<() => Promise<void>>;
 }
 
 export interface SnapshotResult {
@@ -682,6 +687,7 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
   const primaries: pg.Client[] = [];
   const stores: pg.Client[] = [];
   const started = Date.now();
+  let restoreCheckpoints: (() => Promise<void>) | undefined;
   try {
     // The coordinator: plans, holds the locks for the whole copy, and is worker 0.
     const coordinator = await openPrimary(cfg, opts.snapshotName);
@@ -724,6 +730,9 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
       }),
     );
     const workers = Math.max(1, Math.min(cfg.snapshot_workers, items.length));
+    restoreCheckpoints = await opts.spaceOutCheckpoints?.(
+      planned.reduce((n, t) => n + t.sources.reduce((m, s) => m + s.bytes, 0), 0),
+    );
     log.info(
       {
         tables: tables.length,
@@ -917,6 +926,9 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
     return result;
   } finally {
     reporter.stop();
+    await restoreCheckpoints?.().catch((err) =>
+      log.warn({ err: (err as Error).message }, "could not put the store's checkpoint settings back"),
+    );
     await Promise.all([
       ...primaries.map(async (p) => {
         await p.query("COMMIT").catch(() => {});

@@ -4,7 +4,6 @@
 // rows and history equal the primary's.
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import pg from "pg";
@@ -409,7 +408,9 @@ test("a replica of Postgres is a primary for remotes: its replicated commits rea
 });
 
 test("a push killed midway leaves the remote consistent, and the next push completes", async () => {
-  const pusher = await startStandaloneStrata();
+  // The pusher's own temporary directory: its pack files are told apart from any other process's.
+  const scratch = tempDir("strata-push-tmp-");
+  const pusher = await startStandaloneStrata({ env: { TMPDIR: scratch } });
   try {
     const url = `file://${remoteDir}/killed`;
     const p = new pg.Client(pusher.connectionConfig());
@@ -423,21 +424,16 @@ test("a push killed midway leaves the remote consistent, and the next push compl
     const first = (await p.query("SELECT dolt.commit_hash('HEAD') AS h")).rows[0].h;
     await p.query("insert into big select g, repeat(md5(g::text), 4) from generate_series(1001, 300000) g");
     await p.query("select dolt_commit('-am', 'big')");
-    const packDirsBefore = new Set(readdirSync(tmpdir()).filter((e) => e.startsWith("strata-pack-")));
+    const packDirsBefore = new Set(readdirSync(scratch).filter((e) => e.startsWith("strata-pack-")));
     const pending = p.query("select dolt_push('origin', 'main')").catch((err) => err);
     // Killed while the pack is being written or stored.
     await waitFor("the push to be under way", async () =>
-      readdirSync(tmpdir()).some((e) => e.startsWith("strata-pack-") && !packDirsBefore.has(e))
+      readdirSync(scratch).some((e) => e.startsWith("strata-pack-") && !packDirsBefore.has(e))
         ? true
         : undefined,
     );
     await pusher.kill("SIGKILL");
     assert.ok((await pending) instanceof Error);
-    // The killed push's local working files (outside the remote) are this test's to remove.
-    for (const e of readdirSync(tmpdir())) {
-      if (e.startsWith("strata-pack-") && !packDirsBefore.has(e))
-        rmSync(join(tmpdir(), e), { recursive: true, force: true });
-    }
     await p.end().catch(() => {});
 
     const r = await connectTo(replica);

@@ -2,7 +2,10 @@
 // into ctid ranges, partitions copied leaf by leaf, each item in its own store transaction — and
 // still one exact, atomic "initial snapshot at <LSN>" commit, even when Strata is killed mid-copy.
 import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { BULK_LOAD_SETTINGS_FILE, clusterPaths } from "../../src/store/cluster.ts";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
 import { createStrata, type StrataProcess, waitForSameRows } from "../support/strata.ts";
 import { backgroundWriter } from "../support/workload.ts";
@@ -215,5 +218,46 @@ test("SIGKILL mid-snapshot: the next start empties the partial copy and snapshot
   } finally {
     delete process.env.STRATA_TEST_SNAPSHOT_PAUSE_MS;
     await strata.stop();
+  }
+});
+
+test("the store's checkpoints are spaced out while the snapshot copies, and put back after", async () => {
+  // A store that checkpoints every 16 MB of WAL. With data checksums, a checkpoint during the copy
+  // makes the key build that follows (it sets every row's hint bits) log the pages copied before
+  // it whole: 2 GB of WAL for the 2.2 GB of bench/snapshot.ts. Spaced out, the copy has none.
+  const own = await startPrimary();
+  let strata: StrataProcess | undefined;
+  try {
+    await own.query(`
+      CREATE TABLE bulk (id int PRIMARY KEY, filler char(200) NOT NULL);
+      INSERT INTO bulk SELECT i, 'row ' || i FROM generate_series(1, 200000) i;
+      CREATE PUBLICATION pub_bulk FOR TABLE bulk;
+      ANALYZE bulk;
+    `);
+    strata = await createStrata({
+      primary: own,
+      slot: "strata_bulk",
+      replication: { publication_name: "pub_bulk", snapshot_workers: 2, snapshot_chunk_mb: 4 },
+      config: { store: { settings: { fsync: false, max_wal_size: "32MB" } } },
+    });
+    await strata.start();
+    await strata.waitForStreaming();
+    const [{ n }] = await strata.query("SELECT count(*)::int AS n FROM bulk");
+    assert.equal(n, 200000);
+    assert.match(strata.logs, /the store's checkpoints are spaced out until it ends/);
+    // The store's log: raised for the copy (49 MB of WAL here: three checkpoints at 32 MB), no
+    // checkpoint for WAL until put back, then 32 MB again and the file gone.
+    const paths = clusterPaths({ root: join(strata.dataDir, "store") });
+    const log = readFileSync(paths.logFile, "utf8");
+    const raised = log.search(/parameter "max_wal_size" changed to "\d+MB"/);
+    const restored = log.search(/parameter "max_wal_size" changed to "32MB"/);
+    assert.ok(raised >= 0 && restored > raised, "max_wal_size raised for the snapshot, then put back");
+    assert.doesNotMatch(log.slice(raised, restored), /checkpoint starting: wal/);
+    const [store] = await strata.query("SELECT current_setting('max_wal_size') AS max_wal_size");
+    assert.equal(store.max_wal_size, "32MB");
+    assert.equal(existsSync(join(paths.pgdata, BULK_LOAD_SETTINGS_FILE)), false);
+  } finally {
+    await strata?.stop();
+    await own.stop();
   }
 });

@@ -4,6 +4,8 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import pg from "pg";
+import { validateConfig } from "../../src/config/load.ts";
+import { createLogger } from "../../src/log.ts";
 import { findPgBinaries } from "../../src/store/binaries.ts";
 import {
   type ClusterSpec,
@@ -13,6 +15,7 @@ import {
   stopCluster,
 } from "../../src/store/cluster.ts";
 import { storeOsUser } from "../../src/store/os-user.ts";
+import { openStore } from "../../src/store/store.ts";
 import { tempDir } from "../support/postgres.ts";
 
 const spec: ClusterSpec = {
@@ -79,4 +82,31 @@ test("a stale postmaster.pid (its process gone) is removed", async () => {
   const { recovery } = await startCluster(spec);
   assert.equal(recovery, "removed-stale-pid");
   assert.equal(await connects(), true);
+});
+
+test("the managed store compresses wide values with lz4, unless store.settings chooses", async (t) => {
+  const dataDir = tempDir();
+  t.after(() => rmSync(dataDir, { recursive: true, force: true }));
+  const log = createLogger("error");
+  const compression = async (settings: Record<string, string | boolean>) => {
+    const { config } = validateConfig({ store: { settings } }, "test");
+    const store = await openStore(config, dataDir, log);
+    try {
+      const client = new pg.Client(store.connectionConfig("postgres"));
+      await client.connect();
+      try {
+        // A value that compresses, stored: which method TOAST used for it.
+        await client.query("CREATE TEMP TABLE wide (v text)");
+        await client.query("INSERT INTO wide SELECT repeat('strata ', 10000)");
+        return (await client.query("SELECT pg_column_compression(v) AS c FROM wide")).rows[0].c;
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await store.stop();
+    }
+  };
+  // PostgreSQL's packages (Debian's, PGDG's) are built with lz4.
+  assert.equal(await compression({ fsync: false }), "lz4");
+  assert.equal(await compression({ fsync: false, default_toast_compression: "pglz" }), "pglz");
 });
