@@ -414,9 +414,14 @@ interface WalStats {
 /** The server's WAL counters (pg_stat_wal, PostgreSQL 14+) and checkpoints so far. */
 async function walStats(endpoint: Endpoint): Promise<WalStats | undefined> {
   return withClient(endpoint, async (c) => {
+    const version = Number((await c.query("SHOW server_version_num")).rows[0].server_version_num);
+    // PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer.
+    const checkpoints =
+      version >= 170000
+        ? "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+        : "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter";
     const { rows } = await c.query<{ bytes: string; fpi: string; checkpoints: string }>(
-      `SELECT wal_bytes::text AS bytes, wal_fpi::text AS fpi,
-              (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)::text AS checkpoints
+      `SELECT wal_bytes::text AS bytes, wal_fpi::text AS fpi, (${checkpoints})::text AS checkpoints
          FROM pg_stat_wal`,
     );
     return {

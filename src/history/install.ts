@@ -179,7 +179,11 @@ CREATE OR REPLACE VIEW dolt.dolt_replication_status AS
   SELECT s.slot_name, s.upstream, s.publication, s.state, s.received_lsn, p.end_lsn AS flushed_lsn,
          CASE WHEN s.upstream_lsn IS NOT NULL AND p.end_lsn IS NOT NULL
               THEN greatest(s.upstream_lsn - p.end_lsn, 0)::bigint END AS lag_bytes,
-         s.lag_ms, s.last_message_time, s.error AS current_error, s.updated_at,
+         -- The status row is written every status interval; the durable position moves on every
+         -- flush. Once that reaches what the row saw of the primary, the row's lag is over.
+         CASE WHEN s.upstream_lsn IS NOT NULL AND p.end_lsn >= s.upstream_lsn AND s.lag_ms IS NOT NULL
+              THEN 0::bigint ELSE s.lag_ms END AS lag_ms,
+         s.last_message_time, s.error AS current_error, s.updated_at,
          s.phase, s.snapshot_tables_done, s.snapshot_tables_total, s.snapshot_rows, s.snapshot_bytes,
          s.snapshot_rows_estimate, s.snapshot_bytes_estimate, s.slot_retained_wal_bytes, s.warning,
          s.held_tables

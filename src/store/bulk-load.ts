@@ -4,8 +4,8 @@
 // change to a page after a checkpoint logs the whole page, a hint bit included. A snapshot builds
 // each table's keys after its rows are in, and that build sets the hint bits of every row it reads:
 // each checkpoint during the copy turned the pages copied before it into full-page images in the
-// key build's WAL (258,000 of them, 2 GB, for the 2.2 GB snapshot of bench/snapshot.ts, on its
-// critical path). PostgreSQL's advice for bulk loads ("Populating a Database": a larger
+// key build's WAL (about 267,000 of them, 2 GB, for the 2.2 GB snapshot of bench/snapshot.ts, on
+// its critical path). PostgreSQL's advice for bulk loads ("Populating a Database": a larger
 // max_wal_size while loading) removes them. While a snapshot runs, max_wal_size and
 // checkpoint_timeout are raised in a file of their own that strata.conf includes, and the file is
 // removed when it ends. A start of the store removes it too: a snapshot cut short by a crash

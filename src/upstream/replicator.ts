@@ -829,7 +829,6 @@ export class Replicator {
     return Boolean(rowCount);
   }
 
-  /** The snapshot commit's message when it completes a resync. */
   /** The managed store's checkpoints spaced out while a snapshot copies (an external store's are its own). */
   private checkpointSpacer(store: pg.Client): ((bytes: number) => Promise<() => Promise<void>>) | undefined {
     const managed = this.options.store.managed;
@@ -845,6 +844,7 @@ export class Replicator {
     };
   }
 
+  /** The snapshot commit's message when it completes a resync. */
   private async resyncMessage(store: pg.Client, at: bigint): Promise<string | undefined> {
     const { rows } = await store.query<{ lsn: string }>(
       "SELECT lost_after_lsn::text AS lsn FROM strata.resyncs WHERE slot_name = $1",
