@@ -139,7 +139,7 @@ const SETTINGS_TEXT = Object.keys(opts.settings).length
   ? `${Object.entries(opts.settings)
       .map(([k, v]) => `${k}=${v}`)
       .join(", ")} on every target`
-  : "PostgreSQL's defaults on every target but for Strata's own choices for its store (TOAST compression lz4 where the server has it)";
+  : "PostgreSQL's defaults on every target but for Strata's own choices for its store (TOAST compression lz4 where the server has it; checkpoints spaced out while the snapshot copies)";
 const DURABILITY_TEXT = opts.fsync
   ? "fsync=on, synchronous_commit=on, full_page_writes=on on every target cluster (dump targets, native subscriber, Strata's managed store); the primary is the test harness's (fsync=off)"
   : "fsync=off, synchronous_commit=off, full_page_writes=off on every target cluster: NOT durable";
