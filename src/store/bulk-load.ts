@@ -27,12 +27,10 @@ export function bulkLoadMaxWalMb(bytes: number, freeBytes: number, currentMb: nu
   return Math.max(currentMb, Math.min(wanted, Math.floor(freeBytes / 4 / MB)));
 }
 
-/** Snapshots under way per store: the file goes when the last of them ends. */
-const active = new Map<string, { count: number; mb: number }>();
-
 /**
- * Raise the store's checkpoint distance for a snapshot of about `bytes`; resolves a function that
- * puts it back. `client` is a superuser session on the store (for pg_reload_conf).
+ * Raise the store's checkpoint distance for a snapshot of about `bytes` (one process runs one
+ * snapshot at a time); resolves a function that puts it back. `client` is a superuser session on
+ * the store (for pg_reload_conf).
  */
 export async function spaceOutCheckpoints(
   spec: ClusterSpec,
@@ -41,13 +39,11 @@ export async function spaceOutCheckpoints(
 ): Promise<{ maxWalMb: number; raised: boolean; restore: () => Promise<void> }> {
   const pgdata = clusterPaths(spec).pgdata;
   const file = join(pgdata, BULK_LOAD_SETTINGS_FILE);
-  const entry = active.get(pgdata) ?? { count: 0, mb: 0 };
   const current = Number(
     (await client.query("SELECT setting FROM pg_settings WHERE name = 'max_wal_size'")).rows[0].setting,
   );
   const { bavail, bsize } = statfsSync(pgdata);
-  const mb = Math.max(entry.mb, bulkLoadMaxWalMb(bytes, bavail * bsize, current));
-  active.set(pgdata, { count: entry.count + 1, mb });
+  const mb = bulkLoadMaxWalMb(bytes, bavail * bsize, current);
   const raised = mb > current;
   if (raised) {
     writeOwned(
@@ -57,19 +53,11 @@ export async function spaceOutCheckpoints(
     );
     await client.query("SELECT pg_reload_conf()");
   }
-  let restored = false;
   return {
     maxWalMb: mb,
     raised,
     restore: async () => {
-      if (restored) return;
-      restored = true;
-      const left = active.get(pgdata);
-      if (left && left.count > 1) {
-        active.set(pgdata, { ...left, count: left.count - 1 });
-        return;
-      }
-      active.delete(pgdata);
+      if (!raised) return;
       rmSync(file, { force: true });
       // A session lost with the snapshot: the store reads the file's absence at its next reload.
       await client.query("SELECT pg_reload_conf()").catch(() => {});
