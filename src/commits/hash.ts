@@ -5,6 +5,7 @@
 // Hashes are 20 bytes of SHA-256 written in Dolt's base32 alphabet (32 characters), so they look
 // and behave like Dolt's commit hashes (prefixes work the same way).
 
+import * as crypto from "node:crypto";
 import { createHash, type Hash } from "node:crypto";
 import { formatLsn } from "../protocol/lsn.ts";
 import { type ColumnValue, type TupleData, UNCHANGED_TOAST } from "../protocol/messages.ts";
@@ -42,21 +43,54 @@ export interface CommitHeader {
 
 export type ChangeOp = "I" | "U" | "D" | "T";
 
-function encodeValue(value: ColumnValue): unknown {
-  if (value === null || typeof value === "string") return value;
-  if (value === UNCHANGED_TOAST) return { unchanged: true };
-  return { binary: value.toString("base64") };
+/** A value as the encoding has it (JSON text). */
+function valueJson(value: ColumnValue): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (value === null) return "null";
+  if (value === UNCHANGED_TOAST) return '{"unchanged":true}';
+  return `{"binary":"${value.toString("base64")}"}`;
 }
 
-function encodeTuple(
-  columns: readonly string[],
-  tuple: TupleData | undefined,
-): Record<string, unknown> | null {
-  if (!tuple) return null;
-  // No prototype: a column named __proto__ must be a key like any other.
-  const out: Record<string, unknown> = Object.create(null);
-  for (let i = 0; i < columns.length; i++) out[columns[i]] = encodeValue(tuple[i]);
-  return out;
+/**
+ * How a tuple of these columns is written: the order of the columns and each one's `"name":`.
+ * The encoding was defined as JSON.stringify of an object with a property per column, and an
+ * object lists integer-like names ("2", "10") first, in numeric order, then the rest in column
+ * order: kept so, or every hash would change.
+ */
+interface TupleLayout {
+  order: number[];
+  prefixes: string[];
+}
+
+const layouts = new WeakMap<readonly string[], TupleLayout>();
+
+function isArrayIndex(name: string): boolean {
+  return /^(?:0|[1-9][0-9]*)$/.test(name) && Number(name) < 4294967295;
+}
+
+function layoutOf(columns: readonly string[]): TupleLayout {
+  let layout = layouts.get(columns);
+  if (layout) return layout;
+  const indices = columns.map((_, i) => i);
+  const order = [
+    ...indices
+      .filter((i) => isArrayIndex(columns[i]))
+      .sort((a, b) => Number(columns[a]) - Number(columns[b])),
+    ...indices.filter((i) => !isArrayIndex(columns[i])),
+  ];
+  const prefixes = order.map((i, k) => `${k === 0 ? "" : ","}${JSON.stringify(columns[i])}:`);
+  layout = { order, prefixes };
+  layouts.set(columns, layout);
+  return layout;
+}
+
+/** A tuple as JSON text, written directly: this runs for every replicated row. */
+function tupleJson(columns: readonly string[], tuple: TupleData | undefined): string {
+  if (!tuple) return "null";
+  const { order, prefixes } = layoutOf(columns);
+  let out = "{";
+  for (let k = 0; k < order.length; k++) out += prefixes[k] + valueJson(tuple[order[k]]);
+  return `${out}}`;
 }
 
 function encodeHeader(header: CommitHeader): string {
@@ -72,8 +106,30 @@ function encodeHeader(header: CommitHeader): string {
   ]);
 }
 
+/** Encoded lines are hashed in pieces of about this many characters. */
+const PIECE_CHARS = 64 * 1024;
+
+// One-shot SHA-256 (Node 20.12+) spares a Hash object per commit; older Node 20s make one.
+type OneShotHash = (algorithm: string, data: string, outputEncoding: "hex" | "buffer") => string | Buffer;
+const oneShotHash = (crypto as { hash?: OneShotHash }).hash;
+
+function sha256Hex(data: string): string {
+  return oneShotHash
+    ? (oneShotHash("sha256", data, "hex") as string)
+    : createHash("sha256").update(data).digest("hex");
+}
+
+function sha256Bytes(data: string): Buffer {
+  return oneShotHash
+    ? (oneShotHash("sha256", data, "buffer") as Buffer)
+    : createHash("sha256").update(data).digest();
+}
+
 export class CommitHasher {
-  private readonly hash: Hash = createHash("sha256");
+  /** Made once the encoded lines outgrow one piece; a small commit is hashed in one call. */
+  private hash: Hash | undefined;
+  /** Encoded lines not hashed yet (whole lines: no character is ever split from its pair). */
+  private pending = "";
 
   /**
    * With a header: version 1, the header first and then the body. Without one: version 2, the
@@ -81,23 +137,37 @@ export class CommitHasher {
    * name schema changes found while its rows were applied.
    */
   constructor(header?: CommitHeader) {
-    if (header) this.hash.update(`strata-commit 1\n${encodeHeader(header)}\n`);
+    if (header) this.add(`strata-commit 1\n${encodeHeader(header)}\n`);
+  }
+
+  private add(text: string): void {
+    this.pending += text;
+    if (this.pending.length >= PIECE_CHARS) {
+      this.hash ??= createHash("sha256");
+      this.hash.update(this.pending);
+      this.pending = "";
+    }
+  }
+
+  /** The digest of everything added, as hex (version 2's body) or bytes. */
+  private finish(): Buffer;
+  private finish(hex: "hex"): string;
+  private finish(hex?: "hex"): string | Buffer {
+    if (!this.hash) return hex ? sha256Hex(this.pending) : sha256Bytes(this.pending);
+    this.hash.update(this.pending);
+    this.pending = "";
+    return hex ? this.hash.digest("hex") : this.hash.digest();
   }
 
   /** A schema change applied to the replica (DDL replayed, or followed from a Relation message). */
   addSchemaChange(rel: string, ddl: string): void {
-    this.hash.update(`${JSON.stringify(["schema", rel, ddl])}\n`);
+    this.add(`${JSON.stringify(["schema", rel, ddl])}\n`);
   }
 
   /** The hash of a version-2 commit: its header, then the digest of its body. */
   digestWith(header: CommitHeader): string {
-    const body = this.hash.digest("hex");
-    return base32(
-      createHash("sha256")
-        .update(`strata-commit 2\n${encodeHeader(header)}\n${body}\n`)
-        .digest()
-        .subarray(0, 20),
-    );
+    const body = this.finish("hex");
+    return base32(sha256Bytes(`strata-commit 2\n${encodeHeader(header)}\n${body}\n`).subarray(0, 20));
   }
 
   /** A row change exactly as it came from upstream (text or binary values, unchanged-TOAST markers). */
@@ -108,27 +178,27 @@ export class CommitHasher {
     oldTuple: TupleData | undefined,
     newTuple: TupleData | undefined,
   ): void {
-    this.hash.update(
-      `${JSON.stringify([rel, op, encodeTuple(columns, oldTuple), encodeTuple(columns, newTuple)])}\n`,
+    this.add(
+      `[${JSON.stringify(rel)},"${op}",${tupleJson(columns, oldTuple)},${tupleJson(columns, newTuple)}]\n`,
     );
   }
 
   addTruncate(rels: readonly string[], cascade: boolean, restartIdentity: boolean): void {
-    this.hash.update(`${JSON.stringify(["truncate", rels, cascade, restartIdentity])}\n`);
+    this.add(`${JSON.stringify(["truncate", rels, cascade, restartIdentity])}\n`);
   }
 
   /** Start of one table's rows in a snapshot commit. */
   addSnapshotTable(rel: string, columns: readonly string[]): void {
-    this.hash.update(`${JSON.stringify(["snapshot", rel, columns])}\n`);
+    this.add(`${JSON.stringify(["snapshot", rel, columns])}\n`);
   }
 
   /** End of one table's rows: its size seals where the table's bytes stop. */
   addSnapshotTableEnd(rows: number, bytes: number): void {
-    this.hash.update(`\n${JSON.stringify(["end", rows, bytes])}\n`);
+    this.add(`\n${JSON.stringify(["end", rows, bytes])}\n`);
   }
 
   digest(): string {
-    return base32(this.hash.digest().subarray(0, 20));
+    return base32(this.finish().subarray(0, 20));
   }
 
   /**
@@ -137,6 +207,6 @@ export class CommitHasher {
    * addSnapshotTable and addSnapshotTableEnd, so the hash does not depend on scheduling.
    */
   addSnapshotChunk(sha256: Buffer, rows: number, bytes: number): void {
-    this.hash.update(`${JSON.stringify(["chunk", sha256.toString("hex"), rows, bytes])}\n`);
+    this.add(`${JSON.stringify(["chunk", sha256.toString("hex"), rows, bytes])}\n`);
   }
 }
