@@ -129,7 +129,7 @@ async function prepareStore(
   await ensureDatabase(store, database, log);
   const client = await connect(store.connectionConfig(database));
   try {
-    await installStrataSchema(client, database);
+    await installStrataSchema(client, database, log);
     await writeSettingDefaults(client, defaultSettings(config));
     const dropped = await setDatabaseRole(client, Boolean(config.postgres_replication));
     if (dropped > 0)

@@ -10,7 +10,7 @@
 //                   replica-identity columns (after the change; before it for deletes), old_key
 //                   the key before an update that changed it (so a key's last mention is exact). A diff of two commits touching k rows is an index
 //                   range scan on commit_seq (O(k log n)); "the row with key K as of commit C" is
-//                   one descent of (rel, row_key, commit_seq).
+//                   one descent of changes_key (a hash of rel and row_key, then commit_seq).
 //   strata.snapshot_bases  a table copied by a snapshot (or joining mid-stream) whose rows are not
 //                   written as history: each row's version at that commit is the image its first
 //                   later change recorded as old_row, or, if nothing has touched it since, the row
@@ -24,7 +24,9 @@ import type pg from "pg";
 import { HELD_TABLES_SQL } from "../apply/held-tables.ts";
 import { BRANCH_SQL } from "../branches/branch-sql.ts";
 import { CLUSTER_STATUS_SQL } from "../cluster/status-sql.ts";
+import type { Logger } from "../log.ts";
 import { REMOTE_SQL } from "../remotes/remote-sql.ts";
+import { changesKeyHash } from "./key-hash.ts";
 import { SURFACE_SQL } from "./surface-sql.ts";
 import { META_NAME_SQL, TABLE_SURFACE_SQL } from "./table-surface-sql.ts";
 import { WORKING_SET_SQL } from "./working-set-sql.ts";
@@ -71,7 +73,11 @@ CREATE TABLE IF NOT EXISTS strata.changes (
   new_row jsonb
 );
 CREATE INDEX IF NOT EXISTS changes_commit ON strata.changes (commit_seq, ord);
-CREATE INDEX IF NOT EXISTS changes_row ON strata.changes (rel, row_key, commit_seq);
+-- A key's changes, found by a 64-bit hash of (table, key): comparing jsonb keys in a B-tree cost
+-- the apply about as much as the rest of a history row (docs/decisions.md, section 5). Lookups
+-- also compare rel and row_key, so a collision costs a row read, never a wrong answer.
+CREATE INDEX IF NOT EXISTS changes_key ON strata.changes ((${changesKeyHash("rel", "row_key")}), commit_seq);
+DROP INDEX IF EXISTS strata.changes_row;
 CREATE INDEX IF NOT EXISTS changes_moved_row ON strata.changes (rel, old_key, commit_seq) WHERE old_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS strata.schema_changes (
   commit_seq bigint NOT NULL,
@@ -191,11 +197,20 @@ CREATE OR REPLACE VIEW dolt.dolt_replication_status AS
 `;
 
 /** Install or upgrade the Strata schema in `database`; idempotent. */
-export async function installStrataSchema(client: pg.Client, database: string): Promise<void> {
+export async function installStrataSchema(client: pg.Client, database: string, log?: Logger): Promise<void> {
   await client.query("BEGIN");
   try {
     // One installer at a time (two Strata processes pointed at one external store).
     await client.query("SELECT pg_advisory_xact_lock(hashtext('strata.install'))");
+    const { rows } = await client.query<{ changes: string | null }>(
+      `SELECT (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass('strata.changes'))::bigint::text AS changes
+        WHERE to_regclass('strata.changes_row') IS NOT NULL`,
+    );
+    if (rows.length > 0)
+      log?.info(
+        { database, changes: Number(rows[0].changes ?? 0) },
+        "upgrading the history's key index (once): building changes_key over every recorded change, then dropping changes_row",
+      );
     await client.query(INSTALL);
     await client.query(HELD_TABLES_SQL);
     await client.query(WORKING_SET_SQL);

@@ -16,12 +16,15 @@
 //     table was empty just before B, so for C < B only the changes between C and B count and rows
 //     untouched since B did not exist at C.
 //
-// So "K as of C" is one index descent of changes(rel, row_key, commit_seq), and the difference
+// So "K as of C" is one index descent of changes_key (a hash of rel and row_key, then
+// commit_seq), and the difference
 // between two commits touching k rows is a range scan of changes(commit_seq): O(k log n).
 // Tables without a key (REPLICA IDENTITY FULL, no primary key) are multisets of row images: the
 // state at C is the rows now, plus the images changes after C removed, minus those they added.
 // "Changes after C" include the uncommitted working set of a database written through SQL: the
 // rows now are the working state, not the last commit's.
+
+import { changesKeyHash } from "./key-hash.ts";
 
 export const SURFACE_SQL = `
 CREATE INDEX IF NOT EXISTS commits_upstream_commit_lsn ON strata.commits (upstream_commit_lsn);
@@ -205,9 +208,11 @@ BEGIN
     IF b IS NULL THEN
       RETURN QUERY EXECUTE format(
         'SELECT to_jsonb(t) FROM %s t
-          WHERE NOT EXISTS (SELECT 1 FROM strata.changes_and_working c WHERE c.rel = $1 AND c.row_key = %s AND c.commit_seq > $2)
-            AND NOT EXISTS (SELECT 1 FROM strata.changes_and_working c WHERE c.rel = $1 AND c.old_key = %s AND c.commit_seq > $2)',
-        tbl, strata.key_expression(key_columns, 't'), strata.key_expression(key_columns, 't'))
+          WHERE NOT EXISTS (SELECT 1 FROM strata.changes_and_working c
+                             WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("$1", "%2$s")}
+                               AND c.rel = $1 AND c.row_key = %2$s AND c.commit_seq > $2)
+            AND NOT EXISTS (SELECT 1 FROM strata.changes_and_working c WHERE c.rel = $1 AND c.old_key = %2$s AND c.commit_seq > $2)',
+        tbl, strata.key_expression(key_columns, 't'))
         USING p_rel, at;
     END IF;
   ELSE
@@ -239,7 +244,8 @@ DECLARE
 BEGIN
   SELECT * INTO m FROM (
     (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, false AS moved_away FROM strata.changes_and_working c
-      WHERE c.rel = p_rel AND c.row_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
+      WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("p_rel", "p_key")}
+        AND c.rel = p_rel AND c.row_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
       ORDER BY c.commit_seq, c.ord LIMIT 1)
     UNION ALL
     (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, true FROM strata.changes_and_working c

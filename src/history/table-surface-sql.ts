@@ -19,6 +19,8 @@
 // filters reach the indexes. The logic lives in the generic functions of surface-sql.ts; these are
 // typed wrappers.
 
+import { changesKeyHash } from "./key-hash.ts";
+
 export const TABLE_SURFACE_SQL = `
 -- The key a table's history is kept under: as recorded, else its snapshot base's, else its
 -- primary key's (NULL: none).
@@ -113,7 +115,8 @@ BEGIN
            WHERE NOT EXISTS (SELECT 1 FROM strata.snapshot_bases later
                               WHERE later.rel = b.rel AND later.commit_seq > b.commit_seq)
              AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                              WHERE c.rel = b.rel AND c.row_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
+                              WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("b.rel", "strata.key_of(to_jsonb(t.*), b.key_columns)")}
+                                AND c.rel = b.rel AND c.row_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
              AND NOT EXISTS (SELECT 1 FROM strata.changes c
                               WHERE c.rel = b.rel AND c.old_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
           UNION ALL
@@ -204,7 +207,8 @@ BEGIN
           FROM %10$s t
          CROSS JOIN LATERAL (SELECT coalesce(
                  (SELECT c.commit_seq FROM strata.changes c
-                   WHERE c.rel = %11$s AND c.row_key = %12$s ORDER BY c.commit_seq DESC LIMIT 1),
+                   WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("%11$s", "%12$s")}
+                     AND c.rel = %11$s AND c.row_key = %12$s ORDER BY c.commit_seq DESC LIMIT 1),
                  (SELECT max(b.commit_seq) FROM strata.snapshot_bases b WHERE b.rel = %11$s)) AS seq) last
          JOIN strata.commits k ON k.seq = last.seq
       $strata$$sql$,
