@@ -39,6 +39,7 @@ import {
   withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
+import { type WalStats, walSince, walStats } from "./support/wal.ts";
 import {
   bulkWorkload,
   checksums,
@@ -157,6 +158,8 @@ interface ConsumerRun {
   processPeakRssMb?: number;
   /** Peak of the summed PSS of the server's processes (sampled every 0.5 s). */
   serverPeakPssMb?: number;
+  /** The replica server's WAL during the catch-up (its tables' creation excluded). */
+  wal?: WalStats;
   checksums?: Record<string, TableSum>;
   /** Strata only: commits recorded in the replica's history (one per upstream transaction). */
   replicaCommits?: number;
@@ -302,6 +305,7 @@ async function runNative(
   try {
     const target = endpointOfCluster(sub);
     await w.createTables(target);
+    const walBefore = await walStats(target);
     const pgdata = clusterPaths(sub.spec).pgdata;
     const postmaster = procfs.postmasterPid(pgdata);
     if (!postmaster) throw new Error(`no postmaster.pid in ${pgdata}`);
@@ -343,6 +347,7 @@ async function runNative(
       });
     });
     const serverCpu = procfs.clusterCpuSeconds(postmaster) - cpuBefore;
+    const wal = walSince(walBefore, await walStats(target));
     progress(`caught up in ${result.seconds.toFixed(2)} s; checking the subscriber's tables`);
     const sums = await checksums(target, w.tables);
     const problems = compareChecksums(expected.primaryChecksums, sums);
@@ -355,6 +360,7 @@ async function runNative(
       serverCpuSeconds: serverCpu,
       walsenderCpuSeconds: result.walsenderCpuSeconds,
       serverPeakPssMb: peakPss / 1024,
+      wal,
       checksums: sums,
     };
   } finally {
@@ -381,6 +387,7 @@ async function runStrata(
     behavior: { dolt_transaction_commit: opts.history },
   };
   let strata: StrataProcess | undefined;
+  let walBefore: WalStats | undefined;
   try {
     // The replica's tables, made like the subscriber's: by a first `strata serve` without
     // replication, through its listener. This also initialises the store, so initdb is not timed.
@@ -398,6 +405,7 @@ async function runStrata(
       // changes of a working set that a standalone Strata would otherwise capture.
       const prep = endpointOfStrata(prime);
       await w.createTables({ ...prep, config: { ...prep.config, options: INTERNAL_WRITER } });
+      walBefore = await walStats(prep);
     } finally {
       await prime.stop();
     }
@@ -441,6 +449,9 @@ async function runStrata(
     const processCpu = procfs.cpuSeconds(pid);
     const peakRss = procfs.peakRssKb(pid);
     const serverCpu = procfs.clusterCpuSeconds(store);
+    // The store's counters survive its clean restart, so this counts from when the tables were
+    // made (the restart's shutdown checkpoint in between writes a few kB).
+    const wal = walSince(walBefore, await walStats(endpointOfStrata(s)));
     progress(`caught up in ${result.seconds.toFixed(2)} s; checking the replica's tables`);
     const sums = await checksums(endpointOfStrata(s), w.tables);
     const problems = compareChecksums(expected.primaryChecksums, sums);
@@ -463,6 +474,7 @@ async function runStrata(
       walsenderCpuSeconds: result.walsenderCpuSeconds,
       processPeakRssMb: peakRss !== undefined ? peakRss / 1024 : undefined,
       serverPeakPssMb: peakPss / 1024,
+      wal,
       checksums: sums,
       replicaCommits: commits,
       logWarnings: stats.warnings,
@@ -657,6 +669,13 @@ function render(results: WorkloadResult[]): string {
               2,
             )
           : "-",
+        [
+          med(runs, (x) => x.wal?.mb),
+          med(runs, (x) => x.wal?.fullPageImages),
+          med(runs, (x) => x.wal?.checkpoints),
+        ]
+          .map((v) => thousands(v))
+          .join(" / "),
       ]);
     }
   }
@@ -673,7 +692,7 @@ function render(results: WorkloadResult[]): string {
       main,
     ),
     "",
-    "CPU (seconds / µs per row, medians) and memory (MB)",
+    "CPU (seconds / µs per row, medians), memory (MB), and the replica server's WAL (MB / full-page images / checkpoints)",
     table(
       [
         "workload",
@@ -684,6 +703,7 @@ function render(results: WorkloadResult[]): string {
         "strata peak RSS",
         "replica server peak PSS",
         "strata startup s",
+        "replica WAL",
       ],
       resources,
     ),

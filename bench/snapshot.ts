@@ -48,6 +48,7 @@ import {
   withStrataLogTail,
   writeResults,
 } from "./support/scaffold.ts";
+import { type WalStats, walStats } from "./support/wal.ts";
 import { type Endpoint, withClient } from "./support/workloads.ts";
 
 const PUBLICATION = "bench_pub";
@@ -403,34 +404,6 @@ async function dropIdleSlots(primary: TestCluster) {
 
 // ---------------------------------------------------------------------------------------------
 // Targets
-
-interface WalStats {
-  mb: number;
-  /** Full-page images: after a checkpoint, the first change to a page (hint bits included) logs it whole. */
-  fullPageImages: number;
-  checkpoints: number;
-}
-
-/** The server's WAL counters (pg_stat_wal, PostgreSQL 14+) and checkpoints so far. */
-async function walStats(endpoint: Endpoint): Promise<WalStats | undefined> {
-  return withClient(endpoint, async (c) => {
-    const version = Number((await c.query("SHOW server_version_num")).rows[0].server_version_num);
-    // PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer.
-    const checkpoints =
-      version >= 170000
-        ? "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
-        : "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter";
-    const { rows } = await c.query<{ bytes: string; fpi: string; checkpoints: string }>(
-      `SELECT wal_bytes::text AS bytes, wal_fpi::text AS fpi, (${checkpoints})::text AS checkpoints
-         FROM pg_stat_wal`,
-    );
-    return {
-      mb: Number((Number(rows[0].bytes) / MB).toFixed(0)),
-      fullPageImages: Number(rows[0].fpi),
-      checkpoints: Number(rows[0].checkpoints),
-    };
-  }).catch(() => undefined);
-}
 
 interface TargetRun {
   target: string;

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS strata.commits (
   upstream_end_lsn pg_lsn,
   applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS commits_upstream_end_lsn ON strata.commits (upstream_end_lsn);
+-- Nothing looks commits up by their end LSN: its index (before 2026-11-24) only cost every commit.
+DROP INDEX IF EXISTS strata.commits_upstream_end_lsn;
 CREATE TABLE IF NOT EXISTS strata.changes (
   commit_seq bigint NOT NULL,
   ord integer NOT NULL,
