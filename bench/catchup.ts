@@ -305,6 +305,11 @@ async function runNative(
   try {
     const target = endpointOfCluster(sub);
     await w.createTables(target);
+    // Strata's store restarts between making its tables and the catch-up, which checkpoints it.
+    // The subscriber checkpoints here, so that both start right after one: the first change to
+    // each page after a checkpoint logs the whole page, on both (as on any replica that has run
+    // for a while).
+    await withClient(target, (c) => c.query("CHECKPOINT"));
     const walBefore = await walStats(target);
     const pgdata = clusterPaths(sub.spec).pgdata;
     const postmaster = procfs.postmasterPid(pgdata);

@@ -18,6 +18,18 @@ import { BULK_LOAD_SETTINGS_FILE, type ClusterSpec, clusterPaths, writeOwned } f
 const MB = 1024 * 1024;
 
 /**
+ * The managed store's max_wal_size when store.settings does not set one, in MB: 4 GB, or an
+ * eighth of the free space if that is less, never below PostgreSQL's default (1 GB). History
+ * makes the store write several times the WAL of a plain replica for the same changes (about
+ * 1 kB per pgbench row change against 170 bytes), and with PostgreSQL's default a catch-up of a
+ * million such changes checkpointed on WAL volume and logged 41,000 full-page images, a third of
+ * its WAL (docs/performance.md, "The store's WAL during a catch-up").
+ */
+export function steadyMaxWalMb(freeBytes: number): number {
+  return Math.max(1024, Math.min(4096, Math.floor(freeBytes / 8 / MB)));
+}
+
+/**
  * The max_wal_size that lets `bytes` of new data in without a checkpoint (one starts when the WAL
  * since the last reaches about max_wal_size / (1 + checkpoint_completion_target)), in MB; never
  * more than a quarter of the free space, so that the WAL kept meanwhile cannot fill the disk.

@@ -1,7 +1,7 @@
 // The store: the real PostgreSQL that holds every Strata database. Either a private cluster that
 // Strata initialises and runs inside its data directory (the default), or an existing server
 // named by `store.url`. Everything above this module only sees `StoreHandle`.
-import { existsSync } from "node:fs";
+import { existsSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import type { Config } from "../config/schema.ts";
@@ -9,6 +9,7 @@ import { defaultSettings } from "../config/variables.ts";
 import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { findPgBinaries, supportsLz4 } from "./binaries.ts";
+import { steadyMaxWalMb } from "./bulk-load.ts";
 import {
   type ClusterSpec,
   clusterPaths,
@@ -65,6 +66,7 @@ export async function openStore(
     );
   }
   preferLz4(spec);
+  roomForWal(spec);
   options.beforeStart?.(spec);
   const { paths, recovery } = await startCluster(spec);
   if (recovery === "stopped-orphan")
@@ -77,6 +79,7 @@ export async function openStore(
       socket_dir: paths.socketDir,
       version: spec.bin.major,
       toast_compression: spec.settings?.default_toast_compression ?? "pglz",
+      max_wal_size: spec.settings?.max_wal_size,
     },
     "managed store started",
   );
@@ -120,6 +123,14 @@ function preferLz4(spec: ClusterSpec) {
   if ("default_toast_compression" in settings) return;
   if (supportsLz4(spec.bin, clusterPaths(spec).pgdata))
     spec.settings = { ...settings, default_toast_compression: "lz4" };
+}
+
+/** max_wal_size for history's WAL volume (steadyMaxWalMb), unless store.settings chooses. */
+function roomForWal(spec: ClusterSpec) {
+  const settings = spec.settings ?? {};
+  if ("max_wal_size" in settings) return;
+  const { bavail, bsize } = statfsSync(clusterPaths(spec).pgdata);
+  spec.settings = { ...settings, max_wal_size: `${steadyMaxWalMb(bavail * bsize)}MB` };
 }
 
 /** A managed store reached through its unix socket in `socketDir`. */

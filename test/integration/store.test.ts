@@ -1,12 +1,13 @@
 // The managed store's lifecycle: what a SIGKILLed Strata leaves behind is recovered at next start.
 import assert from "node:assert/strict";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import pg from "pg";
 import { validateConfig } from "../../src/config/load.ts";
 import { createLogger } from "../../src/log.ts";
 import { findPgBinaries } from "../../src/store/binaries.ts";
+import { steadyMaxWalMb } from "../../src/store/bulk-load.ts";
 import {
   type ClusterSpec,
   clusterPaths,
@@ -82,6 +83,34 @@ test("a stale postmaster.pid (its process gone) is removed", async () => {
   const { recovery } = await startCluster(spec);
   assert.equal(recovery, "removed-stale-pid");
   assert.equal(await connects(), true);
+});
+
+test("the managed store gets room for history's WAL (max_wal_size), unless store.settings chooses", async (t) => {
+  const dataDir = tempDir();
+  t.after(() => rmSync(dataDir, { recursive: true, force: true }));
+  const log = createLogger("error");
+  const maxWalSize = async (settings: Record<string, string | boolean>) => {
+    const { config } = validateConfig({ store: { settings } }, "test");
+    const store = await openStore(config, dataDir, log);
+    try {
+      const client = new pg.Client(store.connectionConfig("postgres"));
+      await client.connect();
+      try {
+        return Number(
+          (await client.query("SELECT setting FROM pg_settings WHERE name = 'max_wal_size'")).rows[0].setting,
+        );
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await store.stop();
+    }
+  };
+  const chosen = await maxWalSize({ fsync: false });
+  // Chosen from the free space at start, which the store's own files have changed a little since.
+  const { bavail, bsize } = statfsSync(dataDir);
+  assert.ok(Math.abs(chosen - steadyMaxWalMb(bavail * bsize)) <= 16, `max_wal_size ${chosen} MB`);
+  assert.equal(await maxWalSize({ fsync: false, max_wal_size: "256MB" }), 256);
 });
 
 test("the managed store compresses wide values with lz4, unless store.settings chooses", async (t) => {

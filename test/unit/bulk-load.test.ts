@@ -1,7 +1,8 @@
-// How far the store's checkpoints are spaced out while a snapshot copies (src/store/bulk-load.ts).
+// How far the store's checkpoints are spaced out, always and while a snapshot copies
+// (src/store/bulk-load.ts).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { bulkLoadMaxWalMb } from "../../src/store/bulk-load.ts";
+import { bulkLoadMaxWalMb, steadyMaxWalMb } from "../../src/store/bulk-load.ts";
 
 const MB = 1024 * 1024;
 const GB = 1024 * MB;
@@ -18,4 +19,10 @@ test("never above a quarter of the free disk space", () => {
   assert.equal(bulkLoadMaxWalMb(100 * GB, 40 * GB, 1024), 10 * 1024);
   // A nearly full disk: the store's own value stands.
   assert.equal(bulkLoadMaxWalMb(100 * GB, 1 * GB, 1024), 1024);
+});
+
+test("the store's own max_wal_size: 4 GB, an eighth of the free space if less, at least 1 GB", () => {
+  assert.equal(steadyMaxWalMb(100 * GB), 4096);
+  assert.equal(steadyMaxWalMb(16 * GB), 2048);
+  assert.equal(steadyMaxWalMb(2 * GB), 1024);
 });
