@@ -203,16 +203,22 @@ export async function installStrataSchema(client: pg.Client, database: string, l
   try {
     // One installer at a time (two Strata processes pointed at one external store).
     await client.query("SELECT pg_advisory_xact_lock(hashtext('strata.install'))");
-    const { rows } = await client.query<{ changes: string | null }>(
-      `SELECT (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass('strata.changes'))::bigint::text AS changes
+    // A store from before changes_key (docs/decisions.md §5): one row, with its history's size.
+    const [upgrade] = (
+      await client.query<{ changes: string | null }>(
+        `SELECT (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass('strata.changes'))::bigint::text AS changes
         WHERE to_regclass('strata.changes_row') IS NOT NULL`,
-    );
-    if (rows.length > 0)
+      )
+    ).rows;
+    if (upgrade)
       log?.info(
-        { database, changes: Number(rows[0].changes ?? 0) },
+        { database, changes: Number(upgrade.changes ?? 0) },
         "upgrading the history's key index (once): building changes_key over every recorded change, then dropping changes_row",
       );
     await client.query(INSTALL);
+    // The planner's estimates for the new index's expression come from ANALYZE: without them a
+    // point lookup may take a bitmap scan of every version of a key instead of the first it needs.
+    if (upgrade) await client.query("ANALYZE strata.changes");
     await client.query(HELD_TABLES_SQL);
     await client.query(WORKING_SET_SQL);
     await client.query(SURFACE_SQL);
