@@ -1,4 +1,5 @@
-// Checkpoints spaced out while a snapshot fills the managed store.
+// Checkpoints spaced out on the managed store: always somewhat (steadyMaxWalMb), and far apart
+// while a snapshot fills it.
 //
 // Every managed store has data checksums (pg_rewind needs them), and with checksums the first
 // change to a page after a checkpoint logs the whole page, a hint bit included. A snapshot builds
@@ -23,7 +24,7 @@ const MB = 1024 * 1024;
  * makes the store write several times the WAL of a plain replica for the same changes (about
  * 1 kB per pgbench row change against 170 bytes), and with PostgreSQL's default a catch-up of a
  * million such changes checkpointed on WAL volume and logged 41,000 full-page images, a third of
- * its WAL (docs/performance.md, "The store's WAL during a catch-up").
+ * its WAL (docs/decisions.md, section 8).
  */
 export function steadyMaxWalMb(freeBytes: number): number {
   return Math.max(1024, Math.min(4096, Math.floor(freeBytes / 8 / MB)));
