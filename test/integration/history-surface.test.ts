@@ -328,12 +328,8 @@ test("a store whose history predates changes_key gets it at start, and lookups f
   await replica.query(
     "CREATE INDEX changes_row ON strata.changes (rel, row_key, commit_seq); DROP INDEX strata.changes_key",
   );
-  await replica.end();
-  await strata.stop();
-  await strata.start();
+  await restartStrata();
   assert.match(strata.logs, /upgrading the history's key index/);
-  replica = new pg.Client(strata.connectionConfig());
-  await replica.connect();
   const { rows } = await replica.query(
     "SELECT relname FROM pg_class WHERE relnamespace = 'strata'::regnamespace AND relname IN ('changes_row', 'changes_key')",
   );
@@ -348,10 +344,15 @@ test("a store whose history predates changes_key gets it at start, and lookups f
   assert.equal(stats.rows.length, 1, "statistics on changes_key's expression");
   await assertPointLookups();
   // Started again with changes_key in place: nothing to upgrade.
+  await restartStrata();
+  assert.doesNotMatch(strata.logs, /upgrading the history's key index/);
+});
+
+/** Stop Strata and start it again on the same data directory; `replica` is connected anew. */
+async function restartStrata(): Promise<void> {
   await replica.end();
   await strata.stop();
   await strata.start();
-  assert.doesNotMatch(strata.logs, /upgrading the history's key index/);
   replica = new pg.Client(strata.connectionConfig());
   await replica.connect();
-});
+}

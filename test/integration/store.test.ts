@@ -85,27 +85,39 @@ test("a stale postmaster.pid (its process gone) is removed", async () => {
   assert.equal(await connects(), true);
 });
 
+/**
+ * Open the managed store in `dataDir` with these store.settings, run `query` in one session on it,
+ * and stop it again.
+ */
+async function onStoreWith<T>(
+  dataDir: string,
+  settings: Record<string, string | boolean>,
+  query: (client: pg.Client) => Promise<T>,
+): Promise<T> {
+  const { config } = validateConfig({ store: { settings } }, "test");
+  const store = await openStore(config, dataDir, createLogger("error"));
+  try {
+    const client = new pg.Client(store.connectionConfig("postgres"));
+    await client.connect();
+    try {
+      return await query(client);
+    } finally {
+      await client.end();
+    }
+  } finally {
+    await store.stop();
+  }
+}
+
 test("the managed store gets room for history's WAL (max_wal_size), unless store.settings chooses", async (t) => {
   const dataDir = tempDir();
   t.after(() => rmSync(dataDir, { recursive: true, force: true }));
-  const log = createLogger("error");
-  const maxWalSize = async (settings: Record<string, string | boolean>) => {
-    const { config } = validateConfig({ store: { settings } }, "test");
-    const store = await openStore(config, dataDir, log);
-    try {
-      const client = new pg.Client(store.connectionConfig("postgres"));
-      await client.connect();
-      try {
-        return Number(
-          (await client.query("SELECT setting FROM pg_settings WHERE name = 'max_wal_size'")).rows[0].setting,
-        );
-      } finally {
-        await client.end();
-      }
-    } finally {
-      await store.stop();
-    }
-  };
+  const maxWalSize = (settings: Record<string, string | boolean>) =>
+    onStoreWith(dataDir, settings, async (client) =>
+      Number(
+        (await client.query("SELECT setting FROM pg_settings WHERE name = 'max_wal_size'")).rows[0].setting,
+      ),
+    );
   const chosen = await maxWalSize({ fsync: false });
   // Chosen from the free space at start, which the store's own files have changed a little since.
   const { bavail, bsize } = statfsSync(dataDir);
@@ -116,25 +128,13 @@ test("the managed store gets room for history's WAL (max_wal_size), unless store
 test("the managed store compresses wide values with lz4, unless store.settings chooses", async (t) => {
   const dataDir = tempDir();
   t.after(() => rmSync(dataDir, { recursive: true, force: true }));
-  const log = createLogger("error");
-  const compression = async (settings: Record<string, string | boolean>) => {
-    const { config } = validateConfig({ store: { settings } }, "test");
-    const store = await openStore(config, dataDir, log);
-    try {
-      const client = new pg.Client(store.connectionConfig("postgres"));
-      await client.connect();
-      try {
-        // A value that compresses, stored: which method TOAST used for it.
-        await client.query("CREATE TEMP TABLE wide (v text)");
-        await client.query("INSERT INTO wide SELECT repeat('strata ', 10000)");
-        return (await client.query("SELECT pg_column_compression(v) AS c FROM wide")).rows[0].c;
-      } finally {
-        await client.end();
-      }
-    } finally {
-      await store.stop();
-    }
-  };
+  const compression = (settings: Record<string, string | boolean>) =>
+    onStoreWith(dataDir, settings, async (client) => {
+      // A value that compresses, stored: which method TOAST used for it.
+      await client.query("CREATE TEMP TABLE wide (v text)");
+      await client.query("INSERT INTO wide SELECT repeat('strata ', 10000)");
+      return (await client.query("SELECT pg_column_compression(v) AS c FROM wide")).rows[0].c;
+    });
   // PostgreSQL's packages (Debian's, PGDG's) are built with lz4.
   assert.equal(await compression({ fsync: false }), "lz4");
   assert.equal(await compression({ fsync: false, default_toast_compression: "pglz" }), "pglz");
