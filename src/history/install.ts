@@ -28,7 +28,7 @@ import type { Logger } from "../log.ts";
 import { REMOTE_SQL } from "../remotes/remote-sql.ts";
 import { changesKeyHash } from "./key-hash.ts";
 import { SURFACE_SQL } from "./surface-sql.ts";
-import { META_NAME_SQL, TABLE_SURFACE_SQL } from "./table-surface-sql.ts";
+import { META_NAME_SQL, TABLE_SURFACE_SQL, TABLE_SURFACE_VERSION } from "./table-surface-sql.ts";
 import { WORKING_SET_SQL } from "./working-set-sql.ts";
 
 export const SCHEMA_VERSION = 1;
@@ -224,6 +224,13 @@ export async function installStrataSchema(client: pg.Client, database: string, l
     await client.query(SURFACE_SQL);
     await client.query(META_NAME_SQL);
     await client.query(TABLE_SURFACE_SQL);
+    // Tables whose surface an older Strata made get this one's (e.g. lookups that use changes_key).
+    // A surface dropped for DDL (signature '') is left to whatever dropped it.
+    await client.query(
+      `SELECT strata.ensure_table_surface(schema_name, table_name, key_columns) FROM strata.table_surfaces
+        WHERE CASE WHEN signature LIKE '{%' THEN (signature::jsonb ->> 'v') IS DISTINCT FROM $1 END`,
+      [String(TABLE_SURFACE_VERSION)],
+    );
     await client.query(REMOTE_SQL);
     await client.query(BRANCH_SQL);
     await client.query(CLUSTER_STATUS_SQL);

@@ -21,6 +21,12 @@
 
 import { changesKeyHash } from "./key-hash.ts";
 
+/**
+ * The version of the per-table objects' SQL, part of each table's surface signature: a table
+ * whose surface was made by another version is made again (installStrataSchema).
+ */
+export const TABLE_SURFACE_VERSION = 7;
+
 export const TABLE_SURFACE_SQL = `
 -- The key a table's history is kept under: as recorded, else its snapshot base's, else its
 -- primary key's (NULL: none).
@@ -82,7 +88,7 @@ BEGIN
     FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
   IF names IS NULL THEN RETURN; END IF;
   keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
-  v_sig := jsonb_build_object('v', 6, 'names', names, 'types', types, 'keys', keys)::text;
+  v_sig := jsonb_build_object('v', ${TABLE_SURFACE_VERSION}, 'names', names, 'types', types, 'keys', keys)::text;
   IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
      AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
     RETURN;
@@ -112,26 +118,41 @@ BEGIN
         JOIN strata.commits k ON k.seq = b.commit_seq
         CROSS JOIN LATERAL (
           SELECT t.* FROM %7$s t
+           -- Each row's key, made once (OFFSET 0 keeps the planner from copying it into both
+           -- probes): directly from its columns when the base's key is the table's.
+           CROSS JOIN LATERAL (SELECT %9$s AS k OFFSET 0) tk
            WHERE NOT EXISTS (SELECT 1 FROM strata.snapshot_bases later
                               WHERE later.rel = b.rel AND later.commit_seq > b.commit_seq)
              AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                              WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("b.rel", "strata.key_of(to_jsonb(t.*), b.key_columns)")}
-                                AND c.rel = b.rel AND c.row_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
+                              WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("b.rel", "tk.k")}
+                                AND c.rel = b.rel AND c.row_key = tk.k AND c.commit_seq > b.commit_seq)
              AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                              WHERE c.rel = b.rel AND c.old_key = strata.key_of(to_jsonb(t.*), b.key_columns) AND c.commit_seq > b.commit_seq)
+                              WHERE c.rel = b.rel AND c.old_key = tk.k AND c.commit_seq > b.commit_seq)
           UNION ALL
           SELECT f.* FROM (
-            SELECT DISTINCT ON (coalesce(c.old_key, c.row_key)) c.op, c.old_row
-              FROM strata.changes c
-             WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq
-             ORDER BY coalesce(c.old_key, c.row_key), c.commit_seq, c.ord
+            -- Each key's first mention after the base: a change that finds a row under it, or
+            -- one that leaves a row under it (an insert, or an update that moved a row there,
+            -- which makes no version at the base).
+            SELECT DISTINCT ON (m.k) m.op, m.old_row, m.arrives
+              FROM (SELECT coalesce(c.old_key, c.row_key) AS k, c.commit_seq, c.ord, c.op, c.old_row, false AS arrives
+                      FROM strata.changes c
+                     WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq
+                    UNION ALL
+                    SELECT c.row_key, c.commit_seq, c.ord, c.op, NULL, true
+                      FROM strata.changes c
+                     WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq AND c.old_key IS NOT NULL) m
+             ORDER BY m.k, m.commit_seq, m.ord
           ) first_touch
           CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, first_touch.old_row) f
-           WHERE first_touch.op <> 'I'
+           WHERE first_touch.op <> 'I' AND NOT first_touch.arrives
         ) r
        WHERE b.rel = %8$s
     $strata$$sql$,
-    p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date, q, rel_l);
+    p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date, q, rel_l,
+    CASE WHEN cardinality(keys) > 0 AND keys <@ names
+         THEN format('CASE WHEN b.key_columns = %s THEN %s ELSE strata.key_of(to_jsonb(t.*), b.key_columns) END',
+                     keys_l, strata.key_expression(keys, 't'))
+         ELSE 'strata.key_of(to_jsonb(t.*), b.key_columns)' END);
   EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_history_' || p_table);
 
   -- As of a commit: the whole table, and one row by key (key values in key order).

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import pg from "pg";
 import { changesKeyHash } from "../../src/history/key-hash.ts";
+import { TABLE_SURFACE_VERSION } from "../../src/history/table-surface-sql.ts";
 import { startPrimary, type TestCluster } from "../support/postgres.ts";
 import { type StrataProcess, startStrata, waitForSameRows } from "../support/strata.ts";
 import { seededRandom, testSeed } from "../support/workload.ts";
@@ -272,6 +273,16 @@ test("dolt_diff_<table> (the view) holds each commit's changes against its paren
   );
 });
 
+test("dolt_history_<table> at the snapshot's commit holds every row the snapshot copied, as it was", async () => {
+  // The snapshot writes no history rows: untouched rows are read from the table, the others from
+  // their first later change (under their key then, also when a later update moved it; a key a
+  // row was moved to, and then changed again, had no row at the base).
+  const { rows } = await replica.query("SELECT id, v FROM dolt_history_kv WHERE commit_hash = $1", [
+    commits[0].commit_hash,
+  ]);
+  assert.deepEqual(kvRows(rows), kvOf(states[0].kv), `seed ${seed}`);
+});
+
 test("dolt_blame_<table> names the last commit that changed each row", async () => {
   const { rows } = await replica.query("SELECT id, commit FROM dolt_blame_kv");
   const last = states.length - 1;
@@ -324,9 +335,13 @@ test("commits are named by HEAD~N, hash prefixes, timestamps and upstream LSNs",
 });
 
 test("a store whose history predates changes_key gets it at start, and lookups find the same rows", async () => {
-  // The key index as Strata built it before changes_key (docs/decisions.md, section 5).
+  // The key index as Strata built it before changes_key (docs/decisions.md, section 5), and
+  // per-table objects made by the Strata of then.
   await replica.query(
     "CREATE INDEX changes_row ON strata.changes (rel, row_key, commit_seq); DROP INDEX strata.changes_key",
+  );
+  await replica.query(
+    `UPDATE strata.table_surfaces SET signature = jsonb_set(signature::jsonb, '{v}', '6')::text`,
   );
   await restartStrata();
   assert.match(strata.logs, /upgrading the history's key index/);
@@ -342,6 +357,14 @@ test("a store whose history predates changes_key gets it at start, and lookups f
     "SELECT 1 FROM pg_stats WHERE schemaname = 'strata' AND tablename = 'changes_key'",
   );
   assert.equal(stats.rows.length, 1, "statistics on changes_key's expression");
+  const versions = await replica.query(
+    "SELECT DISTINCT signature::jsonb ->> 'v' AS v FROM strata.table_surfaces",
+  );
+  assert.deepEqual(
+    versions.rows.map((r) => r.v),
+    [String(TABLE_SURFACE_VERSION)],
+    "every table's surface made again",
+  );
   await assertPointLookups();
   // Started again with changes_key in place: nothing to upgrade.
   await restartStrata();
