@@ -110,19 +110,11 @@ function encodeHeader(header: CommitHeader): string {
 const PIECE_CHARS = 64 * 1024;
 
 // One-shot SHA-256 (Node 20.12+) spares a Hash object per commit; older Node 20s make one.
-type OneShotHash = (algorithm: string, data: string, outputEncoding: "hex" | "buffer") => string | Buffer;
+type OneShotHash = (algorithm: string, data: string, outputEncoding: "buffer") => Buffer;
 const oneShotHash = (crypto as { hash?: OneShotHash }).hash;
 
-function sha256Hex(data: string): string {
-  return oneShotHash
-    ? (oneShotHash("sha256", data, "hex") as string)
-    : createHash("sha256").update(data).digest("hex");
-}
-
-function sha256Bytes(data: string): Buffer {
-  return oneShotHash
-    ? (oneShotHash("sha256", data, "buffer") as Buffer)
-    : createHash("sha256").update(data).digest();
+function sha256(data: string): Buffer {
+  return oneShotHash ? oneShotHash("sha256", data, "buffer") : createHash("sha256").update(data).digest();
 }
 
 export class CommitHasher {
@@ -149,14 +141,12 @@ export class CommitHasher {
     }
   }
 
-  /** The digest of everything added, as hex (version 2's body) or bytes. */
-  private finish(): Buffer;
-  private finish(hex: "hex"): string;
-  private finish(hex?: "hex"): string | Buffer {
-    if (!this.hash) return hex ? sha256Hex(this.pending) : sha256Bytes(this.pending);
+  /** The digest of everything added. */
+  private finish(): Buffer {
+    if (!this.hash) return sha256(this.pending);
     this.hash.update(this.pending);
     this.pending = "";
-    return hex ? this.hash.digest("hex") : this.hash.digest();
+    return this.hash.digest();
   }
 
   /** A schema change applied to the replica (DDL replayed, or followed from a Relation message). */
@@ -166,8 +156,8 @@ export class CommitHasher {
 
   /** The hash of a version-2 commit: its header, then the digest of its body. */
   digestWith(header: CommitHeader): string {
-    const body = this.finish("hex");
-    return base32(sha256Bytes(`strata-commit 2\n${encodeHeader(header)}\n${body}\n`).subarray(0, 20));
+    const body = this.finish().toString("hex");
+    return base32(sha256(`strata-commit 2\n${encodeHeader(header)}\n${body}\n`).subarray(0, 20));
   }
 
   /** A row change exactly as it came from upstream (text or binary values, unchanged-TOAST markers). */
