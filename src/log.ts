@@ -9,3 +9,14 @@ export function createLogger(level = "info"): Logger {
     pino.destination({ dest: 2, sync: true }),
   );
 }
+
+/**
+ * Node's process warnings (a dependency's deprecation or support notice) as log lines: Node's
+ * default prints them to stderr as loose text, which breaks a reader of the JSON lines.
+ */
+export function logProcessWarnings(log: Logger): void {
+  process.removeAllListeners("warning");
+  process.on("warning", (warning: Error & { code?: string }) => {
+    log.warn({ warning: warning.name, code: warning.code }, warning.message);
+  });
+}

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError } from "commander";
 import { ConfigError, loadConfig } from "../config/load.ts";
-import { createLogger } from "../log.ts";
+import { createLogger, logProcessWarnings } from "../log.ts";
 import { startServer } from "../server.ts";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
@@ -31,6 +31,7 @@ program
       throw err;
     }
     const log = createLogger(loaded.config.log_level);
+    logProcessWarnings(log);
     for (const warning of loaded.warnings) log.warn(warning);
     let server: Awaited<ReturnType<typeof startServer>>;
     try {

@@ -228,6 +228,10 @@ export class Replicator {
         ...this.options.store.connectionConfig(cfg.postgres_database),
         options: SESSION_OPTIONS,
         application_name: "strata apply",
+        // The applier sends statements without waiting for the ones before (decisions.md §12):
+        // pipeline mode writes each at once, where pg's queue sent one per round trip and is
+        // deprecated (pg 9 removes it).
+        pipeline: true,
       },
       (err) => {
         this.log.warn({ err: err.message }, "lost the connection to the store");

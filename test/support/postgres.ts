@@ -2,7 +2,7 @@
 // wal_level=logical. Every cluster is stopped and removed when the test process exits, even when
 // a test fails; tests should still call stop() in an `after` hook.
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,7 +21,8 @@ import { onProcessExit } from "./cleanup.ts";
 export const TEST_USER = "postgres";
 export const TEST_PASSWORD = "password";
 
-export async function freePort(): Promise<number> {
+/** A loopback port nothing listens on now (the kernel's pick). */
+function unboundPort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
     const server = createServer();
     server.once("error", reject);
@@ -31,6 +32,42 @@ export async function freePort(): Promise<number> {
       server.close(() => resolvePort(port));
     });
   });
+}
+
+// Ports handed out, one file each, shared by the test files that run at once: between freePort()
+// and the server binding it, the kernel may offer the same unbound port to another test process.
+export const PORT_RESERVATIONS = join(tmpdir(), "strata-test-ports");
+
+function reservationHolderAlive(file: string): boolean {
+  try {
+    process.kill(Number(readFileSync(file, "utf8")), 0);
+    return true;
+  } catch (err) {
+    // EPERM: alive, someone else's; anything else (ESRCH, an unreadable file): gone.
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * A free loopback port, reserved for this test process until it exits. `offer` stands in for
+ * the kernel's pick in the helper's own test.
+ */
+export async function freePort(offer: () => Promise<number> = unboundPort): Promise<number> {
+  mkdirSync(PORT_RESERVATIONS, { recursive: true, mode: 0o1777 });
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = await offer();
+    const file = join(PORT_RESERVATIONS, String(port));
+    try {
+      writeFileSync(file, String(process.pid), { flag: "wx" });
+    } catch {
+      // Another test process holds it (or a process that died without cleaning up: free it).
+      if (!reservationHolderAlive(file)) rmSync(file, { force: true });
+      continue;
+    }
+    onProcessExit(() => rmSync(file, { force: true }));
+    return port;
+  }
+  throw new Error(`no free port: 100 ports offered by the kernel were all reserved in ${PORT_RESERVATIONS}`);
 }
 
 /** A fresh directory that the store's unprivileged OS user can traverse, removed at exit. */

@@ -1,5 +1,6 @@
 // Runs `strata serve` as a child process against a test primary (or standalone, without
 // replication), the way a user does, and compares replica and primary.
+import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -25,6 +26,11 @@ export interface StrataOptions {
 export class StrataProcess {
   child: ChildProcess | undefined;
   logs = "";
+  /**
+   * Over all starts: lines Node printed outside Strata's JSON log (loose text breaks log readers),
+   * and deprecations logged (code a dependency's next major version breaks).
+   */
+  readonly looseNodeLines: string[] = [];
   readonly configFile: string;
   exited: Promise<number | null> = Promise.resolve(null);
   /** Environment variables added to Strata's (e.g. NODE_EXTRA_CA_CERTS), from the next start(). */
@@ -90,7 +96,10 @@ export class StrataProcess {
     );
     this.child = child;
     child.stderr!.on("data", (d) => {
-      this.logs += d.toString();
+      const text = d.toString();
+      this.logs += text;
+      for (const line of text.match(/^(\(node:\d+\) .*|.*"warning":"DeprecationWarning".*)$/gm) ?? [])
+        this.looseNodeLines.push(line);
     });
     let closed = false;
     this.exited = new Promise((resolveExit) =>
@@ -124,6 +133,11 @@ export class StrataProcess {
   async stop(): Promise<void> {
     await this.kill("SIGTERM");
     this.stopOrphanedStoreSync();
+    assert.deepEqual(
+      this.looseNodeLines,
+      [],
+      "Strata printed Node warnings outside its log, or deprecations",
+    );
   }
 
   async waitForStreaming(timeoutMs = 60_000): Promise<void> {
