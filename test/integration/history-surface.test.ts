@@ -172,6 +172,20 @@ test("a point lookup by key as of a commit finds the row the primary had, or non
   assert.match(plan, /Index Scan using changes_key/, `the lookup descends the key index:\n${plan}`);
 });
 
+test("dolt_history_<table> reads its own table's changes from changes_rel, not every table's", async () => {
+  // As above: scans off, so that the plan shows whether the index can serve the query.
+  await replica.query("SET enable_seqscan = off");
+  const plan = (await replica.query("EXPLAIN SELECT * FROM dolt_history_kv")).rows
+    .map((r) => r["QUERY PLAN"])
+    .join("\n");
+  await replica.query("RESET enable_seqscan");
+  assert.match(
+    plan,
+    /Index Scan on changes_rel .*\n\s*Index Cond: \(rel = 'public\.kv'::text\)/,
+    `changes found by their table:\n${plan}`,
+  );
+});
+
 /** The expected diff of kv between two recorded states, as "diff_type from->to" lines. */
 function expectedKvDiff(from: Map<number, string>, to: Map<number, string>): string[] {
   const lines: string[] = [];
@@ -334,23 +348,24 @@ test("commits are named by HEAD~N, hash prefixes, timestamps and upstream LSNs",
   assert.match(String(missing), /goes back before the first commit/);
 });
 
-test("a store whose history predates changes_key gets it at start, and lookups find the same rows", async () => {
+test("a store whose history predates changes_key and changes_rel gets them at start, and lookups find the same rows", async () => {
   // The key index as Strata built it before changes_key (docs/decisions.md, section 5), and
   // per-table objects made by the Strata of then.
   await replica.query(
-    "CREATE INDEX changes_row ON strata.changes (rel, row_key, commit_seq); DROP INDEX strata.changes_key",
+    "CREATE INDEX changes_row ON strata.changes (rel, row_key, commit_seq); DROP INDEX strata.changes_key; DROP INDEX strata.changes_rel",
   );
   await replica.query(
     `UPDATE strata.table_surfaces SET signature = jsonb_set(signature::jsonb, '{v}', '6')::text`,
   );
   await restartStrata();
   assert.match(strata.logs, /upgrading the history's key index/);
+  assert.match(strata.logs, /building changes_rel/);
   const { rows } = await replica.query(
-    "SELECT relname FROM pg_class WHERE relnamespace = 'strata'::regnamespace AND relname IN ('changes_row', 'changes_key')",
+    "SELECT relname FROM pg_class WHERE relnamespace = 'strata'::regnamespace AND relname IN ('changes_row', 'changes_key', 'changes_rel') ORDER BY 1",
   );
   assert.deepEqual(
     rows.map((r) => r.relname),
-    ["changes_key"],
+    ["changes_key", "changes_rel"],
   );
   // Analyzed with it, so that the planner knows how the index's hash is spread.
   const stats = await replica.query(
@@ -368,7 +383,7 @@ test("a store whose history predates changes_key gets it at start, and lookups f
   await assertPointLookups();
   // Started again with changes_key in place: nothing to upgrade.
   await restartStrata();
-  assert.doesNotMatch(strata.logs, /upgrading the history's key index/);
+  assert.doesNotMatch(strata.logs, /upgrading the history/);
 });
 
 /** Stop Strata and start it again on the same data directory; `replica` is connected anew. */
