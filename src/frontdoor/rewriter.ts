@@ -21,7 +21,9 @@ const CATALOG_TTL_MS = 5_000;
 /** Rewrites remembered (per database and SQL text; unnamed statements repeat). */
 const REWRITE_CACHE_SIZE = 500;
 /** `USE db` / `USE "db/branch"` (Doltgres's, not Postgres's: read before the parser). */
-const USE_STATEMENT = /^\s*use\s+(?:"((?:[^"]|"")+)"|([^\s;"]+))\s*;?\s*$/i;
+// No two adjacent parts can match the same characters: linear time on any input (a pattern
+// with `\s*;?\s*` took seconds on a long run of spaces, on the event loop every session shares).
+const USE_STATEMENT = /^\s*use\s+(?:"((?:[^"]|"")+)"|([^\s;"]+))\s*(?:;\s*)?$/i;
 /** A statement that reads dolt_branches: the other branches' heads are gathered first. */
 const READS_BRANCHES = /dolt_branches/i;
 /** How long an ALTER SYSTEM may take to reach postgresql.auto.conf before the reload is given up. */

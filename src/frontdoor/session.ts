@@ -138,6 +138,8 @@ export const passThroughRewriter: QueryRewriter = { rewrite: () => undefined };
 
 /** Postgres's OID of `text`: the type given to parameters a failed Parse left to the server. */
 const TEXT_OID = 25;
+/** Parameters a statement can have: Bind and Parse count them in 16 bits. */
+const MAX_PARAMETERS = 0xffff;
 /** How long a closing client may take to read the last bytes sent to it. */
 const CLOSE_GRACE_MS = 5_000;
 /** The most read from the store at once (what Node reads into by default). */
@@ -483,15 +485,22 @@ export class Session implements SessionInfo {
       return this.failedStatement(err, sql, parse);
     }
     if (result === undefined || result === null) return frame.bytes;
-    if (typeof result === "string") return this.encode(result, parse);
+    if (typeof result === "string") return this.encode(result, sql, parse);
     return Promise.resolve(result).then(
-      (text) => (text === undefined || text === null ? frame.bytes : this.encode(text, parse)),
+      (text) => (text === undefined || text === null ? frame.bytes : this.encode(text, sql, parse)),
       (err) => this.failedStatement(err, sql, parse),
     );
   }
 
-  private encode(sql: string, parse: ParseMessage | undefined): Buffer {
-    return parse ? encodeParse({ ...parse, sql }, this.encoding) : encodeQuery(sql, this.encoding);
+  /** The rewritten statement's message; one that cannot be encoded fails as the statement. */
+  private encode(rewritten: string, sql: string, parse: ParseMessage | undefined): Buffer {
+    try {
+      return parse
+        ? encodeParse({ ...parse, sql: rewritten }, this.encoding)
+        : encodeQuery(rewritten, this.encoding);
+    } catch (err) {
+      return this.failedStatement(err, sql, parse);
+    }
   }
 
   /** The statement that fails with the rewriter's error, in place of the client's. */
@@ -511,7 +520,8 @@ export class Session implements SessionInfo {
     if (!parse) return encodeQuery(failing, this.encoding);
     // The client will Bind as many values as the statement has parameters: the DO block must
     // take them all, with types the server accepts (those left to the server become text).
-    const count = Math.max(parse.paramTypes.length, highestParameter(sql));
+    // At most Postgres's 65535 (a larger $n is the store's error to report, once Bind comes).
+    const count = Math.min(Math.max(parse.paramTypes.length, highestParameter(sql)), MAX_PARAMETERS);
     const paramTypes = Array.from({ length: count }, (_, i) => parse.paramTypes[i] || TEXT_OID);
     return encodeParse({ name: parse.name, sql: failing, paramTypes }, this.encoding);
   }

@@ -15,6 +15,8 @@
 // The encoders are the few messages the front door writes itself: ErrorResponse, and Query and
 // Parse with replaced SQL text.
 
+import { isUtf8 } from "node:buffer";
+
 /** Sent in the code field of an untyped startup packet. */
 export const SSL_REQUEST_CODE = 80877103;
 export const GSSENC_REQUEST_CODE = 80877104;
@@ -335,9 +337,20 @@ function cstringEnd(bytes: Buffer, pos: number, what: string): number {
   return end;
 }
 
+/**
+ * Text of a message, from `start` to `end`. Bytes that are not UTF-8 in a UTF-8 session are
+ * refused rather than replaced: rewritten, they would reach the store as U+FFFD where the store
+ * itself refuses them (22021).
+ */
+function decodeText(bytes: Buffer, encoding: TextEncoding, start: number, end: number, what: string): string {
+  if (encoding === "utf8" && !isUtf8(bytes.subarray(start, end)))
+    throw new ProtocolError(`invalid ${what} message: not valid UTF-8`);
+  return bytes.toString(encoding, start, end);
+}
+
 /** The SQL text of a Query ('Q') message. */
 export function decodeQuery(bytes: Buffer, encoding: TextEncoding = "utf8"): string {
-  return bytes.toString(encoding, 5, cstringEnd(bytes, 5, "Query"));
+  return decodeText(bytes, encoding, 5, cstringEnd(bytes, 5, "Query"), "Query");
 }
 
 export interface ParseMessage {
@@ -354,15 +367,16 @@ export function decodeParse(bytes: Buffer, encoding: TextEncoding = "utf8"): Par
   const sqlEnd = cstringEnd(bytes, nameEnd + 1, "Parse");
   let pos = sqlEnd + 1;
   if (pos + 2 > bytes.length) throw new ProtocolError("invalid Parse message: no parameter count");
-  const count = bytes.readInt16BE(pos);
+  // Unsigned, as the server reads it: up to 65535 parameters.
+  const count = bytes.readUInt16BE(pos);
   pos += 2;
-  if (count < 0 || pos + 4 * count !== bytes.length)
+  if (pos + 4 * count !== bytes.length)
     throw new ProtocolError("invalid Parse message: parameter types do not match their count");
   const paramTypes = new Array<number>(count);
   for (let i = 0; i < count; i++, pos += 4) paramTypes[i] = bytes.readUInt32BE(pos);
   return {
-    name: bytes.toString(encoding, 5, nameEnd),
-    sql: bytes.toString(encoding, nameEnd + 1, sqlEnd),
+    name: decodeText(bytes, encoding, 5, nameEnd, "Parse"),
+    sql: decodeText(bytes, encoding, nameEnd + 1, sqlEnd, "Parse"),
     paramTypes,
   };
 }

@@ -314,6 +314,9 @@ test("Query: encode and decode round-trip, as node-postgres writes it", () => {
   ]);
   assert.deepEqual(encodeQuery(decodeQuery(latin1, "latin1"), "latin1"), latin1);
   assert.throws(() => decodeQuery(msg("Q", "no terminator")), ProtocolError);
+  // Not UTF-8 in a UTF-8 session: refused (the message then goes to the store untouched, which
+  // refuses it with 22021), never read with U+FFFD in place of the bytes.
+  assert.throws(() => decodeQuery(latin1), /not valid UTF-8/);
 });
 
 test("Parse: round-trip keeps the statement name and parameter types exactly, as node-postgres writes it", () => {
@@ -334,6 +337,12 @@ test("Parse: round-trip keeps the statement name and parameter types exactly, as
   }
   assert.throws(() => decodeParse(msg("P", "s\0SELECT 1\0\0\x02\0\0\0\x17")), /do not match their count/);
   assert.throws(() => decodeParse(msg("P", "s\0SELECT 1\0")), /no parameter count/);
+  // The count is unsigned, as the server reads it: 40,000 parameter types are a valid Parse.
+  const many = { name: "", sql: "SELECT 1", paramTypes: new Array<number>(40_000).fill(25) };
+  assert.deepEqual(decodeParse(encodeParse(many)), many);
+  const invalid = encodeParse({ name: "s", sql: "SELECT 'x'", paramTypes: [] });
+  invalid[invalid.indexOf("x")] = 0xff;
+  assert.throws(() => decodeParse(invalid), /not valid UTF-8/);
 });
 
 /** Decode a backend message with node-postgres's own parser. */
