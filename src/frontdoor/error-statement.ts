@@ -35,10 +35,14 @@ function literal(text: string): string {
   return `E'${text.replaceAll("\0", "").replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }
 
+/** Parameters a statement can have: Bind and Parse count them in 16 bits. */
+const MAX_PARAMETERS = 0xffff;
+
 /**
  * The highest $n parameter `sql` refers to, outside literals, quoted identifiers and comments.
  * A Parse that left parameter types to the server has as many parameters as this; its
  * replacement must take as many, or the client's Bind is refused before the error is raised.
+ * At most 65535, as many as a Bind can carry: a larger $n is the store's error to report.
  */
 export function highestParameter(sql: string): number {
   let highest = 0;
@@ -90,7 +94,7 @@ export function highestParameter(sql: string): number {
       } else i++;
     } else i++;
   }
-  return highest;
+  return Math.min(highest, MAX_PARAMETERS);
 }
 
 function isIdentChar(c: string | undefined): boolean {

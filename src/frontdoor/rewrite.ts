@@ -10,7 +10,9 @@
 //   SET [LOCAL] dolt_x TO v, RESET dolt_x       → the same on strata.dolt_x, v checked
 //   ALTER SYSTEM SET dolt_x [TO | =] v          → ALTER SYSTEM SET strata.dolt_x TO v (also the
 //       reference's form without TO), ALTER SYSTEM RESET dolt_x
-//   current_setting('dolt_x'), set_config('dolt_x', ...)  → dolt.setting / strata.dolt_x
+//   [pg_catalog.]current_setting('dolt_x'), set_config('dolt_x', ...)  → dolt.setting / strata.dolt_x
+//
+// Comments are ignored in matching, and kept unless inside a statement replaced whole.
 //
 // Everything else passes through untouched; a cheap test on the text keeps the scanner off the
 // hot path of ordinary queries.
@@ -121,12 +123,44 @@ function variableOf(t: Token | undefined): VariableDefinition | undefined {
   return variable;
 }
 
+/**
+ * libpg-query's offsets (tokens' start and end, parse-tree locations) count the bytes of the UTF-8
+ * its C side is given, JS strings count UTF-16 code units: the string index of each byte offset,
+ * or undefined when `text` is ASCII and the two agree.
+ */
+function byteIndexes(text: string): ((offset: number) => number) | undefined {
+  if (!/[^\x00-\x7f]/.test(text)) return undefined;
+  // Encoded as libpg-query's stringToUTF8 does: a surrogate pair in 4 bytes, a lone surrogate in
+  // 3, as Buffer.byteLength counts them too.
+  const index = new Uint32Array(Buffer.byteLength(text) + 1);
+  let byte = 0;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.codePointAt(i)!;
+    const size = code < 0x80 ? 1 : code < 0x800 ? 2 : code < 0x10000 ? 3 : 4;
+    for (const end = byte + size; byte < end; byte++) index[byte] = i;
+    if (size === 4) i++;
+  }
+  index[byte] = text.length;
+  return (offset) => index[offset] ?? text.length;
+}
+
+const isComment = (t: Token) => t.tokenName === "C_COMMENT" || t.tokenName === "SQL_COMMENT";
+
+/** `sql`'s tokens, comments left out (Strata syntax is matched around them), offsets as string indexes. */
 function scan(sql: string): Token[] | undefined {
+  let tokens: Token[];
   try {
-    return scanSync(sql).tokens as Token[];
+    tokens = (scanSync(sql).tokens as Token[]).filter((t) => !isComment(t));
   } catch {
     return undefined;
   }
+  const index = byteIndexes(sql);
+  if (index)
+    for (const t of tokens) {
+      t.start = index(t.start);
+      t.end = index(t.end);
+    }
+  return tokens;
 }
 
 /** Rewrite `sql`, or undefined when nothing in it is Strata's. Throws VariableError for bad settings. */
@@ -168,8 +202,13 @@ export async function rewriteSql(sql: string, catalog: RewriteCatalog): Promise<
   } catch {
     return undefined;
   }
-  const sqlOut = asOfCalls.length > 0 ? await withKeyLookups(rewritten, tree, asOfCalls, catalog) : rewritten;
-  return { sql: sqlOut, altersSystem };
+  if (asOfCalls.length === 0) return { sql: rewritten, altersSystem };
+  try {
+    return { sql: await withKeyLookups(rewritten, tree, asOfCalls, catalog), altersSystem };
+  } catch {
+    // The keyed form only saves time: whatever stops it, the plain rewrite answers the same.
+    return { sql: rewritten, altersSystem };
+  }
 }
 
 function applyEdits(text: string, edits: Edit[]): string {
@@ -259,30 +298,64 @@ function settingSql(variable: VariableDefinition, tokens: Token[]): string | und
   return quoteLiteral(normalizeValue(variable, value));
 }
 
+/**
+ * Where a call of Postgres's function `t[i]` starts: at its pg_catalog. qualifier if it has one;
+ * undefined when another schema qualifies it (then it is not Postgres's).
+ */
+function builtinCallStart(t: Token[], i: number): number | undefined {
+  if (t[i - 1]?.text !== ".") return t[i].start;
+  const schema = t[i - 2];
+  if (!isName(schema) || identName(schema) !== "pg_catalog" || t[i - 3]?.text === ".") return undefined;
+  return schema.start;
+}
+
+/** The index of the `)` closing the parenthesis at t[open], or undefined when it is not closed. */
+function closingParen(t: Token[], open: number): number | undefined {
+  let depth = 0;
+  for (let i = open; i < t.length; i++) {
+    if (t[i].text === "(") depth++;
+    else if (t[i].text === ")" && --depth === 0) return i;
+  }
+  return undefined;
+}
+
+/** dolt_diff('from', 'to', 'table') at t[i], exactly: its three literals, or undefined. */
+function diffArguments(t: Token[], i: number): [Token, Token, string] | undefined {
+  const at = (k: number, text: string) => t[i + k]?.text === text;
+  if (!(at(1, "(") && at(3, ",") && at(5, ",") && at(7, ")"))) return undefined;
+  const [from, to, table] = [t[i + 2], t[i + 4], stringValue(t[i + 6])];
+  if (!table || from.tokenName !== "SCONST" || to.tokenName !== "SCONST") return undefined;
+  return [from, to, table];
+}
+
 /** AS OF, dolt_diff('A', 'B', 't'), current_setting / set_config of Strata variables. */
 function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
+  // Set once a current_setting( is found unclosed: no call spans a `;`, so the statement is not
+  // valid SQL and its rewrite will not parse anyway; looking again from each later call would
+  // take quadratic time.
+  let unclosed = false;
   for (let i = 0; i < t.length; i++) {
     const word = t[i].tokenName === "IDENT" ? t[i].text.toLowerCase() : "";
-    if (word === "current_setting" && t[i + 1]?.text === "(") {
+    if (word === "current_setting" && t[i + 1]?.text === "(" && !unclosed) {
       const name = stringValue(t[i + 2]);
       const variable = isVariableName(name) ? findVariable(name) : undefined;
       if (!variable) continue;
-      // current_setting(name [, missing_ok]): the closing parenthesis of the call.
-      let close = i + 3;
-      while (close < t.length && t[close].text !== ")") close++;
-      if (close >= t.length) continue;
-      edits.push({
-        start: t[i].start,
-        end: t[close].end,
-        text: `dolt.setting(${quoteLiteral(variable.name)})`,
-      });
+      const start = builtinCallStart(t, i);
+      if (start === undefined) continue;
+      // current_setting(name [, missing_ok]): the whole call, missing_ok dropped.
+      const close = closingParen(t, i + 1);
+      if (close === undefined) {
+        unclosed = true;
+        continue;
+      }
+      edits.push({ start, end: t[close].end, text: `dolt.setting(${quoteLiteral(variable.name)})` });
       i = close;
       continue;
     }
     if (word === "set_config" && t[i + 1]?.text === "(") {
       const name = stringValue(t[i + 2]);
       const variable = isVariableName(name) ? findVariable(name) : undefined;
-      if (variable)
+      if (variable && builtinCallStart(t, i) !== undefined)
         edits.push({
           start: t[i + 2].start,
           end: t[i + 2].end,
@@ -290,10 +363,9 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
         });
       continue;
     }
-    if (word === "dolt_diff" && t[i + 1]?.text === "(" && t[i + 7]?.text === ")" && t[i - 1]?.text !== ".") {
-      const [from, , to, , table] = t.slice(i + 2, i + 7);
-      const name = stringValue(table);
-      if (!name || from.tokenName !== "SCONST" || to.tokenName !== "SCONST") continue;
+    const diff = word === "dolt_diff" && t[i - 1]?.text !== "." ? diffArguments(t, i) : undefined;
+    if (diff) {
+      const [from, to, name] = diff;
       const dot = name.lastIndexOf(".");
       const fn = `${dot >= 0 ? `${quoteIdent(name.slice(0, dot))}.` : ""}${quoteIdent(`dolt_diff_${name.slice(dot + 1)}`)}`;
       edits.push({ start: t[i].start, end: t[i + 7].end, text: `${fn}(${from.text}, ${to.text})` });
@@ -346,39 +418,76 @@ interface Conjunct {
   value: string;
 }
 
-/** `col = constant` / `col = $n` terms ANDed at the top of a WHERE clause. */
+/** `col = constant` / `col = $n` terms ANDed at the top of a WHERE clause, in the order written. */
 function equalities(where: unknown): Conjunct[] {
-  const node = where as ParseNode | undefined;
-  if (!node) return [];
-  if (node.BoolExpr?.boolop === "AND_EXPR") return node.BoolExpr.args.flatMap(equalities);
-  const expr = node.A_Expr;
-  if (expr?.kind !== "AEXPR_OP" || expr.name?.[0]?.String?.sval !== "=") return [];
-  const fields: string[] | undefined = expr.lexpr?.ColumnRef?.fields?.map((f: ParseNode) => f.String?.sval);
-  if (!fields || fields.some((f) => f === undefined) || fields.length > 2) return [];
-  const value = constantSql(expr.rexpr);
-  if (value === undefined) return [];
-  return [{ column: fields.at(-1)!, qualifier: fields.length === 2 ? fields[0] : undefined, value }];
+  const found: Conjunct[] = [];
+  // A stack, not recursion: a WHERE clause of thousands of nested ANDs must not exhaust the stack.
+  const pending = [where as ParseNode | undefined];
+  while (pending.length > 0) {
+    const node = pending.pop();
+    if (node?.BoolExpr?.boolop === "AND_EXPR") {
+      const args: ParseNode[] = node.BoolExpr.args;
+      for (let k = args.length - 1; k >= 0; k--) pending.push(args[k]);
+    } else {
+      const term = equality(node);
+      if (term) found.push(term);
+    }
+  }
+  return found;
 }
 
+function equality(node: ParseNode | undefined): Conjunct | undefined {
+  const expr = node?.A_Expr;
+  if (expr?.kind !== "AEXPR_OP" || expr.name?.[0]?.String?.sval !== "=") return undefined;
+  const fields: string[] | undefined = expr.lexpr?.ColumnRef?.fields?.map((f: ParseNode) => f.String?.sval);
+  if (!fields || fields.some((f) => typeof f !== "string") || fields.length > 2) return undefined;
+  const value = constantSql(expr.rexpr);
+  if (value === undefined) return undefined;
+  return { column: fields.at(-1)!, qualifier: fields.length === 2 ? fields[0] : undefined, value };
+}
+
+/** A constant's SQL. libpg-query's JSON leaves out fields at their zero value (0, '', false). */
 function constantSql(node: ParseNode | undefined): string | undefined {
-  if (node?.ParamRef) return `$${node.ParamRef.number}`;
+  if (node?.ParamRef) {
+    // $0 is no parameter: left to the store to refuse, not made a key argument.
+    const n = node.ParamRef.number ?? 0;
+    return Number.isInteger(n) && n >= 1 ? `$${n}` : undefined;
+  }
   const c = node?.A_Const;
   if (!c || c.isnull) return undefined;
   if (c.ival) return String(c.ival.ival ?? 0);
-  if (c.fval) return c.fval.fval;
-  if (c.sval) return quoteLiteral(c.sval.sval);
+  if (c.fval) return typeof c.fval.fval === "string" ? c.fval.fval : undefined;
+  if (c.sval) return quoteLiteral(c.sval.sval ?? "");
   if (c.boolval) return c.boolval.boolval ? "true" : "false";
   return undefined;
 }
 
 /** Every SelectStmt in a parse tree. */
-function* selects(node: unknown): Generator<ParseNode> {
-  if (Array.isArray(node)) for (const item of node) yield* selects(item);
-  else if (node && typeof node === "object") {
+function selects(tree: unknown): ParseNode[] {
+  const found: ParseNode[] = [];
+  // A stack, not recursion: subqueries nested a thousand deep must not exhaust the stack (nor
+  // spreading a list of a million items into push()).
+  const pending = [tree];
+  while (pending.length > 0) {
+    const node = pending.pop();
+    if (!node || typeof node !== "object") continue;
     const record = node as ParseNode;
-    if (record.SelectStmt) yield record.SelectStmt;
-    for (const value of Object.values(record)) yield* selects(value);
+    if (record.SelectStmt) found.push(record.SelectStmt);
+    for (const value of Array.isArray(node) ? node : Object.values(record)) pending.push(value);
   }
+  return found;
+}
+
+/** The one as-of call a SELECT reads from, with nothing that renames its columns; else undefined. */
+function asOfFunction(select: ParseNode): ParseNode | undefined {
+  const from = select.fromClause;
+  if (!Array.isArray(from) || from.length !== 1) return undefined;
+  const range = from[0].RangeFunction;
+  const [call, columns] = range?.functions?.[0]?.List?.items ?? [];
+  // AS x(k, id) renames the columns by position: WHERE id = 5 need not be on the key any more.
+  if (range?.alias?.colnames?.length || range?.coldeflist?.length || columns?.List?.items?.length)
+    return undefined;
+  return call?.FuncCall;
 }
 
 /** Add the key arguments to as-of calls whose query names every key column by equality. */
@@ -388,14 +497,15 @@ async function withKeyLookups(
   calls: AsOfCall[],
   catalog: RewriteCatalog,
 ): Promise<string> {
+  const index = byteIndexes(sql) ?? ((offset: number) => offset);
   const edits: Edit[] = [];
   for (const select of selects(tree)) {
-    const from = select.fromClause;
-    if (!Array.isArray(from) || from.length !== 1) continue;
-    const call = from[0].RangeFunction?.functions?.[0]?.List?.items?.[0]?.FuncCall;
-    const fnName: string | undefined = call?.funcname?.at(-1)?.String?.sval;
-    const target = calls.find((c) => c.fn === fnName && sql.startsWith(c.call, call?.location));
-    if (!call || !target || call.args?.length !== 1) continue;
+    const call = asOfFunction(select);
+    if (call?.args?.length !== 1) continue;
+    const fnName: string | undefined = call.funcname?.at(-1)?.String?.sval;
+    const at = index(call.location ?? 0);
+    const target = calls.find((c) => c.fn === fnName && sql.startsWith(c.call, at));
+    if (!target) continue;
     const keys = await catalog.asOfKeys(target.schema, target.table);
     if (!keys || keys.length === 0) continue;
     const terms = equalities(select.whereClause).filter(
@@ -403,7 +513,7 @@ async function withKeyLookups(
     );
     const args = keys.map((k) => terms.find((e) => e.column === k));
     if (args.some((a) => a === undefined)) continue;
-    const close = call.location + target.call.length - 1;
+    const close = at + target.call.length - 1;
     edits.push({
       start: close,
       end: close,

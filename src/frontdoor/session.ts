@@ -138,8 +138,6 @@ export const passThroughRewriter: QueryRewriter = { rewrite: () => undefined };
 
 /** Postgres's OID of `text`: the type given to parameters a failed Parse left to the server. */
 const TEXT_OID = 25;
-/** Parameters a statement can have: Bind and Parse count them in 16 bits. */
-const MAX_PARAMETERS = 0xffff;
 /** How long a closing client may take to read the last bytes sent to it. */
 const CLOSE_GRACE_MS = 5_000;
 /** The most read from the store at once (what Node reads into by default). */
@@ -520,8 +518,7 @@ export class Session implements SessionInfo {
     if (!parse) return encodeQuery(failing, this.encoding);
     // The client will Bind as many values as the statement has parameters: the DO block must
     // take them all, with types the server accepts (those left to the server become text).
-    // At most Postgres's 65535 (a larger $n is the store's error to report, once Bind comes).
-    const count = Math.min(Math.max(parse.paramTypes.length, highestParameter(sql)), MAX_PARAMETERS);
+    const count = Math.max(parse.paramTypes.length, highestParameter(sql));
     const paramTypes = Array.from({ length: count }, (_, i) => parse.paramTypes[i] || TEXT_OID);
     return encodeParse({ name: parse.name, sql: failing, paramTypes }, this.encoding);
   }

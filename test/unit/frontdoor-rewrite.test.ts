@@ -178,6 +178,104 @@ test("a bad variable name or value is refused with what is wrong and what to wri
   assert.match((await refused("SHOW dolt_bogus")).message, /dolt_bogus/);
 });
 
+test("text before Strata syntax that is not ASCII: the rewrite is made where the syntax is", async () => {
+  // libpg-query counts UTF-8 bytes: é is 2, 😀 4 (and 2 UTF-16 units).
+  assert.equal(
+    await sql("SELECT 'é' AS a, * FROM t AS OF 'HEAD' WHERE id = 1"),
+    `SELECT 'é' AS a, * FROM "dolt_as_of_t"('HEAD', 1) AS "t" WHERE id = 1`,
+  );
+  assert.equal(
+    await sql("SELECT '😀', current_setting('dolt_transaction_commit')"),
+    "SELECT '😀', dolt.setting('dolt_transaction_commit')",
+  );
+  assert.equal(
+    await sql("/* é */ SET dolt_async_replication TO 1"),
+    "/* é */ SET strata.dolt_async_replication TO '1'",
+  );
+});
+
+test("comments around or between the tokens of Strata syntax: matched around, kept outside a replaced statement", async () => {
+  assert.equal(
+    await sql("/* app */ SHOW dolt_transaction_commit -- c"),
+    `/* app */ SELECT dolt.setting('dolt_transaction_commit') AS "dolt_transaction_commit" -- c`,
+  );
+  assert.equal(
+    await sql("SET dolt_async_replication TO /* on */ 1 -- c"),
+    "SET strata.dolt_async_replication TO '1' -- c",
+  );
+  assert.equal(
+    await sql("SELECT * FROM u AS /* c */ OF 'HEAD' /* c */ x -- AS OF 'y'"),
+    `SELECT * FROM "dolt_as_of_u"('HEAD') /* c */ x -- AS OF 'y'`,
+  );
+});
+
+test("a column list on the alias renames the columns: no keyed lookup by name", async () => {
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD' AS x(k, id) WHERE id = 1"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD') AS x(k, id) WHERE id = 1`,
+  );
+});
+
+test("deep nesting around AS OF: the keyed form, without running out of stack", async () => {
+  const terms = `${"(id = 1 AND ".repeat(700)}true${")".repeat(700)}`;
+  assert.equal(
+    await sql(`SELECT * FROM t AS OF 'HEAD' WHERE ${terms}`),
+    `SELECT * FROM "dolt_as_of_t"('HEAD', 1) AS "t" WHERE ${terms}`,
+  );
+  const open = "(SELECT * FROM ".repeat(1000);
+  const close = ") s".repeat(1000);
+  assert.equal(
+    await sql(`SELECT * FROM ${open}t AS OF 'HEAD' WHERE id = 1${close}`),
+    `SELECT * FROM ${open}"dolt_as_of_t"('HEAD', 1) AS "t" WHERE id = 1${close}`,
+  );
+});
+
+test("current_setting: the whole call to its own closing parenthesis; unclosed calls in linear time", async () => {
+  assert.equal(
+    await sql("SELECT current_setting('dolt_async_replication', (true))"),
+    "SELECT dolt.setting('dolt_async_replication')",
+  );
+  const start = performance.now();
+  assert.equal(
+    await sql(`SELECT ${"current_setting('dolt_transaction_commit', ".repeat(16_000)}`),
+    undefined,
+  );
+  assert.ok(performance.now() - start < 2000);
+});
+
+test("dolt_diff is the three-argument form only with exactly three literal arguments", async () => {
+  assert.equal(await sql("SELECT * FROM dolt_diff('HEAD', 'WORKING' || 't')"), undefined);
+  assert.equal(await sql("SELECT * FROM dolt_diff('HEAD' || 'x', 't')"), undefined);
+});
+
+test("Postgres's current_setting and set_config, qualified by pg_catalog or not; another schema's are left alone", async () => {
+  assert.equal(
+    await sql("SELECT pg_catalog.current_setting('dolt_transaction_commit')"),
+    "SELECT dolt.setting('dolt_transaction_commit')",
+  );
+  assert.equal(
+    await sql("SELECT pg_catalog.set_config('dolt_async_replication', '1', false)"),
+    "SELECT pg_catalog.set_config('strata.dolt_async_replication', '1', false)",
+  );
+  assert.equal(await sql("SELECT app.current_setting('dolt_transaction_commit')"), undefined);
+  assert.equal(await sql("SELECT app.set_config('dolt_async_replication', '1', false)"), undefined);
+});
+
+test("key values libpg-query leaves out of its JSON ($0, ''): never $undefined", async () => {
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD' WHERE id = $0"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD') AS "t" WHERE id = $0`,
+  );
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD' WHERE id = ''"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD', '') AS "t" WHERE id = ''`,
+  );
+  assert.equal(
+    await sql("SELECT * FROM t AS OF 'HEAD' WHERE id = 0"),
+    `SELECT * FROM "dolt_as_of_t"('HEAD', 0) AS "t" WHERE id = 0`,
+  );
+});
+
 test("the front door's own calls are found with their literal arguments, and the name given to their result", async () => {
   await loadParser();
   assert.deepEqual(findRemoteCall("SELECT dolt_push('origin', 'main')"), {
