@@ -7,6 +7,8 @@
 // The statement is a DO block (PL/pgSQL is installed in every database by default) whose texts
 // are E'' literals, which mean the same whatever standard_conforming_strings says.
 
+import { isIdentChar, skipQuoted } from "./sql-text.ts";
+
 export interface StatementError {
   message: string;
   hint?: string;
@@ -47,56 +49,17 @@ const MAX_PARAMETERS = 0xffff;
 export function highestParameter(sql: string): number {
   let highest = 0;
   let i = 0;
-  const n = sql.length;
-  while (i < n) {
-    const c = sql[i];
-    if (c === "'") {
-      // E'...' (backslash escapes) or '...'; '' is a quote inside either.
-      const escapes = i > 0 && (sql[i - 1] === "E" || sql[i - 1] === "e") && !isIdentChar(sql[i - 2]);
-      i++;
-      while (i < n) {
-        if (escapes && sql[i] === "\\") i += 2;
-        else if (sql[i] === "'") {
-          if (sql[i + 1] === "'") i += 2;
-          else break;
-        } else i++;
-      }
-      i++;
-    } else if (c === '"') {
-      const close = sql.indexOf('"', i + 1);
-      i = close < 0 ? n : close + 1;
-    } else if (c === "-" && sql[i + 1] === "-") {
-      const close = sql.indexOf("\n", i);
-      i = close < 0 ? n : close + 1;
-    } else if (c === "/" && sql[i + 1] === "*") {
-      let depth = 1;
-      i += 2;
-      while (i < n && depth > 0) {
-        if (sql[i] === "/" && sql[i + 1] === "*") {
-          depth++;
-          i += 2;
-        } else if (sql[i] === "*" && sql[i + 1] === "/") {
-          depth--;
-          i += 2;
-        } else i++;
-      }
-    } else if (c === "$") {
-      const param = /^\$(\d+)/.exec(sql.slice(i, i + 12));
-      if (param && !isIdentChar(sql[i - 1])) {
-        highest = Math.max(highest, Number(param[1]));
-        i += param[0].length;
-        continue;
-      }
-      const tag = /^\$([A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$/.exec(sql.slice(i, i + 130));
-      if (tag && !isIdentChar(sql[i - 1])) {
-        const close = sql.indexOf(tag[0], i + tag[0].length);
-        i = close < 0 ? n : close + tag[0].length;
-      } else i++;
+  while (i < sql.length) {
+    const end = skipQuoted(sql, i);
+    if (end > i) {
+      i = end;
+      continue;
+    }
+    const param = sql[i] === "$" && !isIdentChar(sql[i - 1]) ? /^\$(\d+)/.exec(sql.slice(i, i + 12)) : null;
+    if (param) {
+      highest = Math.max(highest, Number(param[1]));
+      i += param[0].length;
     } else i++;
   }
   return Math.min(highest, MAX_PARAMETERS);
-}
-
-function isIdentChar(c: string | undefined): boolean {
-  return c !== undefined && /[\w$\u0080-\uffff]/.test(c);
 }

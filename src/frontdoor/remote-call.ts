@@ -7,6 +7,7 @@
 import { parseSync } from "libpg-query";
 import type { BranchCall } from "../branches/service.ts";
 import type { RemoteCall } from "../remotes/service.ts";
+import { codeMatches } from "./sql-text.ts";
 
 const REMOTE_CALLS = new Set<string>(["dolt_push", "dolt_pull", "dolt_fetch", "dolt_clone"]);
 const BRANCH_CALLS = new Set<string>(["dolt_branch", "dolt_checkout", "dolt_merge"]);
@@ -27,7 +28,7 @@ export type FoundCall = (
 type Node = any;
 
 /** Cheap: whether the text could hold such a call (then findRemoteCall, with the parser loaded). */
-export const mayCallRemote = (sql: string): boolean => CHEAP.test(sql);
+export const mayCallRemote = (sql: string): boolean => codeMatches(sql, CHEAP);
 
 export function findRemoteCall(sql: string): FoundCall | undefined {
   if (!CHEAP.test(sql)) return undefined;

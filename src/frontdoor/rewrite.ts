@@ -25,6 +25,7 @@ import {
   type VariableDefinition,
   VariableError,
 } from "../config/variables.ts";
+import { codeMatches } from "./sql-text.ts";
 
 interface Token {
   start: number;
@@ -67,9 +68,14 @@ export interface Rewritten {
 }
 
 const CANDIDATE = /dolt_|strata_|\bof\b|alter\s+system/i;
+/**
+ * The same in the code alone (literals and comments out), where current_setting('dolt_x') shows
+ * as current_setting: "as of" or "dolt_" in a large INSERT's values must not cost a scan.
+ */
+const CODE_CANDIDATE = /dolt_|strata_|\bas\s+of\b|alter\s+system|current_setting|set_config/i;
 
 /** Whether `sql` could hold Strata syntax: a cheap test on the text before any scanning. */
-export const mayRewrite = (sql: string): boolean => CANDIDATE.test(sql);
+export const mayRewrite = (sql: string): boolean => codeMatches(sql, CANDIDATE, CODE_CANDIDATE);
 
 /** Names of Strata's system variables: Doltgres's dolt_*, and Strata's own strata_*. */
 const isVariableName = (name: string | undefined): name is string =>

@@ -13,6 +13,7 @@ import type { StoreHandle } from "../store/store.ts";
 import { findRemoteCall, mayCallRemote } from "./remote-call.ts";
 import { type AlteredSetting, loadParser, mayRewrite, rewriteSql } from "./rewrite.ts";
 import type { QueryRewriter, RewriteContext } from "./session.ts";
+import { codeMatches } from "./sql-text.ts";
 import { encodeErrorResponse } from "./wire.ts";
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
@@ -72,7 +73,7 @@ export class StrataRewriter implements QueryRewriter {
       status === "T" || status === "E" ? undefined : this.remotes.beforeTransaction(context.database);
     const remoteCall = mayCallRemote(sql);
     const use = USE_STATEMENT.exec(sql);
-    const readsBranches = READS_BRANCHES.test(sql);
+    const readsBranches = codeMatches(sql, READS_BRANCHES);
     if (!pull && !remoteCall && !use && !readsBranches && !mayRewrite(sql)) return undefined;
     return (pull ?? Promise.resolve()).then(async () => {
       if (use) return this.use(use[1]?.replace(/""/g, '"') ?? use[2], context);
