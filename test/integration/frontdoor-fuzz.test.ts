@@ -279,7 +279,8 @@ test("USE with a long run of spaces does not stall the server", async () => {
   const other = await connect();
   try {
     const started = Date.now();
-    const stalled = client.query(`use a${" ".repeat(30_000)}x`).catch((e) => e);
+    // 100,000 spaces: the backtracking pattern took over 10 s on them.
+    const stalled = client.query(`use a${" ".repeat(100_000)}x`).catch((e) => e);
     await new Promise((r) => setTimeout(r, 20));
     const t0 = Date.now();
     await other.query("SELECT 1");
@@ -287,7 +288,7 @@ test("USE with a long run of spaces does not stall the server", async () => {
     await stalled;
     const ms = Date.now() - started;
     assert.ok(
-      otherMs < 500 && ms < 1000,
+      otherMs < 3_000 && ms < 3_000,
       `the USE took ${ms} ms; another session's SELECT 1 waited ${otherMs} ms`,
     );
   } finally {
@@ -297,15 +298,17 @@ test("USE with a long run of spaces does not stall the server", async () => {
 
 test("a large statement that says 'as of' in its literals does not hold other sessions while it is read", async () => {
   // Found after the fuzzing: the cheap test that keeps the scanner off ordinary statements
-  // matched "of" anywhere, so an INSERT of 300,000 short literals saying "as of" was scanned
-  // whole (seconds on the event loop every session shares); now only the code outside literals
-  // counts.
+  // matched "of" anywhere, so an INSERT of 600,000 short literals saying "as of" was scanned
+  // whole (over 5 s on the event loop every session shares); now only the code outside literals
+  // counts. The bound is wide: the suite runs on a loaded machine.
   await client.query("CREATE TABLE notes (id int PRIMARY KEY, body text)");
-  const items = Array.from({ length: 300_000 }, (_, i) => `'as of ${i}'`).join(",");
+  const items = Array.from({ length: 600_000 }, (_, i) => `'as of ${i}'`).join(",");
   const values = `(1, array_to_string(ARRAY[${items}], ' '))`;
   const other = await connect();
   try {
     let done = false;
+    // The store's own work on 600,000 array elements is not what is measured: no 3 s limit.
+    await client.query("SET statement_timeout = 0");
     const insert = client.query(`INSERT INTO notes VALUES ${values}`).finally(() => {
       done = true;
     });
@@ -316,7 +319,8 @@ test("a large statement that says 'as of' in its literals does not hold other se
       slowest = Math.max(slowest, Date.now() - t0);
     }
     await insert;
-    assert.ok(slowest < 1_000, `another session's SELECT 1 waited ${slowest} ms`);
+    await client.query("SET statement_timeout = '3s'");
+    assert.ok(slowest < 2_500, `another session's SELECT 1 waited ${slowest} ms`);
     const [{ n }] = (await client.query("SELECT count(*)::int AS n FROM notes")).rows;
     assert.equal(n, 1);
   } finally {

@@ -4,7 +4,8 @@
 // comments, Unicode, control characters, long names, deep nesting, AS OF in odd places, several
 // statements, $n parameters). For every input the rewriter must return a rewrite that parses, or
 // nothing, or throw a VariableError (which the session turns into an ErrorResponse naming cause
-// and fix), within a second; never a TypeError or RangeError of its own.
+// and fix), within 5 seconds (a bound for runaway cost, not speed: the suite runs on a loaded
+// machine); never a TypeError or RangeError of its own.
 //
 // The seed is printed; STRATA_FUZZ_SEED=<n> repeats a run. The defects the first run found (all
 // fixed) are kept as tests at the end.
@@ -16,6 +17,8 @@ import { errorStatement, highestParameter } from "../../src/frontdoor/error-stat
 import { findRemoteCall } from "../../src/frontdoor/remote-call.ts";
 import { loadParser, type RewriteCatalog, type Rewritten, rewriteSql } from "../../src/frontdoor/rewrite.ts";
 
+/** Longer than this for one statement is runaway cost (a quadratic scan took seconds to minutes). */
+const SLOW_MS = 5_000;
 const SEED = process.env.STRATA_FUZZ_SEED
   ? Number(process.env.STRATA_FUZZ_SEED) >>> 0
   : Math.floor(Math.random() * 2 ** 32);
@@ -295,7 +298,7 @@ async function run(sql: string): Promise<Outcome> {
 
 /** What is wrong with the rewriter's answer to `sql`, or undefined. */
 function problem(sql: string, o: Outcome): string | undefined {
-  if (o.ms > 1000) return `slow: ${Math.round(o.ms)} ms`;
+  if (o.ms > SLOW_MS) return `slow: ${Math.round(o.ms)} ms`;
   if (o.error !== undefined) {
     const e = o.error as Error;
     if (!(e instanceof VariableError))
@@ -409,7 +412,7 @@ test("leading whitespace does not change a statement's rewrite", async () => {
   }
 });
 
-test("deep nesting, long names and many statements are answered within a second", async () => {
+test("deep nesting, long names and many statements are answered without runaway cost", async () => {
   await loadParser();
   const inputs = function* () {
     for (const depth of [10, 100, 500, 700, 2000, 5000, 20000]) {
@@ -453,7 +456,7 @@ test("the helpers on the error path take any statement: findRemoteCall, highestP
     const tree = parseSync(failing) as { stmts: { stmt: { DoStmt?: unknown } }[] };
     assert.equal(tree.stmts.length, 1, failing);
     assert.ok(tree.stmts[0].stmt.DoStmt, failing);
-    assert.ok(performance.now() - start < 1000, `slow: ${JSON.stringify(sql)}`);
+    assert.ok(performance.now() - start < SLOW_MS, `slow: ${JSON.stringify(sql)}`);
   }
 });
 
