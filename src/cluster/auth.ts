@@ -46,6 +46,14 @@ const MAX_TOKEN_SECONDS = 60;
 /** Clock difference tolerated between nodes. */
 const LEEWAY_SECONDS = 5;
 const FETCH_TIMEOUT_MS = 5_000;
+/**
+ * A token with a kid no peer publishes makes this node refetch each peer's JWKS at most this often
+ * (a restarted peer's new key is picked up within it), and remember the kid as unknown this long:
+ * anyone can send such tokens, and must not make this node fetch from its peers at will.
+ */
+const UNKNOWN_KID_MS = 5_000;
+/** Unknown kids remembered at most; beyond, the oldest are forgotten. */
+const MAX_UNKNOWN_KIDS = 1_000;
 /** A JWKS holds a key or two; anything much bigger is not one. */
 const MAX_JWKS_BYTES = 64 * 1024;
 
@@ -139,6 +147,8 @@ interface PeerState {
   /** Numbers fetches, so that an older one finishing late cannot overwrite a newer result. */
   seq: number;
   timer?: NodeJS.Timeout;
+  /** When a token with an unknown kid last made us refetch this peer's JWKS (ms). */
+  demandedAt?: number;
 }
 
 export interface PeerKeysOptions {
@@ -166,6 +176,8 @@ export class PeerKeys {
   /** jti → when it may be forgotten (ms): any token bearing it has expired by then. */
   private readonly seen = new Map<string, number>();
   private nextPrune = 0;
+  /** kid → until when (ms) it is known that no peer publishes it: no refetch for it meanwhile. */
+  private readonly unknownKids = new Map<string, number>();
 
   constructor(options: PeerKeysOptions) {
     this.ownKid = options.ownKid;
@@ -247,10 +259,11 @@ export class PeerKeys {
     const token = bearerToken(authorization);
     const kid = signingKeyId(token);
     let signer = this.findKey(kid);
-    if (!signer) {
+    if (!signer && !this.knownUnknown(kid)) {
       // A peer that restarted signs with a key we have not fetched yet.
-      await this.refreshAll();
+      const checked = await this.refreshAll();
       signer = this.findKey(kid);
+      if (!signer && checked) this.rememberUnknown(kid);
     }
     if (!signer) {
       throw new ClusterAuthError(
@@ -304,7 +317,7 @@ export class PeerKeys {
     }
     if (now > exp + LEEWAY_SECONDS) {
       throw new ClusterAuthError(
-        `${from} expired at ${new Date(exp * 1000).toISOString()}, ${Math.round(now - exp)} s ago: tokens are made for one request; if the peer's clock is behind, synchronise the clocks (NTP)`,
+        `${from} expired at ${isoTime(exp)}, ${Math.round(now - exp)} s ago: tokens are made for one request; if the peer's clock is behind, synchronise the clocks (NTP)`,
         "expired",
       );
     }
@@ -341,14 +354,45 @@ export class PeerKeys {
       .join(", ");
   }
 
-  /** Fetch every peer's JWKS anew; callers arriving meanwhile share the round. */
-  private refreshAll(): Promise<void> {
-    this.refreshingAll ??= Promise.all([...this.peers.values()].map((state) => this.load(state, true))).then(
-      () => {
-        this.refreshingAll = undefined;
-      },
+  private knownUnknown(kid: string): boolean {
+    const until = this.unknownKids.get(kid);
+    if (until === undefined) return false;
+    if (until > Date.now()) return true;
+    this.unknownKids.delete(kid);
+    return false;
+  }
+
+  private rememberUnknown(kid: string): void {
+    const now = Date.now();
+    for (const [old, until] of this.unknownKids) {
+      if (until <= now || this.unknownKids.size >= MAX_UNKNOWN_KIDS) this.unknownKids.delete(old);
+      else break; // in insertion order, so the rest expire later
+    }
+    this.unknownKids.set(kid, now + UNKNOWN_KID_MS);
+  }
+
+  /**
+   * Fetch anew the JWKS of every peer not refetched on demand within UNKNOWN_KID_MS; callers
+   * arriving meanwhile share the round. Resolves to whether this call started a round that
+   * fetched every peer (so a kid still unknown after it is unknown to all of them).
+   */
+  private async refreshAll(): Promise<boolean> {
+    if (this.refreshingAll) {
+      await this.refreshingAll;
+      return false;
+    }
+    const now = Date.now();
+    const due = [...this.peers.values()].filter(
+      (state) => state.demandedAt === undefined || now - state.demandedAt >= UNKNOWN_KID_MS,
     );
-    return this.refreshingAll;
+    if (due.length === 0) return false;
+    for (const state of due) state.demandedAt = now;
+    const round = Promise.all(due.map((state) => this.load(state, true))).then(() => {
+      this.refreshingAll = undefined;
+    });
+    this.refreshingAll = round;
+    await round;
+    return due.length === this.peers.size;
   }
 
   private state(name: string): PeerState {
@@ -423,6 +467,12 @@ export class PeerKeys {
 }
 
 // --- tokens ---------------------------------------------------------------------------------
+
+/** A claim's time (seconds since 1970) as ISO 8601, or as the number when Date cannot hold it. */
+function isoTime(seconds: number): string {
+  const date = new Date(seconds * 1000);
+  return Number.isNaN(date.getTime()) ? `${seconds} (seconds since 1970)` : date.toISOString();
+}
 
 function bearerToken(authorization: string | undefined): string {
   if (!authorization) {

@@ -61,6 +61,21 @@ export interface ControlServer {
 
 const MAX_BODY = 64 * 1024;
 
+/** The peer hung up before sending the whole request: its doing, not a server failure. */
+class RequestAborted extends Error {}
+
+/** The path of a request's target; a target that is not a URL (e.g. "//[") is the client's error. */
+function requestPath(req: http.IncomingMessage): string {
+  try {
+    return new URL(req.url ?? "/", "http://x").pathname;
+  } catch {
+    throw new ControlRefusal(
+      `the request target ${JSON.stringify((req.url ?? "").slice(0, 200))} is not a valid URL path`,
+      400,
+    );
+  }
+}
+
 export async function startControlServer(
   options: ControlServerOptions,
   key: NodeKey,
@@ -107,11 +122,16 @@ export async function startControlServer(
 
   const onRequest = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const reply = (status: number, body: unknown) => {
-      res.writeHead(status, { "content-type": "application/json", ...roleHeaders() });
+      // After a 413 the rest of the body is not read: the connection cannot serve another request.
+      res.writeHead(status, {
+        "content-type": "application/json",
+        ...roleHeaders(),
+        ...(status === 413 ? { connection: "close" } : {}),
+      });
       res.end(JSON.stringify(body));
     };
     try {
-      const path = new URL(req.url ?? "/", "http://x").pathname;
+      const path = requestPath(req);
       if (req.method === "GET" && path.endsWith("/.well-known/jwks.json")) return reply(200, key.jwks());
       if (req.method === "POST" && path === "/cluster/heartbeat") {
         const peer = await authenticate(req);
@@ -126,9 +146,10 @@ export async function startControlServer(
       }
       if (req.method === "POST" && path === "/cluster/vote") {
         const peer = await authenticate(req);
+        const body = await readBody(req);
         let request: VoteRequest;
         try {
-          request = parseVoteRequest(await readBody(req));
+          request = parseVoteRequest(body);
         } catch (err) {
           throw new ControlRefusal((err as Error).message, 400);
         }
@@ -136,6 +157,13 @@ export async function startControlServer(
       }
       reply(404, { error: `no such endpoint: ${req.method} ${path}` });
     } catch (err) {
+      if (err instanceof RequestAborted) {
+        log.debug(
+          { remote: req.socket.remoteAddress, path: req.url, err: err.message },
+          "cluster: peer hung up mid-request",
+        );
+        return;
+      }
       const status = err instanceof ControlRefusal ? err.status : 500;
       if (!(err instanceof ControlRefusal))
         log.error({ err: (err as Error).message }, "cluster: request failed");
@@ -148,9 +176,19 @@ export async function startControlServer(
 
   const onUpgrade = async (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+    /** The connection to the store, once made: closed with the peer's, however that ends. */
+    let store: Socket | undefined;
+    socket.once("close", () => {
+      sockets.delete(socket);
+      store?.destroy();
+    });
     socket.on("error", () => {});
+    /** Whether the 101 or a refusal has been sent. */
+    let switched = false;
+    let refused = false;
     const refuse = (status: number, message: string, code?: string) => {
+      if (switched || refused || socket.destroyed) return;
+      refused = true;
       const body = JSON.stringify({ error: message, code });
       const headers = Object.entries({
         ...roleHeaders(),
@@ -163,26 +201,34 @@ export async function startControlServer(
       socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\n${headers}\r\n\r\n${body}`);
     };
     try {
-      if (
-        new URL(req.url ?? "/", "http://x").pathname !== "/cluster/store" ||
-        req.headers.upgrade !== TUNNEL_PROTOCOL
-      )
+      if (requestPath(req) !== "/cluster/store" || req.headers.upgrade !== TUNNEL_PROTOCOL)
         return refuse(404, "no such endpoint");
       const peer = await authenticate(req);
       const target = await handlers.storeTunnel(peer, theirRole(req));
-      const store = createConnection({ path: target });
-      sockets.add(store);
-      store.once("close", () => {
-        sockets.delete(store);
-        socket.destroy();
+      if (socket.destroyed) return; // the peer is gone: no store connection to leak
+      const connection = createConnection({ path: target });
+      store = connection;
+      sockets.add(connection);
+      // Before the 101 the peer can still be told why; after it, closing is all there is.
+      const storeGone = (cause: string) => {
+        if (switched) socket.destroy();
+        else refuse(503, `this node's store is not accepting connections: ${cause}`);
+      };
+      connection.once("close", () => {
+        sockets.delete(connection);
+        storeGone("it closed the connection");
       });
-      store.on("error", (err) => {
+      connection.on("error", (err) => {
         log.warn({ peer, err: err.message }, "cluster: tunnel to the store failed");
-        socket.destroy();
+        storeGone(err.message);
       });
-      socket.once("close", () => store.destroy());
-      store.once("connect", () => {
-        store.setNoDelay(true);
+      connection.once("connect", () => {
+        if (socket.destroyed) {
+          connection.destroy();
+          return;
+        }
+        switched = true;
+        connection.setNoDelay(true);
         socket.setNoDelay(true);
         const headers = Object.entries(roleHeaders())
           .map(([k, v]) => `${k}: ${v}\r\n`)
@@ -190,9 +236,9 @@ export async function startControlServer(
         socket.write(
           `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${TUNNEL_PROTOCOL}\r\nconnection: Upgrade\r\n${headers}\r\n`,
         );
-        if (head.length > 0) store.write(head);
-        socket.pipe(store);
-        store.pipe(socket);
+        if (head.length > 0) connection.write(head);
+        socket.pipe(connection);
+        connection.pipe(socket);
       });
     } catch (err) {
       refuse(
@@ -248,9 +294,15 @@ export async function startControlServer(
 async function readBody(req: http.IncomingMessage): Promise<string> {
   let text = "";
   req.setEncoding("utf8");
-  for await (const chunk of req) {
-    text += chunk;
-    if (text.length > MAX_BODY) throw new ControlRefusal("request too large", 413);
+  try {
+    for await (const chunk of req) {
+      text += chunk;
+      if (text.length > MAX_BODY) throw new ControlRefusal("request too large", 413);
+    }
+  } catch (err) {
+    if (err instanceof ControlRefusal) throw err;
+    // The request stream fails only when the connection does: the peer hung up ("aborted").
+    throw new RequestAborted((err as Error).message);
   }
   return text;
 }

@@ -212,6 +212,25 @@ test("concurrent tokens with unknown keys share one refetch", async () => {
   assert.equal(standby.server.requests, fetched + 1);
 });
 
+test("unknown kids refetch each peer's JWKS at most once per 5 s, and are remembered meanwhile", async () => {
+  const me = await NodeKey.generate();
+  const standby = await node();
+  const keys = peerKeys([{ name: "standby", jwksUrl: standby.server.url }], me.kid);
+  await keys.peerKid("standby");
+  const fetched = standby.server.requests;
+  const stranger = await NodeKey.generate();
+  const other = await NodeKey.generate();
+  for (let i = 0; i < 5; i++) {
+    await refused(keys, `Bearer ${await stranger.sign(me.kid)}`, "unknown-key");
+    await refused(keys, `Bearer ${await other.sign(me.kid)}`, "unknown-key");
+  }
+  assert.equal(standby.server.requests, fetched + 1, "one refetch for ten unknown-key tokens");
+  // Known keys still verify without any fetch, and refresh() (our own request refused) still fetches.
+  assert.deepEqual(await keys.verify(`Bearer ${await standby.key.sign(me.kid)}`), { peer: "standby" });
+  await keys.refresh("standby");
+  assert.equal(standby.server.requests, fetched + 2);
+});
+
 test("a token naming a peer's kid but signed by another key is refused", async () => {
   const me = await NodeKey.generate();
   const standby = await node();
@@ -304,6 +323,14 @@ test("an expired token is refused; within the 5 s leeway it passes", async () =>
   );
   const late = await peer.sign(claims(me.kid, { iat: now() - 32, exp: now() - 2 }));
   assert.deepEqual(await keys.verify(`Bearer ${late}`), { peer: "p" });
+});
+
+test("an expired token whose exp Date cannot hold is refused as expired, naming the number", async () => {
+  const me = await NodeKey.generate();
+  const peer = await craftingPeer();
+  const keys = peerKeys([{ name: "p", jwksUrl: peer.server.url }], me.kid);
+  const ancient = await peer.sign(claims(me.kid, { iat: -1e308, exp: -1e308 }));
+  await refused(keys, `Bearer ${ancient}`, "expired", /expired at -1e\+308 \(seconds since 1970\)/);
 });
 
 test("a token for another node's key, or for this node's previous process, is refused", async () => {
