@@ -17,7 +17,9 @@
 // Every response carries `Strata-Remotes-Api: 1`; every error response a JSON body
 // {"error","hint","code","sqlstate"} and its code in `Strata-Error` too (HEAD has no body):
 // database-not-found (404), ref-not-found (404), object-not-found (404), bad-request (400),
-// read-only (405: any method but GET and HEAD), unavailable (503, stopping), internal (500).
+// read-only (405: any method but GET and HEAD), unavailable (503, stopping), internal (500); and
+// for a request Node's HTTP parser refuses, headers-too-large (431), request-timeout (408) or
+// bad-request (400). A 500 names no file of the server (the log has the detail).
 //
 // How a database is served: lazily, from a directory remote of its own, <data-dir>/remotesapi/<db>,
 // which the database's branches and tags are pushed into with the ordinary push (pushBranch,
@@ -35,6 +37,7 @@ import { rm, stat } from "node:fs/promises";
 import {
   createServer as createHttpServer,
   type IncomingMessage,
+  maxHeaderSize,
   type Server,
   type ServerResponse,
 } from "node:http";
@@ -51,7 +54,8 @@ import type { Logger } from "../log.ts";
 import { DirectoryRemote } from "../remotes/directory-remote.ts";
 import { API_HEADER, API_VERSION, type ApiErrorBody, ERROR_HEADER } from "../remotes/http-remote.ts";
 import { pushBranch } from "../remotes/push.ts";
-import { checkRefName, isObjectAddress, isValidRefName, RefNameError } from "../remotes/storage.ts";
+import { checkRefFileName } from "../remotes/remote-layout.ts";
+import { isObjectAddress, isValidRefName, RefNameError, RemoteStorageError } from "../remotes/storage.ts";
 import { pushTags } from "../remotes/tags.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { loadTlsFiles } from "../tls-files.ts";
@@ -69,6 +73,12 @@ const INTERNAL_REMOTE = "(remotesapi)";
 /** Postgres's longest identifier, in bytes: no database name is longer. */
 const MAX_DATABASE_NAME_BYTES = 63;
 const MAX_PREFIX_LENGTH = 1024;
+/**
+ * How long an object's response may make no progress before it is dropped. Node times out
+ * receiving a request, never sending a response: a client that stops reading would otherwise hold
+ * its socket and the object's open file for ever. A slow client that reads resets it.
+ */
+const IDLE_TIMEOUT_MS = 2 * 60 * 1000;
 
 // --- requests ------------------------------------------------------------------------------
 
@@ -148,7 +158,7 @@ export function parseApiPath(target: string): ApiRequest {
   if (kind === "refs") {
     const name = rest.join("/");
     try {
-      checkRefName(name);
+      checkRefFileName(name); // served from a directory remote: the name must fit a file name
     } catch (err) {
       if (err instanceof RefNameError) throw badRequest(err.message, err.hint);
       throw err;
@@ -185,6 +195,11 @@ export interface RemotesApiOptions {
   tls?: { key: Buffer; cert: Buffer };
   databases: ServedDatabases;
   log: Logger;
+  /**
+   * An object's response that makes no progress for this long (its client stopped reading) is
+   * dropped, and its file closed; default IDLE_TIMEOUT_MS.
+   */
+  idleTimeoutMs?: number;
 }
 
 export interface RemotesApi {
@@ -197,8 +212,9 @@ export interface RemotesApi {
 export async function serveRemotesApi(options: RemotesApiOptions): Promise<RemotesApi> {
   const { databases, log } = options;
   const scheme = options.tls ? "https" : "http";
+  const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
   const handler = (req: IncomingMessage, res: ServerResponse) => {
-    handle(req, res, databases, scheme, log).catch((err) => {
+    handle(req, res, databases, scheme, log, idleTimeoutMs).catch((err) => {
       // handle() answers every error it can; this is a response that broke midway
       log.debug({ err: (err as Error).message, url: req.url }, "remotes API: response failed");
       res.destroy();
@@ -208,8 +224,9 @@ export async function serveRemotesApi(options: RemotesApiOptions): Promise<Remot
     ? createHttpsServer({ key: options.tls.key, cert: options.tls.cert }, handler)
     : createHttpServer(handler);
   server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
-    if (socket.writable && !socket.destroyed && err.code !== "ECONNRESET")
-      socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    const responding = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent;
+    if (socket.writable && !socket.destroyed && !responding && err.code !== "ECONNRESET")
+      socket.end(parseErrorResponse(err.code));
     else socket.destroy();
   });
   server.on("tlsClientError", (err) => log.debug({ err: err.message }, "remotes API: TLS handshake failed"));
@@ -253,8 +270,10 @@ async function handle(
   databases: ServedDatabases,
   scheme: string,
   log: Logger,
+  idleTimeoutMs: number,
 ): Promise<void> {
   res.setHeader(API_HEADER, API_VERSION);
+  let remote: DirectoryRemote | null = null;
   try {
     const method = req.method ?? "";
     if (method !== "GET" && method !== "HEAD") {
@@ -271,7 +290,7 @@ async function handle(
     }
     const request = parseApiPath(req.url ?? "/");
     const purpose = request.kind === "ref" || request.kind === "refs" ? "refs" : "objects";
-    const remote = await databases.remote(request.database, purpose);
+    remote = await databases.remote(request.database, purpose);
     if (!remote)
       throw new ApiError(
         404,
@@ -308,10 +327,10 @@ async function handle(
         return sendJson(res, 200, { refs: Object.fromEntries(refs) });
       }
       case "object":
-        return await sendObject(req, res, remote, request.address);
+        return await sendObject(req, res, remote, request.address, idleTimeoutMs);
     }
   } catch (err) {
-    const apiError = err instanceof ApiError ? err : internalError(err);
+    const apiError = err instanceof ApiError ? err : internalError(err, remote);
     if (apiError.status >= 500)
       log.warn({ url: req.url, err: (err as Error).message }, "remotes API: cannot serve a request");
     if (res.headersSent) throw err;
@@ -327,16 +346,85 @@ async function handle(
   }
 }
 
-function internalError(err: unknown): ApiError {
-  const e = err as { code?: unknown; hint?: unknown; message?: unknown };
+/**
+ * A 500 for an error handle() did not expect; it is logged in full. Its answer reveals no file of
+ * the server: a system error (ENAMETOOLONG, EACCES... whose message holds a path) is answered in
+ * general terms, and the served remote's directory is left out of a remote's own errors.
+ */
+function internalError(err: unknown, remote: DirectoryRemote | null): ApiError {
+  const e = err as { code?: unknown; hint?: unknown; message?: unknown; syscall?: unknown; path?: unknown };
   const sqlstate = typeof e?.code === "string" && /^[0-9A-Z]{5}$/.test(e.code) ? e.code : "XX000";
+  const seeLog = "see the log of the Strata that serves it";
+  if (typeof e?.syscall === "string" || typeof e?.path === "string")
+    return new ApiError(
+      500,
+      "internal",
+      sqlstate,
+      `the remotes API could not serve the request: a file system error on the server${typeof e.code === "string" ? ` (${e.code})` : ""}`,
+      seeLog,
+    );
+  let message = String(e?.message ?? err);
+  let hint = typeof e?.hint === "string" ? e.hint : seeLog;
+  if (remote && err instanceof RemoteStorageError) {
+    const hide = (text: string) =>
+      text.replaceAll(remote.url, "<served remote>").replaceAll(remote.root, "<served remote>");
+    [message, hint] = [hide(message), hide(hint)];
+  }
   return new ApiError(
     500,
     "internal",
     sqlstate,
-    `the remotes API could not serve the request: ${String(e?.message ?? err)}`,
-    typeof e?.hint === "string" ? e.hint : "see the log of the Strata that serves it",
+    `the remotes API could not serve the request: ${message}`,
+    hint,
   );
+}
+
+/** The whole response to a request Node's HTTP parser refused (clientError), as the API answers errors. */
+function parseErrorResponse(code: string | undefined): string {
+  const [status, reason, error]: [number, string, ApiErrorBody] =
+    code === "HPE_HEADER_OVERFLOW"
+      ? [
+          431,
+          "Request Header Fields Too Large",
+          {
+            error: `the request's line and headers are larger than this server takes (${maxHeaderSize} bytes)`,
+            hint: "send fewer or shorter headers, and a shorter request target",
+            code: "headers-too-large",
+            sqlstate: "54000",
+          },
+        ]
+      : code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? [
+            408,
+            "Request Timeout",
+            {
+              error: "the request did not arrive in time",
+              hint: "send the whole request at once, then read the answer",
+              code: "request-timeout",
+              sqlstate: "08006",
+            },
+          ]
+        : [
+            400,
+            "Bad Request",
+            {
+              error: `the request is not well-formed HTTP/1.1${code ? ` (${code})` : ""}`,
+              hint: ENDPOINTS,
+              code: "bad-request",
+              sqlstate: "22023",
+            },
+          ];
+  const body = `${JSON.stringify(error)}\n`;
+  return [
+    `HTTP/1.1 ${status} ${reason}`,
+    "Connection: close",
+    `${API_HEADER}: ${API_VERSION}`,
+    `${ERROR_HEADER}: ${error.code}`,
+    "Content-Type: application/json; charset=utf-8",
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    "",
+    body,
+  ].join("\r\n");
 }
 
 function sendJson(res: ServerResponse, status: number, value: unknown, headOnly = false): void {
@@ -352,6 +440,7 @@ async function sendObject(
   res: ServerResponse,
   remote: DirectoryRemote,
   address: string,
+  idleTimeoutMs: number,
 ): Promise<void> {
   // The directory remote's layout (remote-layout.ts): objects/<aa>/<address>.
   const file = join(remote.root, "objects", address.slice(0, 2), address);
@@ -377,6 +466,9 @@ async function sendObject(
     res.end();
     return;
   }
+  // The socket's inactivity timer restarts whenever a write completes: a client that stops
+  // reading is dropped, which ends the pipeline and closes the file.
+  res.setTimeout(idleTimeoutMs, () => res.destroy());
   await new Promise<void>((resolve, reject) =>
     pipeline(createReadStream(file), res, (err) => (err ? reject(err) : resolve())),
   );

@@ -33,6 +33,7 @@ import { pipeline, type Readable } from "node:stream";
 import { pathToFileURL } from "node:url";
 import {
   checkMarkerText,
+  checkRefFileName,
   collectRefs,
   FORMAT_FILE,
   KEEP_VERSIONS,
@@ -48,7 +49,6 @@ import {
 } from "./remote-layout.ts";
 import {
   checkObjectAddress,
-  checkRefName,
   checkRefValue,
   MissingObjectError,
   type RefValue,
@@ -143,7 +143,7 @@ export class DirectoryRemote implements RemoteStorage {
   // --- refs --------------------------------------------------------------------------------
 
   async readRef(name: string): Promise<RefValue | null> {
-    checkRefName(name);
+    checkRefFileName(name);
     if (!(await this.isRemote())) return null;
     return (await this.readRefState(name)).value;
   }
@@ -158,7 +158,7 @@ export class DirectoryRemote implements RemoteStorage {
   }
 
   async compareAndSwapRef(name: string, expected: RefValue | null, next: RefValue | null): Promise<boolean> {
-    checkRefName(name);
+    checkRefFileName(name);
     if (next !== null) checkRefValue(next);
     await this.prepareForWrite();
     const dir = this.refDir(name);
@@ -204,15 +204,15 @@ export class DirectoryRemote implements RemoteStorage {
         if (isCode(err, "ENOENT") && attempt < 5) continue;
         throw err;
       }
-      return { version, value: this.parseRefFile(text, path) };
+      return { version, value: this.parseRefFile(text, path, name) };
     }
   }
 
-  private parseRefFile(text: string, path: string): RefValue | null {
+  private parseRefFile(text: string, path: string, name: string): RefValue | null {
     const value = parseRefVersion(text);
     if (value !== undefined) return value;
     throw new RemoteFormatError(
-      `ref file ${path} in remote ${this.url} is damaged: it is not {"commit","pack"} or {"deleted":true}`,
+      `ref ${name}: its ref file ${path} in remote ${this.url} is damaged: it is not {"commit","pack"} (a commit hash and an object address) or {"deleted":true}`,
       `remove ${path} so that the ref's previous version becomes current, or restore the remote from a backup`,
     );
   }

@@ -10,7 +10,7 @@
 // (42704), a server that is not a Strata remotes API (08P01).
 
 import { pipeline, Readable } from "node:stream";
-import { verifyingTransform } from "./remote-layout.ts";
+import { isRecord, verifyingTransform } from "./remote-layout.ts";
 import {
   checkObjectAddress,
   checkRefName,
@@ -71,8 +71,7 @@ export class HttpRemote implements RemoteStorage {
   async listRefs(prefix: string): Promise<Map<string, RefValue>> {
     const res = await this.request("GET", `/refs?prefix=${encodeURIComponent(prefix)}`);
     await this.checkOk(res);
-    const body = await this.json(res);
-    const refs = (body as { refs?: unknown }).refs;
+    const refs = (await this.json(res)).refs;
     if (typeof refs !== "object" || refs === null || Array.isArray(refs))
       throw this.notTheApi(`its answer to a ref listing has no "refs" mapping`);
     const result = new Map<string, RefValue>();
@@ -153,11 +152,15 @@ export class HttpRemote implements RemoteStorage {
     const code = res.headers.get(ERROR_HEADER) ?? "";
     let body: Partial<ApiErrorBody> = {};
     if (res.body) {
+      let parsed: unknown;
       try {
-        body = (await res.json()) as Partial<ApiErrorBody>;
+        parsed = await res.json();
       } catch {
-        body = {};
+        parsed = {};
       }
+      if (!isRecord(parsed))
+        throw this.notTheApi(`it answered HTTP ${res.status} with a body that is not a JSON object`);
+      body = parsed as Partial<ApiErrorBody>;
     }
     if (code === "database-not-found") {
       const database = body.database ?? this.databaseInUrl();
@@ -174,22 +177,29 @@ export class HttpRemote implements RemoteStorage {
     );
   }
 
-  private async json(res: Response): Promise<unknown> {
+  private async json(res: Response): Promise<Record<string, unknown>> {
+    let body: unknown;
     try {
-      return await res.json();
+      body = await res.json();
     } catch {
       throw this.notTheApi("its answer is not JSON");
     }
+    if (!isRecord(body)) throw this.notTheApi("its answer is not a JSON object");
+    return body;
   }
 
   private refValue(value: unknown, what: string): RefValue {
-    const v = value as Partial<RefValue> | null;
-    const ref = { commit: v?.commit as string, pack: v?.pack as string };
-    try {
-      if (typeof value !== "object" || value === null) throw new Error(REF_VALUE_PROBLEM);
-      checkRefValue(ref);
-    } catch {
+    if (!isRecord(value) || typeof value.commit !== "string" || typeof value.pack !== "string")
       throw this.notTheApi(`its ${what} is not ${REF_VALUE_PROBLEM}`);
+    const ref = { commit: value.commit, pack: value.pack };
+    try {
+      checkRefValue(ref);
+    } catch (err) {
+      // The API's answer, with a value no Strata writes: the served remote's ref file is damaged.
+      throw new RemoteFormatError(
+        `remote ${this.url}: its ${what} is damaged (${(err as Error).message}): the ref file of the remote that the Strata at ${this.origin} serves is damaged`,
+        "on that server, remove the ref's newest version file so that its previous version becomes current, or restore its remote from a backup",
+      );
     }
     return ref;
   }

@@ -53,10 +53,21 @@ export class PackFormatError extends Error {
 export class PackFrameReader {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  /** Bytes the pending chunks must hold to complete the frame they start; 0 until its head is in. */
+  private need = 0;
 
   push(chunk: Buffer): PackFrame[] {
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
+    // The chunks are joined only once the frame they start is complete: joining them (or even
+    // walking their list) on every chunk would cost a large frame's size once per chunk.
+    if (this.need === 0 && this.pendingBytes >= HEAD) {
+      const head = this.pending[0].length >= HEAD ? this.pending[0] : Buffer.concat(this.pending, HEAD);
+      const length = head.readUInt32BE(1);
+      if (length > MAX_FRAME) throw new PackFormatError(`pack frame of ${length} bytes: the pack is damaged`);
+      this.need = HEAD + length;
+    }
+    if (this.need === 0 || this.pendingBytes < this.need) return [];
     const frames: PackFrame[] = [];
     let buf = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingBytes);
     let at = 0;
@@ -84,6 +95,7 @@ export class PackFrameReader {
     buf = buf.subarray(at);
     this.pending = buf.length ? [buf] : [];
     this.pendingBytes = buf.length;
+    this.need = 0;
     return frames;
   }
 

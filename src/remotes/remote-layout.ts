@@ -12,8 +12,11 @@ import { createHash } from "node:crypto";
 import { Transform } from "node:stream";
 import {
   CorruptObjectError,
+  checkRefName,
+  checkRefValue,
   isValidRefName,
   REF_NAMESPACES,
+  RefNameError,
   type RefValue,
   RemoteFormatError,
 } from "./storage.ts";
@@ -64,6 +67,27 @@ export function checkMarkerText(text: string, where: string, url: string, elsewh
   }
 }
 
+/** Longest file name (NAME_MAX on Linux and macOS), in bytes. */
+const MAX_FILE_NAME_BYTES = 255;
+
+/**
+ * checkRefName, and that the name fits in one file name once percent-encoded (a branch or tag name
+ * of 200 bytes can encode to 600): for a remote that stores a ref as a directory of its own.
+ */
+export function checkRefFileName(name: string): void {
+  checkRefName(name);
+  const encoded = refPathParts(name)[1];
+  if (encoded.length > MAX_FILE_NAME_BYTES) {
+    const err = new RefNameError(
+      name,
+      `it is stored as a file name of ${encoded.length} bytes once percent-encoded, longer than the ${MAX_FILE_NAME_BYTES} a file name can hold`,
+    );
+    throw Object.assign(err, {
+      hint: `use a shorter branch or tag name: at most ${MAX_FILE_NAME_BYTES} bytes once percent-encoded (each character other than A-Z a-z 0-9 - _ . ! ~ * ' ( ) counts 3 bytes per UTF-8 byte)`,
+    });
+  }
+}
+
 /** A valid ref name's namespace and its name, encoded as one path component. */
 export function refPathParts(name: string): [namespace: string, component: string] {
   const slash = name.indexOf("/");
@@ -110,10 +134,13 @@ export function parseRefVersion(text: string): RefValue | null | undefined {
   }
   if (!isRecord(parsed)) return undefined;
   if (parsed.deleted === true) return null;
-  if (typeof parsed.commit === "string" && typeof parsed.pack === "string") {
-    return { commit: parsed.commit, pack: parsed.pack };
+  const value = { commit: parsed.commit, pack: parsed.pack } as RefValue;
+  try {
+    checkRefValue(value); // a commit hash and an object address, not any string (a path...)
+  } catch {
+    return undefined;
   }
-  return undefined;
+  return value;
 }
 
 /**

@@ -156,6 +156,25 @@ test("a remote path that is a file is refused", async (t) => {
   await assert.rejects(new DirectoryRemote(file).listRefs(""), { message: /is not a directory/ });
 });
 
+test("a ref name too long for a file name once percent-encoded is refused with 42602 naming the limit", async (t) => {
+  const remote = new DirectoryRemote(join(tempDir(t), "remote"));
+  for (const name of [`tags/${"@".repeat(86)}`, `heads/${"é".repeat(100)}`]) {
+    for (const call of [
+      () => remote.readRef(name),
+      () => remote.compareAndSwapRef(name, null, { commit: "c1", pack: PACK_A }),
+    ])
+      await assert.rejects(call(), (err: { code?: string; message?: string; hint?: string }) => {
+        assert.equal(err.code, "42602", String(err.message));
+        assert.match(String(err.message), /file name of \d+ bytes .* 255/);
+        assert.match(String(err.hint), /shorter .* 255 bytes/);
+        return true;
+      });
+  }
+  // Just short enough: 85 × "@" encodes to 255 bytes.
+  await remote.compareAndSwapRef(`tags/${"@".repeat(85)}`, null, { commit: "c1", pack: PACK_A });
+  assert.deepEqual([...(await remote.listRefs("tags/")).keys()], [`tags/${"@".repeat(85)}`]);
+});
+
 test("temporary files of killed writers are ignored, and removed once an hour old", async (t) => {
   const dir = tempDir(t);
   const root = join(dir, "remote");

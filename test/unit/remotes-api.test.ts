@@ -3,7 +3,7 @@
 // remotes (what StoreDatabases serves a store's databases from). The store side — pushing a
 // database's branches into the served remote — is tested by test/integration/remotes-http.test.ts.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -127,6 +127,8 @@ let shop: DirectoryRemote;
 let packAddress: string;
 let packBytes: Buffer;
 let failing = false;
+/** What the served databases throw, when set. */
+let failure: Error | null = null;
 const MAIN: RefValue = { commit: "c".repeat(32), pack: "0".repeat(64) };
 
 before(async () => {
@@ -147,6 +149,7 @@ before(async () => {
     databases: {
       remote: async (database) => {
         if (failing) throw Object.assign(new Error("the store went away"), { code: "57P01" });
+        if (failure) throw failure;
         return database === "shop" ? shop : database === "empty" ? empty : null;
       },
       close: async () => {},
@@ -294,6 +297,37 @@ test("bad requests get 400 with a JSON error, and a failing store 500; the serve
       }),
   );
   assert.match(raw, /^HTTP\/1\.1 400/);
+  assert.deepEqual(await new HttpRemote(`${base}/shop`).readRef("heads/main"), MAIN);
+});
+
+test("a 500 reveals no file of the server: a file system error is answered in general terms", async () => {
+  failure = Object.assign(new Error("EACCES: permission denied, open '/srv/secret/remotesapi/shop/x'"), {
+    code: "EACCES",
+    syscall: "open",
+    path: "/srv/secret/remotesapi/shop/x",
+  });
+  try {
+    const res = await fetch(`${base}/shop/refs/heads/main`);
+    assert.equal(res.status, 500);
+    const text = await res.text();
+    assert.doesNotMatch(text, /\/srv\/secret/);
+    assert.match(JSON.parse(text).error, /a file system error on the server \(EACCES\)/);
+  } finally {
+    failure = null;
+  }
+  // A damaged ref file is named within the served remote, not by its path on the server.
+  const refDir = join(shop.root, "refs", "heads", "broken");
+  mkdirSync(refDir, { recursive: true });
+  writeFileSync(join(refDir, "1"), "{");
+  try {
+    const res = await fetch(`${base}/shop/refs/heads/broken`);
+    assert.equal(res.status, 500);
+    const body = (await res.json()) as { error: string; hint: string };
+    assert.match(body.error, /ref heads\/broken: its ref file .*refs\/heads\/broken\/1 .* is damaged/);
+    assert.ok(!`${body.error} ${body.hint}`.includes(shop.root), body.error);
+  } finally {
+    rmSync(refDir, { recursive: true });
+  }
   assert.deepEqual(await new HttpRemote(`${base}/shop`).readRef("heads/main"), MAIN);
 });
 
