@@ -8,12 +8,10 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import pg from "pg";
+import { fuzzSeed, prng, type Rng } from "../support/fuzz.ts";
 import { type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
 
-const SEED = process.env.STRATA_FUZZ_SEED
-  ? Number(process.env.STRATA_FUZZ_SEED) >>> 0
-  : Math.floor(Math.random() * 2 ** 32);
-console.log(`frontdoor live fuzz: STRATA_FUZZ_SEED=${SEED}`);
+const SEED = fuzzSeed("frontdoor live fuzz");
 
 let strata: StrataProcess;
 let client: pg.Client;
@@ -40,19 +38,6 @@ after(async () => {
   await client?.end().catch(() => {});
   await strata?.stop();
 });
-
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return { next, int, pick: <T>(items: readonly T[]): T => items[int(items.length)] };
-}
 
 const CORPUS: readonly string[] = [
   "SELECT * FROM t AS OF 'HEAD'",
@@ -111,7 +96,7 @@ const SNIPPETS: readonly string[] = [
 const UNSAFE =
   /\b(commit|end|abort|rollback|release|prepare|alter|use|copy|checkpoint|lock|vacuum|discard|listen|notify|cluster|reindex|pg_sleep|pg_terminate_backend|pg_cancel_backend|dblink)\b|dolt_(?!diff\b|log\b|status\b|history_|as_of_|transaction_commit|async_replication|replicate_heads|cluster_role|bogus)\w*\s*\(?/i;
 
-function generate(rng: ReturnType<typeof prng>): { text: string | Buffer; params?: string[] } {
+function generate(rng: Rng): { text: string | Buffer; params?: string[] } {
   for (;;) {
     let sql = rng.pick(CORPUS);
     for (let m = 1 + rng.int(3); m > 0; m--) {

@@ -25,28 +25,11 @@ import { ControlRefusal, type ControlServer, startControlServer } from "../../sr
 import type { VoteRequest } from "../../src/cluster/failover.ts";
 import { outboundTlsOptions } from "../../src/cluster/peer-tls.ts";
 import type { Heartbeat } from "../../src/cluster/peers.ts";
+import { fuzzSeed, prng, type Rng } from "../support/fuzz.ts";
 import { tempDir, waitFor } from "../support/postgres.ts";
 import { selfSignedCertificate } from "../support/tls.ts";
 
-const SEED = process.env.STRATA_FUZZ_SEED
-  ? Number(process.env.STRATA_FUZZ_SEED) >>> 0
-  : Math.floor(Math.random() * 2 ** 32);
-console.log(`control server fuzz: STRATA_FUZZ_SEED=${SEED}`);
-
-/** mulberry32: small, seedable, good enough to pick inputs. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return { next, int, pick: <T>(items: readonly T[]): T => items[int(items.length)] };
-}
-type Rng = ReturnType<typeof prng>;
+const SEED = fuzzSeed("control server fuzz");
 
 const DEADLINE_MS = 3000;
 const PEER_KID = "peer-a-key";

@@ -16,28 +16,11 @@ import { VariableError } from "../../src/config/variables.ts";
 import { errorStatement, highestParameter } from "../../src/frontdoor/error-statement.ts";
 import { findRemoteCall } from "../../src/frontdoor/remote-call.ts";
 import { loadParser, type RewriteCatalog, type Rewritten, rewriteSql } from "../../src/frontdoor/rewrite.ts";
+import { fuzzSeed, prng, type Rng } from "../support/fuzz.ts";
 
 /** Longer than this for one statement is runaway cost (a quadratic scan took seconds to minutes). */
 const SLOW_MS = 5_000;
-const SEED = process.env.STRATA_FUZZ_SEED
-  ? Number(process.env.STRATA_FUZZ_SEED) >>> 0
-  : Math.floor(Math.random() * 2 ** 32);
-console.log(`frontdoor rewrite fuzz: STRATA_FUZZ_SEED=${SEED}`);
-
-/** mulberry32: small, seedable, good enough to pick mutations. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return { next, int, pick: <T>(items: readonly T[]): T => items[int(items.length)] };
-}
-type Rng = ReturnType<typeof prng>;
+const SEED = fuzzSeed("frontdoor rewrite fuzz");
 
 /** Keys as the store would give them: t(id), pair(a, b), accounts(id), test(pk); others keyless. */
 const KEYS: Record<string, string[]> = { t: ["id"], pair: ["a", "b"], accounts: ["id"], test: ["pk"] };

@@ -24,27 +24,10 @@ import { HttpRemote } from "../../src/remotes/http-remote.ts";
 import { encodeData, encodeEnd, encodeSection, PackFrameReader } from "../../src/remotes/pack-frames.ts";
 import { ObjectWriter, RemoteOperationError, readObjectFrames } from "../../src/remotes/pack-objects.ts";
 import { isValidRefName, type RefValue, RemoteStorageError } from "../../src/remotes/storage.ts";
+import { fuzzSeed, prng, type Rng } from "../support/fuzz.ts";
 import { tempDir } from "../support/postgres.ts";
 
-const SEED = process.env.STRATA_FUZZ_SEED
-  ? Number(process.env.STRATA_FUZZ_SEED) >>> 0
-  : Math.floor(Math.random() * 2 ** 32);
-console.log(`remotes API fuzz: STRATA_FUZZ_SEED=${SEED}`);
-
-/** mulberry32: small, seedable, good enough to pick inputs. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return { next, int, pick: <T>(items: readonly T[]): T => items[int(items.length)] };
-}
-type Rng = ReturnType<typeof prng>;
+const SEED = fuzzSeed("remotes API fuzz");
 
 const log = pino({ level: "silent" });
 /** What no response may ever contain: it is in files outside the served objects. */
