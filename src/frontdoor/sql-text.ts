@@ -23,7 +23,7 @@ export function skipQuoted(sql: string, i: number): number {
         j += 2;
       }
     while (j < n) {
-      if (escapes && sql[j] === "\\") j += 2;
+      if (sql[j] === "\\") j += 2;
       else if (sql[j] === "'") {
         if (sql[j + 1] === "'") j += 2;
         else break;
