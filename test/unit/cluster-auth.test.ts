@@ -179,13 +179,17 @@ test("a token signed by a peer verifies, naming the peer whose JWKS holds the ke
   assert.equal(keys.fetchError("a"), undefined);
 });
 
-test("a token signed by a key no peer publishes is refused, after one refetch of every peer", async () => {
+/** A node with one standby peer whose keys it has fetched, and a key that no peer publishes. */
+async function withStrangerKey() {
   const me = await NodeKey.generate();
   const standby = await node();
   const keys = peerKeys([{ name: "standby", jwksUrl: standby.server.url }], me.kid);
   await keys.peerKid("standby");
-  const fetched = standby.server.requests;
-  const stranger = await NodeKey.generate();
+  return { me, standby, keys, fetched: standby.server.requests, stranger: await NodeKey.generate() };
+}
+
+test("a token signed by a key no peer publishes is refused, after one refetch of every peer", async () => {
+  const { me, standby, keys, fetched, stranger } = await withStrangerKey();
   await refused(
     keys,
     `Bearer ${await stranger.sign(me.kid)}`,
@@ -198,12 +202,7 @@ test("a token signed by a key no peer publishes is refused, after one refetch of
 });
 
 test("concurrent tokens with unknown keys share one refetch", async () => {
-  const me = await NodeKey.generate();
-  const standby = await node();
-  const keys = peerKeys([{ name: "standby", jwksUrl: standby.server.url }], me.kid);
-  await keys.peerKid("standby");
-  const fetched = standby.server.requests;
-  const stranger = await NodeKey.generate();
+  const { me, standby, keys, fetched, stranger } = await withStrangerKey();
   const tokens = await Promise.all([1, 2, 3].map(() => stranger.sign(me.kid)));
   const results = await Promise.allSettled(tokens.map((t) => keys.verify(`Bearer ${t}`)));
   assert.ok(
@@ -213,12 +212,7 @@ test("concurrent tokens with unknown keys share one refetch", async () => {
 });
 
 test("unknown kids refetch each peer's JWKS at most once per 5 s, and are remembered meanwhile", async () => {
-  const me = await NodeKey.generate();
-  const standby = await node();
-  const keys = peerKeys([{ name: "standby", jwksUrl: standby.server.url }], me.kid);
-  await keys.peerKid("standby");
-  const fetched = standby.server.requests;
-  const stranger = await NodeKey.generate();
+  const { me, standby, keys, fetched, stranger } = await withStrangerKey();
   const other = await NodeKey.generate();
   for (let i = 0; i < 5; i++) {
     await refused(keys, `Bearer ${await stranger.sign(me.kid)}`, "unknown-key");

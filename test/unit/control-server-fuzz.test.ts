@@ -25,7 +25,7 @@ import { ControlRefusal, type ControlServer, startControlServer } from "../../sr
 import type { VoteRequest } from "../../src/cluster/failover.ts";
 import { outboundTlsOptions } from "../../src/cluster/peer-tls.ts";
 import type { Heartbeat } from "../../src/cluster/peers.ts";
-import { fuzzSeed, prng, type Rng } from "../support/fuzz.ts";
+import { fuzzSeed, prng, type RawReply, type Rng, rawExchange } from "../support/fuzz.ts";
 import { tempDir, waitFor } from "../support/postgres.ts";
 import { selfSignedCertificate } from "../support/tls.ts";
 
@@ -237,33 +237,10 @@ async function stillServes(what: string): Promise<void> {
   assert.ok(answer.ms < DEADLINE_MS, `after ${what}: took ${answer.ms} ms`);
 }
 
-interface Reply {
-  data: Buffer;
-  closed: boolean;
-  timedOut: boolean;
-}
+type Reply = RawReply;
 
-function exchange(chunks: (string | Buffer)[], deadlineMs = DEADLINE_MS): Promise<Reply> {
-  return new Promise((resolve) => {
-    const parts: Buffer[] = [];
-    const socket = connect(port, "127.0.0.1");
-    let settled = false;
-    const done = (closed: boolean, timedOut: boolean) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve({ data: Buffer.concat(parts), closed, timedOut });
-    };
-    const timer = setTimeout(() => done(false, true), deadlineMs);
-    socket.on("data", (d) => parts.push(d));
-    socket.on("error", () => {});
-    socket.on("close", () => done(true, false));
-    socket.on("connect", () => {
-      for (const chunk of chunks) socket.write(chunk);
-    });
-  });
-}
+const exchange = (chunks: (string | Buffer)[], deadlineMs = DEADLINE_MS) =>
+  rawExchange(port, chunks, { deadlineMs });
 
 const statusOf = (reply: Reply) =>
   Number(/^HTTP\/1\.[01] (\d{3})/.exec(reply.data.toString("latin1"))?.[1] ?? 0);

@@ -24,7 +24,7 @@ import { HttpRemote } from "../../src/remotes/http-remote.ts";
 import { encodeData, encodeEnd, encodeSection, PackFrameReader } from "../../src/remotes/pack-frames.ts";
 import { ObjectWriter, RemoteOperationError, readObjectFrames } from "../../src/remotes/pack-objects.ts";
 import { isValidRefName, type RefValue, RemoteStorageError } from "../../src/remotes/storage.ts";
-import { fuzzSeed, prng, type Rng } from "../support/fuzz.ts";
+import { fuzzSeed, prng, type RawReply, type Rng, rawExchange } from "../support/fuzz.ts";
 import { tempDir } from "../support/postgres.ts";
 
 const SEED = fuzzSeed("remotes API fuzz");
@@ -94,49 +94,22 @@ after(async () => {
 
 // --- raw HTTP ------------------------------------------------------------------------------
 
-interface Reply {
-  /** Every byte the server sent before it closed (or the deadline). */
-  data: Buffer;
-  closed: boolean;
-  timedOut: boolean;
-}
+type Reply = RawReply;
 
 /** Sends `chunks` (with `gapMs` between them) on a new connection; resolves at close or deadline. */
-function exchange(
+const exchange = (
   chunks: (string | Buffer)[],
   options: { gapMs?: number; deadlineMs?: number; until?: number } = {},
-) {
-  return new Promise<Reply>((resolve) => {
-    const parts: Buffer[] = [];
-    const socket = connect(port, "127.0.0.1");
-    let settled = false;
-    const done = (closed: boolean, timedOut: boolean) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve({ data: Buffer.concat(parts), closed, timedOut });
-    };
-    const timer = setTimeout(() => done(false, true), options.deadlineMs ?? DEADLINE_MS);
-    socket.on("data", (d) => {
-      parts.push(d);
-      // A keep-alive connection stays open: stop once the responses awaited are complete.
-      if (options.until !== undefined) {
-        const responses = parseResponses(Buffer.concat(parts));
-        if (responses.filter((r) => r.complete).length >= options.until) done(false, false);
-      }
-    });
-    socket.on("error", () => {});
-    socket.on("close", () => done(true, false));
-    socket.on("connect", async () => {
-      for (const [i, chunk] of chunks.entries()) {
-        if (i > 0 && options.gapMs) await new Promise((r) => setTimeout(r, options.gapMs));
-        if (socket.destroyed) return;
-        socket.write(chunk);
-      }
-    });
+) =>
+  rawExchange(port, chunks, {
+    deadlineMs: options.deadlineMs ?? DEADLINE_MS,
+    gapMs: options.gapMs,
+    // A keep-alive connection stays open: stop once the responses awaited are complete.
+    enough:
+      options.until === undefined
+        ? undefined
+        : (data) => parseResponses(data).filter((r) => r.complete).length >= options.until!,
   });
-}
 
 interface Parsed {
   status: number;
