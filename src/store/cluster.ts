@@ -229,6 +229,8 @@ export type RecoveryAction = "none" | "stopped-orphan" | "removed-stale-pid";
  */
 export async function startCluster(
   spec: ClusterSpec,
+  /** Told before a recovery step runs (stopping an orphan waits for its shutdown checkpoint). */
+  recovering?: (action: RecoveryAction) => void,
 ): Promise<{ paths: ClusterPaths; recovery: RecoveryAction }> {
   const paths = clusterPaths(spec);
   own(spec, paths.socketDir, 0o700);
@@ -237,6 +239,7 @@ export async function startCluster(
   if (existsSync(pidFile)) {
     const pid = Number(readFileSync(pidFile, "utf8").split("\n")[0]);
     if (pid > 0 && isOurPostmaster(pid, paths.pgdata)) {
+      recovering?.("stopped-orphan");
       await exec(
         spec,
         spec.bin.pgCtl,
@@ -245,6 +248,7 @@ export async function startCluster(
       );
       recovery = "stopped-orphan";
     } else {
+      recovering?.("removed-stale-pid");
       rmSync(pidFile, { force: true });
       recovery = "removed-stale-pid";
     }

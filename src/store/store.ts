@@ -68,12 +68,13 @@ export async function openStore(
   preferLz4(spec);
   roomForWal(spec);
   options.beforeStart?.(spec);
-  const { paths, recovery } = await startCluster(spec);
-  if (recovery === "stopped-orphan")
-    log.warn(
-      "found the store's postmaster still running from a previous run (Strata was killed); restarted it",
-    );
-  if (recovery === "removed-stale-pid") log.warn("removed a stale postmaster.pid left by a previous run");
+  const { paths } = await startCluster(spec, (recovery) => {
+    if (recovery === "stopped-orphan")
+      log.warn(
+        "found the store's postmaster still running from a previous run (Strata was killed); stopping it to start it again",
+      );
+    else log.warn("removed a stale postmaster.pid left by a previous run");
+  });
   log.info(
     {
       socket_dir: paths.socketDir,

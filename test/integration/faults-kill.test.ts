@@ -37,13 +37,19 @@ test("repeated SIGKILL under sustained writes: the replica and its history stay 
   const writer = new Writer(primary, { connections: 2, seed, ratePerSecond: 60 });
   const schedule: string[] = [];
   const context = () => `seed ${seed}; ${schedule.join(", ")}`;
+  // Each step is a diagnostic as it happens, so a failing run's report says how it got there.
+  t.diagnostic(`seed ${seed}`);
+  const step = (what: string) => {
+    schedule.push(what);
+    t.diagnostic(what);
+  };
   writer.start();
   try {
     for (let round = 0; round < 5; round++) {
       if (round === 2) {
         // Killed while starting: after the store is up, before or while replication starts.
         await strata.kill("SIGKILL");
-        schedule.push("killed right after a restart");
+        step("killed right after a restart");
         await pair.assertAcknowledgedIsDurable(writer, context());
         const point = random() < 0.5 ? "managed store started" : "starting replication";
         const starting = strata.start().then(
@@ -53,7 +59,7 @@ test("repeated SIGKILL under sustained writes: the replica and its history stay 
         await waitFor(`strata to log "${point}"`, async () => strata.logs.includes(`"msg":"${point}"`));
         await strata.kill("SIGKILL");
         await starting;
-        schedule.push(`killed during startup at "${point}"`);
+        step(`killed during startup at "${point}"`);
         await pair.assertAcknowledgedIsDurable(writer, context());
         await startStrata(strata);
         assert.match(strata.logs, RECOVERED, "the restart recovers the store left by the killed Strata");
@@ -67,7 +73,7 @@ test("repeated SIGKILL under sustained writes: the replica and its history stay 
         60_000,
       );
       await strata.kill("SIGKILL");
-      schedule.push(`killed after ${from}+${more} commits`);
+      step(`killed after ${from}+${more} commits`);
       assert.ok(
         pair.storeRunning(),
         "the killed Strata left its store running (what a restart must recover)",
@@ -80,9 +86,7 @@ test("repeated SIGKILL under sustained writes: the replica and its history stay 
   } finally {
     await writer.stop();
   }
-  t.diagnostic(
-    `seed ${seed}: ${writer.committed} transactions committed, ${writer.rolledBack} rolled back; ${schedule.join(", ")}`,
-  );
+  t.diagnostic(`${writer.committed} transactions committed, ${writer.rolledBack} rolled back`);
   assert.equal(writer.uncertain, 0, `no commit was cut off: ${writer.errors.join("; ")}`);
   assert.deepEqual(writer.errors, [], "the writer saw no errors");
   await assertExactReplica(pair, {

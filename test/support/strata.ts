@@ -2,7 +2,7 @@
 // replication), the way a user does, and compares replica and primary.
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { stringify } from "yaml";
@@ -118,8 +118,29 @@ export class StrataProcess {
       throw new Error(`strata exited with ${code} before it was ready`);
     });
     await Promise.race([ready, died]).catch((err) => {
-      throw new Error(`${err.message}\n--- strata log ---\n${this.logs}`);
+      throw new Error(`${err.message}\n--- strata log ---\n${this.logs}${this.storeReport()}`);
     });
+  }
+
+  /** The managed store's last log lines and its processes: where a start that hangs is waiting. */
+  storeReport(): string {
+    const { pgdata, logFile } = clusterPaths({ root: join(this.dataDir, "store") });
+    const lines = existsSync(logFile)
+      ? readFileSync(logFile, "utf8").split("\n").slice(-30).join("\n")
+      : "(none)";
+    let processes = "(no postmaster.pid)";
+    const pidFile = join(pgdata, "postmaster.pid");
+    if (existsSync(pidFile)) {
+      const pid = readFileSync(pidFile, "utf8").split("\n")[0];
+      try {
+        processes = execFileSync("ps", ["-o", "pid,stat,etime,args", "--pid", pid, "--ppid", pid], {
+          encoding: "utf8",
+        });
+      } catch (err) {
+        processes = `postmaster ${pid}: ps found nothing (${(err as Error).message.split("\n")[0]})`;
+      }
+    }
+    return `\n--- store log (tail) ---\n${lines}\n--- store processes ---\n${processes}`;
   }
 
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<number | null> {

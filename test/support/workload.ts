@@ -282,7 +282,7 @@ export async function startStrata(strata: StrataProcess): Promise<void> {
       clearTimeout(timer);
     }
     const first = (err as Error).message.split("\n")[0];
-    throw new Error(`${first}\n--- strata log ---\n${strata.logs}`);
+    throw new Error(`${first}\n--- strata log ---\n${strata.logs}${strata.storeReport()}`);
   }
 }
 
