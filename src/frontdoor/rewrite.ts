@@ -100,10 +100,55 @@ function identName(t: Token): string {
   return t.text.startsWith('"') ? t.text.slice(1, -1).replace(/""/g, '"') : t.text.toLowerCase();
 }
 
-/** A plain string literal's value ('...' with '' escapes); undefined for other forms. */
-function stringValue(t: Token | undefined): string | undefined {
-  if (t?.tokenName !== "SCONST" || !t.text.startsWith("'")) return undefined;
-  return t.text.slice(1, -1).replace(/''/g, "'");
+/**
+ * A string literal's value: '...', E'...' (backslash escapes) or $tag$...$tag$, as Postgres reads
+ * them with standard_conforming_strings on; undefined for other tokens (U&'...' among them) and
+ * for escapes that do not make valid UTF-8.
+ */
+export function stringValue(t: Token | undefined): string | undefined {
+  if (t?.tokenName !== "SCONST") return undefined;
+  const text = t.text;
+  if (text.startsWith("'")) return text.slice(1, -1).replace(/''/g, "'");
+  if (text.startsWith("$")) {
+    const tag = text.indexOf("$", 1) + 1;
+    return text.slice(tag, text.length - tag);
+  }
+  if (text.startsWith("E'") || text.startsWith("e'")) return unescapeString(text.slice(2, -1));
+  return undefined;
+}
+
+const SIMPLE_ESCAPES: Record<string, number> = { b: 8, f: 12, n: 10, r: 13, t: 9 };
+const ESCAPE = /\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|([\s\S]))|''/gu;
+
+/**
+ * The body of an E'' literal: octal and hex escapes are bytes, \u and \U code points (a surrogate
+ * pair written as two \u escapes is refused, where Postgres would join it).
+ */
+function unescapeString(body: string): string | undefined {
+  const bytes: number[] = [];
+  const text = (part: string) => bytes.push(...Buffer.from(part, "utf8"));
+  let last = 0;
+  for (const m of body.matchAll(ESCAPE)) {
+    text(body.slice(last, m.index));
+    last = m.index + m[0].length;
+    const [whole, octal, hex, u4, u8, other] = m;
+    if (whole === "''") bytes.push(0x27);
+    else if (octal !== undefined) bytes.push(Number.parseInt(octal, 8) & 0xff);
+    else if (hex !== undefined) bytes.push(Number.parseInt(hex, 16));
+    else if (u4 !== undefined || u8 !== undefined) {
+      const code = Number.parseInt(u4 ?? u8, 16);
+      if (code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return undefined;
+      text(String.fromCodePoint(code));
+    } else if (other in SIMPLE_ESCAPES) bytes.push(SIMPLE_ESCAPES[other]);
+    else text(other);
+  }
+  text(body.slice(last));
+  if (bytes.includes(0)) return undefined;
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(Uint8Array.from(bytes));
+  } catch {
+    return undefined;
+  }
 }
 
 /** A SET value token's text: a literal's value, or a word / number as written. */

@@ -178,6 +178,36 @@ test("a bad variable name or value is refused with what is wrong and what to wri
   assert.match((await refused("SHOW dolt_bogus")).message, /dolt_bogus/);
 });
 
+test("values in any string literal Postgres reads: E'' escapes, dollar quotes", async () => {
+  assert.equal(
+    await sql("SET dolt_replicate_heads TO E'ma\\'in,d\\x65v'"),
+    "SET strata.dolt_replicate_heads TO 'ma''in,dev'",
+  );
+  assert.equal(
+    await sql("SET dolt_replicate_heads TO $$main$$"),
+    "SET strata.dolt_replicate_heads TO 'main'",
+  );
+  assert.equal(
+    await sql("SET dolt_replicate_heads TO $h$main,it's$h$"),
+    "SET strata.dolt_replicate_heads TO 'main,it''s'",
+  );
+  const altered = await rewriteSql("ALTER SYSTEM SET dolt_replicate_to_remote E'orig\\u0069n'", catalog);
+  assert.deepEqual(altered?.altersSystem, [{ name: "strata.dolt_replicate_to_remote", value: "origin" }]);
+  // Octal and hex escapes are bytes: two of them make one UTF-8 character.
+  assert.equal(
+    await sql("SET dolt_replicate_heads TO E'caf\\303\\251'"),
+    "SET strata.dolt_replicate_heads TO 'café'",
+  );
+  assert.equal(
+    await sql("SELECT current_setting(E'dolt_transaction_commit')"),
+    "SELECT dolt.setting('dolt_transaction_commit')",
+  );
+  // Escapes that make no valid UTF-8, or a NUL: the scanner refuses them, so the statement goes
+  // to the store as it is, which refuses it too.
+  for (const bad of ["E'\\xc3'", "E'a\\0b'", "E'\\U00110000'"])
+    assert.equal(await sql(`SET dolt_replicate_heads TO ${bad}`), undefined, bad);
+});
+
 test("text before Strata syntax that is not ASCII: the rewrite is made where the syntax is", async () => {
   // libpg-query counts UTF-8 bytes: é is 2, 😀 4 (and 2 UTF-16 units).
   assert.equal(
