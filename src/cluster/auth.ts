@@ -71,10 +71,18 @@ export class ClusterAuthError extends Error {
   constructor(
     message: string,
     readonly reason: ClusterAuthReason,
+    /** For this node's log only: the answer goes to a client not known to be a peer. */
+    readonly detail?: string,
   ) {
     super(message);
     this.name = "ClusterAuthError";
   }
+}
+
+/** A value from an unverified token, as shown in a refusal: at most 64 characters of it. */
+function untrusted(value: unknown): string {
+  const text = String(value);
+  return text.length > 64 ? `${text.slice(0, 64)}… (${text.length} characters)` : text;
 }
 
 // --- this node's key ------------------------------------------------------------------------
@@ -267,8 +275,9 @@ export class PeerKeys {
     }
     if (!signer) {
       throw new ClusterAuthError(
-        `request signed with key ${kid} which no configured standby peer publishes (peers: ${this.describePeers()})`,
+        `request signed with key ${untrusted(kid)} which no configured standby peer publishes`,
         "unknown-key",
+        `configured peers: ${this.describePeers()}`,
       );
     }
     let payload: Uint8Array;
@@ -508,7 +517,8 @@ function signingKeyId(token: string): string {
     );
   }
   if (header.alg !== ALG) {
-    const what = header.alg === "none" || header.alg === undefined ? "is unsigned" : `uses alg ${header.alg}`;
+    const what =
+      header.alg === "none" || header.alg === undefined ? "is unsigned" : `uses alg ${untrusted(header.alg)}`;
     throw new ClusterAuthError(`request token ${what}; cluster peers sign with ${ALG}`, "bad-signature");
   }
   if (typeof header.kid !== "string" || header.kid === "") {

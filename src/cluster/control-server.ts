@@ -100,8 +100,9 @@ export async function startControlServer(
         err instanceof ClusterAuthError
           ? err.message
           : `cannot verify the request: ${(err as Error).message}`;
+      const detail = err instanceof ClusterAuthError ? err.detail : undefined;
       log.warn(
-        { remote: req.socket.remoteAddress, path: req.url, reason },
+        { remote: req.socket.remoteAddress, path: req.url, reason, ...(detail ? { detail } : {}) },
         "cluster: refused an unauthenticated request",
       );
       handlers.refused(reason);

@@ -373,9 +373,24 @@ test("tokens of every wrong kind are refused with 401 naming the cause; nothing 
     if (answer.status !== 401) problems.push(`${name}: ${answer.status} ${JSON.stringify(answer.body)}`);
     else if (answer.body.code !== code) problems.push(`${name}: code ${answer.body.code}, not ${code}`);
     else if (!pattern.test(String(answer.body.error))) problems.push(`${name}: ${answer.body.error}`);
+    // The peers' names and addresses are not for a client that has not shown it is one.
+    if (JSON.stringify(answer.body).includes("jwks.json")) problems.push(`${name}: names a peer's JWKS URL`);
+    if (JSON.stringify(answer.body).length > 1_000)
+      problems.push(`${name}: a ${JSON.stringify(answer.body).length}-byte answer`);
     if (answer.ms > DEADLINE_MS) problems.push(`${name}: took ${answer.ms} ms`);
   }
   assert.deepEqual(problems, []);
+  // This node's log has them, for its operator.
+  assert.ok(
+    logged.some(
+      (line) =>
+        line.msg === "cluster: refused an unauthenticated request" &&
+        /^configured peers: a at http:\/\/127\.0\.0\.1:\d+\/\.well-known\/jwks\.json$/.test(
+          String((line as { detail?: string }).detail),
+        ),
+    ),
+    "the log names the configured peers for an unknown key",
+  );
   assert.equal(reached.heartbeats.length, before, "a refused request reached the heartbeat handler");
   // A token is good once; an aud of one element is the same audience.
   const once = await signed();
