@@ -94,6 +94,11 @@ BEGIN
     RAISE EXCEPTION 'dolt_tag: "%" is not a valid tag name', positional[1]
       USING ERRCODE = '22023', HINT = 'letters, digits, _, . and -, not starting with . or - (and not HEAD, WORKING or STAGED)';
   END IF;
+  -- A remote stores each tag under a file name of its own (src/remotes/storage.ts's limit).
+  IF octet_length(positional[1]) > 200 THEN
+    RAISE EXCEPTION 'dolt_tag: a tag name of % bytes is too long to push to a remote', octet_length(positional[1])
+      USING ERRCODE = '42622', HINT = 'use a tag name of at most 200 bytes';
+  END IF;
   IF EXISTS (SELECT 1 FROM strata.tags WHERE name = positional[1]) THEN
     RAISE EXCEPTION 'dolt_tag: tag "%" already exists', positional[1]
       USING ERRCODE = '42710', HINT = format('delete it first: SELECT dolt_tag(''-d'', %L)', positional[1]);

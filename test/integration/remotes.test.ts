@@ -79,6 +79,11 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   await rowsOf(p, "select dolt_tag('v1', 'HEAD~1')");
   await rowsOf(p, "select dolt_tag('-m', 'the release', 'v2')");
   assert.equal((await failure(p, "select dolt_tag('v1')")).code, "42710");
+  // Every tag can be pushed: a name too long for a remote's file name is refused when it is made.
+  const long = await failure(p, `select dolt_tag('${"t".repeat(201)}')`);
+  assert.equal(long.code, "42622");
+  assert.match(long.message, /201 bytes is too long to push/);
+  await rowsOf(p, `select dolt_tag('${"t".repeat(200)}'), dolt_tag('-d', '${"t".repeat(200)}')`);
   assert.match(
     (await rowsOf(p, "select dolt_push('origin', 'main')"))[0].dolt_push[1],
     /pushed 2 commits and 2 tags/,
