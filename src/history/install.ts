@@ -22,6 +22,7 @@
 
 import type pg from "pg";
 import { HELD_TABLES_SQL } from "../apply/held-tables.ts";
+import { replicaShapeSql } from "../apply/replica-shape.ts";
 import { BRANCH_SQL } from "../branches/branch-sql.ts";
 import { CLUSTER_STATUS_SQL } from "../cluster/status-sql.ts";
 import type { Logger } from "../log.ts";
@@ -165,11 +166,7 @@ CREATE TABLE IF NOT EXISTS strata.snapshot_tables (
 -- SQLSTATE SR001 if it has, so the stream retries with the table resolved again.
 CREATE OR REPLACE FUNCTION strata.replica_shape(tbl regclass) RETURNS text
 LANGUAGE sql STABLE AS $fn$
-  SELECT (SELECT md5(string_agg(concat_ws(' ', attnum, atttypid, atttypmod, attisdropped), ',' ORDER BY attnum))
-            FROM pg_attribute WHERE attrelid = tbl AND attnum > 0) || ':' ||
-         (SELECT count(*) FROM pg_trigger
-           WHERE (tgrelid = tbl OR tgrelid IN (SELECT relid FROM pg_partition_tree(tbl)))
-             AND NOT tgisinternal AND tgenabled IN ('A', 'R') AND (tgtype & 1) = 1)
+  SELECT ${replicaShapeSql("tbl")}
 $fn$;
 CREATE OR REPLACE FUNCTION strata.expect_replica_shape(tbl regclass, shape text) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $fn$

@@ -926,16 +926,22 @@ export class Replicator {
   ): Promise<{ flushed: bigint; standbys: StandbyPosition[] | null; sameStore: boolean }> {
     const client = await this.statusConnection();
     const standbys = this.options.standbys?.();
-    const { rows } = await client.query<{ lsn: string; slots: SlotJson[]; same_store: boolean }>(
-      `SELECT pg_current_wal_flush_lsn()::text AS lsn,
+    // Prepared (named): asked every 50 ms, and planning its views took ~0.5 ms of the store's CPU.
+    const { rows } = await client.query<{ lsn: string; slots: SlotJson[]; same_store: boolean }>({
+      name: "strata_store_wal_flushed",
+      text: `SELECT pg_current_wal_flush_lsn()::text AS lsn,
               (SELECT coalesce(json_agg(json_build_object('slot', s.slot_name, 'lost', coalesce(s.wal_status = 'lost', false),
                                                           'restart', s.restart_lsn::text, 'flush', r.flush_lsn::text)), '[]'::json)
                  FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
                 WHERE s.slot_name = ANY($1::text[]) AND s.slot_type = 'physical') AS slots,
               $2::int IS NULL OR EXISTS (SELECT 1 FROM pg_stat_get_activity($2::int) a
                                           WHERE (extract(epoch FROM a.backend_start) * 1e6)::bigint = $3::bigint) AS same_store`,
-      [(standbys ?? []).flatMap((s) => (s.slot ? [s.slot] : [])), apply?.pid ?? null, apply?.started ?? null],
-    );
+      values: [
+        (standbys ?? []).flatMap((s) => (s.slot ? [s.slot] : [])),
+        apply?.pid ?? null,
+        apply?.started ?? null,
+      ],
+    });
     const lsn = (text: string | null) => (text === null ? null : parseLsn(text));
     return {
       flushed: parseLsn(rows[0].lsn),
