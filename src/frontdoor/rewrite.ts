@@ -105,7 +105,7 @@ function identName(t: Token): string {
  * them with standard_conforming_strings on; undefined for other tokens (U&'...' among them) and
  * for escapes that do not make valid UTF-8.
  */
-export function stringValue(t: Token | undefined): string | undefined {
+function stringValue(t: Token | undefined): string | undefined {
   if (t?.tokenName !== "SCONST") return undefined;
   const text = t.text;
   if (text.startsWith("'")) return text.slice(1, -1).replace(/''/g, "'");
