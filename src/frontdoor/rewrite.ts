@@ -524,6 +524,9 @@ function selects(tree: unknown): ParseNode[] {
     if (!node || typeof node !== "object") continue;
     const record = node as ParseNode;
     if (record.SelectStmt) found.push(record.SelectStmt);
+    // The branches of UNION / INTERSECT / EXCEPT are SelectStmts without the node's wrapper.
+    if (record.op && record.op !== "SETOP_NONE")
+      for (const branch of [record.larg, record.rarg]) if (branch) found.push(branch);
     for (const value of Array.isArray(node) ? node : Object.values(record)) pending.push(value);
   }
   return found;

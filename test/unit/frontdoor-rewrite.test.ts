@@ -55,6 +55,13 @@ test("a lookup of every key column by equality uses the keyed as-of form; other 
     await sql("SELECT * FROM pair AS OF 'HEAD' WHERE b = 'x' AND a = -2"),
     `SELECT * FROM "dolt_as_of_pair"('HEAD', -2, 'x') AS "pair" WHERE b = 'x' AND a = -2`,
   );
+  // Each branch of a UNION / EXCEPT on its own (a row's two versions side by side).
+  assert.equal(
+    await sql(
+      "SELECT * FROM t AS OF 'HEAD' WHERE id = 1 UNION ALL SELECT * FROM t AS OF 'HEAD~1' WHERE id = 1 EXCEPT SELECT * FROM t AS OF 'HEAD~2' WHERE id > 1",
+    ),
+    `SELECT * FROM "dolt_as_of_t"('HEAD', 1) AS "t" WHERE id = 1 UNION ALL SELECT * FROM "dolt_as_of_t"('HEAD~1', 1) AS "t" WHERE id = 1 EXCEPT SELECT * FROM "dolt_as_of_t"('HEAD~2') AS "t" WHERE id > 1`,
+  );
   // Not every key column, an OR, or a join: the whole table as of then, filtered as written.
   assert.equal(
     await sql("SELECT * FROM pair AS OF 'HEAD' WHERE a = 1"),
