@@ -108,6 +108,15 @@ test("AS OF names a commit by HEAD~N, hash, timestamp or LSN, over both protocol
         `id 2 as of HEAD~${n}`,
       );
     }
+    // A row's versions side by side: each UNION branch a point lookup.
+    const versions = await client.query(
+      "SELECT 0 AS n, owner, balance FROM accounts AS OF 'HEAD' WHERE id = 2 UNION ALL SELECT 1, owner, balance FROM accounts AS OF 'HEAD~1' WHERE id = 2 ORDER BY n",
+    );
+    assert.deepEqual(
+      versions.rows.map((r) => `${r.n}:2:${r.owner}:${r.balance}`),
+      [0, 1].flatMap((n) => expected[n].filter((r) => r.startsWith("2:")).map((r) => `${n}:${r}`)),
+      "id 2 at HEAD and HEAD~1 in one UNION",
+    );
     const binary = await client.query({
       text: "SELECT id FROM accounts AS OF 'HEAD~3' WHERE id = 1",
       binary: true,
