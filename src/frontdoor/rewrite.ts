@@ -101,11 +101,13 @@ function identName(t: Token): string {
 }
 
 /**
- * A string literal's value: '...', E'...' (backslash escapes) or $tag$...$tag$, as Postgres reads
- * them with standard_conforming_strings on; undefined for other tokens (U&'...' among them) and
- * for escapes that do not make valid UTF-8.
+ * A string literal's value: '...', E'...' (backslash escapes), U&'...' (Unicode escapes, here with
+ * the default escape character; settingValue reads a UESCAPE clause) or $tag$...$tag$, as Postgres
+ * reads them with standard_conforming_strings on; undefined for other tokens and for escapes that
+ * do not make valid UTF-8.
  */
 function stringValue(t: Token | undefined): string | undefined {
+  if (t && /^[Uu]&'/.test(t.text)) return unicodeString(t.text.slice(3, -1), "\\");
   if (t?.tokenName !== "SCONST") return undefined;
   const text = t.text;
   if (text.startsWith("'")) return text.slice(1, -1).replace(/''/g, "'");
@@ -151,8 +153,56 @@ function unescapeString(body: string): string | undefined {
   }
 }
 
+const UNICODE_ESCAPE = /^(?:([0-9A-Fa-f]{4})|\+([0-9A-Fa-f]{6}))/;
+
+/**
+ * The body of a U&'' literal with escape character `escapeChar` (e): `eXXXX` and `e+XXXXXX` are
+ * code points (a surrogate pair written as two escapes is joined), `ee` is the escape character
+ * itself; anything else after it is invalid, as in Postgres.
+ */
+function unicodeString(body: string, escapeChar: string): string | undefined {
+  const text = body.replace(/''/g, "'");
+  let out = "";
+  let high: number | undefined;
+  for (let i = 0; i < text.length; ) {
+    if (text[i] !== escapeChar) {
+      if (high !== undefined) return undefined;
+      out += text[i++];
+      continue;
+    }
+    if (text[i + 1] === escapeChar) {
+      if (high !== undefined) return undefined;
+      out += escapeChar;
+      i += 2;
+      continue;
+    }
+    const m = UNICODE_ESCAPE.exec(text.slice(i + 1, i + 9));
+    if (!m) return undefined;
+    i += 1 + m[0].length;
+    const code = Number.parseInt(m[1] ?? m[2], 16);
+    if (high !== undefined) {
+      if (code < 0xdc00 || code > 0xdfff) return undefined;
+      out += String.fromCodePoint(0x10000 + ((high - 0xd800) << 10) + (code - 0xdc00));
+      high = undefined;
+    } else if (code >= 0xd800 && code <= 0xdbff) high = code;
+    else if (code === 0 || code > 0x10ffff || (code >= 0xdc00 && code <= 0xdfff)) return undefined;
+    else out += String.fromCodePoint(code);
+  }
+  return high === undefined ? out : undefined;
+}
+
+/** A UESCAPE clause's character, if valid: one character, not a hex digit, +, quote or space. */
+function uescapeCharacter(t: Token | undefined): string | undefined {
+  const value = t?.tokenName === "SCONST" && t.text.startsWith("'") ? stringValue(t) : undefined;
+  return value !== undefined && value.length === 1 && !/[0-9A-Fa-f+'"\s]/.test(value) ? value : undefined;
+}
+
 /** A SET value token's text: a literal's value, or a word / number as written. */
 function settingValue(tokens: Token[]): string | undefined {
+  if (tokens.length === 3 && /^[Uu]&'/.test(tokens[0].text) && upper(tokens[1]) === "UESCAPE") {
+    const escapeChar = uescapeCharacter(tokens[2]);
+    return escapeChar === undefined ? undefined : unicodeString(tokens[0].text.slice(3, -1), escapeChar);
+  }
   if (tokens.length === 1) {
     const t = tokens[0];
     const literal = stringValue(t);
@@ -385,7 +435,13 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
   // valid SQL and its rewrite will not parse anyway; looking again from each later call would
   // take quadratic time.
   let unclosed = false;
+  // Whether each open parenthesis level is in a FROM list (a parenthesis inherits its outer
+  // level's clause): `x AS OF 'HEAD'` is a table as of a commit only there; in a select list it is
+  // a column aliased "of" and then a syntax error, which Postgres should report, not a call of a
+  // function that does not exist.
+  const inFrom: boolean[] = [false];
   for (let i = 0; i < t.length; i++) {
+    trackClause(t[i], inFrom);
     const word = t[i].tokenName === "IDENT" ? t[i].text.toLowerCase() : "";
     if (word === "current_setting" && t[i + 1]?.text === "(" && !unclosed) {
       const name = stringValue(t[i + 2]);
@@ -424,7 +480,7 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
       continue;
     }
     // <name>[.<name>] AS OF <'commit' | $n>
-    if (upper(t[i]) === "AS" && upper(t[i + 1]) === "OF" && isName(t[i - 1])) {
+    if (upper(t[i]) === "AS" && upper(t[i + 1]) === "OF" && isName(t[i - 1]) && inFrom[inFrom.length - 1]) {
       const value = t[i + 2];
       if (!value || (value.tokenName !== "SCONST" && value.tokenName !== "PARAM")) continue;
       let nameStart = i - 1;
@@ -453,6 +509,41 @@ function rewriteExpressions(t: Token[], edits: Edit[], asOfCalls: AsOfCall[]) {
       });
       i += 2;
     }
+  }
+}
+
+/** Reserved words that start a clause: whether its items are tables (FROM, JOIN, USING) or not. */
+const CLAUSE_IS_FROM = new Map<string, boolean>([
+  ["FROM", true],
+  ["JOIN", true],
+  ["USING", true],
+  ["SELECT", false],
+  ["WHERE", false],
+  ["ON", false],
+  ["GROUP", false],
+  ["HAVING", false],
+  ["WINDOW", false],
+  ["ORDER", false],
+  ["LIMIT", false],
+  ["OFFSET", false],
+  ["FETCH", false],
+  ["FOR", false],
+  ["RETURNING", false],
+  ["INTO", false],
+  ["UNION", false],
+  ["INTERSECT", false],
+  ["EXCEPT", false],
+]);
+
+/** Keeps `inFrom` (one entry per open parenthesis) up to date with token `t`. */
+function trackClause(t: Token, inFrom: boolean[]) {
+  if (t.text === "(") inFrom.push(inFrom[inFrom.length - 1]);
+  else if (t.text === ")") {
+    if (inFrom.length > 1) inFrom.pop();
+  } else if (t.text === ";") inFrom.splice(0, inFrom.length, false);
+  else if (t.keywordName === "RESERVED_KEYWORD" || t.keywordName === "TYPE_FUNC_NAME_KEYWORD") {
+    const from = CLAUSE_IS_FROM.get(t.text.toUpperCase());
+    if (from !== undefined) inFrom[inFrom.length - 1] = from;
   }
 }
 

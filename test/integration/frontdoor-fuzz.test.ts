@@ -256,6 +256,19 @@ test("errors of the rewriter name their cause and fix, over both protocols, and 
     "SHOW dolt_transaction_commit; SELECT v FROM t AS OF 'HEAD' WHERE id = 2",
   )) as unknown as pg.QueryResult[];
   assert.deepEqual(many[1].rows, [{ v: 1 }]);
+  // AS OF outside a FROM list is left to Postgres: its syntax error, not a missing function.
+  const misplaced = await client.query("SELECT v AS OF 'HEAD' FROM t").then(
+    () => assert.fail("AS OF in a select list should fail"),
+    (e: pg.DatabaseError) => e,
+  );
+  assert.equal(misplaced.code, "42601", misplaced.message);
+  assert.match(misplaced.message, /syntax error at or near "'HEAD'"/);
+  // A U&'' literal is a value like any other.
+  await client.query("SET dolt_replicate_heads TO U&'ma\\0069n'");
+  assert.deepEqual((await client.query("SHOW dolt_replicate_heads")).rows, [
+    { dolt_replicate_heads: "main" },
+  ]);
+  await client.query("RESET dolt_replicate_heads");
 });
 
 // ---- Defects the first fuzzing found (2026-11-24), fixed: each failed then. ----

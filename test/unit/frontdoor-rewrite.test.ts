@@ -21,8 +21,32 @@ test("queries without Strata syntax pass through untouched", async () => {
     "SET search_path TO public",
     "SELECT current_setting('work_mem')",
     "SELECT 'unterminated",
+    // Outside a FROM list, `x AS OF` is a column aliased "of": Postgres's syntax error, not a call.
+    "SELECT x AS OF 'HEAD' FROM t",
+    "SELECT count(x AS OF 'HEAD') FROM t",
+    "SELECT * FROM t WHERE x AS OF 'HEAD'",
+    "SELECT * FROM t JOIN u ON t.k = u.k AS OF 'HEAD'",
+    "UPDATE t SET v = x AS OF 'HEAD'",
+    "SELECT * FROM t; SELECT x AS OF 'HEAD'",
   ])
     assert.equal(await sql(text), undefined, text);
+});
+
+test("AS OF in every FROM list: joins, parentheses, subqueries, after other clauses", async () => {
+  assert.equal(
+    await sql("SELECT * FROM (u AS OF 'HEAD' JOIN w USING (k)), v AS OF 'HEAD~1'"),
+    `SELECT * FROM ("dolt_as_of_u"('HEAD') AS "u" JOIN w USING (k)), "dolt_as_of_v"('HEAD~1') AS "v"`,
+  );
+  assert.equal(
+    await sql(
+      "SELECT (SELECT max(v) FROM u AS OF 'HEAD') AS m, a FROM w WHERE a IN (SELECT a FROM v AS OF 'HEAD')",
+    ),
+    `SELECT (SELECT max(v) FROM "dolt_as_of_u"('HEAD') AS "u") AS m, a FROM w WHERE a IN (SELECT a FROM "dolt_as_of_v"('HEAD') AS "v")`,
+  );
+  assert.equal(
+    await sql("UPDATE w SET a = 1 FROM u AS OF 'HEAD' WHERE w.k = u.k"),
+    `UPDATE w SET a = 1 FROM "dolt_as_of_u"('HEAD') AS "u" WHERE w.k = u.k`,
+  );
 });
 
 test("AS OF becomes the table's as-of function, under the table's name or the alias given", async () => {
@@ -213,6 +237,36 @@ test("values in any string literal Postgres reads: E'' escapes, dollar quotes", 
   // to the store as it is, which refuses it too.
   for (const bad of ["E'\\xc3'", "E'a\\0b'", "E'\\U00110000'"])
     assert.equal(await sql(`SET dolt_replicate_heads TO ${bad}`), undefined, bad);
+});
+
+test("values in U&'' literals: Unicode escapes, surrogate pairs, a UESCAPE character", async () => {
+  assert.equal(
+    await sql("SET dolt_replicate_heads TO U&'caf\\00e9,\\+01F600,\\d83d\\de00,a\\\\b,it''s'"),
+    "SET strata.dolt_replicate_heads TO 'café,😀,😀,a\\b,it''s'",
+  );
+  assert.equal(
+    await sql("SET dolt_replicate_heads TO u&'ma!0069n' UESCAPE '!'"),
+    "SET strata.dolt_replicate_heads TO 'main'",
+  );
+  assert.equal(
+    await sql("SELECT current_setting(U&'dolt_transaction\\005fcommit')"),
+    "SELECT dolt.setting('dolt_transaction_commit')",
+  );
+  // What Postgres refuses is refused as an invalid value: a bad escape, a lone surrogate, NUL, a
+  // hex digit as the escape character.
+  for (const bad of [
+    "U&'\\00'",
+    "U&'\\d83d'",
+    "U&'\\d83dx'",
+    "U&'\\0000'",
+    "U&'\\+110000'",
+    "U&'a' UESCAPE 'a'",
+  ])
+    await assert.rejects(sql(`SET dolt_replicate_heads TO ${bad}`), (e: VariableError) => {
+      assert.equal(e.code, "22023", bad);
+      assert.ok(e.message.startsWith(`invalid value for dolt_replicate_heads: ${bad}`), e.message);
+      return true;
+    });
 });
 
 test("text before Strata syntax that is not ASCII: the rewrite is made where the syntax is", async () => {
