@@ -88,6 +88,29 @@ export function loadParser(): Promise<void> {
   return ready;
 }
 
+export const DROP_DATABASE = /\bdrop\s+database\b/i;
+
+/**
+ * The databases `sql` drops (DROP DATABASE statements, found by the parser); [] for anything
+ * else, and for text that does not parse (the store reports that).
+ */
+export async function droppedDatabases(sql: string): Promise<string[]> {
+  if (!codeMatches(sql, DROP_DATABASE)) return [];
+  await loadParser();
+  let tree: ParseNode;
+  try {
+    tree = parseSync(sql);
+  } catch {
+    return [];
+  }
+  const names: string[] = [];
+  for (const s of tree.stmts ?? []) {
+    const name = s?.stmt?.DropdbStmt?.dbname;
+    if (typeof name === "string") names.push(name);
+  }
+  return names;
+}
+
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const quoteLiteral = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const upper = (t: Token | undefined) => (t ? t.text.toUpperCase() : "");

@@ -11,7 +11,14 @@ import type { Logger } from "../log.ts";
 import { RemoteService } from "../remotes/service.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { findRemoteCall, mayCallRemote } from "./remote-call.ts";
-import { type AlteredSetting, loadParser, mayRewrite, rewriteSql } from "./rewrite.ts";
+import {
+  type AlteredSetting,
+  DROP_DATABASE,
+  droppedDatabases,
+  loadParser,
+  mayRewrite,
+  rewriteSql,
+} from "./rewrite.ts";
 import type { QueryRewriter, RewriteContext } from "./session.ts";
 import { codeMatches } from "./sql-text.ts";
 import { encodeErrorResponse } from "./wire.ts";
@@ -74,8 +81,13 @@ export class StrataRewriter implements QueryRewriter {
     const remoteCall = mayCallRemote(sql);
     const use = USE_STATEMENT.exec(sql);
     const readsBranches = codeMatches(sql, READS_BRANCHES);
-    if (!pull && !remoteCall && !use && !readsBranches && !mayRewrite(sql)) return undefined;
-    return (pull ?? Promise.resolve()).then(async () => {
+    // The front door's own idle connections to a database would make its DROP fail ("being
+    // accessed by other users"): closed first.
+    const dropping = codeMatches(sql, DROP_DATABASE)
+      ? droppedDatabases(sql).then((names) => this.closePools(names))
+      : undefined;
+    if (!pull && !dropping && !remoteCall && !use && !readsBranches && !mayRewrite(sql)) return undefined;
+    return Promise.all([pull, dropping]).then(async () => {
       if (use) return this.use(use[1]?.replace(/""/g, '"') ?? use[2], context);
       if (readsBranches) await this.branches.refreshHeads(context.database);
       return remoteCall ? this.rewriteRemoteCall(sql, context) : this.rewriteCandidate(sql, context);
@@ -255,6 +267,17 @@ export class StrataRewriter implements QueryRewriter {
     await this.branches.close();
     await Promise.all([...this.pools.values()].map((pool) => pool.end().catch(() => {})));
     this.pools.clear();
+  }
+
+  /** Close the pools of these databases and of their branches (`<database>/<branch>`). */
+  private async closePools(databases: string[]): Promise<void> {
+    const closing: Promise<void>[] = [];
+    for (const [name, pool] of this.pools)
+      if (databases.some((d) => name === d || name.startsWith(`${d}/`))) {
+        this.pools.delete(name);
+        closing.push(pool.end().catch(() => {}));
+      }
+    await Promise.all(closing);
   }
 
   private pool(database: string): pg.Pool {

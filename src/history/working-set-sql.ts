@@ -184,7 +184,9 @@ DECLARE
 BEGIN
   IF strata.internal_writer() THEN RETURN; END IF;
   FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-    CONTINUE WHEN c.object_type <> 'table' OR c.in_extension
+    -- RENAME COLUMN reports the column ('table column', objid the table's oid, objsubid the
+    -- column's number), not the table.
+    CONTINUE WHEN c.object_type NOT IN ('table', 'table column') OR c.in_extension
       OR c.schema_name IN ('strata', 'dolt', 'pg_catalog', 'information_schema')
       OR (SELECT relpersistence = 't' OR relispartition FROM pg_class WHERE oid = c.objid);
     SELECT n.nspname, k.relname INTO v_schema, v_table
@@ -202,7 +204,8 @@ BEGIN
     ELSIF c.command_tag = 'ALTER TABLE' THEN
       IF NOT strata.replicating() AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = c.objid AND tgname = 'strata_capture_update') THEN
         INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
-        VALUES (c.objid, v_rel, 'ALTER TABLE', 'ALTER TABLE ' || c.object_identity);
+        VALUES (c.objid, v_rel, 'ALTER TABLE',
+                'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, c.objid, 0)));
         PERFORM strata.attach_capture(c.objid::regclass);
       END IF;
       IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel) THEN

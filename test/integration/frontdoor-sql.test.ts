@@ -239,6 +239,19 @@ test("CREATE DATABASE through the front door makes a database with the version-c
     "SELECT current_database(), (SELECT count(*) FROM dolt_log), current_setting('dolt_transaction_commit')",
   );
   assert.match(stdout, /inventory\|0\|1/);
+  // A keyed as-of read there: the front door looks the key up on a connection of its own to
+  // "inventory", which it closes before a DROP DATABASE (it failed: "being accessed by other users").
+  const read = await psql(
+    "-Atc",
+    "\\c inventory",
+    "-c",
+    "CREATE TABLE t (id int PRIMARY KEY, v text)",
+    "-c",
+    "INSERT INTO t VALUES (1, 'one')",
+    "-c",
+    "SELECT v FROM t AS OF 'HEAD' WHERE id = 1",
+  );
+  assert.match(read, /one/);
   await withClient((client) => client.query("DROP DATABASE inventory"));
   const left = await withClient((client) =>
     client.query("SELECT 1 FROM pg_database WHERE datname = 'inventory'"),

@@ -228,3 +228,21 @@ test("DROP TABLE is a change too; the table's history stays in the log", async (
   );
   assert.equal(change.ddl, "DROP TABLE public.other");
 });
+
+test("RENAME COLUMN is a change: committed, and the table's diff and as-of functions take the new name", async () => {
+  await q("CREATE TABLE ren (id int PRIMARY KEY, a text)");
+  await q("INSERT INTO ren VALUES (1, 'one')");
+  await q("SELECT dolt_commit('-Am', 'ren made')");
+  await q("ALTER TABLE ren RENAME COLUMN a TO b");
+  assert.deepEqual(await status(), ["ren:working:modified"]);
+  await q("UPDATE ren SET b = 'uno' WHERE id = 1");
+  await q("SELECT dolt_commit('-Am', 'ren renamed')");
+  assert.deepEqual(await status(), []);
+  const [change] = await q(
+    "SELECT ddl FROM strata.schema_changes WHERE commit_seq = (SELECT max(seq) FROM strata.commits)",
+  );
+  assert.equal(change.ddl, "ALTER TABLE public.ren");
+  assert.deepEqual(await q("SELECT id, b FROM ren AS OF 'HEAD'"), [{ id: 1, b: "uno" }]);
+  const diff = await q("SELECT diff_type, to_id, to_b FROM dolt_diff('HEAD~1', 'HEAD', 'ren')");
+  assert.deepEqual(diff, [{ diff_type: "modified", to_id: 1, to_b: "uno" }]);
+});

@@ -2,7 +2,12 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VariableError } from "../../src/config/variables.ts";
 import { findRemoteCall } from "../../src/frontdoor/remote-call.ts";
-import { loadParser, type RewriteCatalog, rewriteSql } from "../../src/frontdoor/rewrite.ts";
+import {
+  droppedDatabases,
+  loadParser,
+  type RewriteCatalog,
+  rewriteSql,
+} from "../../src/frontdoor/rewrite.ts";
 
 /** A catalog where table t is keyed by id, pair by (a, b), and u has no key. */
 const catalog: RewriteCatalog = {
@@ -394,4 +399,18 @@ test("the front door's own calls are found with their literal arguments, and the
     "SELECT * FROM dolt_push('origin')",
   ])
     assert.equal(findRemoteCall(text), undefined, text);
+});
+
+test("the databases a statement drops, found by the parser", async () => {
+  assert.deepEqual(await droppedDatabases('drop database a; DROP DATABASE IF EXISTS "My/db" WITH (FORCE)'), [
+    "a",
+    "My/db",
+  ]);
+  for (const other of [
+    "SELECT 'drop database x'",
+    "-- drop database x\nSELECT 1",
+    "DROP DATABASE",
+    "DROP TABLE d",
+  ])
+    assert.deepEqual(await droppedDatabases(other), [], other);
 });
