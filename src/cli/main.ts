@@ -128,7 +128,7 @@ program
 
 function parseLimit(value: string): number {
   if (!/^\d+$/.test(value)) {
-    throw new InvalidArgumentError("give a whole number of commits (0 for all of them)");
+    throw new InvalidArgumentError("Give a whole number of commits (0 for all of them)");
   }
   return Number(value);
 }

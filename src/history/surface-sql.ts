@@ -79,10 +79,14 @@ BEGIN
     SELECT seq INTO found_seq FROM strata.commits
      WHERE upstream_commit_lsn <= lsn ORDER BY upstream_commit_lsn DESC, seq DESC LIMIT 1;
     IF found_seq IS NULL THEN
+      -- Only replicated transactions carry an upstream LSN: not the initial snapshot's commit
+      -- (whose point in the primary's WAL is not recorded), nor commits made through SQL.
       RAISE EXCEPTION 'no replicated commit at or before upstream LSN %', lsn
         USING ERRCODE = '22023',
-              HINT = format('the first replicated commit is at %s', coalesce(
-                (SELECT min(upstream_commit_lsn)::text FROM strata.commits), 'no LSN yet'));
+              HINT = (SELECT CASE WHEN f IS NULL
+                                  THEN 'no commit here names an upstream LSN (only replicated transactions do): name a commit by hash, HEAD~N or a time'
+                                  ELSE format('the first replicated commit is at upstream LSN %s; commits before it (the initial snapshot''s) have no LSN: name them by hash or HEAD~N', f) END
+                        FROM (SELECT min(upstream_commit_lsn)::text AS f FROM strata.commits) x);
     END IF;
     RETURN found_seq;
   END IF;
@@ -144,8 +148,8 @@ BEGIN
     IF n IS NULL THEN
       RAISE EXCEPTION 'commit name "%" goes back before the first commit', spec
         USING ERRCODE = '22023',
-              HINT = format('%s has %s ancestors', base,
-                            (SELECT count(*) - 1 FROM strata.commits WHERE seq <= found_seq));
+              HINT = (SELECT format('%s has %s ancestor%s', base, a, CASE WHEN a = 1 THEN '' ELSE 's' END)
+                        FROM (SELECT count(*) - 1 AS a FROM strata.commits WHERE seq <= found_seq) x);
     END IF;
     found_seq := n;
   END IF;

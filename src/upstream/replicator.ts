@@ -16,6 +16,7 @@
 // nothing is in flight, a keepalive's position is acknowledged too, so an idle or filtered
 // primary's WAL is not pinned. Transactions whose commit precedes the durable position are
 // skipped: after a crash nothing is applied twice.
+
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type pg from "pg";
@@ -34,6 +35,7 @@ import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
 import { spaceOutCheckpoints } from "../store/bulk-load.ts";
 import type { StoreHandle } from "../store/store.ts";
+import { explainPrimaryConnectionError } from "./connect-errors.ts";
 import { ReplicationConnection, WAKE_UP } from "./connection.ts";
 import { DDL_MESSAGE_PREFIX, parseDdlMessage } from "./ddl-trigger.ts";
 import { DurableAcks } from "./durable-acks.ts";
@@ -169,7 +171,11 @@ export class Replicator {
           continue;
         }
         const definite = err instanceof ApplyError || err instanceof ProtocolError;
-        const message = (err as Error).message;
+        const message =
+          explainPrimaryConnectionError(err, {
+            host: this.options.config.postgres_server_address,
+            port: this.options.config.postgres_port,
+          }) ?? (err as Error).message;
         if (definite) {
           this.setState("error", message);
           this.log.error({ err: message }, "replication stopped by an error; retrying until it is fixed");

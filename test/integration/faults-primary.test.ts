@@ -73,6 +73,19 @@ test("primary stopped (fast) and started again: the replica reports it, then cat
   // Still down: the status keeps saying so, the replica keeps serving reads.
   const [{ n }] = await strata.query<{ n: string }>("SELECT count(*) AS n FROM tx_log");
   assert.equal(Number(n), writer.committed, "the replica serves reads while the primary is down");
+  // Once reconnecting finds nothing listening, the status names the server and the settings.
+  const refused = await waitFor(
+    "the status to say the primary refuses connections",
+    async () => {
+      const s = await status(pair);
+      return s?.current_error?.includes("connection refused") ? s : undefined;
+    },
+    30_000,
+  );
+  assert.match(
+    refused.current_error ?? "",
+    /^cannot reach the primary at \S+:\d+: connection refused; .*postgres_server_address and postgres_port/,
+  );
 
   await primary.startServer();
   await pair.waitForStreaming(30_000);

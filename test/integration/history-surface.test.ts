@@ -335,7 +335,9 @@ test("commits are named by HEAD~N, hash prefixes, timestamps and upstream LSNs",
   assert.match(unknown.message, /no commit named "no-such-commit"/);
   assert.match(unknown.hint ?? "", /HEAD~N/);
   assert.match((await failure(`HEAD~${n + 5}`)).message, /goes back before the first commit/);
-  assert.match((await failure("lsn:0/1")).message, /no replicated commit at or before upstream LSN/);
+  const early = await failure("lsn:0/1");
+  assert.match(early.message, /no replicated commit at or before upstream LSN/);
+  assert.match(early.hint ?? "", /the first replicated commit is at upstream LSN \d+\/[0-9A-F]+; commits before it/);
   assert.match((await failure("lsn:nope")).message, /is not an LSN/);
   assert.match((await failure("1999-01-01")).message, /no commit at or before/);
   const firstChars = commits.map((c) => c.commit_hash[0]);

@@ -246,3 +246,9 @@ test("RENAME COLUMN is a change: committed, and the table's diff and as-of funct
   const diff = await q("SELECT diff_type, to_id, to_b FROM dolt_diff('HEAD~1', 'HEAD', 'ren')");
   assert.deepEqual(diff, [{ diff_type: "modified", to_id: 1, to_b: "uno" }]);
 });
+
+test("lsn: names no commit where none is replicated, and the hint says what does", async () => {
+  const err = await failure("SELECT * FROM dolt_log('lsn:0/16B3748')");
+  assert.match(err.message, /no replicated commit at or before upstream LSN 0\/16B3748/);
+  assert.match(err.hint ?? "", /no commit here names an upstream LSN .*hash, HEAD~N or a time/);
+});
