@@ -16,7 +16,6 @@
 // nothing is in flight, a keepalive's position is acknowledged too, so an idle or filtered
 // primary's WAL is not pinned. Transactions whose commit precedes the durable position are
 // skipped: after a crash nothing is applied twice.
-
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type pg from "pg";
