@@ -128,7 +128,9 @@ export async function writeStatus(client: pg.Client, out: Output): Promise<void>
   lines.push([
     "uncommitted",
     status.status.length === 0
-      ? "nothing (every replicated transaction is a commit)"
+      ? status.replication.length > 0
+        ? "nothing (every replicated transaction is a commit)"
+        : "nothing"
       : `${status.status.length} table${status.status.length === 1 ? "" : "s"}`,
   ]);
   for (const w of status.status) {

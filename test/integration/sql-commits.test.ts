@@ -4,6 +4,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import pg from "pg";
+import type { Output } from "../../src/cli/output.ts";
+import { statusCommand } from "../../src/cli/status.ts";
+import { loadConfig } from "../../src/config/load.ts";
 import { type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
 
 let strata: StrataProcess;
@@ -251,4 +254,25 @@ test("lsn: names no commit where none is replicated, and the hint says what does
   const err = await failure("SELECT * FROM dolt_log('lsn:0/16B3748')");
   assert.match(err.message, /no replicated commit at or before upstream LSN 0\/16B3748/);
   assert.match(err.hint ?? "", /no commit here names an upstream LSN .*hash, HEAD~N or a time/);
+});
+
+test("strata status on a server that does not replicate: what is uncommitted, and no talk of replication", async () => {
+  const lines: string[] = [];
+  const out: Output = {
+    human: true,
+    width: 200,
+    color: false,
+    async line(text) {
+      lines.push(text);
+    },
+  };
+  await statusCommand(loadConfig(strata.configFile), out);
+  const text = lines.join("\n");
+  assert.match(text, /\nreplication +none/);
+  assert.match(text, /\nuncommitted +nothing$/);
+  await q("CREATE TABLE pending (id int PRIMARY KEY)");
+  lines.length = 0;
+  await statusCommand(loadConfig(strata.configFile), out);
+  assert.match(lines.join("\n"), /\nuncommitted +1 table\n +pending +new table/);
+  await q("SELECT dolt_commit('-Am', 'pending made')");
 });
