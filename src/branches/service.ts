@@ -107,7 +107,8 @@ export class BranchService {
       if (!client) continue; // dropped meanwhile
       try {
         const { rows } = await client.query(
-          `SELECT c.hash, c.committer, c.email, c.date, c.message,
+          // The date as ISO 8601 text, to the microsecond (a JavaScript Date keeps milliseconds).
+          `SELECT c.hash, c.committer, c.email, to_jsonb(c.date) #>> '{}' AS date, c.message,
                   EXISTS (SELECT 1 FROM strata.working_changes) OR EXISTS (SELECT 1 FROM strata.working_schema_changes) AS dirty
              FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM strata.commits ORDER BY seq DESC LIMIT 1) c ON true`,
         );

@@ -50,6 +50,10 @@ test("each session reads and writes its own branch; a fast-forward merge brings 
       ["main", true, false],
     ],
   );
+  // The same commit, so the same date, to the microsecond (the heads of other branches were
+  // carried as JavaScript dates: milliseconds).
+  const dates = await rowsOf(s, "SELECT count(DISTINCT latest_commit_date) AS n FROM dolt_branches");
+  assert.equal(Number(dates[0].n), 1, "every branch at this commit shows its date alike");
 
   // This session moves to feature; another on main sees none of feature's writes.
   const other = await connectTo(primary, "shop");
