@@ -92,10 +92,10 @@ export const DROP_DATABASE = /\bdrop\s+database\b/i;
 
 /**
  * The databases `sql` drops (DROP DATABASE statements, found by the parser); [] for anything
- * else, and for text that does not parse (the store reports that).
+ * else, and for text that does not parse (the store reports that). Callers test the text with
+ * DROP_DATABASE first: this parses it.
  */
 export async function droppedDatabases(sql: string): Promise<string[]> {
-  if (!codeMatches(sql, DROP_DATABASE)) return [];
   await loadParser();
   let tree: ParseNode;
   try {

@@ -11,10 +11,10 @@ import { promisify } from "node:util";
 import pg from "pg";
 import { diffCommand } from "../../src/cli/diff.ts";
 import { logCommand } from "../../src/cli/log.ts";
-import type { Output } from "../../src/cli/output.ts";
 import { statusCommand } from "../../src/cli/status.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import { clusterPaths } from "../../src/store/cluster.ts";
+import { textOutput } from "../support/cli-output.ts";
 import { startPrimary, TEST_PASSWORD, TEST_USER, type TestCluster } from "../support/postgres.ts";
 import { type StrataProcess, startStrata, waitForSameRows } from "../support/strata.ts";
 
@@ -76,20 +76,6 @@ const jsonLines = (text: string) =>
     .split("\n")
     .filter(Boolean)
     .map((line) => JSON.parse(line));
-
-/** Text output as a terminal would get it, collected (no colours, a wide screen). */
-function textOutput(): Output & { lines: string[] } {
-  const lines: string[] = [];
-  return {
-    human: true,
-    width: 200,
-    color: false,
-    lines,
-    async line(text) {
-      lines.push(text);
-    },
-  };
-}
 
 const loaded = () => loadConfig(strata.configFile);
 

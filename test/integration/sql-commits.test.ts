@@ -4,9 +4,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import pg from "pg";
-import type { Output } from "../../src/cli/output.ts";
 import { statusCommand } from "../../src/cli/status.ts";
 import { loadConfig } from "../../src/config/load.ts";
+import { textOutput } from "../support/cli-output.ts";
 import { type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
 
 let strata: StrataProcess;
@@ -257,22 +257,14 @@ test("lsn: names no commit where none is replicated, and the hint says what does
 });
 
 test("strata status on a server that does not replicate: what is uncommitted, and no talk of replication", async () => {
-  const lines: string[] = [];
-  const out: Output = {
-    human: true,
-    width: 200,
-    color: false,
-    async line(text) {
-      lines.push(text);
-    },
-  };
-  await statusCommand(loadConfig(strata.configFile), out);
-  const text = lines.join("\n");
+  const clean = textOutput();
+  await statusCommand(loadConfig(strata.configFile), clean);
+  const text = clean.lines.join("\n");
   assert.match(text, /\nreplication +none/);
   assert.match(text, /\nuncommitted +nothing$/);
   await q("CREATE TABLE pending (id int PRIMARY KEY)");
-  lines.length = 0;
-  await statusCommand(loadConfig(strata.configFile), out);
-  assert.match(lines.join("\n"), /\nuncommitted +1 table\n +pending +new table/);
+  const pending = textOutput();
+  await statusCommand(loadConfig(strata.configFile), pending);
+  assert.match(pending.lines.join("\n"), /\nuncommitted +1 table\n +pending +new table/);
   await q("SELECT dolt_commit('-Am', 'pending made')");
 });
