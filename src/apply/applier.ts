@@ -522,16 +522,17 @@ export class Applier {
   /**
    * Run DDL on the replica as part of the open commit. `after` names the table once the DDL ran
    * (a rename's new name): history records its definition then, for remotes (remotes/remote-sql.ts).
+   * With `alreadyRun`, the DDL is only recorded.
    */
-  private async runSchemaChange(rel: string, ddl: string, after = rel): Promise<void> {
+  private async runSchemaChange(rel: string, ddl: string, after = rel, alreadyRun = false): Promise<void> {
     await this.settle();
     const tx = this.tx!;
-    await this.client.query(ddl);
+    if (!alreadyRun) await this.client.query(ddl);
     tx.hasher?.addSchemaChange(rel, ddl);
     if (this.options.history)
       await this.client.query(
         `INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
-         VALUES ($1, $2, $3, $4, coalesce(strata.table_definition(strata.regclass_of($5)),
+         VALUES ($1, $2, $3, $4, coalesce(strata.recorded_definition(strata.regclass_of($5)),
                                           CASE WHEN $4 LIKE 'DROP TABLE %' THEN '{"dropped": true}'::jsonb END))`,
         [String(this.seq + 1n), tx.ord, rel, ddl, after],
       );
@@ -602,12 +603,34 @@ export class Applier {
 
   /** Apply `statements` to the replica table, with its history view rebuilt around them. */
   private async applyPlan(shape: TableShape, statements: string[]): Promise<void> {
-    if (statements.length === 0) return;
+    if (statements.length === 0) return this.recordReplicaRenames(shape);
     const rel = `${shape.schema}.${shape.name}`;
     await dropTableSurface(this.client, shape.schema, shape.name);
     for (const ddl of statements) await this.runSchemaChange(rel, ddl);
     this.tx!.notes.push(...statements);
     if (this.options.history) await ensureTableSurface(this.client, shape.schema, shape.name);
+  }
+
+  /**
+   * Columns renamed on the replica by hand (the remedy for a rename the stream cannot tell from a
+   * drop and an add) are recorded as the schema change that renamed them, so that history reads
+   * the versions from before it under the new names (history/column-renames-sql.ts).
+   */
+  private async recordReplicaRenames(shape: TableShape): Promise<void> {
+    if (!this.options.history) return;
+    const table = qualifiedName(shape);
+    const { rows } = await this.client.query<{ renamed: Record<string, string> | null }>(
+      "SELECT strata.pending_renames(to_regclass($1)) AS renamed",
+      [table],
+    );
+    const renamed = rows[0]?.renamed;
+    if (!renamed) return;
+    const ddl = Object.entries(renamed)
+      .map(([from, to]) => `ALTER TABLE ${table} RENAME COLUMN ${quoteIdent(from)} TO ${quoteIdent(to)}`)
+      .join("; ");
+    await this.runSchemaChange(`${shape.schema}.${shape.name}`, ddl, undefined, true);
+    this.tx!.notes.push(`${ddl} (on the replica)`);
+    await ensureTableSurface(this.client, shape.schema, shape.name);
   }
 
   /**

@@ -31,13 +31,6 @@ CREATE INDEX IF NOT EXISTS commits_upstream_commit_lsn ON strata.commits (upstre
 CREATE INDEX IF NOT EXISTS commits_date ON strata.commits (date, seq);
 CREATE INDEX IF NOT EXISTS commits_hash_prefix ON strata.commits (hash text_pattern_ops);
 
--- Every change, committed or not: the working set (working-set-sql.ts) comes after the last
--- commit, so that a table's state as of a commit is not taken from rows changed since.
-CREATE OR REPLACE VIEW strata.changes_and_working AS
-  SELECT commit_seq, ord::bigint AS ord, rel, op, row_key, old_key, old_row, new_row FROM strata.changes
-  UNION ALL
-  SELECT 9223372036854775807, id, rel, op, row_key, old_key, old_row, new_row FROM strata.working_changes;
-
 -- The tables that have the per-table surface, and the key their history is kept under.
 CREATE TABLE IF NOT EXISTS strata.table_surfaces (
   rel text PRIMARY KEY,
@@ -167,7 +160,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Per key touched in commits (lo, hi]: the row before the first change and after the last
--- (NULL: no row), for a keyed table.
+-- (NULL: no row), for a keyed table. Keys and rows under today's column names
+-- (column-renames-sql.ts).
 CREATE OR REPLACE FUNCTION strata.key_states(p_rel text, lo bigint, hi bigint)
 RETURNS TABLE (row_key jsonb, from_row jsonb, to_row jsonb)
 LANGUAGE sql STABLE AS $$
@@ -175,17 +169,38 @@ LANGUAGE sql STABLE AS $$
          (array_agg(m.before ORDER BY m.seq, m.ord, m.side))[1],
          (array_agg(m.after ORDER BY m.seq DESC, m.ord DESC, m.side DESC))[1]
     FROM (
-      SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
-             CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
-             CASE WHEN c.op = 'I' OR (c.op = 'U' AND c.old_key IS NULL) THEN c.new_row END AS after
-        FROM strata.changes_and_working c
-       WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel
-      UNION ALL
-      SELECT c.commit_seq, c.ord, 1, c.row_key, NULL, c.new_row
-        FROM strata.changes_and_working c
-       WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.op = 'U' AND c.old_key IS NOT NULL
+      SELECT x.seq, x.ord, x.side,
+             CASE WHEN r.st IS NULL THEN x.k ELSE strata.image_at(r.st, x.seq, x.ord, x.k) END AS k,
+             CASE WHEN r.st IS NULL THEN x.before ELSE strata.image_at(r.st, x.seq, x.ord, x.before) END AS before,
+             CASE WHEN r.st IS NULL THEN x.after ELSE strata.image_at(r.st, x.seq, x.ord, x.after) END AS after
+        FROM (
+          SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
+                 CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
+                 CASE WHEN c.op = 'I' OR (c.op = 'U' AND c.old_key IS NULL) THEN c.new_row END AS after
+            FROM strata.changes_and_working c
+           WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel
+          UNION ALL
+          SELECT c.commit_seq, c.ord, 1, c.row_key, NULL, c.new_row
+            FROM strata.changes_and_working c
+           WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.op = 'U' AND c.old_key IS NOT NULL
+        ) x CROSS JOIN (SELECT strata.rename_stretches(p_rel) AS st OFFSET 0) r
     ) m
    GROUP BY m.k
+$$;
+
+-- The row images changes in (lo, hi] removed (weight 1) and added (-1), under today's column
+-- names: how a table without a key is rolled back.
+CREATE OR REPLACE FUNCTION strata.image_changes(p_rel text, lo bigint, hi bigint)
+RETURNS TABLE (j jsonb, w int)
+LANGUAGE sql STABLE AS $$
+  SELECT CASE WHEN r.st IS NULL THEN x.j ELSE strata.image_at(r.st, x.seq, x.ord, x.j) END, x.w
+    FROM (
+      SELECT c.commit_seq AS seq, c.ord, c.old_row AS j, 1 AS w FROM strata.changes_and_working c
+       WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.old_row IS NOT NULL
+      UNION ALL
+      SELECT c.commit_seq, c.ord, c.new_row, -1 FROM strata.changes_and_working c
+       WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.new_row IS NOT NULL
+    ) x CROSS JOIN (SELECT strata.rename_stretches(p_rel) AS st OFFSET 0) r
 $$;
 
 -- The first snapshot base of a table after commit at (NULL: none).
@@ -208,27 +223,25 @@ DECLARE
   upto bigint := coalesce(b - 1, 9223372036854775807);
 BEGIN
   IF cardinality(key_columns) > 0 THEN
-    RETURN QUERY SELECT s.from_row FROM strata.key_states(p_rel, at, upto) s WHERE s.from_row IS NOT NULL;
     IF b IS NULL THEN
+      -- The keys touched since, each as it was; then the rows untouched since, as they are (one
+      -- hash anti-join against the touched keys, not a probe of history per row).
       RETURN QUERY EXECUTE format(
-        'SELECT to_jsonb(t) FROM %s t
-          WHERE NOT EXISTS (SELECT 1 FROM strata.changes_and_working c
-                             WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("$1", "%2$s")}
-                               AND c.rel = $1 AND c.row_key = %2$s AND c.commit_seq > $2)
-            AND NOT EXISTS (SELECT 1 FROM strata.changes_and_working c WHERE c.rel = $1 AND c.old_key = %2$s AND c.commit_seq > $2)',
+        'WITH s AS MATERIALIZED (SELECT * FROM strata.key_states($1, $2, 9223372036854775807))
+         SELECT s.from_row FROM s WHERE s.from_row IS NOT NULL
+         UNION ALL
+         SELECT to_jsonb(t) FROM %s t WHERE NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = %s)',
         tbl, strata.key_expression(key_columns, 't'))
         USING p_rel, at;
+    ELSE
+      RETURN QUERY SELECT s.from_row FROM strata.key_states(p_rel, at, upto) s WHERE s.from_row IS NOT NULL;
     END IF;
   ELSE
     RETURN QUERY EXECUTE format(
       'SELECT g.j FROM (
          SELECT x.j, sum(x.w) AS n FROM (
            %s
-           SELECT c.old_row, 1 FROM strata.changes_and_working c
-            WHERE c.commit_seq > $2 AND c.commit_seq <= $3 AND c.rel = $1 AND c.old_row IS NOT NULL
-           UNION ALL
-           SELECT c.new_row, -1 FROM strata.changes_and_working c
-            WHERE c.commit_seq > $2 AND c.commit_seq <= $3 AND c.rel = $1 AND c.new_row IS NOT NULL
+           SELECT i.j, i.w FROM strata.image_changes($1, $2, $3) i
          ) AS x(j, w) GROUP BY x.j
        ) g CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0',
       CASE WHEN b IS NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', tbl) ELSE '' END)
@@ -245,18 +258,29 @@ DECLARE
   b bigint := strata.base_after(p_rel, at);
   upto bigint := coalesce(b - 1, 9223372036854775807);
   m record;
+  hit boolean;
+  st jsonb := strata.rename_stretches(p_rel);
 BEGIN
-  SELECT * INTO m FROM (
-    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, false AS moved_away FROM strata.changes_and_working c
-      WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("p_rel", "p_key")}
-        AND c.rel = p_rel AND c.row_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
-      ORDER BY c.commit_seq, c.ord LIMIT 1)
-    UNION ALL
-    (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, true FROM strata.changes_and_working c
-      WHERE c.rel = p_rel AND c.old_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
-      ORDER BY c.commit_seq, c.ord LIMIT 1)
-  ) first_mention ORDER BY commit_seq, ord LIMIT 1;
-  IF FOUND THEN
+  IF st IS NOT NULL THEN
+    SELECT * INTO m FROM strata.key_mentions(p_rel, st, p_key, at, upto) x ORDER BY x.commit_seq, x.ord LIMIT 1;
+    hit := FOUND;
+    IF hit THEN
+      m.old_row := strata.image_at(st, m.commit_seq, m.ord, m.old_row);
+    END IF;
+  ELSE
+    SELECT * INTO m FROM (
+      (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, false AS moved_away FROM strata.changes_and_working c
+        WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("p_rel", "p_key")}
+          AND c.rel = p_rel AND c.row_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
+        ORDER BY c.commit_seq, c.ord LIMIT 1)
+      UNION ALL
+      (SELECT c.commit_seq, c.ord, c.op, c.old_key, c.old_row, true FROM strata.changes_and_working c
+        WHERE c.rel = p_rel AND c.old_key = p_key AND c.commit_seq > at AND c.commit_seq <= upto
+        ORDER BY c.commit_seq, c.ord LIMIT 1)
+    ) first_mention ORDER BY commit_seq, ord LIMIT 1;
+    hit := FOUND;
+  END IF;
+  IF hit THEN
     IF m.moved_away OR (m.op <> 'I' AND NOT (m.op = 'U' AND m.old_key IS NOT NULL)) THEN
       RETURN NEXT m.old_row;
     END IF;
@@ -307,13 +331,8 @@ BEGIN
   ELSE
     RETURN QUERY
       SELECT CASE WHEN (g.n < 0) <> swapped THEN g.j END, CASE WHEN (g.n > 0) <> swapped THEN g.j END
-        FROM (SELECT x.j, sum(x.w) AS n FROM (
-                SELECT c.new_row, 1 FROM strata.changes_and_working c
-                 WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.new_row IS NOT NULL
-                UNION ALL
-                SELECT c.old_row, -1 FROM strata.changes_and_working c
-                 WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.old_row IS NOT NULL
-              ) AS x(j, w) GROUP BY x.j HAVING sum(x.w) <> 0) g
+        FROM (SELECT i.j, -sum(i.w) AS n FROM strata.image_changes(p_rel, lo, hi) i
+               GROUP BY i.j HAVING sum(i.w) <> 0) g
         CROSS JOIN LATERAL generate_series(1, abs(g.n));
   END IF;
 END

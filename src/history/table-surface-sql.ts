@@ -25,7 +25,7 @@ import { changesKeyHash } from "./key-hash.ts";
  * The version of the per-table objects' SQL, part of each table's surface signature: a table
  * whose surface was made by another version is made again (installStrataSchema).
  */
-export const TABLE_SURFACE_VERSION = 7;
+export const TABLE_SURFACE_VERSION = 8;
 
 export const TABLE_SURFACE_SQL = `
 -- The key a table's history is kept under: as recorded, else its snapshot base's, else its
@@ -80,6 +80,7 @@ DECLARE
   m_to text; m_to_date text; m_from text; m_from_date text; m_type text;
   key_params text;
   key_json text;
+  renamed boolean;
   i int;
 BEGIN
   IF tbl IS NULL THEN RETURN; END IF;
@@ -88,7 +89,10 @@ BEGIN
     FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
   IF names IS NULL THEN RETURN; END IF;
   keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
-  v_sig := jsonb_build_object('v', ${TABLE_SURFACE_VERSION}, 'names', names, 'types', types, 'keys', keys)::text;
+  -- A table with renamed columns reads older images under today's names (column-renames-sql.ts).
+  renamed := strata.has_renames(v_rel);
+  PERFORM strata.record_new_column_names(tbl);
+  v_sig := jsonb_build_object('v', ${TABLE_SURFACE_VERSION}, 'names', names, 'types', types, 'keys', keys, 'renamed', renamed)::text;
   IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
      AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
     RETURN;
@@ -110,12 +114,15 @@ BEGIN
       SELECT r.*, k.hash, k.committer, k.date
         FROM strata.changes c
         JOIN strata.commits k ON k.seq = c.commit_seq
-        CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, c.new_row) r
+        %16$s
+        CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, %10$s) r
        WHERE c.rel = %8$s AND c.new_row IS NOT NULL
       UNION ALL
       SELECT r.*, k.hash, k.committer, k.date
         FROM strata.snapshot_bases b
         JOIN strata.commits k ON k.seq = b.commit_seq
+        %16$s
+        CROSS JOIN LATERAL (SELECT %11$s AS keys OFFSET 0) bk  -- the base's key, by today's names
         CROSS JOIN LATERAL (
           SELECT t.* FROM %7$s t
            -- Each row's key, made once (OFFSET 0 keeps the planner from copying it into both
@@ -123,22 +130,18 @@ BEGIN
            CROSS JOIN LATERAL (SELECT %9$s AS k OFFSET 0) tk
            WHERE NOT EXISTS (SELECT 1 FROM strata.snapshot_bases later
                               WHERE later.rel = b.rel AND later.commit_seq > b.commit_seq)
-             AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                              WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("b.rel", "tk.k")}
-                                AND c.rel = b.rel AND c.row_key = tk.k AND c.commit_seq > b.commit_seq)
-             AND NOT EXISTS (SELECT 1 FROM strata.changes c
-                              WHERE c.rel = b.rel AND c.old_key = tk.k AND c.commit_seq > b.commit_seq)
+             AND %12$s
           UNION ALL
           SELECT f.* FROM (
             -- Each key's first mention after the base: a change that finds a row under it, or
             -- one that leaves a row under it (an insert, or an update that moved a row there,
             -- which makes no version at the base).
             SELECT DISTINCT ON (m.k) m.op, m.old_row, m.arrives
-              FROM (SELECT coalesce(c.old_key, c.row_key) AS k, c.commit_seq, c.ord, c.op, c.old_row, false AS arrives
+              FROM (SELECT %13$s AS k, c.commit_seq, c.ord, c.op, %14$s AS old_row, false AS arrives
                       FROM strata.changes c
                      WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq
                     UNION ALL
-                    SELECT c.row_key, c.commit_seq, c.ord, c.op, NULL, true
+                    SELECT %15$s, c.commit_seq, c.ord, c.op, NULL, true
                       FROM strata.changes c
                      WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq AND c.old_key IS NOT NULL) m
              ORDER BY m.k, m.commit_seq, m.ord
@@ -150,9 +153,24 @@ BEGIN
     $strata$$sql$,
     p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date, q, rel_l,
     CASE WHEN cardinality(keys) > 0 AND keys <@ names
-         THEN format('CASE WHEN b.key_columns = %s THEN %s ELSE strata.key_of(to_jsonb(t.*), b.key_columns) END',
+         THEN format('CASE WHEN bk.keys = %s THEN %s ELSE strata.key_of(to_jsonb(t.*), bk.keys) END',
                      keys_l, strata.key_expression(keys, 't'))
-         ELSE 'strata.key_of(to_jsonb(t.*), b.key_columns)' END);
+         ELSE 'strata.key_of(to_jsonb(t.*), bk.keys)' END,
+    CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.new_row)' ELSE 'c.new_row' END,
+    CASE WHEN renamed THEN 'strata.renamed_names(b.key_columns, strata.map_at(rs.st, b.commit_seq, -1))' ELSE 'b.key_columns' END,
+    CASE WHEN renamed
+         -- (Committed changes only: below 9223372036854775807, the working set's.)
+         THEN 'NOT EXISTS (SELECT 1 FROM strata.key_mentions(b.rel, rs.st, tk.k, b.commit_seq, 9223372036854775806))'
+         ELSE 'NOT EXISTS (SELECT 1 FROM strata.changes c
+                            WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("b.rel", "tk.k")}
+                              AND c.rel = b.rel AND c.row_key = tk.k AND c.commit_seq > b.commit_seq)
+           AND NOT EXISTS (SELECT 1 FROM strata.changes c
+                            WHERE c.rel = b.rel AND c.old_key = tk.k AND c.commit_seq > b.commit_seq)' END,
+    CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, coalesce(c.old_key, c.row_key))' ELSE 'coalesce(c.old_key, c.row_key)' END,
+    CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.old_row)' ELSE 'c.old_row' END,
+    CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.row_key)' ELSE 'c.row_key' END,
+    -- A table with renames: its stretches, made once per query.
+    CASE WHEN renamed THEN format('CROSS JOIN (SELECT strata.rename_stretches(%s) AS st OFFSET 0) rs', rel_l) ELSE '' END);
   EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_history_' || p_table);
 
   -- As of a commit: the whole table, and one row by key (key values in key order).
@@ -226,11 +244,9 @@ BEGIN
       LANGUAGE sql STABLE AS $strata$
         SELECT %9$s, k.hash, k.date, k.committer, k.email, k.message
           FROM %10$s t
-         CROSS JOIN LATERAL (SELECT coalesce(
-                 (SELECT c.commit_seq FROM strata.changes c
-                   WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("%11$s", "%12$s")}
-                     AND c.rel = %11$s AND c.row_key = %12$s ORDER BY c.commit_seq DESC LIMIT 1),
-                 (SELECT max(b.commit_seq) FROM strata.snapshot_bases b WHERE b.rel = %11$s)) AS seq) last
+         %14$s
+         CROSS JOIN LATERAL (SELECT coalesce(%13$s,
+                 (SELECT max(b.commit_seq) FROM strata.snapshot_bases b WHERE b.rel = %11$s)) AS seq %15$s) last
          JOIN strata.commits k ON k.seq = last.seq
       $strata$$sql$,
       p_schema, 'dolt_blame_' || p_table,
@@ -239,7 +255,17 @@ BEGIN
       strata.meta_name('commit', keys), strata.meta_name('commit_date', keys), strata.meta_name('committer', keys),
       strata.meta_name('email', keys), strata.meta_name('message', keys),
       (SELECT string_agg(format('t.%I', k), ', ' ORDER BY o) FROM unnest(keys) WITH ORDINALITY AS u(k, o)),
-      q, rel_l, strata.key_expression(keys, 't'));
+      q, rel_l, strata.key_expression(keys, 't'),
+      format(CASE WHEN renamed
+                  THEN '(SELECT max(x.commit_seq) FROM strata.key_mentions(%1$s, rs.st, %2$s, -1, 9223372036854775806) x WHERE NOT x.moved_away)'
+                  ELSE '(SELECT c.commit_seq FROM strata.changes c
+                          WHERE ${changesKeyHash("c.rel", "c.row_key")} = ${changesKeyHash("%1$s", "%2$s")}
+                            AND c.rel = %1$s AND c.row_key = %2$s ORDER BY c.commit_seq DESC LIMIT 1)' END,
+             rel_l, strata.key_expression(keys, 't')),
+      CASE WHEN renamed THEN format('CROSS JOIN (SELECT strata.rename_stretches(%s) AS st OFFSET 0) rs', rel_l) ELSE '' END,
+      -- With renames, OFFSET 0 has each row's last commit found once (the join would find it
+      -- again); without, the planner's own plan is the faster.
+      CASE WHEN renamed THEN 'OFFSET 0' ELSE '' END);
     EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_blame_' || p_table);
   END IF;
 

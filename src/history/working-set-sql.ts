@@ -31,6 +31,14 @@ CREATE TABLE IF NOT EXISTS strata.working_changes (
 -- As-of reads find a key's uncommitted changes (see surface-sql.ts).
 CREATE INDEX IF NOT EXISTS working_changes_row ON strata.working_changes (rel, row_key);
 CREATE INDEX IF NOT EXISTS working_changes_moved_row ON strata.working_changes (rel, old_key) WHERE old_key IS NOT NULL;
+
+-- Every change, committed or not: the working set comes after the last commit, so that a
+-- table's state as of a commit is not taken from rows changed since.
+CREATE OR REPLACE VIEW strata.changes_and_working AS
+  SELECT commit_seq, ord::bigint AS ord, rel, op, row_key, old_key, old_row, new_row FROM strata.changes
+  UNION ALL
+  SELECT 9223372036854775807, id, rel, op, row_key, old_key, old_row, new_row FROM strata.working_changes;
+
 CREATE TABLE IF NOT EXISTS strata.working_schema_changes (
   id bigint PRIMARY KEY DEFAULT nextval('strata.working_seq'),
   relid oid NOT NULL,
@@ -39,6 +47,9 @@ CREATE TABLE IF NOT EXISTS strata.working_schema_changes (
   ddl text NOT NULL,
   staged boolean NOT NULL DEFAULT false
 );
+-- The table's definition after the change, taken when it happened (with the columns it renamed:
+-- column-renames-sql.ts). Before 2026-11-24 definitions were taken at commit (NULL here).
+ALTER TABLE strata.working_schema_changes ADD COLUMN IF NOT EXISTS definition jsonb;
 CREATE TABLE IF NOT EXISTS strata.database_role (
   singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
   replicating boolean NOT NULL
@@ -195,17 +206,18 @@ BEGIN
     IF c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') THEN
       IF strata.replicating() THEN CONTINUE; END IF;
       PERFORM strata.attach_capture(c.objid::regclass);
-      INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
-      VALUES (c.objid, v_rel, 'CREATE TABLE', 'CREATE TABLE ' || c.object_identity);
+      INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
+      VALUES (c.objid, v_rel, 'CREATE TABLE', 'CREATE TABLE ' || c.object_identity, strata.recorded_definition(c.objid));
       EXECUTE format(
         'INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
          SELECT %s, %L, ''I'', %s, to_jsonb(t.*) FROM %s t',
         c.objid, v_rel, coalesce(strata.key_expression(strata.primary_key_columns(c.objid), 't'), 'NULL::jsonb'), c.objid::regclass);
     ELSIF c.command_tag = 'ALTER TABLE' THEN
       IF NOT strata.replicating() AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = c.objid AND tgname = 'strata_capture_update') THEN
-        INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
+        INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
         VALUES (c.objid, v_rel, 'ALTER TABLE',
-                'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, c.objid, 0)));
+                'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, c.objid, 0)),
+                strata.recorded_definition(c.objid));
         PERFORM strata.attach_capture(c.objid::regclass);
       END IF;
       IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel) THEN
@@ -329,7 +341,8 @@ BEGIN
   ), schema_rows AS (
     INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
     SELECT v_seq, o.ord, s.rel, s.ddl,
-           CASE WHEN s.kind = 'DROP TABLE' THEN '{"dropped": true}'::jsonb ELSE strata.table_definition(s.relid) END
+           CASE WHEN s.kind = 'DROP TABLE' THEN '{"dropped": true}'::jsonb
+                ELSE coalesce(s.definition, strata.table_definition(s.relid)) END
       FROM strata.working_schema_changes s JOIN ordered o USING (id) WHERE s.staged
   )
   INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)

@@ -407,7 +407,10 @@ async function writePack(
         { section: "table", idx: Number(to - baseSeq), rel: b.rel, columns },
         `SELECT ${columns.map((c) => `(x.r).${quoteIdent(c)}`).join(", ")}
            FROM (SELECT jsonb_populate_record(NULL::${tbl}, j) AS r
-                   FROM strata.rows_as_of(${quoteLiteral(b.rel)}, ${quoteLiteral(tbl)}::regclass, ${quoteLiteral(pgArray(b.key_columns))}::text[], ${hi}) j) x`,
+                   FROM strata.rows_as_of(${quoteLiteral(b.rel)}, ${quoteLiteral(tbl)}::regclass,
+                                          -- The base's key under today's column names.
+                                          strata.names_now(${quoteLiteral(b.rel)}, ${b.seq}, -1, ${quoteLiteral(pgArray(b.key_columns))}::text[]),
+                                          ${hi}) j) x`,
       );
     }
     from = to + 1n;

@@ -280,6 +280,18 @@ BEGIN
       PERFORM strata.drop_table_surface(v_schema, cur_name);
       EXECUTE format('ALTER TABLE %s RENAME TO %I', tbl, v_name);
     END IF;
+    -- Renamed columns keep their values (column-renames-sql.ts): by way of temporary names, so
+    -- that renames made at once (a swap) need no order.
+    IF def ? 'renamed' THEN
+      FOR r IN SELECT x.key AS old_name, x.o FROM jsonb_each(def->'renamed') WITH ORDINALITY AS x(key, value, o)
+                WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = x.key AND NOT a.attisdropped) LOOP
+        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', tbl, r.old_name, 'strata_renaming_' || r.o);
+      END LOOP;
+      FOR r IN SELECT x.value #>> '{}' AS new_name, x.o FROM jsonb_each(def->'renamed') WITH ORDINALITY AS x(key, value, o)
+                WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = 'strata_renaming_' || x.o AND NOT a.attisdropped) LOOP
+        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', tbl, 'strata_renaming_' || r.o, r.new_name);
+      END LOOP;
+    END IF;
     -- Columns: dropped, added, retyped, NOT NULL and DEFAULT as the definition says.
     FOR r IN SELECT a.attname FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
                AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(def->'columns') c WHERE c->>'name' = a.attname) LOOP
@@ -331,6 +343,7 @@ BEGIN
       EXECUTE strata.index_def_for(idx->>'def', tbl);
     END LOOP;
   END IF;
+  PERFORM strata.note_column_names(tbl);
   DELETE FROM strata.table_ids WHERE tid = def->>'tid' AND relid <> tbl;
   INSERT INTO strata.table_ids (relid, tid) VALUES (tbl, def->>'tid')
     ON CONFLICT (relid) DO UPDATE SET tid = excluded.tid;

@@ -91,6 +91,25 @@ describe("without the event trigger (Relation messages)", () => {
     assert.match(status.current_error!, /strata setup-primary/);
     await strata.query('ALTER TABLE "public"."t" RENAME COLUMN "a" TO "label"');
     await waitForSameRows(primary, strata, "t", "id");
+    // The remedy is recorded as the rename: versions from before it read under the new name.
+    const renames = await strata.query(
+      "SELECT ddl, definition -> 'renamed' AS renamed FROM strata.schema_changes WHERE definition ? 'renamed'",
+    );
+    assert.deepEqual(renames, [
+      { ddl: 'ALTER TABLE "public"."t" RENAME COLUMN "a" TO "label"', renamed: { a: "label" } },
+    ]);
+    const history = await strata.query("SELECT id, label FROM dolt_history_t ORDER BY id, label");
+    assert.deepEqual(history, [
+      { id: 1, label: "one" },
+      { id: 2, label: "two" },
+      { id: 3, label: "three" },
+      { id: 4, label: "four" },
+    ]);
+    const [three] = await strata.query("SELECT commit_hash FROM dolt_history_t WHERE id = 3");
+    assert.deepEqual(
+      await strata.query(`SELECT id, label FROM t AS OF '${three.commit_hash}' WHERE id = 2`),
+      [{ id: 2, label: "two" }],
+    );
   });
 
   test("a column added with a default has that value in the rows that existed (no change carried it)", async () => {
@@ -141,6 +160,35 @@ describe("with the event trigger (strata setup-primary)", () => {
     const expected = (await snapshot((sql) => primary.query(sql), "things", "id")).sort();
     assert.deepEqual(await replayHistory(strata, "things", ["id"]), expected);
     assert.deepEqual(await replayHistory(strata, "t", ["id"]), []);
+  });
+
+  test("history from before a rename on the primary, of a key column too, reads under the new names", async () => {
+    await primary.query("CREATE TABLE r (id int PRIMARY KEY, a text)");
+    await primary.query("INSERT INTO r VALUES (1, 'one'), (2, 'two')");
+    await waitForSameRows(primary, strata, "r", "id");
+    const [before] = await strata.query("SELECT dolt.commit_hash('HEAD') AS h");
+    await primary.query("ALTER TABLE r RENAME COLUMN a TO label");
+    await primary.query("ALTER TABLE r RENAME COLUMN id TO rid");
+    await primary.query("UPDATE r SET label = 'uno' WHERE rid = 1");
+    await waitForSameRows(primary, strata, "r", "rid");
+    assert.deepEqual(await strata.query(`SELECT * FROM r AS OF '${before.h}' ORDER BY rid`), [
+      { rid: 1, label: "one" },
+      { rid: 2, label: "two" },
+    ]);
+    assert.deepEqual(await strata.query(`SELECT * FROM r AS OF '${before.h}' WHERE rid = 1`), [
+      { rid: 1, label: "one" },
+    ]);
+    assert.deepEqual(
+      await strata.query(
+        `SELECT diff_type, from_rid, from_label, to_rid, to_label FROM dolt_diff('${before.h}', 'HEAD', 'r')`,
+      ),
+      [{ diff_type: "modified", from_rid: 1, from_label: "one", to_rid: 1, to_label: "uno" }],
+    );
+    assert.deepEqual(await strata.query("SELECT rid, label FROM dolt_history_r ORDER BY rid, label"), [
+      { rid: 1, label: "one" },
+      { rid: 1, label: "uno" },
+      { rid: 2, label: "two" },
+    ]);
   });
 
   test("a new table arrives with its keys, defaults and indexes, and DDL with rows in one transaction", async () => {
