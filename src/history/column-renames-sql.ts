@@ -108,7 +108,7 @@ LANGUAGE sql STABLE AS $$ SELECT EXISTS (SELECT 1 FROM strata.column_renames(p_r
 -- history order, one per rename. Images written before the rename at (s, o) and after the one
 -- before it take today's names by map m: the renames from there on, composed ({"then": "today"};
 -- null for a name a later rename gave that was a dropped column's). f and t are m's names and
--- their images as arrays, read without a query.
+-- their images as arrays, for strata.renamed_fields.
 CREATE OR REPLACE FUNCTION strata.rename_stretches(p_rel text) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
@@ -148,27 +148,38 @@ LANGUAGE sql IMMUTABLE AS $$
    WHERE ((e.v ->> 's')::bigint, (e.v ->> 'o')::bigint) > (seq, ord) ORDER BY e.i LIMIT 1
 $$;
 
--- An image written before a rename, under today's names. PL/pgSQL expressions only, no query:
--- it runs once per older image a read meets, so it is kept to a few microseconds.
+-- j with its fields renamed all at once: every name in names goes, then each present in j comes
+-- back under its image in images (a null image: it stays out). Expressions only, no query: it
+-- runs per image or key a read meets, so it is kept to a few microseconds.
+CREATE OR REPLACE FUNCTION strata.renamed_fields(j jsonb, names jsonb, images jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+  renamed jsonb := j;
+BEGIN
+  FOR n IN 0 .. jsonb_array_length(names) - 1 LOOP
+    IF jsonb_typeof(names -> n) = 'string' THEN
+      renamed := renamed - (names ->> n);
+    END IF;
+  END LOOP;
+  FOR n IN 0 .. jsonb_array_length(names) - 1 LOOP
+    IF jsonb_typeof(names -> n) = 'string' AND jsonb_typeof(images -> n) = 'string' AND j ? (names ->> n) THEN
+      renamed := renamed || jsonb_build_object(images ->> n, j -> (names ->> n));
+    END IF;
+  END LOOP;
+  RETURN renamed;
+END
+$fn$;
+
+-- An image written before a rename, under today's names: by the map of its stretch.
 CREATE OR REPLACE FUNCTION strata.image_renamed(stretches jsonb, seq bigint, ord bigint, j jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE AS $fn$
 DECLARE
   s jsonb;
-  renamed jsonb := j;
 BEGIN
   FOR i IN 0 .. jsonb_array_length(stretches) - 1 LOOP
     s := stretches -> i;
     IF (seq, ord) < ((s ->> 's')::bigint, (s ->> 'o')::bigint) THEN
-      -- All at once: every name the map takes goes, then each comes back under its new name.
-      FOR n IN 0 .. jsonb_array_length(s -> 'f') - 1 LOOP
-        renamed := renamed - (s -> 'f' ->> n);
-      END LOOP;
-      FOR n IN 0 .. jsonb_array_length(s -> 'f') - 1 LOOP
-        IF jsonb_typeof(s -> 't' -> n) = 'string' AND j ? (s -> 'f' ->> n) THEN
-          renamed := renamed || jsonb_build_object(s -> 't' ->> n, j -> (s -> 'f' ->> n));
-        END IF;
-      END LOOP;
-      RETURN renamed;
+      RETURN strata.renamed_fields(j, s -> 'f', s -> 't');
     END IF;
   END LOOP;
   RETURN j;
@@ -191,27 +202,15 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Key k (today's names) in each form history may hold it in: under the names of each stretch
--- (each stretch's map, backwards, all at once). Expressions only, no query: it runs per key.
+-- (each stretch's map, backwards).
 CREATE OR REPLACE FUNCTION strata.key_forms(stretches jsonb, k jsonb) RETURNS jsonb[]
 LANGUAGE plpgsql IMMUTABLE AS $fn$
 DECLARE
   forms jsonb[] := ARRAY[k];
-  s jsonb;
   f jsonb;
 BEGIN
   FOR i IN 0 .. coalesce(jsonb_array_length(stretches), 0) - 1 LOOP
-    s := stretches -> i;
-    f := k;
-    FOR n IN 0 .. jsonb_array_length(s -> 't') - 1 LOOP
-      IF jsonb_typeof(s -> 't' -> n) = 'string' AND k ? (s -> 't' ->> n) THEN
-        f := f - (s -> 't' ->> n);
-      END IF;
-    END LOOP;
-    FOR n IN 0 .. jsonb_array_length(s -> 't') - 1 LOOP
-      IF jsonb_typeof(s -> 't' -> n) = 'string' AND k ? (s -> 't' ->> n) THEN
-        f := f || jsonb_build_object(s -> 'f' ->> n, k -> (s -> 't' ->> n));
-      END IF;
-    END LOOP;
+    f := strata.renamed_fields(k, stretches -> i -> 't', stretches -> i -> 'f');
     IF NOT f = ANY (forms) THEN
       forms := forms || f;
     END IF;

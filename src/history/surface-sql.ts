@@ -170,9 +170,9 @@ LANGUAGE sql STABLE AS $$
          (array_agg(m.after ORDER BY m.seq DESC, m.ord DESC, m.side DESC))[1]
     FROM (
       SELECT x.seq, x.ord, x.side,
-             CASE WHEN r.st IS NULL THEN x.k ELSE strata.image_at(r.st, x.seq, x.ord, x.k) END AS k,
-             CASE WHEN r.st IS NULL THEN x.before ELSE strata.image_at(r.st, x.seq, x.ord, x.before) END AS before,
-             CASE WHEN r.st IS NULL THEN x.after ELSE strata.image_at(r.st, x.seq, x.ord, x.after) END AS after
+             strata.image_at(r.st, x.seq, x.ord, x.k) AS k,
+             strata.image_at(r.st, x.seq, x.ord, x.before) AS before,
+             strata.image_at(r.st, x.seq, x.ord, x.after) AS after
         FROM (
           SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
                  CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
@@ -193,7 +193,7 @@ $$;
 CREATE OR REPLACE FUNCTION strata.image_changes(p_rel text, lo bigint, hi bigint)
 RETURNS TABLE (j jsonb, w int)
 LANGUAGE sql STABLE AS $$
-  SELECT CASE WHEN r.st IS NULL THEN x.j ELSE strata.image_at(r.st, x.seq, x.ord, x.j) END, x.w
+  SELECT strata.image_at(r.st, x.seq, x.ord, x.j), x.w
     FROM (
       SELECT c.commit_seq AS seq, c.ord, c.old_row AS j, 1 AS w FROM strata.changes_and_working c
        WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.old_row IS NOT NULL
