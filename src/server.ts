@@ -193,6 +193,7 @@ class PrimaryServicesHolder implements PrimaryServices {
         history: this.history,
         log,
         standbys: this.standbys,
+        onStreaming: () => this.slotMonitor?.checkSoon(),
       });
       this.replicator = replicator;
       replicator.start();

@@ -448,7 +448,8 @@ export class Applier {
   private async startTransaction(tx: OpenTransaction): Promise<void> {
     if (tx.started) return;
     if (!this.inStoreTx) {
-      await this.client.query("BEGIN");
+      // Not waited for, like the statements after it: the store runs them in order.
+      await this.enqueue(this.client.query("BEGIN"), undefined, undefined, 0);
       this.inStoreTx = true;
       this.batchChanges = 0;
       this.batchTransactions = 0;
@@ -1641,7 +1642,8 @@ export class Applier {
   private async enqueue<T>(
     query: Promise<T>,
     check: ((result: T) => void) | undefined,
-    rel: string,
+    /** The table the statement writes, to explain its failure; none: the failure is reported as it is. */
+    rel: string | undefined,
     bytes: number,
     lsn = this.tx?.meta.commitLsn,
   ): Promise<void> {
@@ -1654,7 +1656,7 @@ export class Applier {
         }
       },
       (err) => {
-        const explained = explainStoreError(err, rel);
+        const explained = rel === undefined ? (err as Error) : explainStoreError(err, rel);
         this.inflightError ??= lsn === undefined ? explained : withLsn(explained, lsn);
       },
     );
@@ -1759,16 +1761,29 @@ export class Applier {
   async flush(): Promise<bigint> {
     if (!this.inStoreTx) return this.position;
     if (this.tx) throw new Error("flush() inside an upstream transaction");
-    await this.settle();
-    await insertCommitRows(this.client, this.pendingCommits);
+    if (this.pendingInserts) await this.flushInserts();
+    for (const target of [...this.pendingUpdates.keys()]) await this.flushUpdates(target);
+    // The commit rows and the position go behind the batch's statements without waiting for them,
+    // and all are waited for once: a batch costs two round trips (this and COMMIT), not four. The
+    // COMMIT itself waits, as some results are checked here (one row changed) and a failed check
+    // must roll the batch back.
+    if (this.pendingCommits.length > 0)
+      await this.enqueue(insertCommitRows(this.client, this.pendingCommits), undefined, undefined, 0);
     this.pendingCommits = [];
     if (this.pendingEnd !== undefined) {
-      await this.client.query(
-        `INSERT INTO strata.source_position (slot_name, end_lsn) VALUES ($1, $2)
-         ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, updated_at = clock_timestamp()`,
-        [this.options.slot, formatLsn(this.pendingEnd)],
+      await this.enqueue(
+        this.client.query({
+          name: "strata_source_position",
+          text: `INSERT INTO strata.source_position (slot_name, end_lsn) VALUES ($1, $2)
+                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, updated_at = clock_timestamp()`,
+          values: [this.options.slot, formatLsn(this.pendingEnd)],
+        }),
+        undefined,
+        undefined,
+        0,
       );
     }
+    await this.drain();
     // One round trip: the commit, then where the store's WAL ends after it and how far it is flushed.
     const results = (await this.client.query(
       "COMMIT; SELECT pg_current_wal_insert_lsn()::text AS wal_end, pg_current_wal_flush_lsn()::text AS flushed",

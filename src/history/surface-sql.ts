@@ -72,13 +72,14 @@ BEGIN
     SELECT seq INTO found_seq FROM strata.commits
      WHERE upstream_commit_lsn <= lsn ORDER BY upstream_commit_lsn DESC, seq DESC LIMIT 1;
     IF found_seq IS NULL THEN
-      -- Only replicated transactions carry an upstream LSN: not the initial snapshot's commit
-      -- (whose point in the primary's WAL is not recorded), nor commits made through SQL.
+      -- Replicated transactions carry an upstream LSN, and initial snapshots their consistent
+      -- point (snapshots taken before Strata recorded it have none); commits made through SQL
+      -- have none.
       RAISE EXCEPTION 'no replicated commit at or before upstream LSN %', lsn
         USING ERRCODE = '22023',
               HINT = (SELECT CASE WHEN f IS NULL
-                                  THEN 'no commit here names an upstream LSN (only replicated transactions do): name a commit by hash, HEAD~N or a time'
-                                  ELSE format('the first replicated commit is at upstream LSN %s; commits before it (the initial snapshot''s) have no LSN: name them by hash or HEAD~N', f) END
+                                  THEN 'no commit here names an upstream LSN (only replicated transactions and initial snapshots do): name a commit by hash, HEAD~N or a time'
+                                  ELSE format('the first replicated commit is at upstream LSN %s; the primary''s state before it is not here: name earlier commits, if any, by hash or HEAD~N', f) END
                         FROM (SELECT min(upstream_commit_lsn)::text AS f FROM strata.commits) x);
     END IF;
     RETURN found_seq;

@@ -81,6 +81,8 @@ export interface ReplicatorOptions {
    * synchronized_standby_slots does the same for logical slots).
    */
   standbys?: () => readonly ClusterStandby[];
+  /** Told when a session starts streaming (its slot exists from then on). */
+  onStreaming?: () => void;
 }
 
 const BATCH_MAX_CHANGES = 5000;
@@ -492,6 +494,7 @@ export class Replicator {
       }, STATUS_TABLE_INTERVAL_MS);
       this.setState("streaming");
       await this.writeStatus();
+      this.options.onStreaming?.();
 
       const ap = applier;
       let inStream: number | undefined;

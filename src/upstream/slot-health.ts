@@ -216,6 +216,16 @@ export class SlotMonitor {
     }, delay);
   }
 
+  /**
+   * Check soon, out of turn (the replicator made the slot, or started streaming from it): the
+   * status row then shows the slot's retained WAL at once, not an interval later.
+   */
+  checkSoon(): void {
+    if (this.stopped || this.running) return;
+    clearTimeout(this.timer);
+    this.schedule(0);
+  }
+
   /** Check now; returns the health, or undefined when the primary could not be asked. */
   async check(): Promise<SlotHealth | undefined> {
     const { config, log } = this.options;

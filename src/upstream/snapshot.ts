@@ -680,6 +680,9 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
     email: opts.email,
     date,
     message: opts.message ?? `initial snapshot at ${lsn}`,
+    // The snapshot holds every transaction that committed before its consistent point, and the
+    // stream every one after: as a commit LSN, it is where `AS OF 'lsn:…'` finds the snapshot.
+    upstreamCommitLsn: opts.consistentPoint,
     upstreamEndLsn: opts.consistentPoint,
   };
   const progress = opts.progress ?? new SnapshotProgress();

@@ -339,7 +339,7 @@ test("commits are named by HEAD~N, hash prefixes, timestamps and upstream LSNs",
   assert.match(early.message, /no replicated commit at or before upstream LSN/);
   assert.match(
     early.hint ?? "",
-    /the first replicated commit is at upstream LSN [0-9A-F]+\/[0-9A-F]+; commits before it/,
+    /the first replicated commit is at upstream LSN [0-9A-F]+\/[0-9A-F]+; the primary's state before it is not here/,
   );
   assert.match((await failure("lsn:nope")).message, /is not an LSN/);
   assert.match((await failure("1999-01-01")).message, /no commit at or before/);

@@ -163,6 +163,16 @@ test("replica tables get the primary's defaults, except sequence defaults", asyn
   try {
     await strata.start();
     await strata.waitForStreaming(120_000);
+    // The slot was made after the slot monitor's first check: it is checked again at once, not
+    // at the next interval (30 s).
+    await waitFor(
+      "the slot's retained WAL in the status row",
+      async () => {
+        const [s] = await strata.query("SELECT slot_retained_wal_bytes FROM dolt_replication_status");
+        return s.slot_retained_wal_bytes !== null;
+      },
+      10_000,
+    );
     const rows = await strata.query(
       `SELECT column_name, column_default FROM information_schema.columns
         WHERE table_schema = 'public' AND table_name = 'defaults_t' ORDER BY ordinal_position`,

@@ -2,6 +2,7 @@
 // primary keeps taking writes, then streaming from the slot's consistent point — no gap, no duplicate.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import { formatLsn, parseLsn } from "../../src/protocol/lsn.ts";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
 import { createStrata, type StrataProcess, waitForSameRows } from "../support/strata.ts";
 import { backgroundWriter } from "../support/workload.ts";
@@ -57,6 +58,19 @@ test("a primary with data: snapshot under concurrent writes, then streaming, exa
       "SELECT message, upstream_lsn, commit_order FROM dolt_log ORDER BY commit_order",
     );
     assert.match(log[0].message, /^initial snapshot at [0-9A-F]+\/[0-9A-F]+$/);
+    // The snapshot is named by its consistent point: AS OF 'lsn:…' finds it there (or a
+    // transaction that committed at that very LSN), and nothing before it.
+    const consistentPoint = log[0].message.split(" ").at(-1);
+    assert.equal(log[0].upstream_lsn, consistentPoint);
+    const [named] = await strata.query(
+      "SELECT upstream_lsn FROM dolt_log WHERE commit_order = dolt.commit_seq($1)",
+      [`lsn:${consistentPoint}`],
+    );
+    assert.equal(named.upstream_lsn, consistentPoint);
+    await assert.rejects(
+      strata.query("SELECT dolt.commit_seq($1)", [`lsn:${formatLsn(parseLsn(consistentPoint) - 1n)}`]),
+      /no replicated commit at or before upstream LSN/,
+    );
     assert.ok(
       log.length > 1 && log.length <= transactions + 1,
       `one snapshot commit, then at most one per transaction: ${log.length}`,
