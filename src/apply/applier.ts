@@ -731,8 +731,12 @@ export class Applier {
     }
     tx.ord++;
     tx.changes++;
-    // Made here too: a table found in the catalog may have had no change resolved yet.
-    if (this.options.history) await ensureTableSurface(this.client, next.schema, next.name);
+    if (this.options.history) {
+      // Its definition as it enters history, for pushes (strata.table_entries).
+      await this.client.query("SELECT strata.note_table_entry($1, $2)", [rel, String(this.seq + 1n)]);
+      // Made here too: a table found in the catalog may have had no change resolved yet.
+      await ensureTableSurface(this.client, next.schema, next.name);
+    }
     this.syncedBefore.set(relation.relationOid, copied.lsn);
     await this.saveKnown(relation.relationOid, { rel, shape: next, syncedLsn: copied.lsn });
   }

@@ -388,11 +388,19 @@ async function writePack(
     );
     await writer.section({ section: "apply", from: Number(from - baseSeq), to: Number(to - baseSeq) });
     for (const b of bases.rows.filter((row) => BigInt(row.seq) === to)) {
-      const table = await client.query<{ tbl: string | null; columns: string[] | null }>(
+      const table = await client.query<{
+        tbl: string | null;
+        columns: string[] | null;
+        then: string[] | null;
+        now: string[] | null;
+      }>(
         `SELECT strata.regclass_of($1)::text AS tbl,
                 (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
-                  WHERE attrelid = strata.regclass_of($1) AND attnum > 0 AND NOT attisdropped) AS columns`,
-        [b.rel],
+                  WHERE attrelid = strata.regclass_of($1) AND attnum > 0 AND NOT attisdropped) AS columns,
+                d.names AS then, strata.names_now($1, $2, 2147483647, d.names) AS now
+           FROM (SELECT NULL) one
+           LEFT JOIN LATERAL (${DEFINITION_AT_SQL}) d ON true`,
+        [b.rel, b.seq],
       );
       const tbl = table.rows[0]?.tbl;
       if (!tbl || !table.rows[0].columns)
@@ -401,11 +409,19 @@ async function writePack(
           "42P01",
           "its rows as of that commit cannot be read back: push from a database that still has the table",
         );
-      const columns = table.rows[0].columns;
+      const present = table.rows[0].columns;
+      // The rows under the columns the table had at the base, which is how the receiver has it
+      // then; a column dropped since reads as null (its values there are not kept).
+      const { then, now } = table.rows[0];
+      const columns = then ?? present;
+      const values = columns.map((c, i) => {
+        const current = then && now ? now[i] : c;
+        return present.includes(current) ? `(x.r).${quoteIdent(current)}` : "NULL";
+      });
       await writer.copySection(
         client,
         { section: "table", idx: Number(to - baseSeq), rel: b.rel, columns },
-        `SELECT ${columns.map((c) => `(x.r).${quoteIdent(c)}`).join(", ")}
+        `SELECT ${values.join(", ")}
            FROM (SELECT jsonb_populate_record(NULL::${tbl}, j) AS r
                    FROM strata.rows_as_of(${quoteLiteral(b.rel)}, ${quoteLiteral(tbl)}::regclass,
                                           -- The base's key under today's column names.
@@ -420,12 +436,28 @@ async function writePack(
 }
 
 /**
+ * The column names of table $1 after commit $2 (names: NULL when history records no definition of
+ * it up to then): the last definition a schema change or its entry into history recorded.
+ */
+const DEFINITION_AT_SQL = `
+  SELECT ARRAY(SELECT c ->> 'name' FROM jsonb_array_elements(x.definition -> 'columns') c) AS names
+    FROM (SELECT definition, commit_seq, ord FROM strata.schema_changes
+           WHERE rel = $1 AND commit_seq <= $2 AND definition IS NOT NULL AND NOT definition ? 'dropped'
+          UNION ALL
+          SELECT definition, commit_seq, -1 FROM strata.table_entries WHERE rel = $1 AND commit_seq <= $2) x
+   ORDER BY x.commit_seq DESC, x.ord DESC LIMIT 1`;
+
+/**
  * Tables the commits use (rows, snapshot bases) that no earlier commit of the push defines: each
- * gets an 'ensure' definition at the first commit that uses it (made only where it is missing).
+ * gets an 'ensure' definition at the first commit that uses it (made only where it is missing):
+ * the definition it had when it entered history (strata.table_entries), or else today's.
  */
 async function tablesToEnsure(client: pg.Client, baseSeq: bigint, headSeq: bigint): Promise<Ensure[]> {
   const { rows } = await client.query<{ seq: string; rel: string; definition: unknown }>(
-    `SELECT f.seq::text, f.rel, strata.table_definition(strata.regclass_of(f.rel)) AS definition
+    `SELECT f.seq::text, f.rel,
+            coalesce((SELECT e.definition FROM strata.table_entries e
+                       WHERE e.rel = f.rel AND e.commit_seq <= f.seq ORDER BY e.commit_seq DESC LIMIT 1),
+                     strata.table_definition(strata.regclass_of(f.rel))) AS definition
        FROM (SELECT rel, min(seq) AS seq FROM (
                SELECT rel, commit_seq AS seq FROM strata.changes WHERE commit_seq > $1 AND commit_seq <= $2
                UNION ALL

@@ -222,6 +222,24 @@ LANGUAGE sql STABLE AS $$
   SELECT to_regclass(format('%I.%I', split_part(p_rel, '.', 1), substr(p_rel, length(split_part(p_rel, '.', 1)) + 2)))
 $$;
 
+-- A table that enters history other than by a schema change (copied by an initial snapshot or as
+-- it joined the publication, or made by a pull's 'ensure') has its definition at that commit
+-- recorded here: a push that sends the table's first rows sends this definition with them, not
+-- the table's definition at the time of the push, which later schema changes may have changed.
+CREATE TABLE IF NOT EXISTS strata.table_entries (
+  rel text NOT NULL,
+  commit_seq bigint NOT NULL,
+  definition jsonb NOT NULL,
+  PRIMARY KEY (rel, commit_seq)
+);
+CREATE OR REPLACE FUNCTION strata.note_table_entry(p_rel text, p_seq bigint, p_definition jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$
+  INSERT INTO strata.table_entries (rel, commit_seq, definition)
+  SELECT p_rel, p_seq, d FROM (SELECT coalesce(p_definition, strata.table_definition(strata.regclass_of(p_rel))) AS d) x
+   WHERE d IS NOT NULL
+  ON CONFLICT (rel, commit_seq) DO UPDATE SET definition = excluded.definition
+$$;
+
 -- Make (or bring to) the table p_rel as the definition says, or drop it. 'ensure' only
 -- makes a table that is missing (a table a pushed commit uses that no commit in the push made).
 CREATE OR REPLACE FUNCTION strata.apply_definition(p_rel text, p_kind text, def jsonb) RETURNS void
@@ -459,6 +477,9 @@ BEGIN
   PERFORM strata.apply_pulled_rows(p_idx, c.hash, prev, 9223372036854775807);
   INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
   SELECT v_seq, ord, rel, ddl, definition FROM pg_temp.pull_schema WHERE idx = p_idx AND kind = 'schema';
+  -- A table the pushing database had entered without a schema change: so it is here too, and
+  -- this database's own pushes send the same definition.
+  PERFORM strata.note_table_entry(rel, v_seq, definition) FROM pg_temp.pull_schema WHERE idx = p_idx AND kind = 'ensure';
   INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
   SELECT v_seq, ord, rel, op, row_key, old_key, old_row, new_row FROM pg_temp.pull_changes WHERE idx = p_idx;
   INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns)
@@ -502,6 +523,7 @@ BEGIN
     FROM pg_temp.pull_commits WHERE idx BETWEEN p_from AND p_to;
   INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
   SELECT idx + offs, ord, rel, ddl, definition FROM pg_temp.pull_schema WHERE idx BETWEEN p_from AND p_to AND kind = 'schema';
+  PERFORM strata.note_table_entry(rel, idx + offs, definition) FROM pg_temp.pull_schema WHERE idx BETWEEN p_from AND p_to AND kind = 'ensure';
   INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_key, old_row, new_row)
   SELECT idx + offs, ord, rel, op, row_key, old_key, old_row, new_row FROM pg_temp.pull_changes WHERE idx BETWEEN p_from AND p_to;
   INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns)
@@ -531,7 +553,8 @@ CREATE OR REPLACE FUNCTION strata.shallow_base_table(p_rel text) RETURNS void
 LANGUAGE sql AS $$
   INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns)
   VALUES (p_rel, (SELECT max(seq) FROM strata.commits), coalesce(strata.history_keys(p_rel, strata.regclass_of(p_rel)), '{}'))
-  ON CONFLICT DO NOTHING
+  ON CONFLICT DO NOTHING;
+  SELECT strata.note_table_entry(p_rel, (SELECT max(seq) FROM strata.commits));
 $$;
 
 -- After a snapshot's tables are loaded: their history surface, and capture where clients write.

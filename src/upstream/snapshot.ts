@@ -900,6 +900,13 @@ export async function copyInitialSnapshot(opts: SnapshotOptions): Promise<Snapsh
           );
         }
       }
+      if (opts.history) {
+        // Each table's definition as it enters history (at the snapshot's commit, or after its
+        // parent when every table was empty), for pushes (strata.table_entries).
+        const at = String(result.committed ? seq : seq - 1n);
+        for (const table of tables)
+          await store.query("SELECT strata.note_table_entry($1, $2)", [rel(table), at]);
+      }
       for (const shape of shapes) {
         await store.query(
           `INSERT INTO strata.upstream_tables (slot_name, relid, rel, shape) VALUES ($1, $2, $3, $4)

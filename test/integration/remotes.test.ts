@@ -3,9 +3,12 @@
 // Two standalone Stratas share one directory remote; the outcome checked is that the replica's
 // rows and history equal the primary's.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import pg from "pg";
 import { startPrimary, tempDir, waitFor } from "../support/postgres.ts";
 import { failure, rowsOf, Sessions, waitForSetting } from "../support/sessions.ts";
@@ -403,6 +406,64 @@ test("a replica of Postgres is a primary for remotes: its replicated commits rea
       await same("SELECT commit_hash, parent_hash, message, upstream_lsn FROM dolt_log");
       await same("SELECT id, balance, note, commit_hash FROM dolt_history_accounts ORDER BY commit_hash, id");
       await same("SELECT * FROM accounts AS OF 'HEAD~3' ORDER BY id");
+    } finally {
+      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
+      await versioned.stop();
+    }
+  } finally {
+    await upstream.stop();
+  }
+});
+
+test("a replica's first push after its snapshot tables changed shape: the clone has the same rows and history", async () => {
+  const upstream = await startPrimary();
+  try {
+    await upstream.query("CREATE TABLE shaped (id int PRIMARY KEY, owner text NOT NULL, gone text, n int)");
+    await upstream.query(
+      "INSERT INTO shaped SELECT g, 'owner ' || g, 'old ' || g, g FROM generate_series(1, 50) g",
+    );
+    await upstream.query("CREATE TABLE shaped_log (at int, who text)"); // no key: its rows are history rows
+    await upstream.query("INSERT INTO shaped_log SELECT g, 'who ' || g FROM generate_series(1, 20) g");
+    const versioned = await startStrata({ primary: upstream });
+    try {
+      // The DDL event trigger: renames and drops reach the replica.
+      await promisify(execFile)(process.execPath, [
+        "--import",
+        "tsx",
+        fileURLToPath(new URL("../../src/cli/main.ts", import.meta.url)),
+        "setup-primary",
+        "--config",
+        versioned.configFile,
+      ]);
+      // The table entered history through the snapshot, and changes shape before any push.
+      await upstream.query("UPDATE shaped SET n = n + 1 WHERE id <= 5");
+      await upstream.query("ALTER TABLE shaped ADD COLUMN note text NOT NULL DEFAULT 'd'");
+      await upstream.query("ALTER TABLE shaped RENAME COLUMN owner TO holder");
+      await upstream.query("ALTER TABLE shaped DROP COLUMN gone");
+      await upstream.query("ALTER TABLE shaped_log RENAME COLUMN who TO actor");
+      await upstream.query("INSERT INTO shaped_log VALUES (21, 'after')");
+      await upstream.query("UPDATE shaped SET note = 'changed', holder = 'h' WHERE id <= 2");
+      await waitForSameRows(upstream, versioned, "shaped", "id");
+      await waitForSameRows(upstream, versioned, "shaped_log", "at");
+      const url = `file://${remoteDir}/shaped`;
+      await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
+      await versioned.query("select dolt_push('origin', 'main')");
+      const r = await connectTo(replica);
+      await rowsOf(r, `select dolt_clone('${url}', 'shaped')`);
+
+      const c = await connectTo(replica, "shaped");
+      const same = async (sql: string) =>
+        assert.deepEqual(await rowsOf(c, sql), await versioned.query(sql), sql);
+      await same("SELECT * FROM shaped ORDER BY id");
+      await same("SELECT * FROM shaped_log ORDER BY at");
+      await same(
+        "SELECT column_name, data_type, column_default FROM information_schema.columns WHERE table_name = 'shaped' ORDER BY ordinal_position",
+      );
+      await same("SELECT id, holder, n, note, commit_hash FROM dolt_history_shaped ORDER BY commit_hash, id");
+      for (let back = 0; back <= 7; back++) {
+        await same(`SELECT * FROM shaped AS OF 'HEAD~${back}' ORDER BY id`);
+        await same(`SELECT * FROM shaped_log AS OF 'HEAD~${back}' ORDER BY at`);
+      }
     } finally {
       if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
       await versioned.stop();
