@@ -196,6 +196,8 @@ export class SlotMonitor {
   private stopped = false;
   private warnedAt = 0;
   private reportedLost = false;
+  /** checkSoon() was called during a check. */
+  private again = false;
   private readonly intervalMs: number;
 
   constructor(private readonly options: SlotMonitorOptions) {
@@ -211,7 +213,8 @@ export class SlotMonitor {
     this.timer = setTimeout(() => {
       this.running = this.check().finally(() => {
         this.running = undefined;
-        this.schedule(this.intervalMs);
+        this.schedule(this.again ? 0 : this.intervalMs);
+        this.again = false;
       });
     }, delay);
   }
@@ -221,7 +224,12 @@ export class SlotMonitor {
    * status row then shows the slot's retained WAL at once, not an interval later.
    */
   checkSoon(): void {
-    if (this.stopped || this.running) return;
+    if (this.stopped) return;
+    // A check under way may have asked before the slot existed: another follows it.
+    if (this.running) {
+      this.again = true;
+      return;
+    }
     clearTimeout(this.timer);
     this.schedule(0);
   }
