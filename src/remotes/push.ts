@@ -248,7 +248,12 @@ async function writeObjects(
     const historyBytes = Number(rows[0].bytes);
     let snapshot = range.previous?.snapshot ?? null;
     let bytesSince = (range.previous?.bytes_since_snapshot ?? 0) + historyBytes;
-    if (bytesSince >= Math.max(snapshot?.bytes ?? 0, SNAPSHOT_MIN_BYTES)) {
+    // A snapshot takes each table's definition from the catalog: not while a schema change there
+    // is uncommitted (it is not the pushed head's). A later push writes it.
+    const { rows: uncommitted } = await client.query<{ any: boolean }>(
+      "SELECT EXISTS (SELECT 1 FROM strata.working_schema_changes) AS any",
+    );
+    if (bytesSince >= Math.max(snapshot?.bytes ?? 0, SNAPSHOT_MIN_BYTES) && !uncommitted[0].any) {
       const writer = new ObjectWriter(join(dir, "snapshot.gz"));
       writers.push(writer);
       const commit = await writeSnapshot(client, writer, range.headSeq);

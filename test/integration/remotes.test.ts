@@ -616,3 +616,42 @@ test("a clone loads the history before the remote's latest snapshot as rows and 
     await pusher.stop();
   }
 });
+
+test("a push while a schema change is uncommitted writes no snapshot of it", async () => {
+  process.env.STRATA_SNAPSHOT_MIN_BYTES = "1"; // every push with history writes a snapshot
+  const pusher = await startStandaloneStrata().finally(() => {
+    delete process.env.STRATA_SNAPSHOT_MIN_BYTES;
+  });
+  try {
+    const url = `file://${remoteDir}/uncommitted_ddl`;
+    const p = new pg.Client(pusher.connectionConfig());
+    await p.connect();
+    try {
+      const run = async (sql: string) => (await p.query(sql)).rows;
+      await run(`select dolt_remote('add', 'origin', '${url}')`);
+      await run("create table t (id int primary key, v text)");
+      await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
+      await run("select dolt_commit('-Am', 'c1')");
+      await run("alter table t add column extra int default 7"); // not committed
+      await run("select dolt_push('origin', 'main')");
+      const r = await connectTo(replica);
+      await rowsOf(r, `select dolt_clone('${url}', 'uncommitted_ddl')`);
+      const c = await connectTo(replica, "uncommitted_ddl");
+      const columns =
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position";
+      assert.deepEqual(await rowsOf(c, columns), [{ column_name: "id" }, { column_name: "v" }]);
+      await run("select dolt_commit('-Am', 'c2')");
+      await run("select dolt_push('origin', 'main')");
+      await rowsOf(c, "select dolt_pull('origin')");
+      assert.deepEqual(
+        await rowsOf(c, "SELECT * FROM t ORDER BY id"),
+        await run("SELECT * FROM t ORDER BY id"),
+      );
+      assert.deepEqual(await rowsOf(c, columns), await run(columns));
+    } finally {
+      await p.end();
+    }
+  } finally {
+    await pusher.stop();
+  }
+});
