@@ -530,128 +530,126 @@ test("a push killed midway leaves the remote consistent, and the next push compl
   }
 });
 
-test("a clone loads the history before the remote's latest snapshot as rows and the tables from it", async () => {
-  process.env.STRATA_SNAPSHOT_MIN_BYTES = "1"; // every push with history writes a snapshot
+/**
+ * A standalone Strata whose every push with history writes a snapshot, and `run` on a session of
+ * it; both end with the body.
+ */
+async function withSnapshottingPusher(
+  body: (run: (sql: string) => Promise<pg.QueryResultRow[]>) => Promise<void>,
+) {
+  process.env.STRATA_SNAPSHOT_MIN_BYTES = "1";
   const pusher = await startStandaloneStrata().finally(() => {
     delete process.env.STRATA_SNAPSHOT_MIN_BYTES;
   });
   try {
-    const url = `file://${remoteDir}/snapshots`;
     const p = new pg.Client(pusher.connectionConfig());
     await p.connect();
     try {
-      const run = async (sql: string) => (await p.query(sql)).rows;
-      await run(`select dolt_remote('add', 'origin', '${url}')`);
-      await run("create table acct (id int primary key, owner text, balance int default 0)");
-      await run("create table log (line text)");
-      await run("insert into acct select g, 'o' || g, g from generate_series(1, 200) g");
-      await run("insert into log values ('one'), ('two')");
-      await run("select dolt_commit('-Am', 'c1')");
-      await run("update acct set balance = balance + 5 where id % 3 = 0");
-      await run("select dolt_commit('-am', 'c2')");
-      await run("select dolt_push('origin', 'main')"); // history → a snapshot at c2
-      await run("delete from acct where id > 190");
-      await run("alter table acct add column note text");
-      await run("update acct set note = 'x' where id < 4");
-      await run("insert into log values ('three')");
-      await run("select dolt_commit('-Am', 'c3')");
-      await run("insert into acct (id, owner) values (500, 'new')");
-      await run("select dolt_commit('-am', 'c4')");
-      await run("select dolt_push('origin', 'main')"); // c3..c4, and a new snapshot at c4
-      await run("update acct set balance = 0 where id = 500");
-      await run("select dolt_commit('-am', 'c5')");
-      await run("select dolt_push('origin', 'main')");
-      assert.ok(readdirSync(join(remoteDir, "snapshots", "objects"), { recursive: true }).length >= 4);
-
-      const r = await connectTo(replica);
-      await rowsOf(r, `select dolt_clone('${url}', 'from_snapshot')`);
-      assert.match(replica.logs, /"database":"from_snapshot".*"from_snapshot":[1-9]/);
-      const c = await connectTo(replica, "from_snapshot");
-      const same = async (sql: string) => assert.deepEqual(await rowsOf(c, sql), await run(sql), sql);
-      await same("SELECT * FROM acct ORDER BY id");
-      await same("SELECT * FROM log ORDER BY line");
-      await same("SELECT commit_hash, parent_hash, message, date FROM dolt_log");
-      await same("SELECT id, balance, note, commit_hash FROM dolt_history_acct ORDER BY commit_hash, id");
-      await same("SELECT * FROM dolt_diff('HEAD~4', 'HEAD', 'acct') ORDER BY to_id, from_id");
-      await same("SELECT * FROM acct AS OF 'HEAD~3' ORDER BY id");
-      await same("SELECT line, commit_hash FROM dolt_history_log ORDER BY commit_hash, line");
-      assert.deepEqual(await rowsOf(c, "SELECT * FROM dolt_status"), []);
-
-      // A shallow clone: history starts at the newest snapshot (c4), c5 applied on top.
-      const [cloned] = await rowsOf(r, `select dolt_clone('--depth', '1', '${url}', 'shallow')`);
-      assert.match(cloned.dolt_clone[1], /shallow: history from the remote's newest snapshot/);
-      const sh = await connectTo(replica, "shallow");
-      const sameShallow = async (sql: string, primarySql = sql) =>
-        assert.deepEqual(await rowsOf(sh, sql), await run(primarySql), sql);
-      await sameShallow("SELECT * FROM acct ORDER BY id");
-      await sameShallow("SELECT * FROM log ORDER BY line");
-      await sameShallow(
-        "SELECT commit_hash, parent_hash, message FROM dolt_log",
-        "SELECT commit_hash, parent_hash, message FROM dolt_log LIMIT 2",
-      );
-      await sameShallow("SELECT * FROM acct AS OF 'HEAD~1' ORDER BY id");
-      await sameShallow("SELECT * FROM dolt_diff('HEAD~1', 'HEAD', 'acct') ORDER BY to_id, from_id");
-      const before = await failure(sh, "SELECT * FROM acct AS OF 'HEAD~2'");
-      assert.equal(before.code, "22023");
-      assert.match(before.message, /goes back before the first commit/);
-      // Later commits apply one by one on top.
-      await run("update acct set owner = 'later' where id = 1");
-      await run("select dolt_commit('-am', 'c6')");
-      await run("select dolt_push('origin', 'main')");
-      await rowsOf(c, "select dolt_pull('origin')");
-      await same("SELECT * FROM acct ORDER BY id");
-      await same("SELECT commit_hash FROM dolt_log");
-      await rowsOf(sh, "select dolt_pull('origin')");
-      await sameShallow("SELECT * FROM acct ORDER BY id");
-      await sameShallow("SELECT commit_hash FROM dolt_log", "SELECT commit_hash FROM dolt_log LIMIT 3");
-      // Writes on the clone are captured as on any database.
-      await rowsOf(c, "insert into log values ('local')");
-      assert.deepEqual(await rowsOf(c, "SELECT table_name, status FROM dolt_status"), [
-        { table_name: "log", status: "modified" },
-      ]);
+      await body(async (sql) => (await p.query(sql)).rows);
     } finally {
       await p.end();
     }
   } finally {
     await pusher.stop();
   }
+}
+
+test("a clone loads the history before the remote's latest snapshot as rows and the tables from it", async () => {
+  await withSnapshottingPusher(async (run) => {
+    const url = `file://${remoteDir}/snapshots`;
+    await run(`select dolt_remote('add', 'origin', '${url}')`);
+    await run("create table acct (id int primary key, owner text, balance int default 0)");
+    await run("create table log (line text)");
+    await run("insert into acct select g, 'o' || g, g from generate_series(1, 200) g");
+    await run("insert into log values ('one'), ('two')");
+    await run("select dolt_commit('-Am', 'c1')");
+    await run("update acct set balance = balance + 5 where id % 3 = 0");
+    await run("select dolt_commit('-am', 'c2')");
+    await run("select dolt_push('origin', 'main')"); // history → a snapshot at c2
+    await run("delete from acct where id > 190");
+    await run("alter table acct add column note text");
+    await run("update acct set note = 'x' where id < 4");
+    await run("insert into log values ('three')");
+    await run("select dolt_commit('-Am', 'c3')");
+    await run("insert into acct (id, owner) values (500, 'new')");
+    await run("select dolt_commit('-am', 'c4')");
+    await run("select dolt_push('origin', 'main')"); // c3..c4, and a new snapshot at c4
+    await run("update acct set balance = 0 where id = 500");
+    await run("select dolt_commit('-am', 'c5')");
+    await run("select dolt_push('origin', 'main')");
+    assert.ok(readdirSync(join(remoteDir, "snapshots", "objects"), { recursive: true }).length >= 4);
+
+    const r = await connectTo(replica);
+    await rowsOf(r, `select dolt_clone('${url}', 'from_snapshot')`);
+    assert.match(replica.logs, /"database":"from_snapshot".*"from_snapshot":[1-9]/);
+    const c = await connectTo(replica, "from_snapshot");
+    const same = async (sql: string) => assert.deepEqual(await rowsOf(c, sql), await run(sql), sql);
+    await same("SELECT * FROM acct ORDER BY id");
+    await same("SELECT * FROM log ORDER BY line");
+    await same("SELECT commit_hash, parent_hash, message, date FROM dolt_log");
+    await same("SELECT id, balance, note, commit_hash FROM dolt_history_acct ORDER BY commit_hash, id");
+    await same("SELECT * FROM dolt_diff('HEAD~4', 'HEAD', 'acct') ORDER BY to_id, from_id");
+    await same("SELECT * FROM acct AS OF 'HEAD~3' ORDER BY id");
+    await same("SELECT line, commit_hash FROM dolt_history_log ORDER BY commit_hash, line");
+    assert.deepEqual(await rowsOf(c, "SELECT * FROM dolt_status"), []);
+
+    // A shallow clone: history starts at the newest snapshot (c4), c5 applied on top.
+    const [cloned] = await rowsOf(r, `select dolt_clone('--depth', '1', '${url}', 'shallow')`);
+    assert.match(cloned.dolt_clone[1], /shallow: history from the remote's newest snapshot/);
+    const sh = await connectTo(replica, "shallow");
+    const sameShallow = async (sql: string, primarySql = sql) =>
+      assert.deepEqual(await rowsOf(sh, sql), await run(primarySql), sql);
+    await sameShallow("SELECT * FROM acct ORDER BY id");
+    await sameShallow("SELECT * FROM log ORDER BY line");
+    await sameShallow(
+      "SELECT commit_hash, parent_hash, message FROM dolt_log",
+      "SELECT commit_hash, parent_hash, message FROM dolt_log LIMIT 2",
+    );
+    await sameShallow("SELECT * FROM acct AS OF 'HEAD~1' ORDER BY id");
+    await sameShallow("SELECT * FROM dolt_diff('HEAD~1', 'HEAD', 'acct') ORDER BY to_id, from_id");
+    const before = await failure(sh, "SELECT * FROM acct AS OF 'HEAD~2'");
+    assert.equal(before.code, "22023");
+    assert.match(before.message, /goes back before the first commit/);
+    // Later commits apply one by one on top.
+    await run("update acct set owner = 'later' where id = 1");
+    await run("select dolt_commit('-am', 'c6')");
+    await run("select dolt_push('origin', 'main')");
+    await rowsOf(c, "select dolt_pull('origin')");
+    await same("SELECT * FROM acct ORDER BY id");
+    await same("SELECT commit_hash FROM dolt_log");
+    await rowsOf(sh, "select dolt_pull('origin')");
+    await sameShallow("SELECT * FROM acct ORDER BY id");
+    await sameShallow("SELECT commit_hash FROM dolt_log", "SELECT commit_hash FROM dolt_log LIMIT 3");
+    // Writes on the clone are captured as on any database.
+    await rowsOf(c, "insert into log values ('local')");
+    assert.deepEqual(await rowsOf(c, "SELECT table_name, status FROM dolt_status"), [
+      { table_name: "log", status: "modified" },
+    ]);
+  });
 });
 
 test("a push while a schema change is uncommitted writes no snapshot of it", async () => {
-  process.env.STRATA_SNAPSHOT_MIN_BYTES = "1"; // every push with history writes a snapshot
-  const pusher = await startStandaloneStrata().finally(() => {
-    delete process.env.STRATA_SNAPSHOT_MIN_BYTES;
-  });
-  try {
+  await withSnapshottingPusher(async (run) => {
     const url = `file://${remoteDir}/uncommitted_ddl`;
-    const p = new pg.Client(pusher.connectionConfig());
-    await p.connect();
-    try {
-      const run = async (sql: string) => (await p.query(sql)).rows;
-      await run(`select dolt_remote('add', 'origin', '${url}')`);
-      await run("create table t (id int primary key, v text)");
-      await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
-      await run("select dolt_commit('-Am', 'c1')");
-      await run("alter table t add column extra int default 7"); // not committed
-      await run("select dolt_push('origin', 'main')");
-      const r = await connectTo(replica);
-      await rowsOf(r, `select dolt_clone('${url}', 'uncommitted_ddl')`);
-      const c = await connectTo(replica, "uncommitted_ddl");
-      const columns =
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position";
-      assert.deepEqual(await rowsOf(c, columns), [{ column_name: "id" }, { column_name: "v" }]);
-      await run("select dolt_commit('-Am', 'c2')");
-      await run("select dolt_push('origin', 'main')");
-      await rowsOf(c, "select dolt_pull('origin')");
-      assert.deepEqual(
-        await rowsOf(c, "SELECT * FROM t ORDER BY id"),
-        await run("SELECT * FROM t ORDER BY id"),
-      );
-      assert.deepEqual(await rowsOf(c, columns), await run(columns));
-    } finally {
-      await p.end();
-    }
-  } finally {
-    await pusher.stop();
-  }
+    await run(`select dolt_remote('add', 'origin', '${url}')`);
+    await run("create table t (id int primary key, v text)");
+    await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
+    await run("select dolt_commit('-Am', 'c1')");
+    await run("alter table t add column extra int default 7"); // not committed
+    await run("select dolt_push('origin', 'main')");
+    const r = await connectTo(replica);
+    await rowsOf(r, `select dolt_clone('${url}', 'uncommitted_ddl')`);
+    const c = await connectTo(replica, "uncommitted_ddl");
+    const columns =
+      "SELECT column_name FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position";
+    assert.deepEqual(await rowsOf(c, columns), [{ column_name: "id" }, { column_name: "v" }]);
+    await run("select dolt_commit('-Am', 'c2')");
+    await run("select dolt_push('origin', 'main')");
+    await rowsOf(c, "select dolt_pull('origin')");
+    assert.deepEqual(
+      await rowsOf(c, "SELECT * FROM t ORDER BY id"),
+      await run("SELECT * FROM t ORDER BY id"),
+    );
+    assert.deepEqual(await rowsOf(c, columns), await run(columns));
+  });
 });
