@@ -403,8 +403,9 @@ async function writePack(
                 (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
                   WHERE attrelid = strata.regclass_of($1) AND attnum > 0 AND NOT attisdropped) AS columns,
                 d.names AS then, strata.names_now($1, $2, 2147483647, d.names) AS now
-           FROM (SELECT NULL) one
-           LEFT JOIN LATERAL (${DEFINITION_AT_SQL}) d ON true`,
+           FROM (SELECT CASE WHEN def IS NOT NULL
+                             THEN ARRAY(SELECT c ->> 'name' FROM jsonb_array_elements(def -> 'columns') c) END AS names
+                   FROM (SELECT (${definitionAt("$1", "$2")}) AS def) x) d`,
         [b.rel, b.seq],
       );
       const tbl = table.rows[0]?.tbl;
@@ -441,28 +442,27 @@ async function writePack(
 }
 
 /**
- * The column names of table $1 after commit $2 (names: NULL when history records no definition of
- * it up to then): the last definition a schema change or its entry into history recorded.
+ * A scalar subquery: table `rel`'s definition after commit `seq` (SQL expressions), as the last
+ * schema change or its entry into history recorded it; NULL when history records none.
  */
-const DEFINITION_AT_SQL = `
-  SELECT ARRAY(SELECT c ->> 'name' FROM jsonb_array_elements(x.definition -> 'columns') c) AS names
-    FROM (SELECT definition, commit_seq, ord FROM strata.schema_changes
-           WHERE rel = $1 AND commit_seq <= $2 AND definition IS NOT NULL AND NOT definition ? 'dropped'
-          UNION ALL
-          SELECT definition, commit_seq, -1 FROM strata.table_entries WHERE rel = $1 AND commit_seq <= $2) x
-   ORDER BY x.commit_seq DESC, x.ord DESC LIMIT 1`;
+function definitionAt(rel: string, seq: string): string {
+  return `SELECT x.definition
+            FROM (SELECT definition, commit_seq, ord FROM strata.schema_changes
+                   WHERE rel = ${rel} AND commit_seq <= ${seq} AND definition IS NOT NULL AND NOT definition ? 'dropped'
+                  UNION ALL
+                  SELECT definition, commit_seq, -1 FROM strata.table_entries WHERE rel = ${rel} AND commit_seq <= ${seq}) x
+           ORDER BY x.commit_seq DESC, x.ord DESC LIMIT 1`;
+}
 
 /**
  * Tables the commits use (rows, snapshot bases) that no earlier commit of the push defines: each
  * gets an 'ensure' definition at the first commit that uses it (made only where it is missing):
- * the definition it had when it entered history (strata.table_entries), or else today's.
+ * the one history records for it then (definitionAt), or else today's.
  */
 async function tablesToEnsure(client: pg.Client, baseSeq: bigint, headSeq: bigint): Promise<Ensure[]> {
   const { rows } = await client.query<{ seq: string; rel: string; definition: unknown }>(
     `SELECT f.seq::text, f.rel,
-            coalesce((SELECT e.definition FROM strata.table_entries e
-                       WHERE e.rel = f.rel AND e.commit_seq <= f.seq ORDER BY e.commit_seq DESC LIMIT 1),
-                     strata.table_definition(strata.regclass_of(f.rel))) AS definition
+            coalesce((${definitionAt("f.rel", "f.seq")}), strata.table_definition(strata.regclass_of(f.rel))) AS definition
        FROM (SELECT rel, min(seq) AS seq FROM (
                SELECT rel, commit_seq AS seq FROM strata.changes WHERE commit_seq > $1 AND commit_seq <= $2
                UNION ALL

@@ -3,16 +3,14 @@
 // Two standalone Stratas share one directory remote; the outcome checked is that the replica's
 // rows and history equal the primary's.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import pg from "pg";
 import { startPrimary, tempDir, waitFor } from "../support/postgres.ts";
 import { failure, rowsOf, Sessions, waitForSetting } from "../support/sessions.ts";
 import {
+  runStrataCli,
   type StrataProcess,
   startStandaloneStrata,
   startStrata,
@@ -427,14 +425,7 @@ test("a replica's first push after its snapshot tables changed shape: the clone 
     const versioned = await startStrata({ primary: upstream });
     try {
       // The DDL event trigger: renames and drops reach the replica.
-      await promisify(execFile)(process.execPath, [
-        "--import",
-        "tsx",
-        fileURLToPath(new URL("../../src/cli/main.ts", import.meta.url)),
-        "setup-primary",
-        "--config",
-        versioned.configFile,
-      ]);
+      await runStrataCli("setup-primary", "--config", versioned.configFile);
       // The table entered history through the snapshot, and changes shape before any push.
       await upstream.query("UPDATE shaped SET n = n + 1 WHERE id <= 5");
       await upstream.query("ALTER TABLE shaped ADD COLUMN note text NOT NULL DEFAULT 'd'");

@@ -2,20 +2,16 @@
 // retyped columns; an ambiguous rename stops with its remedy), and exactly with the event trigger
 // of `strata setup-primary` (renames, new tables, indexes, defaults, drops).
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { promisify } from "node:util";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
-import { type StrataProcess, snapshot, startStrata, waitForSameRows } from "../support/strata.ts";
+import {
+  type StrataProcess,
+  snapshot,
+  startStrata,
+  runStrataCli as strataCli,
+  waitForSameRows,
+} from "../support/strata.ts";
 import { replayHistory } from "../support/workload.ts";
-
-const run = promisify(execFile);
-const ROOT = join(import.meta.dirname, "..", "..");
-
-function strataCli(...args: string[]) {
-  return run(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/main.ts"), ...args], { cwd: ROOT });
-}
 
 async function replicaColumns(strata: StrataProcess, table: string): Promise<string[]> {
   const rows = await strata.query<{ c: string }>(

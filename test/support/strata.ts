@@ -1,9 +1,10 @@
 // Runs `strata serve` as a child process against a test primary (or standalone, without
 // replication), the way a user does, and compares replica and primary.
 import assert from "node:assert/strict";
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import pg from "pg";
 import { stringify } from "yaml";
 import { findPgBinaries } from "../../src/store/binaries.ts";
@@ -14,6 +15,13 @@ import { onProcessExit } from "./cleanup.ts";
 import { freePort, TEST_PASSWORD, TEST_USER, type TestCluster, tempDir, waitFor } from "./postgres.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
+
+/** Run the `strata` CLI from the sources (e.g. `runStrataCli("setup-primary", "--config", file)`). */
+export function runStrataCli(...args: string[]): Promise<{ stdout: string; stderr: string }> {
+  return promisify(execFile)(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/main.ts"), ...args], {
+    cwd: ROOT,
+  });
+}
 
 export interface StrataOptions {
   primary: TestCluster;
