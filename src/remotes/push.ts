@@ -55,6 +55,8 @@ export interface PushResult {
   commits: number;
   pack?: string;
   bytes?: number;
+  /** Why the snapshot due with this push was not written (a later push writes it). */
+  snapshotDeferred?: string;
 }
 
 /**
@@ -142,10 +144,18 @@ export async function pushBranch(opts: {
       });
       const address = await storage.putObjectFile(written.pack);
       const bytes = (await stat(written.pack)).size;
-      const next = { commit: head.hash, pack: address };
+      const next = { commit: written.head, pack: address };
       if (await storage.compareAndSwapRef(refName, ref, next)) {
         if (record) await recordRemoteBranch(client, remote, branch, next);
-        return { status: "pushed", branch, head: head.hash, commits: written.commits, pack: address, bytes };
+        return {
+          status: "pushed",
+          branch,
+          head: written.head,
+          commits: written.commits,
+          pack: address,
+          bytes,
+          snapshotDeferred: written.snapshotDeferred,
+        };
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -172,8 +182,8 @@ export async function pushCommitsAfter(opts: {
   base: string;
 }): Promise<{ head: string; commits: number }> {
   const { client, storage, branch } = opts;
-  const { rows } = await client.query<{ base_seq: string | null; head_seq: string; head: string }>(
-    `SELECT (SELECT seq::text FROM strata.commits WHERE hash = $1) AS base_seq, c.seq::text AS head_seq, c.hash AS head
+  const { rows } = await client.query<{ base_seq: string | null; head_seq: string }>(
+    `SELECT (SELECT seq::text FROM strata.commits WHERE hash = $1) AS base_seq, c.seq::text AS head_seq
        FROM strata.commits c ORDER BY c.seq DESC LIMIT 1`,
     [opts.base],
   );
@@ -190,8 +200,8 @@ export async function pushCommitsAfter(opts: {
       previous: undefined,
     });
     const pack = await storage.putObjectFile(written.pack);
-    await storage.compareAndSwapRef(`heads/${branch}`, null, { commit: found.head, pack });
-    return { head: found.head, commits: written.commits };
+    await storage.compareAndSwapRef(`heads/${branch}`, null, { commit: written.head, pack });
+    return { head: written.head, commits: written.commits };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -220,53 +230,157 @@ interface PushRange {
   previous: PackHeader | undefined;
 }
 
+/** How long a push waits for a table a schema change holds before it writes no snapshot this time. */
+const SNAPSHOT_LOCK_TIMEOUT = process.env.STRATA_SNAPSHOT_LOCK_TIMEOUT ?? "10s";
+
+interface WrittenObjects {
+  pack: string;
+  commits: number;
+  /** The commit pushed: the range's head, or a later one that committed before the objects were read. */
+  head: string;
+  /** Why no snapshot was written although one was due (a later push writes it). */
+  snapshotDeferred?: string;
+}
+
+/** The user's tables a snapshot holds, by the names LOCK TABLE takes (schema-qualified). */
+const USER_TABLES = `FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+        AND n.nspname NOT IN ('strata', 'dolt', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%'`;
+
+interface LockedTables {
+  names: string[];
+  /** Their oids, ascending: compared with the tables the snapshot of the store holds. */
+  oids: string;
+}
+
+async function userTablesToLock(client: pg.Client): Promise<LockedTables> {
+  const { rows } = await client.query<{ names: string[] | null; oids: string }>(
+    `SELECT array_agg(quote_ident(n.nspname) || '.' || quote_ident(c.relname)) AS names,
+            coalesce(array_agg(c.oid ORDER BY c.oid), '{}')::text AS oids ${USER_TABLES}`,
+  );
+  return { names: rows[0].names ?? [], oids: rows[0].oids };
+}
+
+/** The tables moved (made, dropped, renamed) between being listed and being locked. */
+class TablesMoved extends Error {}
+
 /**
- * Write commits (baseSeq, headSeq] as a pack in `dir` — and, when one is due, a snapshot of the
- * tables as of headSeq, stored in the remote first so that the pack can name it — from one
- * snapshot of the store.
+ * Write commits (baseSeq, head] as a pack in `dir` — and, when one is due, a snapshot of the
+ * tables as of head, stored in the remote first so that the pack can name it — from one snapshot
+ * of the store. The head is the latest commit in that snapshot: on a replica (or with other
+ * sessions committing) it can be past range.headSeq, and the tables read are as of it.
  */
 async function writeObjects(
   client: pg.Client,
   storage: RemoteStorage,
   dir: string,
   range: PushRange,
-): Promise<{ pack: string; commits: number }> {
+): Promise<WrittenObjects> {
   // Outside the transaction: the commits in (baseSeq, headSeq] made durable, and the database's
   // identity there for every writer (strata.table_id).
   await flushVisibleCommits(client);
-  // One snapshot of history for everything written: commits go on meanwhile.
+  // History is append-only: the bytes up to range.headSeq are counted outside the transaction.
+  const bytesBefore = await historyBytes(client, range.baseSeq, range.headSeq);
+  const previous = range.previous?.snapshot ?? null;
+  const snapshotDue = (bytes: number) => bytes >= Math.max(previous?.bytes ?? 0, SNAPSHOT_MIN_BYTES);
+  let locking = snapshotDue((range.previous?.bytes_since_snapshot ?? 0) + bytesBefore)
+    ? await userTablesToLock(client)
+    : null;
+  let deferred: string | undefined;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const written = await writeObjectsInSnapshot(client, storage, dir, range, bytesBefore, locking);
+      // Commits after range.headSeq were not made durable above: the pack must not get ahead of
+      // what a crash of this store keeps.
+      if (written.headSeq > range.headSeq) await flushVisibleCommits(client);
+      return { pack: written.pack, commits: written.commits, head: written.head, snapshotDeferred: deferred };
+    } catch (err) {
+      if (!locking) throw err;
+      const code = (err as { code?: string }).code;
+      if ((err instanceof TablesMoved || code === "42P01") && attempt < 3) {
+        locking = await userTablesToLock(client);
+        continue;
+      }
+      // 55P03: a schema change held a table past the lock timeout; 40P01: this push was the one
+      // a deadlock with the applier's schema change ended. The pack goes without the snapshot.
+      if (err instanceof TablesMoved || code === "42P01" || code === "55P03" || code === "40P01") {
+        deferred = `the tables could not be locked for a snapshot (${(err as Error).message}): a later push writes it`;
+        locking = null;
+        continue;
+      }
+      throw err;
+    }
+  }
+}
+
+async function historyBytes(client: pg.Client, after: bigint, upTo: bigint): Promise<number> {
+  const { rows } = await client.query<{ bytes: string }>(
+    "SELECT coalesce(sum(pg_column_size(c.*)), 0)::text AS bytes FROM strata.changes c WHERE commit_seq > $1 AND commit_seq <= $2",
+    [String(after), String(upTo)],
+  );
+  return Number(rows[0].bytes);
+}
+
+/**
+ * writeObjects' transaction. With `locking`, the user's tables are locked (ACCESS SHARE) before
+ * the snapshot of the store is taken: a schema change or TRUNCATE that commits after the snapshot
+ * would otherwise show the snapshot a table rewritten or emptied under it (neither is MVCC-safe),
+ * and its rows would not be the head's. One that comes while the snapshot is written waits for it.
+ */
+async function writeObjectsInSnapshot(
+  client: pg.Client,
+  storage: RemoteStorage,
+  dir: string,
+  range: PushRange,
+  bytesBefore: number,
+  locking: LockedTables | null,
+): Promise<{ pack: string; commits: number; head: string; headSeq: bigint }> {
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
   const writers: ObjectWriter[] = [];
   try {
+    // LOCK TABLE takes no snapshot: the first SELECT below does, after the locks are held.
+    if (locking && locking.names.length > 0)
+      await client.query(
+        `SET LOCAL lock_timeout = ${quoteLiteral(SNAPSHOT_LOCK_TIMEOUT)}; LOCK TABLE ${locking.names.join(", ")} IN ACCESS SHARE MODE`,
+      );
     await client.query(
       "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL extra_float_digits = 3",
     );
-    const { rows } = await client.query<{ bytes: string }>(
-      "SELECT coalesce(sum(pg_column_size(c.*)), 0)::text AS bytes FROM strata.changes c WHERE commit_seq > $1 AND commit_seq <= $2",
-      [String(range.baseSeq), String(range.headSeq)],
+    const { rows: heads } = await client.query<{
+      seq: string;
+      hash: string;
+      oids: string;
+      uncommitted: boolean;
+    }>(
+      `SELECT c.seq::text AS seq, c.hash, (SELECT coalesce(array_agg(c.oid ORDER BY c.oid), '{}')::text ${USER_TABLES}) AS oids,
+              EXISTS (SELECT 1 FROM strata.working_schema_changes) AS uncommitted
+         FROM strata.commits c ORDER BY c.seq DESC LIMIT 1`,
     );
-    const historyBytes = Number(rows[0].bytes);
+    const head = heads[0];
+    if (locking && head.oids !== locking.oids) throw new TablesMoved("the tables changed while being locked");
+    const headSeq = BigInt(head.seq);
+    const span = { ...range, headSeq };
     let snapshot = range.previous?.snapshot ?? null;
-    let bytesSince = (range.previous?.bytes_since_snapshot ?? 0) + historyBytes;
+    let bytesSince =
+      (range.previous?.bytes_since_snapshot ?? 0) +
+      bytesBefore +
+      (await historyBytes(client, range.headSeq, headSeq));
     // A snapshot takes each table's definition from the catalog: not while a schema change there
     // is uncommitted (it is not the pushed head's). A later push writes it.
-    const { rows: uncommitted } = await client.query<{ any: boolean }>(
-      "SELECT EXISTS (SELECT 1 FROM strata.working_schema_changes) AS any",
-    );
-    if (bytesSince >= Math.max(snapshot?.bytes ?? 0, SNAPSHOT_MIN_BYTES) && !uncommitted[0].any) {
+    if (locking && !head.uncommitted) {
       const writer = new ObjectWriter(join(dir, "snapshot.gz"));
       writers.push(writer);
-      const commit = await writeSnapshot(client, writer, range.headSeq);
+      const commit = await writeSnapshot(client, writer, headSeq);
       await writer.finish();
       snapshot = { address: await storage.putObjectFile(writer.file), commit, bytes: writer.dataBytes };
       bytesSince = 0;
     }
     const writer = new ObjectWriter(join(dir, "pack.gz"));
     writers.push(writer);
-    const commits = await writePack(client, writer, range, snapshot, bytesSince);
+    const commits = await writePack(client, writer, span, snapshot, bytesSince);
     await writer.finish();
     await client.query("COMMIT");
-    return { pack: writer.file, commits };
+    return { pack: writer.file, commits, head: head.hash, headSeq };
   } catch (err) {
     await client.query("ROLLBACK").catch(() => {});
     for (const writer of writers) writer.abandon();
@@ -301,9 +415,7 @@ async function writeSnapshot(client: pg.Client, writer: ObjectWriter, seq: bigin
               WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS columns,
             strata.history_keys(n.nspname || '.' || c.relname, c.oid::regclass) AS keys,
             EXISTS (SELECT 1 FROM strata.working_changes w WHERE w.rel = n.nspname || '.' || c.relname) AS working
-       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-        AND n.nspname NOT IN ('strata', 'dolt', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%'
+       ${USER_TABLES}
       ORDER BY 1`,
   );
   for (const t of tables) {

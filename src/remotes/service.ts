@@ -24,7 +24,7 @@ import type { Logger } from "../log.ts";
 import type { StoreHandle } from "../store/store.ts";
 import { RemoteOperationError } from "./pack-objects.ts";
 import { fetchBranch, type PullResult, pullBranch } from "./pull.ts";
-import { pushBranch } from "./push.ts";
+import { type PushResult, pushBranch } from "./push.ts";
 import {
   type ReplicationSettings,
   ReplicationSettingsCache,
@@ -90,6 +90,7 @@ export class RemoteService {
           });
           return { result: pushed, tags: await pushTags(client, storage, remote, this.log) };
         });
+        this.noteDeferredSnapshot(database, remote, result);
         const tagNote = tags ? ` and ${tags} tag${tags === 1 ? "" : "s"}` : "";
         const message =
           result.status === "up-to-date" && !tags
@@ -313,6 +314,7 @@ export class RemoteService {
         return pushed;
       });
       this.pushedHead.set(`${database}\u0000${s.pushTo}`, result.head);
+      this.noteDeferredSnapshot(database, s.pushTo, result);
       if (result.status === "pushed")
         this.log.debug(
           { database, branch, remote: s.pushTo, commits: result.commits, head: result.head },
@@ -329,6 +331,11 @@ export class RemoteService {
    * small query on a pooled connection, so that the transactions that commit nothing (most of
    * them) do not wait on the remote.
    */
+  private noteDeferredSnapshot(database: string, remote: string, result: PushResult): void {
+    if (result.snapshotDeferred)
+      this.log.warn({ database, remote, reason: result.snapshotDeferred }, "push wrote no snapshot");
+  }
+
   private async hasUnpushed(database: string, remote: string): Promise<boolean> {
     const { rows } = await this.pool(database).query<{ head: string | null; tags: boolean }>(
       `SELECT (SELECT hash FROM strata.commits ORDER BY seq DESC LIMIT 1) AS head,

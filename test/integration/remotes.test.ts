@@ -464,6 +464,76 @@ test("a replica's first push after its snapshot tables changed shape: the clone 
   }
 });
 
+test("a replica pushing while it replicates: the snapshot holds exactly the commit the clone's head names", async () => {
+  const upstream = await startPrimary();
+  try {
+    await upstream.query("CREATE TABLE ticks (id int PRIMARY KEY, v int)");
+    await upstream.query("CREATE TABLE tick_log (at int, what text)"); // no key
+    await upstream.query("INSERT INTO ticks SELECT g, g FROM generate_series(1, 100) g");
+    const versioned = await startStrata({ primary: upstream, env: { STRATA_SNAPSHOT_MIN_BYTES: "1" } });
+    // Commits keep arriving while the push runs: one upstream transaction at a time.
+    const writer = await upstream.connect();
+    let writing = true;
+    let written = 0;
+    const load = (async () => {
+      while (writing) {
+        written++;
+        await writer.query(
+          `BEGIN; INSERT INTO ticks VALUES (${100 + written}, ${written}); UPDATE ticks SET v = v + 1 WHERE id = ${1 + (written % 100)};
+           INSERT INTO tick_log VALUES (${written}, 'tick'); COMMIT`,
+        );
+      }
+    })();
+    const replicated = async () =>
+      Number((await versioned.query<{ n: string }>("SELECT count(*)::text AS n FROM tick_log"))[0].n);
+    const hold = await connectTo(versioned);
+    try {
+      await waitFor("replication under way", async () => ((await replicated()) >= 20 ? true : undefined));
+      const url = `file://${remoteDir}/busy`;
+      await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
+      // Hold the push between choosing what to push and reading it, while commits go on: it makes
+      // the database's identity durable in between (push.ts, flushVisibleCommits).
+      await rowsOf(hold, "BEGIN; LOCK TABLE strata.database_identity IN SHARE ROW EXCLUSIVE MODE");
+      const push = versioned.query("select dolt_push('origin', 'main')");
+      push.catch(() => {});
+      await waitFor("the push waiting", async () => {
+        const [{ n }] = await rowsOf(
+          hold,
+          "SELECT count(*)::int AS n FROM pg_locks WHERE relation = 'strata.database_identity'::regclass AND NOT granted",
+        );
+        return n > 0 ? true : undefined;
+      });
+      const before = await replicated();
+      await waitFor("more commits", async () => ((await replicated()) >= before + 20 ? true : undefined));
+      await rowsOf(hold, "COMMIT");
+      await push;
+
+      const r = await connectTo(replica);
+      await rowsOf(r, `select dolt_clone('${url}', 'busy')`);
+      assert.match(replica.logs, /"database":"busy".*"from_snapshot":[1-9]/);
+      const c = await connectTo(replica, "busy");
+      const [{ head }] = await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS head");
+      for (const [table, order] of [
+        ["ticks", "id"],
+        ["tick_log", "at"],
+      ])
+        assert.deepEqual(
+          await rowsOf(c, `SELECT * FROM ${table} ORDER BY ${order}`),
+          await versioned.query(`SELECT * FROM ${table} AS OF '${head}' ORDER BY ${order}`),
+          `${table} equals the replica's as of the clone's head`,
+        );
+    } finally {
+      writing = false;
+      await load.catch(() => {});
+      await writer.end();
+      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
+      await versioned.stop();
+    }
+  } finally {
+    await upstream.stop();
+  }
+});
+
 test("a push killed midway leaves the remote consistent, and the next push completes", async () => {
   // The pusher's own temporary directory: its pack files are told apart from any other process's.
   const scratch = tempDir("strata-push-tmp-");
@@ -526,17 +596,15 @@ test("a push killed midway leaves the remote consistent, and the next push compl
  * it; both end with the body.
  */
 async function withSnapshottingPusher(
-  body: (run: (sql: string) => Promise<pg.QueryResultRow[]>) => Promise<void>,
+  body: (run: (sql: string) => Promise<pg.QueryResultRow[]>, pusher: StrataProcess) => Promise<void>,
+  env: Record<string, string> = {},
 ) {
-  process.env.STRATA_SNAPSHOT_MIN_BYTES = "1";
-  const pusher = await startStandaloneStrata().finally(() => {
-    delete process.env.STRATA_SNAPSHOT_MIN_BYTES;
-  });
+  const pusher = await startStandaloneStrata({ env: { STRATA_SNAPSHOT_MIN_BYTES: "1", ...env } });
   try {
     const p = new pg.Client(pusher.connectionConfig());
     await p.connect();
     try {
-      await body(async (sql) => (await p.query(sql)).rows);
+      await body(async (sql) => (await p.query(sql)).rows, pusher);
     } finally {
       await p.end();
     }
@@ -643,4 +711,64 @@ test("a push while a schema change is uncommitted writes no snapshot of it", asy
     );
     assert.deepEqual(await rowsOf(c, columns), await run(columns));
   });
+});
+
+test("a TRUNCATE that commits while a push writes its snapshot: the snapshot still holds the pushed head's rows", async () => {
+  await withSnapshottingPusher(async (run, pusher) => {
+    const url = `file://${remoteDir}/truncated`;
+    await run(`select dolt_remote('add', 'origin', '${url}')`);
+    await run("create table t (id int primary key, v text)");
+    await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
+    await run("select dolt_commit('-Am', 'c1')");
+    // TRUNCATE is not MVCC-safe: a snapshot of the store taken before it commits sees the table empty.
+    const other = await connectTo(pusher);
+    await rowsOf(other, "BEGIN; TRUNCATE t");
+    const push = run("select dolt_push('origin', 'main')");
+    push.catch(() => {});
+    await waitFor("the push waiting for the table", async () => {
+      const [{ n }] = await pusher.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_locks WHERE relation = 't'::regclass AND NOT granted",
+      );
+      return n > 0 ? true : undefined;
+    });
+    await rowsOf(other, "COMMIT");
+    await push;
+    const r = await connectTo(replica);
+    await rowsOf(r, `select dolt_clone('${url}', 'truncated')`);
+    assert.match(replica.logs, /"database":"truncated".*"from_snapshot":[1-9]/);
+    const c = await connectTo(replica, "truncated");
+    const [{ head }] = await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS head");
+    const expected = await run(`SELECT * FROM t AS OF '${head}' ORDER BY id`);
+    assert.equal(expected.length, 20);
+    assert.deepEqual(await rowsOf(c, "SELECT * FROM t ORDER BY id"), expected);
+  });
+});
+
+test("a push that cannot lock a table for its snapshot in time pushes without one", async () => {
+  await withSnapshottingPusher(
+    async (run, pusher) => {
+      const url = `file://${remoteDir}/unlockable`;
+      await run(`select dolt_remote('add', 'origin', '${url}')`);
+      await run("create table t (id int primary key, v text)");
+      await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
+      await run("select dolt_commit('-Am', 'c1')");
+      const other = await connectTo(pusher);
+      await rowsOf(other, "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE");
+      await run("select dolt_push('origin', 'main')");
+      await rowsOf(other, "ROLLBACK");
+      assert.match(
+        pusher.logs,
+        /"reason":"the tables could not be locked for a snapshot \(canceling statement due to lock timeout\)[^"]*".*"msg":"push wrote no snapshot"/,
+      );
+      const r = await connectTo(replica);
+      await rowsOf(r, `select dolt_clone('${url}', 'unlockable')`);
+      assert.match(replica.logs, /"database":"unlockable".*"from_snapshot":0/);
+      const c = await connectTo(replica, "unlockable");
+      assert.deepEqual(
+        await rowsOf(c, "SELECT * FROM t ORDER BY id"),
+        await run("SELECT * FROM t ORDER BY id"),
+      );
+    },
+    { STRATA_SNAPSHOT_LOCK_TIMEOUT: "200ms" },
+  );
 });

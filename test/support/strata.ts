@@ -29,6 +29,8 @@ export interface StrataOptions {
   dataDir?: string;
   config?: Record<string, unknown>;
   replication?: Record<string, unknown>;
+  /** Environment variables added to Strata's. */
+  env?: Record<string, string>;
 }
 
 export class StrataProcess {
@@ -225,7 +227,9 @@ export async function createStrata(options: StrataOptions): Promise<StrataProces
     },
     ...options.config,
   };
-  return new StrataProcess(dataDir, port, config);
+  const strata = new StrataProcess(dataDir, port, config);
+  strata.env = options.env ?? {};
+  return strata;
 }
 
 export interface StandaloneStrataOptions {
