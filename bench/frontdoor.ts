@@ -9,7 +9,8 @@
 // see USAGE); an option given on the command line wins.
 //
 // 1. pgbench -S (select-only) against one standalone Strata: through its front door (the
-//    listener's TCP port), directly against its store (the unix socket in the data dir:
+//    listener's TCP port, and its Unix socket, listener.unix_socket_directory), directly against
+//    its store (the unix socket in the data dir:
 //    clusterPaths(<data_dir>/store).socketDir), and through a plain Node TCP→socket pipe (the
 //    floor of any one-hop proxy in Node); same data (pgbench -i -s N into a plain database made
 //    on the store directly), same clients, threads and duration, per query mode (-M prepared,
@@ -192,7 +193,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // ---------------------------------------------------------------------------------------------
 // 1. pgbench -S through the front door vs directly against the store
 
-type Via = "store" | "front door" | "tcp pipe";
+type Via = "store" | "front door" | "front door (unix)" | "tcp pipe";
 
 interface PgbenchRun {
   run: number;
@@ -226,7 +227,9 @@ async function pgbenchPart(): Promise<PgbenchResult> {
   let pipe: TcpPipe | undefined;
   try {
     progress("starting a standalone Strata (front door over its managed store)");
+    const socketDir = tempDir("strata-bench-sock-");
     strata = await createStandaloneStrata({
+      listener: { unix_socket_directory: socketDir },
       config: { log_level: "info", store: { settings: { fsync: false } } },
     });
     tracked(strata);
@@ -242,13 +245,14 @@ async function pgbenchPart(): Promise<PgbenchResult> {
     const targets: [Via, PgbenchTarget][] = [
       ["store", store],
       ["front door", front],
+      ["front door (unix)", { ...front, host: socketDir }],
     ];
     if (opts.pipe) {
       pipe = await startTcpPipe({ path: join(store.host, ".s.PGSQL.5432") });
       targets.push(["tcp pipe", { ...store, host: pipe.host, port: pipe.port }]);
     }
     progress(
-      `store socket: ${store.host}; front door: ${front.host}:${front.port}` +
+      `store socket: ${store.host}; front door: ${front.host}:${front.port} and ${socketDir}` +
         (pipe ? `; tcp pipe (baseline, in this process): ${pipe.host}:${pipe.port}` : ""),
     );
     progress(`pgbench -i -s ${opts.scale} (server-side generation, into the store directly)`);
@@ -778,7 +782,7 @@ interface PgbenchSummaryRow {
 function pgbenchSummaries(r: PgbenchResult): PgbenchSummaryRow[] {
   const out: PgbenchSummaryRow[] = [];
   for (const mode of opts.modes)
-    for (const via of ["store", "front door", "tcp pipe"] as const) {
+    for (const via of ["store", "front door", "front door (unix)", "tcp pipe"] as const) {
       const runs = r.runs.filter((x) => x.mode === mode && x.via === via);
       if (runs.length === 0) continue;
       const tx = runs.reduce((a, x) => a + x.transactions, 0);
@@ -790,7 +794,7 @@ function pgbenchSummaries(r: PgbenchResult): PgbenchSummaryRow[] {
         tps: summarize(runs.map((x) => x.tps)),
         latencyMs: summarize(runs.map((x) => x.latencyAverageMs)),
         proxyCpuUsPerTx:
-          via === "front door"
+          via === "front door" || via === "front door (unix)"
             ? cpu((x) => x.strataCpuSeconds)
             : via === "tcp pipe"
               ? cpu((x) => x.benchCpuSeconds)
@@ -827,8 +831,8 @@ function render(pgbench: PgbenchResult | undefined, history: HistoryResult | und
           "tps",
           x.via === "store" ? "-" : `${fixed(ratio, 2)}x`,
           cpu,
-          x.via === "front door" ? `overhead ≤ ${TARGETS.frontDoorOverheadPct}%` : "-",
-          x.via === "front door"
+          x.via.startsWith("front door") ? `overhead ≤ ${TARGETS.frontDoorOverheadPct}%` : "-",
+          x.via.startsWith("front door")
             ? `${overhead <= TARGETS.frontDoorOverheadPct ? "yes" : "NO"} (${fixed(overhead, 1)}% fewer TPS)`
             : "-",
         ]);
@@ -916,7 +920,7 @@ async function main() {
   if (pgbench)
     lines.push(
       `pgbench: select-only (-S), scale ${opts.scale}, -c ${opts.clients} -j ${opts.threads}, ${opts.runs} runs × ${opts.duration} s per target and mode, targets alternating; ` +
-        `store = its unix socket; front door = Strata's listener (TCP)${opts.pipe ? "; tcp pipe = a plain Node TCP→socket byte pipe (baseline for any one-hop proxy)" : ""}; ` +
+        `store = its unix socket; front door = Strata's listener over TCP, front door (unix) = the same over its Unix socket (listener.unix_socket_directory)${opts.pipe ? "; tcp pipe = a plain Node TCP→socket byte pipe (baseline for any one-hop proxy)" : ""}; ` +
         "cpu: the proxy's process (strata, or the pipe's) and the store's, per transaction",
     );
   if (history)

@@ -78,6 +78,7 @@ export async function startServer(
       {
         host: listener.address.host,
         port: listener.address.port,
+        ...(listener.address.socket ? { socket: listener.address.socket } : {}),
         database,
         data_dir: dataDir,
         ...(cluster ? { cluster_role: cluster.role, cluster_epoch: cluster.epoch } : {}),

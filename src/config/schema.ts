@@ -357,6 +357,11 @@ export const configSchema = z.object({
         .int({ error: "listener.max_connections must be a whole number of connections (1 or more)" })
         .min(1, { error: "listener.max_connections must be a whole number of connections (1 or more)" })
         .default(100),
+      /** Also listen on the Unix socket <dir>/.s.PGSQL.<port> (psql -h <dir> -p <port>). */
+      unix_socket_directory: z
+        .string({ error: "listener.unix_socket_directory must be the path of a directory, e.g. /run/strata" })
+        .min(1, { error: "listener.unix_socket_directory must be the path of a directory, e.g. /run/strata" })
+        .optional(),
     })
     .superRefine((listener, ctx) => {
       requireBoth(ctx, listener, "listener", ["tls_key", "tls_cert"], "TLS takes");

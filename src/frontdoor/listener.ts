@@ -1,4 +1,5 @@
-// The front door: accepts Postgres clients on listener.host:listener.port and proxies each one to
+// The front door: accepts Postgres clients on listener.host:listener.port (and, when configured, on
+// the Unix socket <listener.unix_socket_directory>/.s.PGSQL.<port>) and proxies each one to
 // the store, speaking the wire protocol rather than copying bytes, so that Strata can see (and,
 // through a QueryRewriter, replace) the SQL of each Query and Parse, and knows each session's
 // database, user, backend pid and transaction state.
@@ -9,7 +10,9 @@
 //
 // The store authenticates (the client's password goes to it untouched) and keeps its own cancel
 // keys: a CancelRequest is forwarded as it came, on a connection of its own.
+import { chmod, lstat, stat, unlink } from "node:fs/promises";
 import { createConnection, createServer, type OnReadOpts, type Server, type Socket } from "node:net";
+import { dirname, join, resolve } from "node:path";
 import type { SecureContext } from "node:tls";
 import type { Logger } from "../log.ts";
 import type { StoreEndpoint } from "../store/store.ts";
@@ -30,10 +33,13 @@ export interface ListenerOptions {
   require_secure_transport?: boolean;
   /** Sessions served at once; more get FATAL 53300. */
   max_connections?: number;
+  /** Also listen on <dir>/.s.PGSQL.<port>, where libpq looks for `host=<dir> port=<port>`. */
+  unix_socket_directory?: string;
 }
 
 export interface Listener {
-  address: { host: string; port: number };
+  /** Where clients connect: TCP, and the Unix socket's path when there is one. */
+  address: { host: string; port: number; socket?: string };
   /** The sessions being served (past their StartupMessage), oldest first. */
   sessions(): SessionInfo[];
   /** Stop accepting, end every connection. */
@@ -73,7 +79,7 @@ export async function startListener(
     socket.once("close", () => sockets.delete(socket));
   };
 
-  const accept = async (client: Socket) => {
+  const accept = async (client: Socket, local: boolean) => {
     track(client);
     const outcome = await negotiateStartup(client, tlsContext, log);
     if (outcome.kind === "closed") return;
@@ -83,7 +89,9 @@ export async function startListener(
     }
     const { socket, tls, packet, rest } = outcome;
     if (socket !== client) track(socket);
-    if (requireTls && !tls) {
+    // As Postgres's `local` lines: a Unix socket does not leave the machine, and libpq never asks
+    // for TLS over one.
+    if (requireTls && !tls && !local) {
       log.info({ remote: client.remoteAddress }, "front door: refused a client without TLS");
       refuse(socket, {
         code: "28000",
@@ -131,12 +139,13 @@ export async function startListener(
     );
   };
 
-  const server: Server = createServer({ noDelay: true, keepAlive: true }, (client) => {
-    accept(client).catch((err) => {
+  const serve = (local: boolean) => (client: Socket) => {
+    accept(client, local).catch((err) => {
       log.error({ err: (err as Error).message }, "front door: failed to serve a connection");
       client.destroy();
     });
-  });
+  };
+  const server: Server = createServer({ noDelay: true, keepAlive: true }, serve(false));
   await new Promise<void>((resolveListen, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => {
       const hint =
@@ -151,17 +160,97 @@ export async function startListener(
   });
   server.on("error", (err) => log.error({ err: err.message }, "front door: listener error"));
   const address = server.address();
-  const bound =
+  const bound: Listener["address"] =
     typeof address === "object" && address ? { host: address.address, port: address.port } : { host, port };
+  const servers = [server];
+  if (options.unix_socket_directory) {
+    const local = createServer(serve(true));
+    const path = join(resolve(options.unix_socket_directory), `.s.PGSQL.${bound.port}`);
+    try {
+      await listenOnSocketFile(local, path);
+    } catch (err) {
+      server.close();
+      throw err;
+    }
+    local.on("error", (err) => log.error({ err: err.message }, "front door: Unix socket listener error"));
+    servers.push(local);
+    bound.socket = path;
+  }
   return {
     address: bound,
     sessions: () => [...sessions.values()],
-    close: () =>
-      new Promise<void>((resolveClose) => {
-        server.close(() => resolveClose());
-        for (const socket of sockets) socket.destroy();
-      }),
+    close: async () => {
+      // Closing a Unix-socket server removes its socket file.
+      const closed = servers.map((s) => new Promise<void>((resolveClose) => s.close(() => resolveClose())));
+      for (const socket of sockets) socket.destroy();
+      await Promise.all(closed);
+    },
   };
+}
+
+/** sockaddr_un's sun_path holds 108 bytes, the terminating NUL included. */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Listen on the socket file `path`. A socket file that nothing answers on is what a killed server
+ * leaves behind: it is replaced. One that answers belongs to a running server: that is an error,
+ * as is any other kind of file there.
+ */
+async function listenOnSocketFile(server: Server, path: string): Promise<void> {
+  const where = `listener.unix_socket_directory: cannot listen on ${path}`;
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES)
+    throw new Error(
+      `${where}: the path is ${Buffer.byteLength(path)} bytes long and a Unix socket's may be at most ${MAX_SOCKET_PATH_BYTES}; choose a shorter directory`,
+    );
+  // libuv reports a missing directory as EACCES: look first.
+  const directory = await stat(dirname(path)).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") throw new Error(`${where}: the directory does not exist: create it`);
+    throw new Error(`${where}: ${err.code ?? err.message}`);
+  });
+  if (!directory.isDirectory()) throw new Error(`${where}: ${dirname(path)} is not a directory`);
+  const existing = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return null;
+    throw new Error(`${where}: ${err.code ?? err.message}`);
+  });
+  if (existing && !existing.isSocket())
+    throw new Error(
+      `${where}: a file that is not a socket is in the way; move it, or choose another directory`,
+    );
+  if (existing) {
+    if (await socketAnswers(path))
+      throw new Error(
+        `${where}: another server already listens there: stop it, or set listener.port or listener.unix_socket_directory to another`,
+      );
+    await unlink(path);
+  }
+  await new Promise<void>((resolveListen, reject) => {
+    server.once("error", (err: NodeJS.ErrnoException) => {
+      const hint =
+        err.code === "EACCES"
+          ? "; Strata may not create files there: choose a directory it can write to"
+          : "";
+      reject(new Error(`${where}: ${err.code ?? err.message}${hint}`));
+    });
+    server.listen(path, () => resolveListen());
+  });
+  // Who may connect is the store's business (it authenticates every session), as with
+  // Postgres's default unix_socket_permissions.
+  await chmod(path, 0o777);
+}
+
+/** Whether a server accepts connections on the socket file `path` (within a second). */
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolveAnswer) => {
+    const probe = createConnection({ path });
+    const done = (answers: boolean) => {
+      probe.destroy();
+      resolveAnswer(answers);
+    };
+    probe.once("connect", () => done(true));
+    probe.once("error", () => done(false));
+    // A server too busy to accept within a second is still a server.
+    probe.setTimeout(1_000, () => done(true));
+  });
 }
 
 function tlsContextFor(options: ListenerOptions): SecureContext | undefined {

@@ -4,10 +4,10 @@
 // the same store, for the options (no TLS, require_secure_transport, max_connections), the
 // session registry and the rewriter hook.
 import assert from "node:assert/strict";
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { execFile, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { once } from "node:events";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { connect as connectTcp, type Socket } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -21,7 +21,7 @@ import { decodeErrorFields } from "../../src/frontdoor/wire.ts";
 import { createLogger } from "../../src/log.ts";
 import { startServer } from "../../src/server.ts";
 import { onProcessExit } from "../support/cleanup.ts";
-import { TEST_PASSWORD, TEST_USER, tempDir, waitFor } from "../support/postgres.ts";
+import { freePort, TEST_PASSWORD, TEST_USER, tempDir, waitFor } from "../support/postgres.ts";
 import { createStandaloneStrata, type StrataProcess, startStandaloneStrata } from "../support/strata.ts";
 import { selfSignedCertificate } from "../support/tls.ts";
 
@@ -29,11 +29,15 @@ const log = createLogger("fatal");
 let strata: StrataProcess;
 let tlsKey: string;
 let tlsCert: string;
+let socketDir: string;
 const listeners: Listener[] = [];
 
 before(async () => {
   ({ key: tlsKey, cert: tlsCert } = selfSignedCertificate());
-  strata = await startStandaloneStrata({ listener: { tls_key: tlsKey, tls_cert: tlsCert } });
+  socketDir = tempDir("strata-sock-");
+  strata = await startStandaloneStrata({
+    listener: { tls_key: tlsKey, tls_cert: tlsCert, unix_socket_directory: socketDir },
+  });
 });
 
 after(async () => {
@@ -156,6 +160,18 @@ test("psql works through the front door, in clear and over TLS", async () => {
   ]);
   assert.equal(script.code, 0, script.stderr);
   assert.match(script.stdout, /^100\|v99$/m);
+  // listener.unix_socket_directory: the same front door (its history surface too) by directory.
+  assert.match(
+    strata.logs,
+    new RegExp(`"socket":"${socketDir}/\\.s\\.PGSQL\\.${strata.port}".*strata is ready`),
+  );
+  const local = await psql(`host=${socketDir} port=${strata.port} user=${TEST_USER} dbname=postgres`, [
+    "-At",
+    "-c",
+    "SELECT table_name, status FROM dolt_status WHERE table_name = 'psql_t'",
+  ]);
+  assert.equal(local.code, 0, local.stderr);
+  assert.equal(local.stdout.trim(), "psql_t|new table");
 });
 
 test("node-postgres: simple and extended protocol, prepared statements, binary results, errors", async () => {
@@ -440,6 +456,81 @@ test("require_secure_transport refuses a clear-text client with 28000 and the wa
   assert.equal(secure.code, 0, secure.stderr);
   assert.equal(secure.stdout.trim(), "ok");
   assert.deepEqual(listener.sessions(), []);
+});
+
+test("a Unix socket listener: clients connect by directory and port, without TLS; its file is managed", async () => {
+  const dir = tempDir("strata-sock-");
+  // TLS required: over TCP only, as with Postgres's `local` lines.
+  const listener = await ownListener({
+    tls_key: tlsKey,
+    tls_cert: tlsCert,
+    require_secure_transport: true,
+    unix_socket_directory: dir,
+  });
+  const { port, socket } = listener.address;
+  assert.equal(socket, join(dir, `.s.PGSQL.${port}`));
+  assert.equal(statSync(socket).mode & 0o777, 0o777);
+  const local = await connect(port, { host: dir });
+  try {
+    const { rows } = await local.query("SELECT current_database() AS db, $1::int + 1 AS n", [41]);
+    assert.deepEqual(rows, [{ db: "postgres", n: 42 }]);
+  } finally {
+    await local.end();
+  }
+  const viaPsql = await psql(`host=${dir} port=${port} user=${TEST_USER} dbname=postgres`, [
+    "-At",
+    "-c",
+    "SELECT 'local'",
+  ]);
+  assert.equal(viaPsql.code, 0, viaPsql.stderr);
+  assert.equal(viaPsql.stdout.trim(), "local");
+  await assert.rejects(connect(port), (err: pg.DatabaseError) => err.code === "28000");
+
+  // Another server on the same socket (a second address, same port) is refused, naming it.
+  await assert.rejects(
+    ownListener({ host: "127.0.0.2", port, unix_socket_directory: dir }),
+    /listener\.unix_socket_directory: cannot listen on .*\.s\.PGSQL\.\d+: another server already listens there/,
+  );
+  await listener.close();
+  assert.equal(existsSync(socket), false, "closing removes the socket file");
+
+  // A socket file a killed server left is replaced.
+  const stalePort = await freePort();
+  const stale = join(dir, `.s.PGSQL.${stalePort}`);
+  const killed = spawnSync(process.execPath, [
+    "-e",
+    `require("node:net").createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, "SIGKILL"))`,
+  ]);
+  assert.equal(killed.signal, "SIGKILL");
+  assert.ok(statSync(stale).isSocket());
+  await ownListener({ port: stalePort, unix_socket_directory: dir });
+  await (await connect(stalePort, { host: dir })).end();
+
+  // What is in the way, or missing, is named.
+  const blockedPort = await freePort();
+  writeFileSync(join(dir, `.s.PGSQL.${blockedPort}`), "not a socket");
+  await assert.rejects(
+    ownListener({ port: blockedPort, unix_socket_directory: dir }),
+    /cannot listen on .*: a file that is not a socket is in the way; move it, or choose another directory/,
+  );
+  await assert.rejects(
+    startListener(
+      { host: "127.0.0.1", port: 0, unix_socket_directory: join(dir, "missing") },
+      strata.storeEndpoint(),
+      undefined,
+      log,
+    ),
+    /listener\.unix_socket_directory: cannot listen on .*missing\/\.s\.PGSQL\.\d+: the directory does not exist: create it/,
+  );
+  await assert.rejects(
+    startListener(
+      { host: "127.0.0.1", port: 0, unix_socket_directory: `/tmp/${"d".repeat(120)}` },
+      strata.storeEndpoint(),
+      undefined,
+      log,
+    ),
+    /bytes long and a Unix socket's may be at most 107; choose a shorter directory/,
+  );
 });
 
 test("a store that cannot be reached is a FATAL 08006 for the client, not a hang", async () => {

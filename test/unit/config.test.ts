@@ -80,6 +80,20 @@ test("listener: TLS, secure transport and connection limit default off, off and 
   assert.equal(tls.config.listener.max_connections, 5);
 });
 
+test("listener: the Unix socket is off by default; an empty or non-string directory is an error naming the key", () => {
+  assert.equal(validateConfig({}, "config.yaml").config.listener.unix_socket_directory, undefined);
+  assert.equal(
+    validateConfig({ listener: { unix_socket_directory: "/run/strata" } }, "config.yaml").config.listener
+      .unix_socket_directory,
+    "/run/strata",
+  );
+  for (const bad of ["", 5])
+    assert.throws(
+      () => validateConfig({ listener: { unix_socket_directory: bad } }, "config.yaml"),
+      /listener\.unix_socket_directory must be the path of a directory, e\.g\. \/run\/strata/,
+    );
+});
+
 test("listener: a TLS key without its certificate (or the reverse) is an error naming the missing key", () => {
   assert.throws(
     () => validateConfig({ listener: { tls_key: "k.pem" } }, "config.yaml"),
