@@ -170,6 +170,7 @@ export async function startListener(
       await listenOnSocketFile(local, path);
     } catch (err) {
       server.close();
+      local.close(); // listening already, when only the chmod failed
       throw err;
     }
     local.on("error", (err) => log.error({ err: err.message }, "front door: Unix socket listener error"));
