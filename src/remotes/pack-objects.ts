@@ -1,6 +1,7 @@
 // Reading and writing the objects a remote holds — packs (commits) and snapshots (every table as
 // of one commit) — as gzip streams of frames (pack-frames.ts), and the errors remote operations
 // raise. What the sections say is push.ts's and pull.ts's business.
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream";
@@ -61,11 +62,20 @@ export class ObjectWriter {
   private readonly closed: Promise<unknown>;
   /** Data bytes written (before compression), for the snapshot rule. */
   dataBytes = 0;
+  private readonly hash = createHash("sha256");
+  private digest: string | undefined;
 
   constructor(readonly file: string) {
     const out = createWriteStream(file);
     this.closed = once(out, "close");
+    this.gzip.on("data", (chunk: Buffer) => this.hash.update(chunk));
     this.gzip.pipe(out);
+  }
+
+  /** The object's address in a remote, the SHA-256 of its file's bytes (after finish()). */
+  get address(): string {
+    this.digest ??= this.hash.digest("hex");
+    return this.digest;
   }
 
   async write(bytes: Buffer): Promise<void> {

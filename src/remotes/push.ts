@@ -135,13 +135,13 @@ export async function pushBranch(opts: {
     const previous = base ? await readPackHeader(storage, base.pack) : undefined;
     const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
     try {
-      const written = await writeObjects(client, storage, dir, {
-        branch,
-        base,
-        baseSeq,
-        headSeq: BigInt(head.seq),
-        previous,
-      });
+      const written = await writeObjects(
+        client,
+        storage,
+        dir,
+        { branch, base, baseSeq, headSeq: BigInt(head.seq), previous },
+        { snapshots: true },
+      );
       const address = await storage.putObjectFile(written.pack);
       const bytes = (await stat(written.pack)).size;
       const next = { commit: written.head, pack: address };
@@ -192,13 +192,20 @@ export async function pushCommitsAfter(opts: {
     throw new RemoteOperationError(`commit ${opts.base} is not in this branch's history`, "55000");
   const dir = await mkdtemp(join(tmpdir(), "strata-pack-"));
   try {
-    const written = await writeObjects(client, storage, dir, {
-      branch,
-      base: { commit: opts.base, pack: "0".repeat(64) },
-      baseSeq: BigInt(found.base_seq),
-      headSeq: BigInt(found.head_seq),
-      previous: undefined,
-    });
+    // A merge's pull applies commits; only a clone loads snapshots.
+    const written = await writeObjects(
+      client,
+      storage,
+      dir,
+      {
+        branch,
+        base: { commit: opts.base, pack: "0".repeat(64) },
+        baseSeq: BigInt(found.base_seq),
+        headSeq: BigInt(found.head_seq),
+        previous: undefined,
+      },
+      { snapshots: false },
+    );
     const pack = await storage.putObjectFile(written.pack);
     await storage.compareAndSwapRef(`heads/${branch}`, null, { commit: written.head, pack });
     return { head: written.head, commits: written.commits };
@@ -230,157 +237,222 @@ interface PushRange {
   previous: PackHeader | undefined;
 }
 
-/** How long a push waits for a table a schema change holds before it writes no snapshot this time. */
-const SNAPSHOT_LOCK_TIMEOUT = process.env.STRATA_SNAPSHOT_LOCK_TIMEOUT ?? "10s";
+/** How long a push waits for a table another transaction holds (a schema change, a TRUNCATE). */
+const TABLE_LOCK_TIMEOUT = process.env.STRATA_SNAPSHOT_LOCK_TIMEOUT ?? "10s";
 
 interface WrittenObjects {
   pack: string;
   commits: number;
-  /** The commit pushed: the range's head, or a later one that committed before the objects were read. */
+  /** The commit pushed: the range's head, or, with a snapshot, the latest commit when it was read. */
   head: string;
   /** Why no snapshot was written although one was due (a later push writes it). */
   snapshotDeferred?: string;
 }
 
-/** The user's tables a snapshot holds, by the names LOCK TABLE takes (schema-qualified). */
+/** The user's tables (what a snapshot holds), with `c` their pg_class row: FROM ... WHERE ... */
 const USER_TABLES = `FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
         AND n.nspname NOT IN ('strata', 'dolt', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%'`;
 
-interface LockedTables {
-  names: string[];
-  /** Their oids, ascending: compared with the tables the snapshot of the store holds. */
-  oids: string;
-}
-
-async function userTablesToLock(client: pg.Client): Promise<LockedTables> {
-  const { rows } = await client.query<{ names: string[] | null; oids: string }>(
-    `SELECT array_agg(quote_ident(n.nspname) || '.' || quote_ident(c.relname)) AS names,
-            coalesce(array_agg(c.oid ORDER BY c.oid), '{}')::text AS oids ${USER_TABLES}`,
+/** The user's tables by the names LOCK TABLE takes: schema-qualified, quoted. */
+async function userTableNames(client: pg.Client): Promise<string[]> {
+  const { rows } = await client.query<{ name: string }>(
+    `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name ${USER_TABLES}`,
   );
-  return { names: rows[0].names ?? [], oids: rows[0].oids };
+  return rows.map((r) => r.name);
 }
 
-/** The tables moved (made, dropped, renamed) between being listed and being locked. */
-class TablesMoved extends Error {}
+/** The user's tables could not all be locked before the snapshot of the store was taken. */
+class TablesNotLocked extends Error {
+  constructor(
+    message: string,
+    /** They moved (made, dropped, renamed) since they were listed: list them again. */
+    readonly moved: boolean,
+  ) {
+    super(message);
+  }
+}
 
 /**
- * Write commits (baseSeq, head] as a pack in `dir` — and, when one is due, a snapshot of the
- * tables as of head, stored in the remote first so that the pack can name it — from one snapshot
- * of the store. The head is the latest commit in that snapshot: on a replica (or with other
- * sessions committing) it can be past range.headSeq, and the tables read are as of it.
+ * Write commits (baseSeq, head] as a pack in `dir`, and, when one is due, a snapshot of the tables
+ * as of head, which the pack names; both from one snapshot of the store. The snapshot object is
+ * stored in the remote once that transaction has ended.
+ *
+ * What reads the tables themselves (a snapshot, and the rows of a commit that copied a table
+ * whole, strata.rows_as_of) needs them to be as history says at the commit read. So:
+ * - the tables are locked (ACCESS SHARE) before the snapshot of the store is taken. A TRUNCATE or
+ *   a table-rewriting ALTER that commits after it would otherwise show the table emptied or
+ *   rewritten under it: neither is MVCC-safe. One that comes meanwhile waits for the push.
+ * - a snapshot is of the latest commit in the snapshot of the store: on a replica (or with other
+ *   sessions committing) that can be past range.headSeq, and the push goes up to it.
  */
 async function writeObjects(
   client: pg.Client,
   storage: RemoteStorage,
   dir: string,
   range: PushRange,
+  options: { snapshots: boolean },
 ): Promise<WrittenObjects> {
   // Outside the transaction: the commits in (baseSeq, headSeq] made durable, and the database's
   // identity there for every writer (strata.table_id).
   await flushVisibleCommits(client);
-  // History is append-only: the bytes up to range.headSeq are counted outside the transaction.
-  const bytesBefore = await historyBytes(client, range.baseSeq, range.headSeq);
+  // History is append-only: what is up to range.headSeq is read outside the transaction.
+  const { rows: before } = await client.query<{ bytes: string; bases: boolean }>(
+    `SELECT coalesce(sum(pg_column_size(c.*)), 0)::text AS bytes,
+            EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE commit_seq > $1 AND commit_seq <= $2) AS bases
+       FROM strata.changes c WHERE commit_seq > $1 AND commit_seq <= $2`,
+    [String(range.baseSeq), String(range.headSeq)],
+  );
+  const bytesBefore = Number(before[0].bytes);
   const previous = range.previous?.snapshot ?? null;
-  const snapshotDue = (bytes: number) => bytes >= Math.max(previous?.bytes ?? 0, SNAPSHOT_MIN_BYTES);
-  let locking = snapshotDue((range.previous?.bytes_since_snapshot ?? 0) + bytesBefore)
-    ? await userTablesToLock(client)
-    : null;
+  let snapshotDue =
+    options.snapshots &&
+    (range.previous?.bytes_since_snapshot ?? 0) + bytesBefore >=
+      Math.max(previous?.bytes ?? 0, SNAPSHOT_MIN_BYTES);
+  const readsTables = () => snapshotDue || before[0].bases;
+  let locking = readsTables() ? await userTableNames(client) : null;
   let deferred: string | undefined;
   for (let attempt = 1; ; attempt++) {
     try {
-      const written = await writeObjectsInSnapshot(client, storage, dir, range, bytesBefore, locking);
-      // Commits after range.headSeq were not made durable above: the pack must not get ahead of
+      const written = await writeObjectsInSnapshot(client, dir, range, bytesBefore, locking, snapshotDue);
+      if (written.snapshot) {
+        const address = await storage.putObjectFile(written.snapshot.file);
+        if (address !== written.snapshot.address)
+          throw new Error(`the remote stored the snapshot as ${address}, not ${written.snapshot.address}`);
+      }
+      // Commits after range.headSeq were not made durable above: the remote must not get ahead of
       // what a crash of this store keeps.
       if (written.headSeq > range.headSeq) await flushVisibleCommits(client);
-      return { pack: written.pack, commits: written.commits, head: written.head, snapshotDeferred: deferred };
+      return {
+        pack: written.pack,
+        commits: written.commits,
+        head: written.head,
+        snapshotDeferred: deferred ?? written.snapshotDeferred,
+      };
     } catch (err) {
-      if (!locking) throw err;
-      const code = (err as { code?: string }).code;
-      if ((err instanceof TablesMoved || code === "42P01") && attempt < 3) {
-        locking = await userTablesToLock(client);
+      if (!(err instanceof TablesNotLocked)) throw err;
+      if (err.moved && attempt < 3) {
+        locking = await userTableNames(client);
         continue;
       }
-      // 55P03: a schema change held a table past the lock timeout; 40P01: this push was the one
-      // a deadlock with the applier's schema change ended. The pack goes without the snapshot.
-      if (err instanceof TablesMoved || code === "42P01" || code === "55P03" || code === "40P01") {
-        deferred = `the tables could not be locked for a snapshot (${(err as Error).message}): a later push writes it`;
-        locking = null;
-        continue;
-      }
-      throw err;
+      if (before[0].bases)
+        throw new RemoteOperationError(
+          `dolt_push: ${err.message}`,
+          "55P03",
+          "a commit to push copied a table whole, and its rows are read from the table: push again once the other transaction (a schema change, a TRUNCATE) has ended",
+        );
+      // Only the snapshot needed the locks: the pack goes without it.
+      deferred = `${err.message}: a later push writes it`;
+      snapshotDue = false;
+      locking = null;
     }
   }
 }
 
-async function historyBytes(client: pg.Client, after: bigint, upTo: bigint): Promise<number> {
-  const { rows } = await client.query<{ bytes: string }>(
-    "SELECT coalesce(sum(pg_column_size(c.*)), 0)::text AS bytes FROM strata.changes c WHERE commit_seq > $1 AND commit_seq <= $2",
-    [String(after), String(upTo)],
-  );
-  return Number(rows[0].bytes);
+/** Lock the tables, as the transaction's first statement (LOCK TABLE takes no snapshot). */
+async function lockTables(client: pg.Client, names: string[]): Promise<void> {
+  if (names.length === 0) return;
+  try {
+    await client.query(
+      `SET LOCAL lock_timeout = ${quoteLiteral(TABLE_LOCK_TIMEOUT)};
+       LOCK TABLE ${names.join(", ")} IN ACCESS SHARE MODE;
+       SET LOCAL lock_timeout TO DEFAULT`,
+    );
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    // 55P03: another transaction held a table past the timeout; 40P01: a deadlock ended this
+    // statement (the applier's statement can be the one ended instead: it retries its batch).
+    if (code === "55P03" || code === "40P01" || code === "42P01")
+      throw new TablesNotLocked(
+        `the tables could not be locked (${(err as Error).message})`,
+        code === "42P01",
+      );
+    throw err;
+  }
 }
 
-/**
- * writeObjects' transaction. With `locking`, the user's tables are locked (ACCESS SHARE) before
- * the snapshot of the store is taken: a schema change or TRUNCATE that commits after the snapshot
- * would otherwise show the snapshot a table rewritten or emptied under it (neither is MVCC-safe),
- * and its rows would not be the head's. One that comes while the snapshot is written waits for it.
- */
+interface InSnapshot {
+  pack: string;
+  commits: number;
+  head: string;
+  headSeq: bigint;
+  /** The snapshot object written, to be stored in the remote under its address. */
+  snapshot?: { file: string; address: string };
+  snapshotDeferred?: string;
+}
+
+/** writeObjects' transaction: everything read from one snapshot of the store. */
 async function writeObjectsInSnapshot(
   client: pg.Client,
-  storage: RemoteStorage,
   dir: string,
   range: PushRange,
   bytesBefore: number,
-  locking: LockedTables | null,
-): Promise<{ pack: string; commits: number; head: string; headSeq: bigint }> {
+  locking: string[] | null,
+  snapshotDue: boolean,
+): Promise<InSnapshot> {
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
   const writers: ObjectWriter[] = [];
   try {
-    // LOCK TABLE takes no snapshot: the first SELECT below does, after the locks are held.
-    if (locking && locking.names.length > 0)
-      await client.query(
-        `SET LOCAL lock_timeout = ${quoteLiteral(SNAPSHOT_LOCK_TIMEOUT)}; LOCK TABLE ${locking.names.join(", ")} IN ACCESS SHARE MODE`,
-      );
+    if (locking) await lockTables(client, locking);
     await client.query(
       "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL extra_float_digits = 3",
     );
+    // The first statement to take the snapshot of the store. pg_locks is not MVCC: it shows the
+    // locks held now, so every user table in the snapshot is checked to be locked already.
     const { rows: heads } = await client.query<{
       seq: string;
       hash: string;
-      oids: string;
+      range_hash: string;
+      unlocked: boolean;
       uncommitted: boolean;
+      joining: string[];
     }>(
-      `SELECT c.seq::text AS seq, c.hash, (SELECT coalesce(array_agg(c.oid ORDER BY c.oid), '{}')::text ${USER_TABLES}) AS oids,
-              EXISTS (SELECT 1 FROM strata.working_schema_changes) AS uncommitted
+      `SELECT c.seq::text AS seq, c.hash, (SELECT hash FROM strata.commits WHERE seq = $1) AS range_hash,
+              ${locking ? "" : "false AND "}EXISTS (SELECT 1 ${USER_TABLES}
+                AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'
+                                  AND l.relation = c.oid AND l.granted)) AS unlocked,
+              EXISTS (SELECT 1 FROM strata.working_schema_changes) AS uncommitted,
+              ARRAY(SELECT rel FROM strata.held_tables WHERE reason = 'joining' AND copied_lsn IS NOT NULL) AS joining
          FROM strata.commits c ORDER BY c.seq DESC LIMIT 1`,
+      [String(range.headSeq)],
     );
     const head = heads[0];
-    if (locking && head.oids !== locking.oids) throw new TablesMoved("the tables changed while being locked");
-    const headSeq = BigInt(head.seq);
+    if (head.unlocked) throw new TablesNotLocked("the tables changed while being locked", true);
+    // No snapshot while a schema change is uncommitted (a snapshot takes each table's definition
+    // from the catalog; a SQL database's usual state, not worth a warning), nor while a joining
+    // table's copy is in its table but not yet in history.
+    const snapshotDeferred =
+      snapshotDue && !head.uncommitted && head.joining.length > 0
+        ? `a table joining the replica (${head.joining.join(", ")}) is copied but not yet in history: a later push writes it`
+        : undefined;
+    const snapshotting = snapshotDue && !head.uncommitted && !snapshotDeferred;
+    const headSeq = snapshotting ? BigInt(head.seq) : range.headSeq;
     const span = { ...range, headSeq };
     let snapshot = range.previous?.snapshot ?? null;
-    let bytesSince =
-      (range.previous?.bytes_since_snapshot ?? 0) +
-      bytesBefore +
-      (await historyBytes(client, range.headSeq, headSeq));
-    // A snapshot takes each table's definition from the catalog: not while a schema change there
-    // is uncommitted (it is not the pushed head's). A later push writes it.
-    if (locking && !head.uncommitted) {
+    let bytesSince = (range.previous?.bytes_since_snapshot ?? 0) + bytesBefore;
+    let written: InSnapshot["snapshot"];
+    if (snapshotting) {
       const writer = new ObjectWriter(join(dir, "snapshot.gz"));
       writers.push(writer);
       const commit = await writeSnapshot(client, writer, headSeq);
       await writer.finish();
-      snapshot = { address: await storage.putObjectFile(writer.file), commit, bytes: writer.dataBytes };
+      written = { file: writer.file, address: writer.address };
+      snapshot = { address: writer.address, commit, bytes: writer.dataBytes };
       bytesSince = 0;
     }
     const writer = new ObjectWriter(join(dir, "pack.gz"));
     writers.push(writer);
-    const commits = await writePack(client, writer, span, snapshot, bytesSince);
+    const commits = await writePack(client, writer, span, snapshot, bytesSince, head.joining);
     await writer.finish();
     await client.query("COMMIT");
-    return { pack: writer.file, commits, head: head.hash, headSeq };
+    return {
+      pack: writer.file,
+      commits,
+      head: snapshotting ? head.hash : head.range_hash,
+      headSeq,
+      snapshot: written,
+      snapshotDeferred,
+    };
   } catch (err) {
     await client.query("ROLLBACK").catch(() => {});
     for (const writer of writers) writer.abandon();
@@ -409,8 +481,9 @@ async function writeSnapshot(client: pg.Client, writer: ObjectWriter, seq: bigin
     columns: string[];
     keys: string[] | null;
     working: boolean;
+    partitioned: boolean;
   }>(
-    `SELECT n.nspname || '.' || c.relname AS rel, c.oid::regclass::text AS tbl, strata.table_definition(c.oid) AS definition,
+    `SELECT n.nspname || '.' || c.relname AS rel, c.relkind = 'p' AS partitioned, c.oid::regclass::text AS tbl, strata.table_definition(c.oid) AS definition,
             (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
               WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS columns,
             strata.history_keys(n.nspname || '.' || c.relname, c.oid::regclass) AS keys,
@@ -424,7 +497,8 @@ async function writeSnapshot(client: pg.Client, writer: ObjectWriter, seq: bigin
         `SELECT ${t.columns.map((c) => `(x.r).${quoteIdent(c)}`).join(", ")}
            FROM (SELECT jsonb_populate_record(NULL::${t.tbl}, j) AS r
                    FROM strata.rows_as_of(${quoteLiteral(t.rel)}, ${quoteLiteral(t.tbl)}::regclass, ${quoteLiteral(pgArray(t.keys ?? []))}::text[], ${String(seq)}) j) x`
-      : `SELECT ${t.columns.map(quoteIdent).join(", ")} FROM ${t.tbl}`;
+      : // ONLY: a plain table's inheritance children are tables of their own here.
+        `SELECT ${t.columns.map(quoteIdent).join(", ")} FROM ${t.partitioned ? "" : "ONLY "}${t.tbl}`;
     await writer.copySection(
       client,
       { section: "table", rel: t.rel, definition: t.definition, columns: t.columns },
@@ -442,6 +516,8 @@ async function writePack(
   range: PushRange,
   snapshot: SnapshotRef | null,
   bytesSinceSnapshot: number,
+  /** Tables whose copy is in the table but not yet in history: their rows cannot be read as of a commit. */
+  joining: string[],
 ): Promise<number> {
   const { baseSeq, headSeq } = range;
   const hashes = await client.query<{ hash: string }>(
@@ -465,6 +541,13 @@ async function writePack(
     "SELECT commit_seq::text AS seq, rel, key_columns FROM strata.snapshot_bases WHERE commit_seq > $1 AND commit_seq <= $2 ORDER BY commit_seq, rel",
     [String(baseSeq), String(headSeq)],
   );
+  const rejoining = bases.rows.find((b) => joining.includes(b.rel));
+  if (rejoining)
+    throw new RemoteOperationError(
+      `dolt_push: table ${rejoining.rel}, copied whole by a commit to push, is being copied in again`,
+      "55006",
+      "push again once it has joined (dolt_replication_status shows it no longer held)",
+    );
   // Batches end at commits with snapshot bases: their rows follow the commit they belong to.
   const cuts = new Set(bases.rows.map((b) => BigInt(b.seq)));
   let from = baseSeq + 1n;

@@ -326,16 +326,16 @@ export class RemoteService {
     }
   }
 
-  /**
-   * Whether the database has a commit or a tag the remote has not had from this server: one
-   * small query on a pooled connection, so that the transactions that commit nothing (most of
-   * them) do not wait on the remote.
-   */
   private noteDeferredSnapshot(database: string, remote: string, result: PushResult): void {
     if (result.snapshotDeferred)
       this.log.warn({ database, remote, reason: result.snapshotDeferred }, "push wrote no snapshot");
   }
 
+  /**
+   * Whether the database has a commit or a tag the remote has not had from this server: one
+   * small query on a pooled connection, so that the transactions that commit nothing (most of
+   * them) do not wait on the remote.
+   */
   private async hasUnpushed(database: string, remote: string): Promise<boolean> {
     const { rows } = await this.pool(database).query<{ head: string | null; tags: boolean }>(
       `SELECT (SELECT hash FROM strata.commits ORDER BY seq DESC LIMIT 1) AS head,
