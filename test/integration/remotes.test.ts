@@ -42,6 +42,26 @@ function packFiles(remote: string): string[] {
     .map((e) => join(e.parentPath, e.name));
 }
 
+/** Clone `url` as `name` on the replica, loaded from a snapshot: the clone's session and head. */
+async function cloneFromSnapshot(url: string, name: string): Promise<{ c: pg.Client; head: string }> {
+  const r = await connectTo(replica);
+  await rowsOf(r, `select dolt_clone('${url}', '${name}')`);
+  assert.match(replica.logs, new RegExp(`"database":"${name}".*"from_snapshot":[1-9]`));
+  const c = await connectTo(replica, name);
+  const [{ head }] = await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS head");
+  return { c, head };
+}
+
+/** Wait until a session (a push the test holds back) waits for a lock on `relation`. */
+async function waitForLockWaiter(run: (sql: string) => Promise<pg.QueryResultRow[]>, relation: string) {
+  await waitFor(`a session waiting for ${relation}`, async () => {
+    const [{ n }] = await run(
+      `SELECT count(*)::int AS n FROM pg_locks WHERE relation = '${relation}'::regclass AND NOT granted`,
+    );
+    return n > 0 ? true : undefined;
+  });
+}
+
 test("push, clone, pull: the clone's rows and history equal the primary's", async () => {
   const db = await connectTo(primary);
   await rowsOf(db, "CREATE DATABASE pushed");
@@ -496,23 +516,13 @@ test("a replica pushing while it replicates: the snapshot holds exactly the comm
       await rowsOf(hold, "BEGIN; LOCK TABLE strata.database_identity IN SHARE ROW EXCLUSIVE MODE");
       const push = versioned.query("select dolt_push('origin', 'main')");
       push.catch(() => {});
-      await waitFor("the push waiting", async () => {
-        const [{ n }] = await rowsOf(
-          hold,
-          "SELECT count(*)::int AS n FROM pg_locks WHERE relation = 'strata.database_identity'::regclass AND NOT granted",
-        );
-        return n > 0 ? true : undefined;
-      });
+      await waitForLockWaiter((sql) => rowsOf(hold, sql), "strata.database_identity");
       const before = await replicated();
       await waitFor("more commits", async () => ((await replicated()) >= before + 20 ? true : undefined));
       await rowsOf(hold, "COMMIT");
       await push;
 
-      const r = await connectTo(replica);
-      await rowsOf(r, `select dolt_clone('${url}', 'busy')`);
-      assert.match(replica.logs, /"database":"busy".*"from_snapshot":[1-9]/);
-      const c = await connectTo(replica, "busy");
-      const [{ head }] = await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS head");
+      const { c, head } = await cloneFromSnapshot(url, "busy");
       for (const [table, order] of [
         ["ticks", "id"],
         ["tick_log", "at"],
@@ -725,19 +735,10 @@ test("a TRUNCATE that commits while a push writes its snapshot: the snapshot sti
     await rowsOf(other, "BEGIN; TRUNCATE t");
     const push = run("select dolt_push('origin', 'main')");
     push.catch(() => {});
-    await waitFor("the push waiting for the table", async () => {
-      const [{ n }] = await pusher.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM pg_locks WHERE relation = 't'::regclass AND NOT granted",
-      );
-      return n > 0 ? true : undefined;
-    });
+    await waitForLockWaiter((sql) => pusher.query(sql), "t");
     await rowsOf(other, "COMMIT");
     await push;
-    const r = await connectTo(replica);
-    await rowsOf(r, `select dolt_clone('${url}', 'truncated')`);
-    assert.match(replica.logs, /"database":"truncated".*"from_snapshot":[1-9]/);
-    const c = await connectTo(replica, "truncated");
-    const [{ head }] = await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS head");
+    const { c, head } = await cloneFromSnapshot(url, "truncated");
     const expected = await run(`SELECT * FROM t AS OF '${head}' ORDER BY id`);
     assert.equal(expected.length, 20);
     assert.deepEqual(await rowsOf(c, "SELECT * FROM t ORDER BY id"), expected);
