@@ -309,8 +309,7 @@ async function writeObjects(
     options.snapshots &&
     (range.previous?.bytes_since_snapshot ?? 0) + bytesBefore >=
       Math.max(previous?.bytes ?? 0, SNAPSHOT_MIN_BYTES);
-  const readsTables = () => snapshotDue || before[0].bases;
-  let locking = readsTables() ? await userTableNames(client) : null;
+  let locking = snapshotDue || before[0].bases ? await userTableNames(client) : null;
   let deferred: string | undefined;
   for (let attempt = 1; ; attempt++) {
     try {
@@ -408,13 +407,13 @@ async function writeObjectsInSnapshot(
       joining: string[];
     }>(
       `SELECT c.seq::text AS seq, c.hash, (SELECT hash FROM strata.commits WHERE seq = $1) AS range_hash,
-              ${locking ? "" : "false AND "}EXISTS (SELECT 1 ${USER_TABLES}
+              $2::bool AND EXISTS (SELECT 1 ${USER_TABLES}
                 AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'
                                   AND l.relation = c.oid AND l.granted)) AS unlocked,
               EXISTS (SELECT 1 FROM strata.working_schema_changes) AS uncommitted,
               ARRAY(SELECT rel FROM strata.held_tables WHERE reason = 'joining' AND copied_lsn IS NOT NULL) AS joining
          FROM strata.commits c ORDER BY c.seq DESC LIMIT 1`,
-      [String(range.headSeq)],
+      [String(range.headSeq), locking !== null],
     );
     const head = heads[0];
     if (head.unlocked) throw new TablesNotLocked("the tables changed while being locked", true);

@@ -7,10 +7,11 @@ import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import pg from "pg";
-import { startPrimary, tempDir, waitFor } from "../support/postgres.ts";
+import { startPrimary, type TestCluster, tempDir, waitFor } from "../support/postgres.ts";
 import { failure, rowsOf, Sessions, waitForSetting } from "../support/sessions.ts";
 import {
   runStrataCli,
+  type StrataOptions,
   type StrataProcess,
   startStandaloneStrata,
   startStrata,
@@ -60,6 +61,27 @@ async function waitForLockWaiter(run: (sql: string) => Promise<pg.QueryResultRow
     );
     return n > 0 ? true : undefined;
   });
+}
+
+/** A throwaway primary, made ready by `setup`, and a Strata replicating it, for `body`; both stopped after. */
+async function withReplicaOfPostgres(
+  setup: (upstream: TestCluster) => Promise<void>,
+  options: Omit<StrataOptions, "primary">,
+  body: (upstream: TestCluster, versioned: StrataProcess) => Promise<void>,
+) {
+  const upstream = await startPrimary();
+  try {
+    await setup(upstream);
+    const versioned = await startStrata({ primary: upstream, ...options });
+    try {
+      await body(upstream, versioned);
+    } finally {
+      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
+      await versioned.stop();
+    }
+  } finally {
+    await upstream.stop();
+  }
 }
 
 test("push, clone, pull: the clone's rows and history equal the primary's", async () => {
@@ -381,19 +403,19 @@ test("the reference's replication through a remote, verbatim: every commit reach
 });
 
 test("a replica of Postgres is a primary for remotes: its replicated commits reach a clone", async () => {
-  const upstream = await startPrimary();
-  try {
-    await upstream.query("CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance bigint)");
-    await upstream.query("CREATE TABLE events (at int, what text)"); // no key
-    await upstream.query(
-      "INSERT INTO accounts SELECT g, 'owner ' || g, g * 100 FROM generate_series(1, 300) g",
-    );
-    await upstream.query("INSERT INTO events SELECT g, 'boot' FROM generate_series(1, 5) g");
-    const versioned = await startStrata({
-      primary: upstream,
+  await withReplicaOfPostgres(
+    async (upstream) => {
+      await upstream.query("CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance bigint)");
+      await upstream.query("CREATE TABLE events (at int, what text)"); // no key
+      await upstream.query(
+        "INSERT INTO accounts SELECT g, 'owner ' || g, g * 100 FROM generate_series(1, 300) g",
+      );
+      await upstream.query("INSERT INTO events SELECT g, 'boot' FROM generate_series(1, 5) g");
+    },
+    {
       config: { system_variables: { dolt_replicate_to_remote: "origin" } },
-    });
-    try {
+    },
+    async (upstream, versioned) => {
       const url = `file://${remoteDir}/from_postgres`;
       await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
       await upstream.query("UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0");
@@ -424,26 +446,22 @@ test("a replica of Postgres is a primary for remotes: its replicated commits rea
       await same("SELECT commit_hash, parent_hash, message, upstream_lsn FROM dolt_log");
       await same("SELECT id, balance, note, commit_hash FROM dolt_history_accounts ORDER BY commit_hash, id");
       await same("SELECT * FROM accounts AS OF 'HEAD~3' ORDER BY id");
-    } finally {
-      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
-      await versioned.stop();
-    }
-  } finally {
-    await upstream.stop();
-  }
+    },
+  );
 });
 
 test("a replica's first push after its snapshot tables changed shape: the clone has the same rows and history", async () => {
-  const upstream = await startPrimary();
-  try {
-    await upstream.query("CREATE TABLE shaped (id int PRIMARY KEY, owner text NOT NULL, gone text, n int)");
-    await upstream.query(
-      "INSERT INTO shaped SELECT g, 'owner ' || g, 'old ' || g, g FROM generate_series(1, 50) g",
-    );
-    await upstream.query("CREATE TABLE shaped_log (at int, who text)"); // no key: its rows are history rows
-    await upstream.query("INSERT INTO shaped_log SELECT g, 'who ' || g FROM generate_series(1, 20) g");
-    const versioned = await startStrata({ primary: upstream });
-    try {
+  await withReplicaOfPostgres(
+    async (upstream) => {
+      await upstream.query("CREATE TABLE shaped (id int PRIMARY KEY, owner text NOT NULL, gone text, n int)");
+      await upstream.query(
+        "INSERT INTO shaped SELECT g, 'owner ' || g, 'old ' || g, g FROM generate_series(1, 50) g",
+      );
+      await upstream.query("CREATE TABLE shaped_log (at int, who text)"); // no key: its rows are history rows
+      await upstream.query("INSERT INTO shaped_log SELECT g, 'who ' || g FROM generate_series(1, 20) g");
+    },
+    {},
+    async (upstream, versioned) => {
       // The DDL event trigger: renames and drops reach the replica.
       await runStrataCli("setup-primary", "--config", versioned.configFile);
       // The table entered history through the snapshot, and changes shape before any push.
@@ -475,73 +493,67 @@ test("a replica's first push after its snapshot tables changed shape: the clone 
         await same(`SELECT * FROM shaped AS OF 'HEAD~${back}' ORDER BY id`);
         await same(`SELECT * FROM shaped_log AS OF 'HEAD~${back}' ORDER BY at`);
       }
-    } finally {
-      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
-      await versioned.stop();
-    }
-  } finally {
-    await upstream.stop();
-  }
+    },
+  );
 });
 
 test("a replica pushing while it replicates: the snapshot holds exactly the commit the clone's head names", async () => {
-  const upstream = await startPrimary();
-  try {
-    await upstream.query("CREATE TABLE ticks (id int PRIMARY KEY, v int)");
-    await upstream.query("CREATE TABLE tick_log (at int, what text)"); // no key
-    await upstream.query("INSERT INTO ticks SELECT g, g FROM generate_series(1, 100) g");
-    const versioned = await startStrata({ primary: upstream, env: { STRATA_SNAPSHOT_MIN_BYTES: "1" } });
-    // Commits keep arriving while the push runs: one upstream transaction at a time.
-    const writer = await upstream.connect();
-    let writing = true;
-    let written = 0;
-    const load = (async () => {
-      while (writing) {
-        written++;
-        await writer.query(
-          `BEGIN; INSERT INTO ticks VALUES (${100 + written}, ${written}); UPDATE ticks SET v = v + 1 WHERE id = ${1 + (written % 100)};
+  await withReplicaOfPostgres(
+    async (upstream) => {
+      await upstream.query("CREATE TABLE ticks (id int PRIMARY KEY, v int)");
+      await upstream.query("CREATE TABLE tick_log (at int, what text)"); // no key
+      await upstream.query("INSERT INTO ticks SELECT g, g FROM generate_series(1, 100) g");
+    },
+    { env: { STRATA_SNAPSHOT_MIN_BYTES: "1" } },
+    async (upstream, versioned) => {
+      // Commits keep arriving while the push runs: one upstream transaction at a time.
+      const writer = await upstream.connect();
+      let writing = true;
+      let written = 0;
+      const load = (async () => {
+        while (writing) {
+          written++;
+          await writer.query(
+            `BEGIN; INSERT INTO ticks VALUES (${100 + written}, ${written}); UPDATE ticks SET v = v + 1 WHERE id = ${1 + (written % 100)};
            INSERT INTO tick_log VALUES (${written}, 'tick'); COMMIT`,
-        );
-      }
-    })();
-    const replicated = async () =>
-      Number((await versioned.query<{ n: string }>("SELECT count(*)::text AS n FROM tick_log"))[0].n);
-    const hold = await connectTo(versioned);
-    try {
-      await waitFor("replication under way", async () => ((await replicated()) >= 20 ? true : undefined));
-      const url = `file://${remoteDir}/busy`;
-      await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
-      // Hold the push between choosing what to push and reading it, while commits go on: it makes
-      // the database's identity durable in between (push.ts, flushVisibleCommits).
-      await rowsOf(hold, "BEGIN; LOCK TABLE strata.database_identity IN SHARE ROW EXCLUSIVE MODE");
-      const push = versioned.query("select dolt_push('origin', 'main')");
-      push.catch(() => {});
-      await waitForLockWaiter((sql) => rowsOf(hold, sql), "strata.database_identity");
-      const before = await replicated();
-      await waitFor("more commits", async () => ((await replicated()) >= before + 20 ? true : undefined));
-      await rowsOf(hold, "COMMIT");
-      await push;
+          );
+        }
+      })();
+      const replicated = async () =>
+        Number((await versioned.query<{ n: string }>("SELECT count(*)::text AS n FROM tick_log"))[0].n);
+      const hold = await connectTo(versioned);
+      try {
+        await waitFor("replication under way", async () => ((await replicated()) >= 20 ? true : undefined));
+        const url = `file://${remoteDir}/busy`;
+        await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
+        // Hold the push between choosing what to push and reading it, while commits go on: it makes
+        // the database's identity durable in between (push.ts, flushVisibleCommits).
+        await rowsOf(hold, "BEGIN; LOCK TABLE strata.database_identity IN SHARE ROW EXCLUSIVE MODE");
+        const push = versioned.query("select dolt_push('origin', 'main')");
+        push.catch(() => {});
+        await waitForLockWaiter((sql) => rowsOf(hold, sql), "strata.database_identity");
+        const before = await replicated();
+        await waitFor("more commits", async () => ((await replicated()) >= before + 20 ? true : undefined));
+        await rowsOf(hold, "COMMIT");
+        await push;
 
-      const { c, head } = await cloneFromSnapshot(url, "busy");
-      for (const [table, order] of [
-        ["ticks", "id"],
-        ["tick_log", "at"],
-      ])
-        assert.deepEqual(
-          await rowsOf(c, `SELECT * FROM ${table} ORDER BY ${order}`),
-          await versioned.query(`SELECT * FROM ${table} AS OF '${head}' ORDER BY ${order}`),
-          `${table} equals the replica's as of the clone's head`,
-        );
-    } finally {
-      writing = false;
-      await load.catch(() => {});
-      await writer.end();
-      if (process.env.STRATA_TEST_LOGS) console.error(versioned.logs.slice(-6000));
-      await versioned.stop();
-    }
-  } finally {
-    await upstream.stop();
-  }
+        const { c, head } = await cloneFromSnapshot(url, "busy");
+        for (const [table, order] of [
+          ["ticks", "id"],
+          ["tick_log", "at"],
+        ])
+          assert.deepEqual(
+            await rowsOf(c, `SELECT * FROM ${table} ORDER BY ${order}`),
+            await versioned.query(`SELECT * FROM ${table} AS OF '${head}' ORDER BY ${order}`),
+            `${table} equals the replica's as of the clone's head`,
+          );
+      } finally {
+        writing = false;
+        await load.catch(() => {});
+        await writer.end();
+      }
+    },
+  );
 });
 
 test("a push killed midway leaves the remote consistent, and the next push completes", async () => {
