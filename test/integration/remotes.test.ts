@@ -709,13 +709,22 @@ test("a clone loads the history before the remote's latest snapshot as rows and 
   });
 });
 
+/** Remote `origin` (a new directory `name`) added, and table t of 20 rows committed: its URL. */
+async function originAndTableT(
+  run: (sql: string) => Promise<pg.QueryResultRow[]>,
+  name: string,
+): Promise<string> {
+  const url = `file://${remoteDir}/${name}`;
+  await run(`select dolt_remote('add', 'origin', '${url}')`);
+  await run("create table t (id int primary key, v text)");
+  await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
+  await run("select dolt_commit('-Am', 'c1')");
+  return url;
+}
+
 test("a push while a schema change is uncommitted writes no snapshot of it", async () => {
   await withSnapshottingPusher(async (run) => {
-    const url = `file://${remoteDir}/uncommitted_ddl`;
-    await run(`select dolt_remote('add', 'origin', '${url}')`);
-    await run("create table t (id int primary key, v text)");
-    await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
-    await run("select dolt_commit('-Am', 'c1')");
+    const url = await originAndTableT(run, "uncommitted_ddl");
     await run("alter table t add column extra int default 7"); // not committed
     await run("select dolt_push('origin', 'main')");
     const r = await connectTo(replica);
@@ -737,11 +746,7 @@ test("a push while a schema change is uncommitted writes no snapshot of it", asy
 
 test("a TRUNCATE that commits while a push writes its snapshot: the snapshot still holds the pushed head's rows", async () => {
   await withSnapshottingPusher(async (run, pusher) => {
-    const url = `file://${remoteDir}/truncated`;
-    await run(`select dolt_remote('add', 'origin', '${url}')`);
-    await run("create table t (id int primary key, v text)");
-    await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
-    await run("select dolt_commit('-Am', 'c1')");
+    const url = await originAndTableT(run, "truncated");
     // TRUNCATE is not MVCC-safe: a snapshot of the store taken before it commits sees the table empty.
     const other = await connectTo(pusher);
     await rowsOf(other, "BEGIN; TRUNCATE t");
@@ -760,11 +765,7 @@ test("a TRUNCATE that commits while a push writes its snapshot: the snapshot sti
 test("a push that cannot lock a table for its snapshot in time pushes without one", async () => {
   await withSnapshottingPusher(
     async (run, pusher) => {
-      const url = `file://${remoteDir}/unlockable`;
-      await run(`select dolt_remote('add', 'origin', '${url}')`);
-      await run("create table t (id int primary key, v text)");
-      await run("insert into t select g, 'v' || g from generate_series(1, 20) g");
-      await run("select dolt_commit('-Am', 'c1')");
+      const url = await originAndTableT(run, "unlockable");
       const other = await connectTo(pusher);
       await rowsOf(other, "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE");
       await run("select dolt_push('origin', 'main')");
