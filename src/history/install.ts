@@ -52,7 +52,7 @@ CREATE SCHEMA IF NOT EXISTS dolt;
 CREATE TABLE IF NOT EXISTS strata.schema_version (version int NOT NULL);
 CREATE TABLE IF NOT EXISTS strata.commits (
   seq bigint PRIMARY KEY,
-  hash text NOT NULL UNIQUE,
+  hash text NOT NULL,
   parent_hash text,
   committer text NOT NULL,
   email text NOT NULL,
@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS strata.commits (
 );
 -- Nothing looks commits up by their end LSN: its index (before 2026-11-24) only cost every commit.
 DROP INDEX IF EXISTS strata.commits_upstream_end_lsn;
+-- One index on the hash keeps it unique and serves lookups by hash and by prefix (pattern ops
+-- order bytes, whatever the store's collation). Until 2026-11-24 a UNIQUE constraint and a
+-- pattern index did this between them: each commit's insert paid for two random index entries.
+CREATE UNIQUE INDEX IF NOT EXISTS commits_hash ON strata.commits (hash text_pattern_ops);
+ALTER TABLE strata.commits DROP CONSTRAINT IF EXISTS commits_hash_key;
+DROP INDEX IF EXISTS strata.commits_hash_prefix;
 CREATE TABLE IF NOT EXISTS strata.changes (
   commit_seq bigint NOT NULL,
   ord integer NOT NULL,

@@ -29,7 +29,6 @@ import { changesKeyHash } from "./key-hash.ts";
 export const SURFACE_SQL = `
 CREATE INDEX IF NOT EXISTS commits_upstream_commit_lsn ON strata.commits (upstream_commit_lsn);
 CREATE INDEX IF NOT EXISTS commits_date ON strata.commits (date, seq);
-CREATE INDEX IF NOT EXISTS commits_hash_prefix ON strata.commits (hash text_pattern_ops);
 
 -- The tables that have the per-table surface, and the key their history is kept under.
 CREATE TABLE IF NOT EXISTS strata.table_surfaces (

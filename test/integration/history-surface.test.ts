@@ -353,11 +353,15 @@ test("commits are named by HEAD~N, hash prefixes, timestamps and upstream LSNs",
   assert.match(String(missing), /goes back before the first commit/);
 });
 
-test("a store whose history predates changes_key and changes_rel gets them at start, and lookups find the same rows", async () => {
-  // The key index as Strata built it before changes_key (docs/decisions.md, section 5), and
-  // per-table objects made by the Strata of then.
+test("a store whose history predates changes_key, changes_rel and commits_hash gets them at start, and lookups find the same rows", async () => {
+  // The key index as Strata built it before changes_key (docs/decisions.md, section 5), the
+  // commits' two hash indexes before commits_hash, and per-table objects made by the Strata of then.
   await replica.query(
     "CREATE INDEX changes_row ON strata.changes (rel, row_key, commit_seq); DROP INDEX strata.changes_key; DROP INDEX strata.changes_rel",
+  );
+  await replica.query(
+    `DROP INDEX strata.commits_hash; ALTER TABLE strata.commits ADD CONSTRAINT commits_hash_key UNIQUE (hash);
+     CREATE INDEX commits_hash_prefix ON strata.commits (hash text_pattern_ops)`,
   );
   await replica.query(
     `UPDATE strata.table_surfaces SET signature = jsonb_set(signature::jsonb, '{v}', '6')::text`,
@@ -386,6 +390,27 @@ test("a store whose history predates changes_key and changes_rel gets them at st
     "every table's surface made again",
   );
   await assertPointLookups();
+  const hashIndexes = await replica.query(
+    `SELECT indexrelid::regclass::text AS name, indisunique AS is_unique FROM pg_index
+      WHERE indrelid = 'strata.commits'::regclass AND indkey::text = (SELECT attnum::text FROM pg_attribute
+            WHERE attrelid = 'strata.commits'::regclass AND attname = 'hash')`,
+  );
+  assert.deepEqual(hashIndexes.rows, [{ name: "strata.commits_hash", is_unique: true }]);
+  const head = (await replica.query("SELECT hash, seq FROM strata.commits ORDER BY seq DESC LIMIT 1"))
+    .rows[0];
+  assert.equal(
+    (await replica.query("SELECT dolt.commit_seq($1) AS seq", [head.hash.slice(0, 10)])).rows[0].seq,
+    head.seq,
+    "a hash prefix still names its commit",
+  );
+  await assert.rejects(
+    replica.query(
+      "INSERT INTO strata.commits (seq, hash, committer, email, date, message) VALUES ($1, $2, 'x', 'x', now(), 'x')",
+      [Number(head.seq) + 1000, head.hash],
+    ),
+    /commits_hash/,
+    "hashes stay unique",
+  );
   // Started again with changes_key in place: nothing to upgrade.
   await restartStrata();
   assert.doesNotMatch(strata.logs, /upgrading the history/);
