@@ -556,6 +556,55 @@ test("a replica pushing while it replicates: the snapshot holds exactly the comm
   );
 });
 
+test("a TRUNCATE replicated while a replica's first push waits to read its copied tables: the clone holds the pushed head's rows", async () => {
+  await withReplicaOfPostgres(
+    async (upstream) => {
+      await upstream.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await upstream.query("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g");
+      await upstream.query("CREATE TABLE u (id int PRIMARY KEY)");
+    },
+    { env: { STRATA_SNAPSHOT_MIN_BYTES: "1" } },
+    async (upstream, versioned) => {
+      await waitForSameRows(upstream, versioned, "t", "id");
+      const url = `file://${remoteDir}/truncated_base`;
+      await versioned.query(`select dolt_remote('add', 'origin', '${url}')`);
+      // The apply holds the TRUNCATE's lock on t while it waits for u, which the test holds.
+      const hold = await connectTo(versioned);
+      await rowsOf(hold, "BEGIN; LOCK TABLE u IN ACCESS EXCLUSIVE MODE");
+      await upstream.query(
+        "BEGIN; TRUNCATE t; INSERT INTO t VALUES (1000, 'after'); INSERT INTO u VALUES (1); COMMIT",
+      );
+      await waitForLockWaiter((sql) => rowsOf(hold, sql), "u");
+      // The initial snapshot's commit copied t whole: the push reads its rows from t, locked.
+      const push = versioned.query("select dolt_push('origin', 'main')");
+      push.catch(() => {});
+      await waitForLockWaiter((sql) => rowsOf(hold, sql), "t");
+      await rowsOf(hold, "COMMIT");
+      await push;
+      await waitForSameRows(upstream, versioned, "t", "id");
+
+      // The pack carries the snapshot commit's rows, read from t after the TRUNCATE committed and
+      // taken back through history to what they were.
+      await rowsOf(await connectTo(replica), `select dolt_clone('${url}', 'truncated_base')`);
+      const c = await connectTo(replica, "truncated_base");
+      const [{ head }] = await rowsOf(c, "SELECT dolt.commit_hash('HEAD') AS head");
+      assert.deepEqual(
+        await rowsOf(c, "SELECT * FROM t ORDER BY id"),
+        await versioned.query(`SELECT * FROM t AS OF '${head}' ORDER BY id`),
+      );
+      assert.equal((await rowsOf(c, "SELECT * FROM t")).length, 50);
+      const log = await rowsOf(c, "SELECT commit_hash FROM dolt_log");
+      assert.deepEqual(log, await versioned.query(`SELECT commit_hash FROM dolt_log('${head}')`));
+      for (const { commit_hash } of log)
+        assert.deepEqual(
+          await rowsOf(c, `SELECT * FROM t AS OF '${commit_hash}' ORDER BY id`),
+          await versioned.query(`SELECT * FROM t AS OF '${commit_hash}' ORDER BY id`),
+          commit_hash,
+        );
+    },
+  );
+});
+
 test("a push killed midway leaves the remote consistent, and the next push completes", async () => {
   // The pusher's own temporary directory: its pack files are told apart from any other process's.
   const scratch = tempDir("strata-push-tmp-");
