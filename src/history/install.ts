@@ -104,6 +104,17 @@ CREATE TABLE IF NOT EXISTS strata.snapshot_bases (
   key_columns text[] NOT NULL,
   PRIMARY KEY (rel, commit_seq)
 );
+-- A table's own rows as a FROM item. A plain table's inheritance children are tables of their own,
+-- with their own history, so it is read ONLY; a partitioned table's partitions hold its rows.
+CREATE OR REPLACE FUNCTION strata.own_rows(tbl regclass) RETURNS text
+  LANGUAGE sql STABLE
+  AS $$ SELECT CASE WHEN relkind = 'r' THEN 'ONLY ' ELSE '' END || tbl::text FROM pg_class WHERE oid = tbl $$;
+-- SQL that deletes one row of tbl's own whose image is $1 (a table without a key: identical rows
+-- are interchangeable). Found by table and ctid: a ctid alone names a row in every partition.
+CREATE OR REPLACE FUNCTION strata.delete_one_image_sql(tbl regclass) RETURNS text
+  LANGUAGE sql STABLE
+  AS $$ SELECT format('DELETE FROM %1$s t USING (SELECT s.tableoid AS o, s.ctid AS c FROM %1$s s WHERE to_jsonb(s.*) = $1 LIMIT 1) m
+                        WHERE t.tableoid = m.o AND t.ctid = m.c', strata.own_rows(tbl)) $$;
 CREATE OR REPLACE FUNCTION strata.key_of(row_image jsonb, key_columns text[]) RETURNS jsonb
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   AS $$ SELECT jsonb_object_agg(k, row_image -> k) FROM unnest(key_columns) AS k $$;

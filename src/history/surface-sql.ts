@@ -231,7 +231,7 @@ BEGIN
          SELECT s.from_row FROM s WHERE s.from_row IS NOT NULL
          UNION ALL
          SELECT to_jsonb(t) FROM %s t WHERE NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = %s)',
-        tbl, strata.key_expression(key_columns, 't'))
+        strata.own_rows(tbl), strata.key_expression(key_columns, 't'))
         USING p_rel, at;
     ELSE
       RETURN QUERY SELECT s.from_row FROM strata.key_states(p_rel, at, upto) s WHERE s.from_row IS NOT NULL;
@@ -244,7 +244,7 @@ BEGIN
            SELECT i.j, i.w FROM strata.image_changes($1, $2, $3) i
          ) AS x(j, w) GROUP BY x.j
        ) g CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0',
-      CASE WHEN b IS NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', tbl) ELSE '' END)
+      CASE WHEN b IS NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', strata.own_rows(tbl)) ELSE '' END)
       USING p_rel, at, upto;
   END IF;
 END
@@ -285,7 +285,7 @@ BEGIN
       RETURN NEXT m.old_row;
     END IF;
   ELSIF b IS NULL THEN
-    RETURN QUERY EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %s', tbl,
+    RETURN QUERY EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %s', strata.own_rows(tbl),
       (SELECT string_agg(format('t.%I = (jsonb_populate_record(NULL::%s, $1)).%I', k, tbl, k), ' AND ')
          FROM unnest(key_columns) k))
       USING p_key;

@@ -25,7 +25,7 @@ import { changesKeyHash } from "./key-hash.ts";
  * The version of the per-table objects' SQL, part of each table's surface signature: a table
  * whose surface was made by another version is made again (installStrataSchema).
  */
-export const TABLE_SURFACE_VERSION = 8;
+export const TABLE_SURFACE_VERSION = 9;
 
 export const TABLE_SURFACE_SQL = `
 -- The key a table's history is kept under: as recorded, else its snapshot base's, else its
@@ -65,6 +65,7 @@ DECLARE
   tbl regclass := to_regclass(format('%I.%I', p_schema, p_table));
   v_rel text := p_schema || '.' || p_table;
   q text := format('%I.%I', p_schema, p_table);
+  own text; -- the table's own rows as a FROM item (strata.own_rows)
   names text[];
   types text[];
   keys text[];
@@ -84,6 +85,7 @@ DECLARE
   i int;
 BEGIN
   IF tbl IS NULL THEN RETURN; END IF;
+  own := strata.own_rows(tbl);
   SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
     INTO names, types
     FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
@@ -124,7 +126,7 @@ BEGIN
         %16$s
         CROSS JOIN LATERAL (SELECT %11$s AS keys OFFSET 0) bk  -- the base's key, by today's names
         CROSS JOIN LATERAL (
-          SELECT t.* FROM %7$s t
+          SELECT t.* FROM %17$s t
            -- Each row's key, made once (OFFSET 0 keeps the planner from copying it into both
            -- probes): directly from its columns when the base's key is the table's.
            CROSS JOIN LATERAL (SELECT %9$s AS k OFFSET 0) tk
@@ -170,7 +172,8 @@ BEGIN
     CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.old_row)' ELSE 'c.old_row' END,
     CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.row_key)' ELSE 'c.row_key' END,
     -- A table with renames: its stretches, made once per query.
-    CASE WHEN renamed THEN format('CROSS JOIN (SELECT strata.rename_stretches(%s) AS st OFFSET 0) rs', rel_l) ELSE '' END);
+    CASE WHEN renamed THEN format('CROSS JOIN (SELECT strata.rename_stretches(%s) AS st OFFSET 0) rs', rel_l) ELSE '' END,
+    own);
   EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_history_' || p_table);
 
   -- As of a commit: the whole table, and one row by key (key values in key order).
@@ -255,7 +258,7 @@ BEGIN
       strata.meta_name('commit', keys), strata.meta_name('commit_date', keys), strata.meta_name('committer', keys),
       strata.meta_name('email', keys), strata.meta_name('message', keys),
       (SELECT string_agg(format('t.%I', k), ', ' ORDER BY o) FROM unnest(keys) WITH ORDINALITY AS u(k, o)),
-      q, rel_l, strata.key_expression(keys, 't'),
+      own, rel_l, strata.key_expression(keys, 't'),
       format(CASE WHEN renamed
                   THEN '(SELECT max(x.commit_seq) FROM strata.key_mentions(%1$s, rs.st, %2$s, -1, 9223372036854775806) x WHERE NOT x.moved_away)'
                   ELSE '(SELECT c.commit_seq FROM strata.changes c

@@ -115,7 +115,7 @@ BEGIN
   EXECUTE format(
     'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
      SELECT %s, %L, ''T'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
-    TG_ARGV[0]::oid, TG_ARGV[1], TG_ARGV[2], TG_RELID::regclass);
+    TG_ARGV[0]::oid, TG_ARGV[1], TG_ARGV[2], strata.own_rows(TG_RELID::regclass));
   RETURN NULL;
 END
 $fn$;
@@ -469,8 +469,7 @@ BEGIN
     FOR c IN SELECT * FROM strata.working_changes ORDER BY id DESC LOOP
       tbl := c.relid::regclass;
       IF c.op IN ('I', 'U') THEN
-        EXECUTE format('DELETE FROM %s WHERE ctid = (SELECT ctid FROM %s t WHERE to_jsonb(t.*) = $1 LIMIT 1)', tbl, tbl)
-          USING c.new_row;
+        EXECUTE strata.delete_one_image_sql(tbl) USING c.new_row;
       END IF;
       IF c.op IN ('U', 'D', 'T') THEN
         EXECUTE format('INSERT INTO %s SELECT (jsonb_populate_record(NULL::%s, $1)).*', tbl, tbl) USING c.old_row;

@@ -414,8 +414,8 @@ BEGIN
       ANALYZE pg_temp.pull_net;
       SELECT string_agg(format('t.%1$I = d.%1$I', k), ' AND ') INTO join_on FROM unnest(keys) k;
       SELECT count(*) INTO expected FROM pg_temp.pull_net WHERE from_row IS NOT NULL;
-      EXECUTE format('DELETE FROM %1$s t USING (SELECT (jsonb_populate_record(NULL::%1$s, n.k)).* FROM pg_temp.pull_net n WHERE n.from_row IS NOT NULL) d WHERE %2$s',
-                     tbl, join_on);
+      EXECUTE format('DELETE FROM %3$s t USING (SELECT (jsonb_populate_record(NULL::%1$s, n.k)).* FROM pg_temp.pull_net n WHERE n.from_row IS NOT NULL) d WHERE %2$s',
+                     tbl, join_on, strata.own_rows(tbl));
       GET DIAGNOSTICS done = ROW_COUNT;
       IF done <> expected THEN
         RAISE EXCEPTION 'commit % changes % rows of % that are not in this database', v_hash, expected - done, r.rel
@@ -426,7 +426,7 @@ BEGIN
       -- No key: rows are images, one at a time in order.
       FOR c IN SELECT * FROM pg_temp.pull_changes WHERE idx = p_idx AND rel = r.rel AND ord >= lo AND ord < hi ORDER BY ord LOOP
         IF c.op IN ('U', 'D', 'T') THEN
-          EXECUTE format('DELETE FROM %1$s WHERE ctid = (SELECT ctid FROM %1$s t WHERE to_jsonb(t.*) = $1 LIMIT 1)', tbl) USING c.old_row;
+          EXECUTE strata.delete_one_image_sql(tbl) USING c.old_row;
           GET DIAGNOSTICS done = ROW_COUNT;
           IF done <> 1 THEN
             RAISE EXCEPTION 'commit % changes a row of % that is not in this database', v_hash, r.rel

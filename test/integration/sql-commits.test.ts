@@ -188,6 +188,71 @@ test("dolt_reset --hard puts rows back as committed and drops tables made since"
   assert.deepEqual(columns[0].cols, ["pk", "c1", "c2", "commit_hash", "committer", "commit_date"]);
 });
 
+test("partitioned and inherited tables: dolt_reset --hard touches only the rows it undoes, and history is each table's own", async () => {
+  const rows = (table: string) => q(`SELECT tableoid::regclass::text AS t, * FROM ${table} ORDER BY id`);
+  const past = (table: string, asOf: string) => q(`SELECT * FROM ${table} AS OF '${asOf}' ORDER BY id`);
+  const values = (table: Record<string, unknown>[]) => table.map(({ t, ...row }) => row);
+  // A partition's rows and another's can share a ctid: undoing one must not delete the other.
+  await q("CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)");
+  await q("CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (100)");
+  await q("CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (200)");
+  await q("CREATE TABLE parted_log (id int, v text) PARTITION BY RANGE (id)"); // no key: rows are images
+  await q("CREATE TABLE parted_log_a PARTITION OF parted_log FOR VALUES FROM (0) TO (100)");
+  await q("CREATE TABLE parted_log_b PARTITION OF parted_log FOR VALUES FROM (100) TO (200)");
+  // An inheritance child is a table of its own, with its own history.
+  await q("CREATE TABLE parent (id int PRIMARY KEY, v text)");
+  await q("CREATE TABLE child () INHERITS (parent)");
+  for (const t of ["parted", "parted_log", "parent"])
+    await q(`INSERT INTO ${t} VALUES (1, 'a1'), (2, 'a2'), (3, 'a3')`);
+  await q("INSERT INTO parted VALUES (101, 'b101')");
+  await q("INSERT INTO parted_log VALUES (101, 'b101')");
+  await q("INSERT INTO child VALUES (11, 'c11'), (12, 'c12'), (13, 'c13')");
+  await q("SELECT dolt_commit('-Am', 'partitioned and inherited')");
+  const committed = {
+    parted: await rows("parted"),
+    parted_log: await rows("parted_log"),
+    parent: await rows("parent"),
+    child: await rows("child"),
+  };
+  // Each new version lands at ctid (0,2) of its table, where a committed row of another lives.
+  await q("UPDATE parted SET v = 'x' WHERE id = 101");
+  await q("UPDATE parted_log SET v = 'x' WHERE id = 101");
+  await q("UPDATE parent SET v = 'x' WHERE id = 1");
+  await q("SELECT dolt_reset('--hard')");
+  for (const [table, before] of Object.entries(committed))
+    assert.deepEqual(await rows(table), before, `${table} as committed`);
+  assert.deepEqual(await status(), []);
+
+  // The parent's history and its past are its own rows; the child's are the child's.
+  await q("UPDATE child SET v = 'c11b' WHERE id = 11");
+  await q("INSERT INTO child VALUES (14, 'c14')");
+  await q("UPDATE parent SET v = 'p1b' WHERE id = 1");
+  await q("SELECT dolt_commit('-am', 'both')");
+  // As ONLY reads it: the child's rows are in the child's AS OF.
+  assert.deepEqual(await past("parent", "HEAD~1"), values(committed.parent.filter((r) => r.t === "parent")));
+  assert.deepEqual(await past("child", "HEAD~1"), values(committed.child));
+  assert.deepEqual(await q("SELECT v FROM parent AS OF 'HEAD~1' WHERE id = 11"), []);
+  assert.deepEqual(
+    (await q("SELECT DISTINCT id FROM dolt_history_parent ORDER BY id")).map((r) => r.id),
+    [1, 2, 3],
+  );
+  // TRUNCATE parent empties the child too: each records its own rows.
+  await q("TRUNCATE parent");
+  await q("SELECT dolt_commit('-Am', 'truncated')");
+  assert.deepEqual(
+    (await q("SELECT diff_type, from_id FROM dolt_diff('HEAD~1', 'HEAD', 'parent') ORDER BY from_id")).map(
+      (r) => `${r.diff_type} ${r.from_id}`,
+    ),
+    ["removed 1", "removed 2", "removed 3"],
+  );
+  assert.deepEqual(
+    (await q("SELECT id FROM child AS OF 'HEAD~1' ORDER BY id")).map((r) => r.id),
+    [11, 12, 13, 14],
+  );
+  for (const t of ["child", "parent", "parted_log", "parted"]) await q(`DROP TABLE ${t}`);
+  await q("SELECT dolt_commit('-Am', 'dropped')");
+});
+
 test("with dolt_transaction_commit, every COMMIT is a commit (and a rollback none)", async () => {
   const count = async () => Number((await q("SELECT count(*) AS n FROM dolt_log"))[0].n);
   const start = await count();
