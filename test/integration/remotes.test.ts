@@ -200,6 +200,39 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   );
 });
 
+test("partitioned tables push and pull: the clone's rows are the origin's (as plain tables: partitioning is not carried)", async () => {
+  await withSnapshottingPusher(async (run) => {
+    const url = `file://${remoteDir}/parted`;
+    await run(`select dolt_remote('add', 'origin', '${url}')`);
+    for (const [table, key] of [
+      ["parted", "PRIMARY KEY"],
+      ["parted_log", ""], // no key: rows are images
+    ]) {
+      await run(`create table ${table} (id int ${key}, v text) partition by range (id)`);
+      await run(`create table ${table}_a partition of ${table} for values from (0) to (100)`);
+      await run(`create table ${table}_b partition of ${table} for values from (100) to (200)`);
+      await run(`insert into ${table} values (1, 'a1'), (2, 'a2'), (3, 'a3'), (101, 'b101')`);
+    }
+    await run("select dolt_commit('-Am', 'c1')");
+    await run("select dolt_push('origin', 'main')");
+    await rowsOf(await connectTo(replica), `select dolt_clone('${url}', 'parted')`);
+    const c = await connectTo(replica, "parted");
+    await run("update parted set v = 'x' where id = 101");
+    await run("update parted_log set v = 'x' where id = 101");
+    await run("select dolt_commit('-am', 'c2')");
+    await run("select dolt_push('origin', 'main')");
+    await rowsOf(c, "select dolt_pull('origin')");
+    for (const table of ["parted", "parted_log"]) {
+      const sql = `SELECT * FROM ${table} ORDER BY id`;
+      assert.deepEqual(await rowsOf(c, sql), await run(sql), table);
+      for (const back of [0, 1]) {
+        const past = `SELECT * FROM ${table} AS OF 'HEAD~${back}' ORDER BY id`;
+        assert.deepEqual(await rowsOf(c, past), await run(past), past);
+      }
+    }
+  });
+});
+
 test("non-fast-forward pushes are refused; a damaged pack is detected and never applied", async () => {
   const admin = await connectTo(primary);
   await rowsOf(admin, "CREATE DATABASE left_side");
