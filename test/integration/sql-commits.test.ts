@@ -206,7 +206,7 @@ test("partitioned and inherited tables: dolt_reset --hard touches only the rows 
     await q(`INSERT INTO ${t} VALUES (1, 'a1'), (2, 'a2'), (3, 'a3')`);
   await q("INSERT INTO parted VALUES (101, 'b101')");
   await q("INSERT INTO parted_log VALUES (101, 'b101')");
-  await q("INSERT INTO child VALUES (11, 'c11'), (12, 'c12'), (13, 'c13')");
+  await q("INSERT INTO child VALUES (11, 'c11'), (12, 'c12'), (13, 'c13'), (14, 'c14')");
   await q("SELECT dolt_commit('-Am', 'partitioned and inherited')");
   const committed = {
     parted: await rows("parted"),
@@ -214,7 +214,8 @@ test("partitioned and inherited tables: dolt_reset --hard touches only the rows 
     parent: await rows("parent"),
     child: await rows("child"),
   };
-  // Each new version lands at ctid (0,2) of its table, where a committed row of another lives.
+  // Each new version lands where a committed row of another partition or the child lives: (0,2) of
+  // parted_b and parted_log_b, (0,4) of parent.
   await q("UPDATE parted SET v = 'x' WHERE id = 101");
   await q("UPDATE parted_log SET v = 'x' WHERE id = 101");
   await q("UPDATE parent SET v = 'x' WHERE id = 1");
@@ -225,7 +226,7 @@ test("partitioned and inherited tables: dolt_reset --hard touches only the rows 
 
   // The parent's history and its past are its own rows; the child's are the child's.
   await q("UPDATE child SET v = 'c11b' WHERE id = 11");
-  await q("INSERT INTO child VALUES (14, 'c14')");
+  await q("INSERT INTO child VALUES (15, 'c15')");
   await q("UPDATE parent SET v = 'p1b' WHERE id = 1");
   await q("SELECT dolt_commit('-am', 'both')");
   // As ONLY reads it: the child's rows are in the child's AS OF.
@@ -247,7 +248,7 @@ test("partitioned and inherited tables: dolt_reset --hard touches only the rows 
   );
   assert.deepEqual(
     (await q("SELECT id FROM child AS OF 'HEAD~1' ORDER BY id")).map((r) => r.id),
-    [11, 12, 13, 14],
+    [11, 12, 13, 14, 15],
   );
   for (const t of ["child", "parent", "parted_log", "parted"]) await q(`DROP TABLE ${t}`);
   await q("SELECT dolt_commit('-Am', 'dropped')");
