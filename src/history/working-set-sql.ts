@@ -68,25 +68,44 @@ LANGUAGE sql STABLE AS $$
    WHERE i.indrelid = tbl AND i.indisprimary
 $$;
 
--- Capture, by the table's root (a partition's rows are its partitioned table's). Inserts and
--- deletes are captured per statement from its transition table (one INSERT ... SELECT, not a
--- function call per row); updates per row, since a transition table does not pair old and new.
--- The table's root, name and key are the triggers' arguments (set again after DDL on it), so
--- capturing reads no catalog; PL/pgSQL keeps a compiled copy (and plans) per table.
--- An INSERT's or a DELETE's rows, from the statement's transition table (PL/pgSQL plans each
--- branch at its first use, so each trigger only ever touches its own).
+-- Capture, by the table's root: a partition's rows are its partition tree's root's, whichever
+-- table a statement names. Inserts and deletes are captured per statement from its transition
+-- table (one INSERT ... SELECT, not a function call per row). The root and each partition have
+-- their own statement triggers, and a statement fires only those of the table it names, so a
+-- row is captured once whether it is written through the root or straight into its partition.
+-- The root's oid, name and key are the triggers' arguments (set again after DDL), so capturing
+-- reads no catalog; PL/pgSQL keeps a compiled copy (and plans) per table.
+--
+-- A plain table's updates are captured per row, since a transition table does not pair old and
+-- new. In a partition tree they are captured per statement instead, old and new paired by their
+-- position in the transition tables (an updated row adds one to each, in the same step): a row
+-- that an UPDATE moves to another partition fires no row UPDATE trigger, and only the statement's
+-- transition tables see it. Deletes in an inheritance hierarchy are captured per row: a DELETE
+-- on a parent deletes its children's rows too, its transition table holds them all, and the
+-- children's statement triggers do not fire; each table's row triggers fire for its own rows.
 CREATE OR REPLACE FUNCTION strata.capture_statement() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
   IF strata.internal_writer() THEN RETURN NULL; END IF;
+  -- PL/pgSQL plans each branch at its first use, so each trigger only ever touches its own
+  -- transition tables.
   IF TG_OP = 'INSERT' THEN
     INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
     SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'I', strata.key_of(to_jsonb(n.*), TG_ARGV[2]::text[]), to_jsonb(n.*)
       FROM strata_inserted n;
-  ELSE
+  ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
     SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'D', strata.key_of(to_jsonb(o.*), TG_ARGV[2]::text[]), to_jsonb(o.*)
       FROM strata_deleted o;
+  ELSE
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_key, old_row, new_row)
+    SELECT TG_ARGV[0]::oid, TG_ARGV[1], 'U', k.new_key, CASE WHEN k.old_key IS DISTINCT FROM k.new_key THEN k.old_key END,
+           o.img, n.img
+      FROM (SELECT row_number() OVER () AS pos, to_jsonb(x.*) AS img FROM strata_old x) o
+      JOIN (SELECT row_number() OVER () AS pos, to_jsonb(x.*) AS img FROM strata_new x) n USING (pos)
+      CROSS JOIN LATERAL (SELECT strata.key_of(o.img, TG_ARGV[2]::text[]) AS old_key,
+                                 strata.key_of(n.img, TG_ARGV[2]::text[]) AS new_key) k
+     ORDER BY pos;
   END IF;
   RETURN NULL;
 END
@@ -108,36 +127,180 @@ BEGIN
 END
 $fn$;
 
+CREATE OR REPLACE FUNCTION strata.capture_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF strata.internal_writer() THEN RETURN NULL; END IF;
+  INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+  VALUES (TG_ARGV[0]::oid, TG_ARGV[1], 'D', strata.key_of(to_jsonb(OLD), TG_ARGV[2]::text[]), to_jsonb(OLD));
+  RETURN NULL;
+END
+$fn$;
+
+-- TRUNCATE fires the truncate triggers of every table it empties (a partitioned table's
+-- partitions, an inheritance parent's children): each records the rows it holds itself.
 CREATE OR REPLACE FUNCTION strata.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
   IF strata.internal_writer() THEN RETURN NULL; END IF;
   EXECUTE format(
     'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
-     SELECT %s, %L, ''T'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
-    TG_ARGV[0]::oid, TG_ARGV[1], TG_ARGV[2], strata.own_rows(TG_RELID::regclass));
+     SELECT %s, %L, ''T'', strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM ONLY %s t',
+    TG_ARGV[0]::oid, TG_ARGV[1], TG_ARGV[2], TG_RELID::regclass);
   RETURN NULL;
 END
 $fn$;
 
--- Partitions are captured through their partitioned table (transition tables are not allowed on
--- partitions); rows written straight into a partition are not captured.
-CREATE OR REPLACE FUNCTION strata.attach_capture(tbl regclass) RETURNS void
+-- The table whose history a capture trigger writes to: its first argument (NULL: none).
+CREATE OR REPLACE FUNCTION strata.capture_root_of(tbl oid) RETURNS oid
+LANGUAGE sql STABLE AS $$
+  SELECT split_part(encode(tgargs, 'escape'), '\\000', 1)::oid
+    FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'strata_capture_insert' AND tgparentid = 0
+$$;
+
+-- The capture triggers of tbl, writing to root's history (tbl itself, or its partition tree's
+-- root). Only what differs is made again: this runs for every captured partition tree at start.
+CREATE OR REPLACE FUNCTION strata.put_capture_triggers(tbl regclass, root regclass) RETURNS void
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  args text;
+  in_tree boolean := tbl <> root OR (SELECT relkind = 'p' FROM pg_class WHERE oid = tbl);
+  row_deletes boolean := NOT in_tree AND EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = tbl OR inhrelid = tbl);
+  args text[];
+  w record;
+  have record;
 BEGIN
-  IF (SELECT relispartition FROM pg_class WHERE oid = tbl) THEN RETURN; END IF;
-  args := (SELECT format('%L, %L, %L', c.oid, n.nspname || '.' || c.relname, coalesce(strata.primary_key_columns(c.oid), '{}'))
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl);
-  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_insert AFTER INSERT ON %s
-                  REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_statement(%s)', tbl, args);
-  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_delete AFTER DELETE ON %s
-                  REFERENCING OLD TABLE AS strata_deleted FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_statement(%s)', tbl, args);
-  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_update AFTER UPDATE ON %s
-                  FOR EACH ROW EXECUTE FUNCTION strata.capture_updated(%s)', tbl, args);
-  EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_truncate BEFORE TRUNCATE ON %s
-                  FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_truncate(%s)', tbl, args);
+  args := (SELECT ARRAY[c.oid::text, n.nspname || '.' || c.relname, coalesce(strata.primary_key_columns(c.oid), '{}')::text]
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = root);
+  FOR w IN SELECT * FROM (VALUES
+      ('strata_capture_insert', false, 'AFTER INSERT', 'REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT', 'capture_statement'),
+      ('strata_capture_delete', row_deletes, 'AFTER DELETE',
+       CASE WHEN row_deletes THEN 'FOR EACH ROW' ELSE 'REFERENCING OLD TABLE AS strata_deleted FOR EACH STATEMENT' END,
+       CASE WHEN row_deletes THEN 'capture_deleted' ELSE 'capture_statement' END),
+      ('strata_capture_update', NOT in_tree, 'AFTER UPDATE',
+       CASE WHEN in_tree THEN 'REFERENCING OLD TABLE AS strata_old NEW TABLE AS strata_new FOR EACH STATEMENT' ELSE 'FOR EACH ROW' END,
+       CASE WHEN in_tree THEN 'capture_statement' ELSE 'capture_updated' END),
+      ('strata_capture_truncate', false, 'BEFORE TRUNCATE', 'FOR EACH STATEMENT', 'capture_truncate')
+    ) AS v(name, per_row, event, how, fn) LOOP
+    SELECT t.tgtype & 1 = 1 AS per_row, p.proname::text AS fn,
+           t.tgargs = (SELECT string_agg(convert_to(a, getdatabaseencoding()) || '\\x00'::bytea, ''::bytea ORDER BY i)
+                         FROM unnest(args) WITH ORDINALITY u(a, i)) AS same_args
+      INTO have
+      FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+     WHERE t.tgrelid = tbl AND t.tgname = w.name AND t.tgparentid = 0;
+    CONTINUE WHEN FOUND AND have.per_row = w.per_row AND have.fn = w.fn AND have.same_args;
+    -- A trigger cannot turn from per row to per statement in place: replacing a partitioned
+    -- table's row trigger would leave the copies PostgreSQL made of it on its partitions.
+    IF FOUND AND have.per_row <> w.per_row THEN EXECUTE format('DROP TRIGGER %I ON %s', w.name, tbl); END IF;
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I %s ON %s %s EXECUTE FUNCTION strata.%I(%L, %L, %L)',
+                   w.name, w.event, tbl, w.how, w.fn, args[1], args[2], args[3]);
+  END LOOP;
+END
+$fn$;
+
+-- Capture a table's writes (and, for a partition, its whole tree's). Tables other than ordinary
+-- and partitioned ones (foreign tables among partitions) are not captured.
+CREATE OR REPLACE FUNCTION strata.attach_capture(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF (SELECT relkind NOT IN ('r', 'p') FROM pg_class WHERE oid = tbl) THEN RETURN; END IF;
+  IF pg_partition_root(tbl) IS NOT NULL THEN
+    PERFORM strata.capture_partition_tree(tbl, false);
+    RETURN;
+  END IF;
+  PERFORM strata.put_capture_triggers(tbl, tbl);
+  -- A table that inherits: its parents' deletes are captured per row from now on too (see above).
+  PERFORM strata.put_capture_triggers(i.inhparent::regclass, i.inhparent::regclass)
+     FROM pg_inherits i WHERE i.inhrelid = tbl AND strata.capture_root_of(i.inhparent) = i.inhparent;
+END
+$fn$;
+
+-- A table new to the working set, with the rows it holds (CREATE TABLE AS, a detached partition).
+CREATE OR REPLACE FUNCTION strata.record_new_table(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_rel text := (SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl);
+BEGIN
+  PERFORM strata.attach_capture(tbl);
+  INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
+  VALUES (tbl, v_rel, 'CREATE TABLE', 'CREATE TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, tbl, 0)),
+          strata.recorded_definition(tbl));
+  EXECUTE format(
+    'INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
+     SELECT %s, %L, ''I'', %s, to_jsonb(t.*) FROM %s t',
+    tbl::oid, v_rel, coalesce(strata.key_expression(strata.primary_key_columns(tbl), 't'), 'NULL::jsonb'), tbl);
+END
+$fn$;
+
+-- A table gone from the working set's tables: dropped, or become a partition (whose rows are its
+-- root's from then on).
+CREATE OR REPLACE FUNCTION strata.record_table_gone(tbl oid, p_schema text, p_table text, identity text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  DELETE FROM strata.table_ids WHERE relid = tbl;
+  PERFORM strata.drop_table_surface(p_schema, p_table);
+  IF NOT strata.replicating() THEN
+    INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
+    VALUES (tbl, p_schema || '.' || p_table, 'DROP TABLE', 'DROP TABLE ' || identity);
+  END IF;
+END
+$fn$;
+
+-- Rows that join or leave a partition tree's root, as inserts into its history or deletes from it.
+CREATE OR REPLACE FUNCTION strata.record_rows_moved(root regclass, source text, op "char") RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  EXECUTE format(
+    'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row, new_row)
+     SELECT %s, %L, %L, strata.key_of(to_jsonb(t.*), %L::text[]),
+            CASE WHEN %L = ''D'' THEN to_jsonb(t.*) END, CASE WHEN %L = ''I'' THEN to_jsonb(t.*) END
+       FROM %s t',
+    root::oid, (SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = root),
+    op, coalesce(strata.primary_key_columns(root), '{}'), op, op, source);
+END
+$fn$;
+
+-- Point the capture of a partition tree (the one member is in) at its root. With record_moves,
+-- after ATTACH or DETACH PARTITION: a table that joined the tree leaves the working set's tables
+-- (it was one of its own) and its rows are inserted into the root's history; a table that left it
+-- takes its rows out of the root's history and is a new table of its own. Returns whether any did.
+CREATE OR REPLACE FUNCTION strata.capture_partition_tree(member regclass, record_moves boolean) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  root regclass := pg_partition_root(member);
+  m record;
+  was oid;
+  moved boolean := false;
+BEGIN
+  IF root IS NULL THEN RETURN false; END IF;
+  IF record_moves THEN
+    -- Tables that left (their triggers still name the root); a partitioned one takes its own
+    -- partitions along.
+    FOR m IN SELECT t.tgrelid::regclass AS tbl FROM pg_trigger t
+              WHERE t.tgname = 'strata_capture_insert' AND t.tgparentid = 0 AND t.tgrelid <> root
+                AND strata.capture_root_of(t.tgrelid) = root AND coalesce(pg_partition_root(t.tgrelid), t.tgrelid) = t.tgrelid LOOP
+      PERFORM strata.record_rows_moved(root, m.tbl::text, 'D');
+      PERFORM strata.record_new_table(m.tbl);
+      moved := true;
+    END LOOP;
+  END IF;
+  -- The root first: before 2026-11-24 its update trigger was per row, and PostgreSQL copied that
+  -- onto every partition, where it would clash with the partitions' own.
+  PERFORM strata.put_capture_triggers(root, root);
+  FOR m IN SELECT t.relid::regclass AS tbl, t.isleaf, c.relkind, n.nspname, c.relname
+             FROM pg_partition_tree(root) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE t.relid <> root AND c.relkind IN ('r', 'p') ORDER BY t.level LOOP
+    was := strata.capture_root_of(m.tbl);
+    IF record_moves AND was IS DISTINCT FROM root::oid THEN
+      IF was = m.tbl::oid THEN
+        PERFORM strata.record_table_gone(m.tbl, m.nspname, m.relname,
+                                         (SELECT identity FROM pg_identify_object('pg_class'::regclass, m.tbl, 0)));
+      END IF;
+      IF m.isleaf THEN PERFORM strata.record_rows_moved(root, format('ONLY %s', m.tbl), 'I'); END IF;
+      moved := true;
+    END IF;
+    PERFORM strata.put_capture_triggers(m.tbl, root);
+  END LOOP;
+  RETURN moved;
 END
 $fn$;
 
@@ -173,13 +336,25 @@ DECLARE
   t record;
   dropped bigint;
 BEGIN
-  FOR t IN SELECT tgrelid::regclass AS tbl, tgname FROM pg_trigger WHERE tgname LIKE 'strata_capture_%' LOOP
+  FOR t IN SELECT tgrelid::regclass AS tbl, tgname FROM pg_trigger WHERE tgname LIKE 'strata_capture_%' AND tgparentid = 0 LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.tbl);
   END LOOP;
   WITH w AS (DELETE FROM strata.working_changes RETURNING 1),
        s AS (DELETE FROM strata.working_schema_changes RETURNING 1)
   SELECT (SELECT count(*) FROM w) + (SELECT count(*) FROM s) INTO dropped;
   RETURN dropped;
+END
+$fn$;
+
+-- A table's schema change (its definition after it, taken now).
+CREATE OR REPLACE FUNCTION strata.record_altered(tbl oid) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
+  SELECT tbl, n.nspname || '.' || c.relname, 'ALTER TABLE',
+         'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, tbl, 0)),
+         strata.recorded_definition(tbl)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
 END
 $fn$;
 
@@ -199,26 +374,30 @@ BEGIN
     -- column's number), not the table.
     CONTINUE WHEN c.object_type NOT IN ('table', 'table column') OR c.in_extension
       OR c.schema_name IN ('strata', 'dolt', 'pg_catalog', 'information_schema')
-      OR (SELECT relpersistence = 't' OR relispartition FROM pg_class WHERE oid = c.objid);
+      OR (SELECT relpersistence = 't' FROM pg_class WHERE oid = c.objid);
+    IF (SELECT relispartition FROM pg_class WHERE oid = c.objid) THEN
+      -- A partition is no table of its own: its rows are its tree's root's. A new one captures
+      -- into the root's history; ATTACH or DETACH on it moves tables into or out of the tree.
+      IF NOT strata.replicating() AND c.object_type = 'table'
+         AND strata.capture_partition_tree(c.objid::regclass, true) AND c.command_tag = 'ALTER TABLE' THEN
+        PERFORM strata.record_altered(pg_partition_root(c.objid));
+      END IF;
+      CONTINUE;
+    END IF;
     SELECT n.nspname, k.relname INTO v_schema, v_table
       FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = c.objid;
     v_rel := v_schema || '.' || v_table;
     IF c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') THEN
       IF strata.replicating() THEN CONTINUE; END IF;
-      PERFORM strata.attach_capture(c.objid::regclass);
-      INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
-      VALUES (c.objid, v_rel, 'CREATE TABLE', 'CREATE TABLE ' || c.object_identity, strata.recorded_definition(c.objid));
-      EXECUTE format(
-        'INSERT INTO strata.working_changes (relid, rel, op, row_key, new_row)
-         SELECT %s, %L, ''I'', %s, to_jsonb(t.*) FROM %s t',
-        c.objid, v_rel, coalesce(strata.key_expression(strata.primary_key_columns(c.objid), 't'), 'NULL::jsonb'), c.objid::regclass);
+      PERFORM strata.record_new_table(c.objid::regclass);
     ELSIF c.command_tag = 'ALTER TABLE' THEN
       IF NOT strata.replicating() AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = c.objid AND tgname = 'strata_capture_update') THEN
-        INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
-        VALUES (c.objid, v_rel, 'ALTER TABLE',
-                'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, c.objid, 0)),
-                strata.recorded_definition(c.objid));
-        PERFORM strata.attach_capture(c.objid::regclass);
+        PERFORM strata.record_altered(c.objid);
+        IF pg_partition_root(c.objid) IS NOT NULL THEN
+          PERFORM strata.capture_partition_tree(c.objid::regclass, true);
+        ELSE
+          PERFORM strata.attach_capture(c.objid::regclass);
+        END IF;
       END IF;
       IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel) THEN
         PERFORM strata.ensure_table_surface(v_schema, v_table);
@@ -237,15 +416,23 @@ BEGIN
   FOR d IN SELECT * FROM pg_event_trigger_dropped_objects()
             WHERE object_type = 'table' AND original AND NOT is_temporary
               AND schema_name NOT IN ('strata', 'dolt') LOOP
-    DELETE FROM strata.table_ids WHERE relid = d.objid;
-    PERFORM strata.drop_table_surface(d.schema_name, d.object_name);
-    IF NOT strata.replicating() THEN
-      INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl)
-      VALUES (d.objid, d.schema_name || '.' || d.object_name, 'DROP TABLE', 'DROP TABLE ' || d.object_identity);
-    END IF;
+    PERFORM strata.record_table_gone(d.objid, d.schema_name, d.object_name, d.object_identity);
   END LOOP;
 END
 $fn$;
+
+-- Capture as this version does it: partitions written to directly, rows moved between
+-- partitions, inheritance parents' deletes (before 2026-11-24 none of these were captured right).
+DO $do$
+BEGIN
+  IF NOT strata.replicating() THEN
+    PERFORM strata.capture_partition_tree(c.oid::regclass, false)
+       FROM pg_class c WHERE c.relkind = 'p' AND NOT c.relispartition AND strata.capture_root_of(c.oid) = c.oid;
+    PERFORM strata.attach_capture(i.inhrelid::regclass)
+       FROM pg_inherits i WHERE strata.capture_root_of(i.inhrelid) = i.inhrelid;
+  END IF;
+END
+$do$;
 
 DO $do$
 BEGIN
@@ -350,7 +537,8 @@ BEGIN
     FROM strata.working_changes w JOIN ordered o USING (id) WHERE w.staged;
   FOR r IN SELECT DISTINCT w.relid FROM strata.working_changes w WHERE w.staged
            UNION SELECT s.relid FROM strata.working_schema_changes s WHERE s.staged LOOP
-    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = r.relid) THEN
+    -- (Not a table that became a partition: its rows are its root's.)
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = r.relid AND NOT relispartition) THEN
       PERFORM strata.ensure_table_surface(
         (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = r.relid),
         (SELECT relname FROM pg_class WHERE oid = r.relid),

@@ -254,6 +254,136 @@ test("partitioned and inherited tables: dolt_reset --hard touches only the rows 
   await q("SELECT dolt_commit('-Am', 'dropped')");
 });
 
+/** Commit the working set and keep the tables as they are at that commit, to compare AS OF with. */
+async function commitAndKeep(message: string, tables: string[]) {
+  const [{ c }] = await q("SELECT dolt_commit('-Am', $1) AS c", [message]);
+  const kept: Record<string, Record<string, unknown>[]> = {};
+  for (const t of tables) {
+    // An inheritance parent's AS OF is its own rows (ONLY), a partitioned table's all of them.
+    const [{ from }] = await q("SELECT strata.own_rows($1::regclass) AS from", [t]);
+    kept[t] = await q(`SELECT * FROM ${from} ORDER BY id`);
+  }
+  return { hash: c[0] as string, message, kept };
+}
+
+async function assertPastAsKept(states: Awaited<ReturnType<typeof commitAndKeep>>[]) {
+  for (const { hash, message, kept } of states)
+    for (const [t, rows] of Object.entries(kept))
+      assert.deepEqual(
+        await q(`SELECT * FROM ${t} AS OF '${hash}' ORDER BY id`),
+        rows,
+        `${t} as of "${message}"`,
+      );
+}
+
+test("writes straight into partitions, rows moved between partitions, deletes through an inheritance parent: history is what happened", async () => {
+  await q("CREATE TABLE tree (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)");
+  await q("CREATE TABLE tree_a PARTITION OF tree FOR VALUES FROM (0) TO (100)");
+  await q("CREATE TABLE tree_b PARTITION OF tree FOR VALUES FROM (100) TO (300) PARTITION BY RANGE (id)");
+  await q("CREATE TABLE tree_b1 PARTITION OF tree_b FOR VALUES FROM (100) TO (200)");
+  await q("CREATE TABLE tree_b2 PARTITION OF tree_b FOR VALUES FROM (200) TO (300)");
+  await q("CREATE TABLE base (id int PRIMARY KEY, v text)");
+  await q("CREATE TABLE derived () INHERITS (base)");
+  await q("INSERT INTO tree VALUES (1, 'a1'), (2, 'a2'), (101, 'b101')");
+  await q("INSERT INTO base VALUES (1, 'p1'), (2, 'p2')");
+  await q("INSERT INTO derived VALUES (11, 'd11'), (12, 'd12')");
+  const tables = ["tree", "base", "derived"];
+  const states = [await commitAndKeep("made", tables)];
+
+  // Partitions are no tables of their own: what is written to them is their root's.
+  await q("INSERT INTO tree_a VALUES (3, 'a3')");
+  await q("INSERT INTO tree_b1 VALUES (102, 'b102')");
+  await q("INSERT INTO tree_b VALUES (201, 'b201')");
+  await q("UPDATE tree_a SET v = 'a2 again' WHERE id = 2");
+  assert.deepEqual(await status(), ["tree:working:modified"]);
+  // Undone as well as recorded.
+  await q("SELECT dolt_reset('--hard')");
+  assert.deepEqual(await q("SELECT * FROM tree ORDER BY id"), states[0].kept.tree);
+  await q("INSERT INTO tree_a VALUES (3, 'a3')");
+  await q("INSERT INTO tree_b1 VALUES (102, 'b102')");
+  await q("INSERT INTO tree_b VALUES (201, 'b201')");
+  states.push(await commitAndKeep("straight into partitions", tables));
+
+  // An UPDATE that moves rows to another partition fires no row UPDATE trigger.
+  await q("UPDATE tree SET id = id + 250, v = v || ' moved' WHERE id IN (1, 2)");
+  await q("UPDATE tree_b SET id = id + 100 WHERE id = 102");
+  await q("UPDATE tree_a SET v = 'a3 again' WHERE id = 3");
+  await q("DELETE FROM tree_b2 WHERE id = 201");
+  states.push(await commitAndKeep("moved", tables));
+  const moves = await q(
+    "SELECT diff_type, from_id, to_id FROM dolt_diff('HEAD~1', 'HEAD', 'tree') WHERE from_id IN (1, 2, 102) ORDER BY from_id",
+  );
+  assert.deepEqual(
+    moves.map((r) => `${r.diff_type} ${r.from_id} ${r.to_id}`),
+    ["removed 1 null", "removed 2 null", "removed 102 null"],
+  );
+
+  await q("TRUNCATE tree_b2");
+  await q("DELETE FROM tree_a WHERE id = 3");
+  states.push(await commitAndKeep("a partition truncated", tables));
+
+  // A DELETE on an inheritance parent deletes its children's rows: those are the children's.
+  await q("DELETE FROM base WHERE id IN (2, 12)");
+  await q("UPDATE base SET v = v || '!'");
+  states.push(await commitAndKeep("through the parent", tables));
+  assert.deepEqual(
+    (await q("SELECT DISTINCT id FROM dolt_history_base ORDER BY id")).map((r) => r.id),
+    [1, 2],
+  );
+  await assertPastAsKept(states);
+});
+
+test("ATTACH and DETACH PARTITION: the rows join or leave the partitioned table's history, and the table leaves or joins the tables", async () => {
+  await q("CREATE TABLE loose (id int PRIMARY KEY, v text)");
+  await q("INSERT INTO loose VALUES (250, 'l250'), (251, 'l251')");
+  await q("INSERT INTO tree VALUES (120, 'b120'), (5, 'a5')");
+  // (Once it is a partition, loose has no AS OF of its own, as a dropped table has none.)
+  const states = [await commitAndKeep("before", ["tree"])];
+
+  // Out of an inner partitioned table: its rows leave the root, and it is a table of its own.
+  await q("ALTER TABLE tree_b DETACH PARTITION tree_b1");
+  assert.deepEqual(await status(), ["tree:working:modified", "tree_b1:working:new table"]);
+  await q("INSERT INTO tree_b1 VALUES (121, 'b121')");
+  states.push(await commitAndKeep("detached", ["tree", "tree_b1"]));
+  assert.deepEqual(await q("SELECT * FROM tree_b1 AS OF 'HEAD' ORDER BY id"), [
+    { id: 101, v: "b101" },
+    { id: 120, v: "b120" },
+    { id: 121, v: "b121" },
+  ]);
+  assert.deepEqual(await q("SELECT id FROM tree AS OF 'HEAD' WHERE id BETWEEN 100 AND 199"), []);
+  assert.deepEqual(await q("SELECT id FROM tree AS OF 'HEAD~1' WHERE id BETWEEN 100 AND 199 ORDER BY id"), [
+    { id: 101 },
+    { id: 120 },
+  ]);
+
+  // A table of its own joins the tree: it leaves the tables, its rows join the root's.
+  await q("ALTER TABLE tree_b DETACH PARTITION tree_b2");
+  await q("DROP TABLE tree_b2");
+  await q("ALTER TABLE tree_b ATTACH PARTITION loose FOR VALUES FROM (250) TO (300)");
+  assert.deepEqual(await status(), [
+    "loose:working:deleted",
+    "tree:working:modified",
+    "tree_b2:working:deleted",
+  ]);
+  await q("INSERT INTO loose VALUES (252, 'l252')");
+  await q("UPDATE tree SET v = 'moved in' WHERE id = 250");
+  assert.deepEqual(await status(), [
+    "loose:working:deleted",
+    "tree:working:modified",
+    "tree_b2:working:deleted",
+  ]);
+  await q("SELECT dolt_commit('-Am', 'attached')");
+  assert.deepEqual(await q("SELECT * FROM tree AS OF 'HEAD' WHERE id >= 250 ORDER BY id"), [
+    { id: 250, v: "moved in" },
+    { id: 251, v: "l251" },
+    { id: 252, v: "l252" },
+  ]);
+  assert.deepEqual(await q("SELECT id FROM tree AS OF 'HEAD~1' WHERE id >= 250"), []);
+  await assertPastAsKept(states);
+  for (const t of ["tree", "tree_b1", "derived", "base"]) await q(`DROP TABLE ${t}`);
+  await q("SELECT dolt_commit('-Am', 'dropped')");
+});
+
 test("with dolt_transaction_commit, every COMMIT is a commit (and a rollback none)", async () => {
   const count = async () => Number((await q("SELECT count(*) AS n FROM dolt_log"))[0].n);
   const start = await count();
@@ -333,4 +463,63 @@ test("strata status on a server that does not replicate: what is uncommitted, an
   await statusCommand(loadConfig(strata.configFile), pending);
   assert.match(pending.lines.join("\n"), /\nuncommitted +1 table\n +pending +new table/);
   await q("SELECT dolt_commit('-Am', 'pending made')");
+});
+
+test("partitions captured as before 2026-11-24 are captured as now after a restart", async () => {
+  await q("CREATE TABLE legacy (id int PRIMARY KEY, v text) PARTITION BY LIST (id)");
+  await q("CREATE TABLE legacy_12 PARTITION OF legacy FOR VALUES IN (1, 2)");
+  await q("CREATE TABLE legacy_3 PARTITION OF legacy FOR VALUES IN (3)");
+  await q("CREATE TABLE legacy_base (id int PRIMARY KEY, v text)");
+  await q("CREATE TABLE legacy_child () INHERITS (legacy_base)");
+  await q("INSERT INTO legacy VALUES (1, 'a')");
+  await q("INSERT INTO legacy_child VALUES (11, 'c')");
+  await q("SELECT dolt_commit('-Am', 'legacy made')");
+  // As capture was then: the partitioned table's updates per row (which PostgreSQL copies onto
+  // its partitions), nothing on the partitions themselves, every delete per statement.
+  await q(`DO $$
+    DECLARE t record;
+    BEGIN
+      FOR t IN SELECT tgrelid::regclass AS tbl, tgname FROM pg_trigger
+                WHERE tgname LIKE 'strata_capture_%' AND tgparentid = 0
+                  AND tgrelid IN ('legacy'::regclass, 'legacy_12'::regclass, 'legacy_3'::regclass)
+                  AND (tgrelid <> 'legacy'::regclass OR tgname = 'strata_capture_update') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.tbl);
+      END LOOP;
+      EXECUTE format('CREATE TRIGGER strata_capture_update AFTER UPDATE ON legacy FOR EACH ROW
+                      EXECUTE FUNCTION strata.capture_updated(%L, %L, %L)', 'legacy'::regclass::oid, 'public.legacy', '{id}');
+    END $$`);
+  await q(`DO $$
+    BEGIN
+      EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS strata_deleted
+                      FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_statement(%L, %L, %L)',
+                     'legacy_base'::regclass, 'legacy_base'::regclass::oid, 'public.legacy_base', '{id}');
+      EXECUTE format('CREATE OR REPLACE TRIGGER strata_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS strata_deleted
+                      FOR EACH STATEMENT EXECUTE FUNCTION strata.capture_statement(%L, %L, %L)',
+                     'legacy_child'::regclass, 'legacy_child'::regclass::oid, 'public.legacy_child', '{}');
+    END $$`);
+  await q("INSERT INTO legacy_3 VALUES (3, 'lost')");
+  assert.deepEqual(await status(), [], "a row written straight into a partition was not captured then");
+  await q("DELETE FROM legacy_3");
+
+  await client.end();
+  await strata.stop();
+  await strata.start();
+  client = new pg.Client(strata.connectionConfig());
+  await client.connect();
+  const copies = await q(
+    "SELECT tgrelid::regclass::text AS t FROM pg_trigger WHERE tgname LIKE 'strata_%' AND tgparentid <> 0",
+  );
+  assert.deepEqual(copies, [], "no trigger copied from a partitioned table onto its partitions");
+  await q("INSERT INTO legacy_12 VALUES (2, 'b')");
+  await q("UPDATE legacy SET id = 3 WHERE id = 1");
+  await q("DELETE FROM legacy_base WHERE id = 11");
+  await q("SELECT dolt_commit('-Am', 'after the restart')");
+  assert.deepEqual(await q("SELECT * FROM legacy AS OF 'HEAD~1' ORDER BY id"), [{ id: 1, v: "a" }]);
+  assert.deepEqual(await q("SELECT * FROM legacy AS OF 'HEAD' ORDER BY id"), [
+    { id: 2, v: "b" },
+    { id: 3, v: "a" },
+  ]);
+  assert.deepEqual(await q("SELECT * FROM legacy_child AS OF 'HEAD~1'"), [{ id: 11, v: "c" }]);
+  assert.deepEqual(await q("SELECT * FROM legacy_child AS OF 'HEAD'"), []);
+  assert.deepEqual(await q("SELECT * FROM legacy_base AS OF 'HEAD~1'"), []);
 });
