@@ -53,6 +53,19 @@ interface Edit {
 export interface RewriteCatalog {
   /** The key columns of `table`'s keyed as-of function (`table` in `schema`, or on the search path). */
   asOfKeys(schema: string | undefined, table: string): Promise<string[] | undefined>;
+  /** Why `table` has no as-of function to read it with, or undefined when it has one. */
+  asOfUnavailable?(schema: string | undefined, table: string): Promise<AsOfError | undefined>;
+}
+
+/** A table named AS OF that cannot be read so: dropped, a partition, or no history yet. */
+export class AsOfError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+  }
 }
 
 /** A store setting an ALTER SYSTEM sets (value) or resets (null). */
@@ -287,7 +300,10 @@ function scan(sql: string): Token[] | undefined {
   return tokens;
 }
 
-/** Rewrite `sql`, or undefined when nothing in it is Strata's. Throws VariableError for bad settings. */
+/**
+ * Rewrite `sql`, or undefined when nothing in it is Strata's. Throws VariableError for bad
+ * settings, AsOfError for a table that cannot be read AS OF.
+ */
 export async function rewriteSql(sql: string, catalog: RewriteCatalog): Promise<Rewritten | undefined> {
   if (!CANDIDATE.test(sql)) return undefined;
   await loadParser();
@@ -327,6 +343,11 @@ export async function rewriteSql(sql: string, catalog: RewriteCatalog): Promise<
     return undefined;
   }
   if (asOfCalls.length === 0) return { sql: rewritten, altersSystem };
+  // Said plainly, rather than as the store's "function dolt_as_of_t(unknown) does not exist".
+  for (const call of asOfCalls) {
+    const unavailable = await catalog.asOfUnavailable?.(call.schema, call.table);
+    if (unavailable) throw unavailable;
+  }
   try {
     return { sql: await withKeyLookups(rewritten, tree, asOfCalls, catalog), altersSystem };
   } catch {

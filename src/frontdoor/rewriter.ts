@@ -13,6 +13,7 @@ import type { StoreHandle } from "../store/store.ts";
 import { findRemoteCall, mayCallRemote } from "./remote-call.ts";
 import {
   type AlteredSetting,
+  AsOfError,
   DROP_DATABASE,
   droppedDatabases,
   loadParser,
@@ -40,6 +41,7 @@ const RELOAD_WAIT_MS = 10_000;
 export class StrataRewriter implements QueryRewriter {
   private readonly pools = new Map<string, pg.Pool>();
   private readonly keyCache = new Map<string, { at: number; keys: string[] | undefined }>();
+  private readonly asOfTableCache = new Map<string, { at: number }>();
   /** Recent rewrites: they depend on the catalog (keys) only, so they live as long as its cache. */
   private readonly rewrites = new Map<string, { at: number; sql: string | undefined }>();
   private closed = false;
@@ -250,6 +252,7 @@ export class StrataRewriter implements QueryRewriter {
     if (cached && Date.now() - cached.at < CATALOG_TTL_MS) return cached.sql;
     const result = await rewriteSql(sql, {
       asOfKeys: (schema, table) => this.asOfKeys(context.database, schema, table),
+      asOfUnavailable: (schema, table) => this.asOfUnavailable(context.database, schema, table),
     });
     if (result && result.altersSystem.length > 0) {
       // Not cached: each one must reload the configuration once written.
@@ -318,8 +321,75 @@ export class StrataRewriter implements QueryRewriter {
       // Without the key the query still runs (as a whole-table as-of); say why it is slower.
       this.log.debug({ err: (err as Error).message, table: name }, "front door: cannot read the as-of key");
     }
+    if (this.keyCache.size >= REWRITE_CACHE_SIZE) this.keyCache.delete(this.keyCache.keys().next().value!);
     this.keyCache.set(cacheKey, { at: Date.now(), keys });
     return keys;
+  }
+
+  /** Why a table named AS OF has no as-of function (undefined: it has one, or the catalog cannot say). */
+  private async asOfUnavailable(
+    database: string,
+    schema: string | undefined,
+    table: string,
+  ): Promise<AsOfError | undefined> {
+    const name = schema === undefined ? quoteIdent(table) : `${quoteIdent(schema)}.${quoteIdent(table)}`;
+    const cacheKey = `${database}\u0000${name}`;
+    const cached = this.asOfTableCache.get(cacheKey);
+    if (cached && Date.now() - cached.at < CATALOG_TTL_MS) return undefined;
+    let error: AsOfError | undefined;
+    try {
+      const { rows } = await this.pool(database).query<{
+        found: boolean;
+        root: string | null;
+        surface: boolean;
+        rel: string;
+        recorded: boolean;
+      }>(
+        `SELECT c.oid IS NOT NULL AS found,
+                CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::regclass::text END AS root,
+                EXISTS (SELECT 1 FROM strata.table_surfaces s JOIN pg_namespace n ON n.nspname = s.schema_name
+                         WHERE n.oid = c.relnamespace AND s.table_name = c.relname AND s.signature <> '') AS surface,
+                x.rel,
+                EXISTS (SELECT 1 FROM strata.schema_changes WHERE rel = x.rel) AS recorded
+           FROM (SELECT to_regclass($1) AS oid, coalesce($2, current_schema()) || '.' || $3 AS rel) x
+           LEFT JOIN pg_class c ON c.oid = x.oid`,
+        [name, schema ?? null, table],
+      );
+      const row = rows[0];
+      if (row && !row.found)
+        error = new AsOfError(
+          `relation "${table}" does not exist`,
+          "42P01",
+          row.recorded
+            ? `AS OF reads tables that exist now: a dropped table's rows are not kept whole. Its recorded changes are in strata.changes (WHERE rel = '${row.rel}')`
+            : undefined,
+        );
+      else if (row?.root)
+        error = new AsOfError(
+          `"${table}" is a partition of ${row.root}: its rows' history is ${row.root}'s`,
+          "42809",
+          `read it as SELECT ... FROM ${row.root} AS OF '...', with a WHERE on the partition's range`,
+        );
+      else if (row && !row.surface)
+        error = new AsOfError(
+          `table "${table}" has no history to read AS OF yet`,
+          "55000",
+          "AS OF reads committed history: commit the table first (SELECT dolt_commit('-Am', 'message')); on a replica, a table has history once it is copied",
+        );
+    } catch (err) {
+      // The store answers the statement as it is, with its own error if it has one.
+      this.log.debug(
+        { err: (err as Error).message, table: name },
+        "front door: cannot check the as-of table",
+      );
+    }
+    // Only a readable table is remembered: one that was not may be committed the next moment.
+    if (!error) {
+      if (this.asOfTableCache.size >= REWRITE_CACHE_SIZE)
+        this.asOfTableCache.delete(this.asOfTableCache.keys().next().value!);
+      this.asOfTableCache.set(cacheKey, { at: Date.now() });
+    }
+    return error;
   }
 
   /** Reload the store's configuration once the ALTER SYSTEM a client sent has written its file. */

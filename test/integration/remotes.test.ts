@@ -219,17 +219,33 @@ test("partitioned tables push and pull: the clone's rows are the origin's (as pl
     const c = await connectTo(replica, "parted");
     await run("update parted set v = 'x' where id = 101");
     await run("update parted_log set v = 'x' where id = 101");
-    await run("select dolt_commit('-am', 'c2')");
+    await run("create table loose (id int primary key, v text)");
+    await run("insert into loose values (250, 'l250')");
+    await run("select dolt_commit('-Am', 'c2')");
+    // Written straight into partitions, moved between them, detached and attached: the clone
+    // (whose tables are plain) gets the same rows and past.
+    await run("insert into parted_a values (4, 'a4')");
+    await run("insert into parted_log_b values (102, 'b102')");
+    await run("update parted set id = id + 100 where id = 2");
+    await run("update parted_log set id = id + 100 where id = 3");
+    await run("alter table parted detach partition parted_b");
+    await run("alter table parted attach partition loose for values from (200) to (300)");
+    await run("select dolt_commit('-Am', 'c3')");
     await run("select dolt_push('origin', 'main')");
     await rowsOf(c, "select dolt_pull('origin')");
-    for (const table of ["parted", "parted_log"]) {
+    for (const table of ["parted", "parted_log", "parted_b"]) {
       const sql = `SELECT * FROM ${table} ORDER BY id`;
       assert.deepEqual(await rowsOf(c, sql), await run(sql), table);
-      for (const back of [0, 1]) {
-        const past = `SELECT * FROM ${table} AS OF 'HEAD~${back}' ORDER BY id`;
+      for (const back of table === "parted_b" ? [0] : [0, 1, 2]) {
+        const past = `SELECT * FROM ${table} AS OF 'HEAD~${back}' ORDER BY id, v`;
         assert.deepEqual(await rowsOf(c, past), await run(past), past);
       }
     }
+    assert.deepEqual(
+      await rowsOf(c, "SELECT to_regclass('loose') AS t"),
+      [{ t: null }],
+      "loose is a partition now",
+    );
   });
 });
 

@@ -380,7 +380,21 @@ test("ATTACH and DETACH PARTITION: the rows join or leave the partitioned table'
   ]);
   assert.deepEqual(await q("SELECT id FROM tree AS OF 'HEAD~1' WHERE id >= 250"), []);
   await assertPastAsKept(states);
-  for (const t of ["tree", "tree_b1", "derived", "base"]) await q(`DROP TABLE ${t}`);
+  // A table that cannot be read AS OF says why, and what to read instead.
+  const partition = await failure("SELECT * FROM loose AS OF 'HEAD'");
+  assert.equal(partition.code, "42809");
+  assert.match(partition.message, /"loose" is a partition of tree: its rows' history is tree's/);
+  assert.match(partition.hint ?? "", /FROM tree AS OF/);
+  const dropped = await failure("SELECT * FROM tree_b2 AS OF 'HEAD~1' WHERE id = 1");
+  assert.equal(dropped.code, "42P01");
+  assert.match(dropped.hint ?? "", /strata\.changes \(WHERE rel = 'public\.tree_b2'\)/);
+  await q("CREATE TABLE fresh (id int PRIMARY KEY)");
+  const fresh = await failure("SELECT * FROM fresh AS OF 'HEAD'");
+  assert.equal(fresh.code, "55000");
+  assert.match(fresh.hint ?? "", /commit the table first/);
+  await q("SELECT dolt_commit('-Am', 'fresh')");
+  assert.deepEqual(await q("SELECT * FROM fresh AS OF 'HEAD'"), []);
+  for (const t of ["tree", "tree_b1", "derived", "base", "fresh"]) await q(`DROP TABLE ${t}`);
   await q("SELECT dolt_commit('-Am', 'dropped')");
 });
 
