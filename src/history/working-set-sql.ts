@@ -378,8 +378,11 @@ BEGIN
     IF (SELECT relispartition FROM pg_class WHERE oid = c.objid) THEN
       -- A partition is no table of its own: its rows are its tree's root's. A new one captures
       -- into the root's history; ATTACH or DETACH on it moves tables into or out of the tree.
-      IF NOT strata.replicating() AND c.object_type = 'table'
-         AND strata.capture_partition_tree(c.objid::regclass, true) AND c.command_tag = 'ALTER TABLE' THEN
+      IF strata.replicating() OR c.object_type <> 'table' THEN CONTINUE; END IF;
+      IF c.command_tag = 'CREATE TABLE' THEN
+        -- Empty, and the only member that changed (the rest of the tree is not read again).
+        PERFORM strata.put_capture_triggers(c.objid::regclass, pg_partition_root(c.objid));
+      ELSIF strata.capture_partition_tree(c.objid::regclass, true) THEN
         PERFORM strata.record_altered(pg_partition_root(c.objid));
       END IF;
       CONTINUE;
