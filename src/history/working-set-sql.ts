@@ -151,6 +151,12 @@ BEGIN
 END
 $fn$;
 
+-- A table's name as history keeps it (schema.table, unquoted).
+CREATE OR REPLACE FUNCTION strata.rel_of(tbl oid) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl
+$$;
+
 -- The table whose history a capture trigger writes to: its first argument (NULL: none).
 CREATE OR REPLACE FUNCTION strata.capture_root_of(tbl oid) RETURNS oid
 LANGUAGE sql STABLE AS $$
@@ -169,8 +175,7 @@ DECLARE
   w record;
   have record;
 BEGIN
-  args := (SELECT ARRAY[c.oid::text, n.nspname || '.' || c.relname, coalesce(strata.primary_key_columns(c.oid), '{}')::text]
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = root);
+  args := ARRAY[root::oid::text, strata.rel_of(root), coalesce(strata.primary_key_columns(root), '{}')::text];
   FOR w IN SELECT * FROM (VALUES
       ('strata_capture_insert', false, 'AFTER INSERT', 'REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT', 'capture_statement'),
       ('strata_capture_delete', row_deletes, 'AFTER DELETE',
@@ -218,7 +223,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION strata.record_new_table(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  v_rel text := (SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl);
+  v_rel text := strata.rel_of(tbl);
 BEGIN
   PERFORM strata.attach_capture(tbl);
   INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
@@ -250,12 +255,10 @@ CREATE OR REPLACE FUNCTION strata.record_rows_moved(root regclass, source text, 
 LANGUAGE plpgsql AS $fn$
 BEGIN
   EXECUTE format(
-    'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row, new_row)
-     SELECT %s, %L, %L, strata.key_of(to_jsonb(t.*), %L::text[]),
-            CASE WHEN %L = ''D'' THEN to_jsonb(t.*) END, CASE WHEN %L = ''I'' THEN to_jsonb(t.*) END
-       FROM %s t',
-    root::oid, (SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = root),
-    op, coalesce(strata.primary_key_columns(root), '{}'), op, op, source);
+    'INSERT INTO strata.working_changes (relid, rel, op, row_key, %I)
+     SELECT %s, %L, %L, strata.key_of(to_jsonb(t.*), %L::text[]), to_jsonb(t.*) FROM %s t',
+    CASE op WHEN 'D' THEN 'old_row' ELSE 'new_row' END,
+    root::oid, strata.rel_of(root), op, coalesce(strata.primary_key_columns(root), '{}'), source);
 END
 $fn$;
 
@@ -286,7 +289,7 @@ BEGIN
   -- The root first: before 2026-11-24 its update trigger was per row, and PostgreSQL copied that
   -- onto every partition, where it would clash with the partitions' own.
   PERFORM strata.put_capture_triggers(root, root);
-  FOR m IN SELECT t.relid::regclass AS tbl, t.isleaf, c.relkind, n.nspname, c.relname
+  FOR m IN SELECT t.relid::regclass AS tbl, t.isleaf, n.nspname, c.relname
              FROM pg_partition_tree(root) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE t.relid <> root AND c.relkind IN ('r', 'p') ORDER BY t.level LOOP
     was := strata.capture_root_of(m.tbl);
@@ -351,10 +354,9 @@ CREATE OR REPLACE FUNCTION strata.record_altered(tbl oid) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
   INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
-  SELECT tbl, n.nspname || '.' || c.relname, 'ALTER TABLE',
-         'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, tbl, 0)),
-         strata.recorded_definition(tbl)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+  VALUES (tbl, strata.rel_of(tbl), 'ALTER TABLE',
+          'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, tbl, 0)),
+          strata.recorded_definition(tbl));
 END
 $fn$;
 
