@@ -36,7 +36,10 @@ export class ReplicationConnection {
   // A FIFO as an array plus a head index: Array#shift is O(n), and the queue holds thousands of
   // small messages when the consumer falls behind. Compacted when the head passes half.
   private queue: Buffer[] = [];
+  /** When each queued message arrived (performance.now()), in step with queue. */
+  private arrivals: number[] = [];
   private head = 0;
+  private lastArrival = 0;
   private queuedBytes = 0;
   private paused = false;
   private failure: Error | undefined;
@@ -105,6 +108,7 @@ export class ReplicationConnection {
       // pg's parser reuses its buffer: keep a copy, since messages outlive this callback.
       const copy = Buffer.from(chunk);
       this.queue.push(copy);
+      this.arrivals.push(performance.now());
       this.queuedBytes += copy.length;
       if (!this.paused && this.queuedBytes > QUEUE_HIGH_BYTES) {
         this.paused = true;
@@ -130,9 +134,11 @@ export class ReplicationConnection {
     for (;;) {
       const next = this.queue[this.head];
       if (next) {
+        this.lastArrival = this.arrivals[this.head];
         this.queue[this.head++] = undefined as unknown as Buffer;
         if (this.head > 1024 && this.head * 2 > this.queue.length) {
           this.queue = this.queue.slice(this.head);
+          this.arrivals = this.arrivals.slice(this.head);
           this.head = 0;
         }
         this.queuedBytes -= next.length;
@@ -154,6 +160,11 @@ export class ReplicationConnection {
       });
       this.wake = undefined;
     }
+  }
+
+  /** When the message last handed out arrived from the primary (performance.now()). */
+  get arrivedAt(): number {
+    return this.lastArrival;
   }
 
   /** Messages received and not yet taken by the consumer. */

@@ -34,6 +34,7 @@ import { type PgoutputMessage, ProtocolError } from "../protocol/messages.ts";
 import { decodePgoutput } from "../protocol/pgoutput.ts";
 import { spaceOutCheckpoints } from "../store/bulk-load.ts";
 import type { StoreHandle } from "../store/store.ts";
+import { BatchLinger } from "./batch-linger.ts";
 import { explainPrimaryConnectionError } from "./connect-errors.ts";
 import { ReplicationConnection, WAKE_UP } from "./connection.ts";
 import { DDL_MESSAGE_PREFIX, parseDdlMessage } from "./ddl-trigger.ts";
@@ -90,9 +91,10 @@ const BATCH_MAX_CHANGES = 5000;
 const DURABLE_CHECK_MS = 50;
 const BATCH_MAX_AGE_MS = 100;
 /**
- * A batch caught up with the stream still waits this long for more transactions (see below).
- * Measured at pgbench -R 1000 (bench/lag.ts): CPU per row, Strata's and the store's together,
- * 222 µs with no wait, 171 µs with 5 ms, 166 µs with 10 ms (docs/decisions.md §12).
+ * A batch caught up with the stream waits at most this long for more transactions, and only while
+ * they arrive often (batch-linger.ts). Measured at pgbench -R 1000 (bench/lag.ts): CPU per row,
+ * Strata's and the store's together, 222 µs with no wait, 171 µs with 5 ms, 166 µs with 10 ms
+ * (docs/decisions.md §12).
  */
 const LIVE_BATCH_MS = 5;
 /** How long standbys may hold acknowledgements back before it is logged and shown as a warning. */
@@ -542,7 +544,11 @@ export class Replicator {
       }, DURABLE_CHECK_MS);
       const idle = () =>
         current === undefined && inStream === undefined && buffer.openTransactions === 0 && !ap.hasUnflushed;
+      // A batch's age bounds it from when it was started (a catch-up's messages may have waited
+      // long in the queue); its wait for more transactions counts from when its first arrived.
       let batchStartedAt = 0;
+      let batchArrivedAt = 0;
+      const linger = new BatchLinger(LIVE_BATCH_MS);
       let lingering: NodeJS.Timeout | undefined;
       stopLingering = () => clearTimeout(lingering);
       const held = new HeldTableWork(ap, {
@@ -605,7 +611,11 @@ export class Replicator {
               if (ap.hasUnflushed && performance.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
               current = { skip: msg.finalLsn < ap.position };
               if (!current.skip) {
-                if (!ap.hasUnflushed) batchStartedAt = performance.now();
+                linger.arrived(conn.arrivedAt);
+                if (!ap.hasUnflushed) {
+                  batchStartedAt = performance.now();
+                  batchArrivedAt = conn.arrivedAt;
+                }
                 ap.beginTransaction({
                   xid: msg.xid,
                   commitLsn: msg.finalLsn,
@@ -641,7 +651,11 @@ export class Replicator {
                 break;
               }
               if (ap.hasUnflushed && performance.now() - batchStartedAt > BATCH_MAX_AGE_MS) await flush();
-              if (!ap.hasUnflushed) batchStartedAt = performance.now();
+              linger.arrived(conn.arrivedAt);
+              if (!ap.hasUnflushed) {
+                batchStartedAt = performance.now();
+                batchArrivedAt = conn.arrivedAt;
+              }
               ap.beginTransaction({
                 xid: msg.xid,
                 commitLsn: msg.commitLsn,
@@ -673,9 +687,8 @@ export class Replicator {
         }
         if (ap.hasUnflushed && !ap.inTransaction && current === undefined && conn.backlog === 0) {
           // Caught up with the stream: commit the batch, once it has gathered transactions for a
-          // few ms. Each store commit costs round trips whatever it holds, and on a busy primary a
-          // batch per transaction costs more CPU than the rate allows, so the stream falls behind.
-          const wait = LIVE_BATCH_MS - (performance.now() - batchStartedAt);
+          // few ms if they arrive often (batch-linger.ts).
+          const wait = linger.waitMs(performance.now(), batchArrivedAt);
           if (wait <= 0) await flush();
           else if (!lingering)
             lingering = setTimeout(() => {
