@@ -344,24 +344,27 @@ export class StrataRewriter implements QueryRewriter {
         surface: boolean;
         rel: string;
         recorded: boolean;
+        kept: boolean;
       }>(
         `SELECT c.oid IS NOT NULL AS found,
                 CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::regclass::text END AS root,
                 EXISTS (SELECT 1 FROM strata.table_surfaces s JOIN pg_namespace n ON n.nspname = s.schema_name
                          WHERE n.oid = c.relnamespace AND s.table_name = c.relname AND s.signature <> '') AS surface,
                 x.rel,
-                EXISTS (SELECT 1 FROM strata.schema_changes WHERE rel = x.rel) AS recorded
+                EXISTS (SELECT 1 FROM strata.schema_changes WHERE rel = x.rel) AS recorded,
+                EXISTS (SELECT 1 FROM strata.table_surfaces s
+                         WHERE c.oid IS NULL AND s.rel = x.rel AND s.dropped_columns IS NOT NULL AND s.signature <> '') AS kept
            FROM (SELECT to_regclass($1) AS oid, coalesce($2, current_schema()) || '.' || $3 AS rel) x
            LEFT JOIN pg_class c ON c.oid = x.oid`,
         [name, schema ?? null, table],
       );
       const row = rows[0];
-      if (row && !row.found)
+      if (row && !row.found && !row.kept)
         error = new AsOfError(
           `relation "${table}" does not exist`,
           "42P01",
           row.recorded
-            ? `AS OF reads tables that exist now: a dropped table's rows are not kept whole. Its recorded changes are in strata.changes (WHERE rel = '${row.rel}')`
+            ? `a dropped table is read AS OF only if it was committed, and its rows were recorded when it was dropped (not for a table copied by a snapshot or renamed, nor one dropped before 2026-11-24). Its recorded changes are in strata.changes (WHERE rel = '${row.rel}')`
             : undefined,
         );
       else if (row?.root)
@@ -370,7 +373,7 @@ export class StrataRewriter implements QueryRewriter {
           "42809",
           `read it as SELECT ... FROM ${row.root} AS OF '...', with a WHERE on the partition's range`,
         );
-      else if (row && !row.surface)
+      else if (row && !row.surface && !row.kept)
         error = new AsOfError(
           `table "${table}" has no history to read AS OF yet`,
           "55000",

@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS strata.table_surfaces (
   key_columns text[] NOT NULL,
   signature text NOT NULL
 );
+-- A dropped table whose rows at the drop were recorded keeps its surface, made from the columns
+-- it had then ({"names": [...], "types": [...]}; NULL for a table that exists).
+ALTER TABLE strata.table_surfaces ADD COLUMN IF NOT EXISTS dropped_columns jsonb;
 
 -- A commit named the way Doltgres names them: HEAD (or the branch's name, STAGED), WORKING (the working set,
 -- numbered after every commit), a hash or a unique
@@ -222,8 +225,9 @@ DECLARE
   b bigint := strata.base_after(p_rel, at);
   upto bigint := coalesce(b - 1, 9223372036854775807);
 BEGIN
+  -- (tbl NULL: a dropped table, whose rows at the drop were recorded as deleted: no rows now.)
   IF cardinality(key_columns) > 0 THEN
-    IF b IS NULL THEN
+    IF b IS NULL AND tbl IS NOT NULL THEN
       -- The keys touched since, each as it was; then the rows untouched since, as they are (one
       -- hash anti-join against the touched keys, not a probe of history per row).
       RETURN QUERY EXECUTE format(
@@ -244,7 +248,7 @@ BEGIN
            SELECT i.j, i.w FROM strata.image_changes($1, $2, $3) i
          ) AS x(j, w) GROUP BY x.j
        ) g CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0',
-      CASE WHEN b IS NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', strata.own_rows(tbl)) ELSE '' END)
+      CASE WHEN b IS NULL AND tbl IS NOT NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', strata.own_rows(tbl)) ELSE '' END)
       USING p_rel, at, upto;
   END IF;
 END
@@ -284,7 +288,7 @@ BEGIN
     IF m.moved_away OR (m.op <> 'I' AND NOT (m.op = 'U' AND m.old_key IS NOT NULL)) THEN
       RETURN NEXT m.old_row;
     END IF;
-  ELSIF b IS NULL THEN
+  ELSIF b IS NULL AND tbl IS NOT NULL THEN
     RETURN QUERY EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %s', strata.own_rows(tbl),
       (SELECT string_agg(format('t.%I = (jsonb_populate_record(NULL::%s, $1)).%I', k, tbl, k), ' AND ')
          FROM unnest(key_columns) k))
@@ -338,14 +342,21 @@ BEGIN
 END
 $fn$;
 
--- A table named by a user: its history name and key.
+-- A table named by a user: its history name and key (tbl NULL: a dropped table that kept its
+-- surface).
 CREATE OR REPLACE FUNCTION strata.surface_of(table_name text)
 RETURNS TABLE (rel text, tbl regclass, key_columns text[])
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
   t regclass := to_regclass(table_name);
+  parts text[];
 BEGIN
   IF t IS NULL THEN
+    parts := parse_ident(table_name, false);
+    RETURN QUERY SELECT s.rel, NULL::regclass, s.key_columns FROM strata.table_surfaces s
+     WHERE s.dropped_columns IS NOT NULL
+       AND s.rel = CASE WHEN cardinality(parts) > 1 THEN parts[1] || '.' || parts[2] ELSE current_schema() || '.' || parts[1] END;
+    IF FOUND THEN RETURN; END IF;
     RAISE EXCEPTION 'table "%" does not exist', table_name USING ERRCODE = '42P01';
   END IF;
   RETURN QUERY SELECT s.rel, t, s.key_columns FROM strata.table_surfaces s

@@ -25,7 +25,7 @@ import { changesKeyHash } from "./key-hash.ts";
  * The version of the per-table objects' SQL, part of each table's surface signature: a table
  * whose surface was made by another version is made again (installStrataSchema).
  */
-export const TABLE_SURFACE_VERSION = 9;
+export const TABLE_SURFACE_VERSION = 10;
 
 export const TABLE_SURFACE_SQL = `
 -- The key a table's history is kept under: as recorded, else its snapshot base's, else its
@@ -38,6 +38,14 @@ LANGUAGE sql STABLE AS $$
     (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index i
        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
       WHERE i.indrelid = tbl AND i.indisprimary)), '{}')
+$$;
+
+-- SQL for a FROM item: the row image \`image\` as a record called \`alias\`, of the table's row type
+-- (row_type), or for a dropped table (row_type NULL) of the columns it had (col_defs).
+CREATE OR REPLACE FUNCTION strata.image_record_sql(image text, alias text, row_type text, col_defs text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN row_type IS NULL THEN format('jsonb_to_record(%s) AS %s(%s)', image, alias, col_defs)
+              ELSE format('jsonb_populate_record(NULL::%s, %s) %s', row_type, image, alias) END
 $$;
 
 CREATE OR REPLACE FUNCTION strata.drop_table_surface(p_schema text, p_table text) RETURNS void
@@ -82,19 +90,33 @@ DECLARE
   key_params text;
   key_json text;
   renamed boolean;
+  dropped jsonb; -- a dropped table's columns (strata.table_surfaces.dropped_columns)
+  row_type text; -- NULL for a dropped table
+  new_image text;
   i int;
 BEGIN
-  IF tbl IS NULL THEN RETURN; END IF;
-  own := strata.own_rows(tbl);
-  SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
-    INTO names, types
-    FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
-  IF names IS NULL THEN RETURN; END IF;
+  IF tbl IS NULL THEN
+    -- A dropped table whose rows at the drop were recorded (strata.keep_dropped_surface): its past
+    -- is all in history, read with the columns it had.
+    SELECT s.dropped_columns INTO dropped FROM strata.table_surfaces s WHERE s.rel = v_rel;
+    IF dropped IS NULL THEN RETURN; END IF;
+    names := ARRAY(SELECT jsonb_array_elements_text(dropped->'names'));
+    types := ARRAY(SELECT jsonb_array_elements_text(dropped->'types'));
+    reg_l := 'NULL::regclass';
+  ELSE
+    row_type := q;
+    own := strata.own_rows(tbl);
+    SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+      INTO names, types
+      FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+    IF names IS NULL THEN RETURN; END IF;
+    PERFORM strata.record_new_column_names(tbl);
+  END IF;
   keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
   -- A table with renamed columns reads older images under today's names (column-renames-sql.ts).
   renamed := strata.has_renames(v_rel);
-  PERFORM strata.record_new_column_names(tbl);
-  v_sig := jsonb_build_object('v', ${TABLE_SURFACE_VERSION}, 'names', names, 'types', types, 'keys', keys, 'renamed', renamed)::text;
+  v_sig := jsonb_build_object('v', ${TABLE_SURFACE_VERSION}, 'names', names, 'types', types, 'keys', keys, 'renamed', renamed,
+                              'dropped', dropped IS NOT NULL)::text;
   IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
      AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
     RETURN;
@@ -103,6 +125,10 @@ BEGIN
   keys_l := CASE WHEN cardinality(keys) = 0 THEN 'ARRAY[]::text[]' ELSE quote_literal(keys::text) || '::text[]' END;
   SELECT string_agg(format('%I %s', n, types[o]), ', ' ORDER BY o) INTO col_defs
     FROM unnest(names) WITH ORDINALITY AS u(n, o);
+  -- A dropped table has no rows now: its snapshot bases (none, or its rows would not have been
+  -- recorded) read an empty relation of its columns.
+  own := coalesce(own, format('(SELECT * FROM jsonb_to_record(''{}''::jsonb) AS e(%s) WHERE false)', col_defs));
+  new_image := CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.new_row)' ELSE 'c.new_row' END;
 
   -- History: versions written as history, then the versions of snapshot bases (rows untouched
   -- since the base as they are now, the others as their first later change found them). A
@@ -117,7 +143,7 @@ BEGIN
         FROM strata.changes c
         JOIN strata.commits k ON k.seq = c.commit_seq
         %16$s
-        CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, %10$s) r
+        CROSS JOIN LATERAL %7$s
        WHERE c.rel = %8$s AND c.new_row IS NOT NULL
       UNION ALL
       SELECT r.*, k.hash, k.committer, k.date
@@ -148,17 +174,18 @@ BEGIN
                      WHERE c.rel = b.rel AND c.commit_seq > b.commit_seq AND c.old_key IS NOT NULL) m
              ORDER BY m.k, m.commit_seq, m.ord
           ) first_touch
-          CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, first_touch.old_row) f
+          CROSS JOIN LATERAL %10$s
            WHERE first_touch.op <> 'I' AND NOT first_touch.arrives
         ) r
        WHERE b.rel = %8$s
     $strata$$sql$,
-    p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date, q, rel_l,
+    p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date,
+    strata.image_record_sql(new_image, 'r', row_type, col_defs), rel_l,
     CASE WHEN cardinality(keys) > 0 AND keys <@ names
          THEN format('CASE WHEN bk.keys = %s THEN %s ELSE strata.key_of(to_jsonb(t.*), bk.keys) END',
                      keys_l, strata.key_expression(keys, 't'))
          ELSE 'strata.key_of(to_jsonb(t.*), bk.keys)' END,
-    CASE WHEN renamed THEN 'strata.image_at(rs.st, c.commit_seq, c.ord, c.new_row)' ELSE 'c.new_row' END,
+    strata.image_record_sql('first_touch.old_row', 'f', row_type, col_defs),
     CASE WHEN renamed THEN 'strata.renamed_names(b.key_columns, strata.map_at(rs.st, b.commit_seq, -1))' ELSE 'b.key_columns' END,
     CASE WHEN renamed
          -- (Committed changes only: below 9223372036854775807, the working set's.)
@@ -180,9 +207,9 @@ BEGIN
   EXECUTE format($sql$
     CREATE FUNCTION %1$I.%2$I(text) RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
       SELECT r.* FROM strata.rows_as_of(%4$s, %5$s, %6$s, dolt.commit_seq($1)) AS j(j)
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%7$s, j.j) r
+       CROSS JOIN LATERAL %7$s
     $strata$$sql$,
-    p_schema, 'dolt_as_of_' || p_table, col_defs, rel_l, reg_l, keys_l, q);
+    p_schema, 'dolt_as_of_' || p_table, col_defs, rel_l, reg_l, keys_l, strata.image_record_sql('j.j', 'r', row_type, col_defs));
   IF cardinality(keys) > 0 AND keys <@ names THEN
     SELECT string_agg(types[array_position(names, k)], ', ' ORDER BY o),
            'jsonb_build_object(' || string_agg(format('%L, $%s', k, o + 1), ', ' ORDER BY o) || ')'
@@ -191,9 +218,10 @@ BEGIN
     EXECUTE format($sql$
       CREATE FUNCTION %1$I.%2$I(text, %3$s) RETURNS TABLE (%4$s) LANGUAGE sql STABLE AS $strata$
         SELECT r.* FROM strata.row_as_of(%5$s, %6$s, %7$s, dolt.commit_seq($1), %8$s) AS j(j)
-         CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, j.j) r
+         CROSS JOIN LATERAL %9$s
       $strata$$sql$,
-      p_schema, 'dolt_as_of_' || p_table, key_params, col_defs, rel_l, reg_l, keys_l, key_json, q);
+      p_schema, 'dolt_as_of_' || p_table, key_params, col_defs, rel_l, reg_l, keys_l, key_json,
+      strata.image_record_sql('j.j', 'r', row_type, col_defs));
   END IF;
 
   -- Diffs: to_<col>, to_commit, to_commit_date, from_<col>, from_commit, from_commit_date, diff_type.
@@ -215,10 +243,11 @@ BEGIN
         LEFT JOIN strata.commits fc ON fc.seq = q.fs
         LEFT JOIN strata.commits tc ON tc.seq = q.ts
        CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, q.fs, q.ts) d
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
+       CROSS JOIN LATERAL %9$s
+       CROSS JOIN LATERAL %10$s
     $strata$$sql$,
-    p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l, q);
+    p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l,
+    strata.image_record_sql('d.to_row', 't', row_type, col_defs), strata.image_record_sql('d.from_row', 'f', row_type, col_defs));
   EXECUTE format($sql$
     CREATE FUNCTION %1$I.%2$I() RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
       SELECT %4$s, k.hash, k.date, %5$s, p.hash, p.date,
@@ -226,18 +255,19 @@ BEGIN
         FROM strata.commits k
         LEFT JOIN strata.commits p ON p.hash = k.parent_hash
        CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, coalesce(p.seq, 0), k.seq) d
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
+       CROSS JOIN LATERAL %9$s
+       CROSS JOIN LATERAL %10$s
       UNION ALL
       -- The uncommitted working set, against the last commit, as Doltgres shows it.
       SELECT %4$s, 'WORKING', NULL::timestamptz, %5$s, h.hash, h.date,
              CASE WHEN d.from_row IS NULL THEN 'added' WHEN d.to_row IS NULL THEN 'removed' ELSE 'modified' END
         FROM (SELECT seq, hash, date FROM strata.commits ORDER BY seq DESC LIMIT 1) h
        CROSS JOIN LATERAL strata.diff_rows(%6$s, %7$s, %8$s, h.seq, 9223372036854775807) d
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.to_row) t
-       CROSS JOIN LATERAL jsonb_populate_record(NULL::%9$s, d.from_row) f
+       CROSS JOIN LATERAL %9$s
+       CROSS JOIN LATERAL %10$s
     $strata$$sql$,
-    p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l, q);
+    p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l,
+    strata.image_record_sql('d.to_row', 't', row_type, col_defs), strata.image_record_sql('d.from_row', 'f', row_type, col_defs));
   EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_diff_' || p_table);
 
   -- Blame: the last commit that touched each row now present (its last change, else its base).
@@ -272,9 +302,10 @@ BEGIN
     EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_blame_' || p_table);
   END IF;
 
-  INSERT INTO strata.table_surfaces (rel, schema_name, table_name, key_columns, signature)
-  VALUES (v_rel, p_schema, p_table, keys, v_sig)
-  ON CONFLICT (rel) DO UPDATE SET key_columns = excluded.key_columns, signature = excluded.signature;
+  INSERT INTO strata.table_surfaces (rel, schema_name, table_name, key_columns, signature, dropped_columns)
+  VALUES (v_rel, p_schema, p_table, keys, v_sig, dropped)
+  ON CONFLICT (rel) DO UPDATE SET key_columns = excluded.key_columns, signature = excluded.signature,
+                                  dropped_columns = excluded.dropped_columns;
 END
 $fn$;
 `;

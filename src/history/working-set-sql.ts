@@ -412,16 +412,90 @@ BEGIN
 END
 $fn$;
 
+-- A dropped table's rows, recorded as deleted ahead of its DROP TABLE, where history holds them
+-- all: the table entered history by a recorded CREATE TABLE under its name (committed, with its
+-- table id, or in this working set), and since then has had no snapshot base, no other name, and
+-- no DROP TABLE (an ATTACH PARTITION records one). Returns whether they were. The table is gone
+-- by now (sql_drop fires after the drop), so its rows are rebuilt from history: each key's last
+-- image, or for a table without a key, the images added and not removed.
+CREATE OR REPLACE FUNCTION strata.record_dropped_rows(tbl oid, p_rel text) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_tid text := (SELECT tid FROM strata.table_ids WHERE relid = tbl);
+  created bigint; -- its CREATE TABLE in the working set
+  lo bigint;      -- history before this commit is not the table's
+BEGIN
+  IF v_tid IS NULL THEN RETURN false; END IF;
+  SELECT id INTO created FROM strata.working_schema_changes
+   WHERE relid = tbl AND kind = 'CREATE TABLE' AND rel = p_rel ORDER BY id DESC LIMIT 1;
+  IF created IS NOT NULL THEN
+    lo := 9223372036854775806; -- the working set's changes only
+  ELSE
+    SELECT commit_seq - 1 INTO lo FROM strata.schema_changes
+     WHERE rel = p_rel AND ddl LIKE 'CREATE TABLE %' AND definition->>'tid' = v_tid
+     ORDER BY commit_seq DESC LIMIT 1;
+    IF lo IS NULL
+       OR EXISTS (SELECT 1 FROM strata.schema_changes WHERE commit_seq > lo
+                    AND ((rel = p_rel AND definition ? 'dropped') OR (definition->>'tid' = v_tid AND rel <> p_rel)))
+       OR EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo) THEN
+      RETURN false;
+    END IF;
+  END IF;
+  IF EXISTS (SELECT 1 FROM strata.working_schema_changes WHERE id > coalesce(created, 0)
+               AND ((rel = p_rel AND kind = 'DROP TABLE') OR (relid = tbl AND rel <> p_rel))) THEN
+    RETURN false;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM strata.changes_and_working c
+                  WHERE c.rel = p_rel AND c.commit_seq > lo AND c.row_key IS NULL) THEN
+    INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+    SELECT tbl, p_rel, 'D', s.row_key, s.to_row
+      FROM strata.key_states(p_rel, lo, 9223372036854775807) s WHERE s.to_row IS NOT NULL;
+  ELSE
+    INSERT INTO strata.working_changes (relid, rel, op, old_row)
+    SELECT tbl, p_rel, 'D', g.j
+      FROM (SELECT i.j, -sum(i.w) AS n FROM strata.image_changes(p_rel, lo, 9223372036854775807) i GROUP BY i.j) g
+     CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0;
+  END IF;
+  RETURN true;
+END
+$fn$;
+
+-- A dropped table whose rows at the drop are in history keeps its surface (dolt_history_<t>,
+-- dolt_diff_<t>, AS OF), made from the columns it had: those of its surface's signature \`sig\`,
+-- taken before the drop.
+CREATE OR REPLACE FUNCTION strata.keep_dropped_surface(p_schema text, p_table text, sig text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF sig IS NULL OR sig NOT LIKE '{%' THEN RETURN; END IF;
+  UPDATE strata.table_surfaces
+     SET dropped_columns = jsonb_build_object('names', sig::jsonb->'names', 'types', sig::jsonb->'types')
+   WHERE rel = p_schema || '.' || p_table;
+  PERFORM strata.ensure_table_surface(p_schema, p_table);
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION strata.on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
   d record;
+  v_rel text;
+  sig text;
+  recorded boolean;
 BEGIN
   IF strata.internal_writer() THEN RETURN; END IF;
   FOR d IN SELECT * FROM pg_event_trigger_dropped_objects()
             WHERE object_type = 'table' AND original AND NOT is_temporary
               AND schema_name NOT IN ('strata', 'dolt') LOOP
+    v_rel := d.schema_name || '.' || d.object_name;
+    sig := (SELECT signature FROM strata.table_surfaces WHERE rel = v_rel);
+    recorded := NOT strata.replicating() AND strata.record_dropped_rows(d.objid, v_rel);
     PERFORM strata.record_table_gone(d.objid, d.schema_name, d.object_name, d.object_identity);
+    IF recorded THEN
+      -- Said in the drop's definition, so that a clone keeps the table's surface too.
+      UPDATE strata.working_schema_changes SET definition = '{"dropped": true, "rows_recorded": true}'
+       WHERE id = (SELECT max(id) FROM strata.working_schema_changes WHERE relid = d.objid AND kind = 'DROP TABLE');
+      PERFORM strata.keep_dropped_surface(d.schema_name, d.object_name, sig);
+    END IF;
   END LOOP;
 END
 $fn$;
@@ -533,7 +607,7 @@ BEGIN
   ), schema_rows AS (
     INSERT INTO strata.schema_changes (commit_seq, ord, rel, ddl, definition)
     SELECT v_seq, o.ord, s.rel, s.ddl,
-           CASE WHEN s.kind = 'DROP TABLE' THEN '{"dropped": true}'::jsonb
+           CASE WHEN s.kind = 'DROP TABLE' THEN coalesce(s.definition, '{"dropped": true}'::jsonb)
                 ELSE coalesce(s.definition, strata.table_definition(s.relid)) END
       FROM strata.working_schema_changes s JOIN ordered o USING (id) WHERE s.staged
   )

@@ -259,14 +259,18 @@ DECLARE
   cur_not_null boolean;
   cur_default text;
   r record;
+  sig text;
 BEGIN
   IF def IS NULL THEN RETURN; END IF;
   IF def ? 'dropped' THEN
     tbl := strata.regclass_of(p_rel);
     IF tbl IS NOT NULL THEN
+      sig := (SELECT signature FROM strata.table_surfaces WHERE rel = p_rel);
       DELETE FROM strata.table_ids WHERE relid = tbl;
       PERFORM strata.drop_table_surface(v_schema, v_name);
       EXECUTE format('DROP TABLE %s', tbl);
+      -- Its rows at the drop were recorded (deleted by this commit): it keeps its past.
+      IF def ? 'rows_recorded' THEN PERFORM strata.keep_dropped_surface(v_schema, v_name, sig); END IF;
     END IF;
     RETURN;
   END IF;

@@ -246,6 +246,24 @@ test("partitioned tables push and pull: the clone's rows are the origin's (as pl
       [{ t: null }],
       "loose is a partition now",
     );
+    // Dropped: the drop commit removes their rows, and the clone keeps their past as the origin does.
+    await run("drop table parted, parted_log");
+    await run("select dolt_commit('-Am', 'c4')");
+    await run("select dolt_push('origin', 'main')");
+    await rowsOf(c, "select dolt_pull('origin')");
+    for (const table of ["parted", "parted_log"]) {
+      for (const sql of [
+        `SELECT * FROM ${table} AS OF 'HEAD~1' ORDER BY id, v`,
+        `SELECT * FROM ${table} AS OF 'HEAD~3' ORDER BY id, v`,
+        `SELECT from_id, from_v, diff_type FROM dolt_diff('HEAD~1', 'HEAD', '${table}') ORDER BY from_id, from_v`,
+      ])
+        assert.deepEqual(await rowsOf(c, sql), await run(sql), sql);
+      assert.equal(
+        (await run(`SELECT count(*)::int AS n FROM dolt_diff('HEAD~1', 'HEAD', '${table}')`))[0].n,
+        (await run(`SELECT count(*)::int AS n FROM ${table} AS OF 'HEAD~1'`))[0].n,
+        `the drop removed every row of ${table}`,
+      );
+    }
   });
 });
 

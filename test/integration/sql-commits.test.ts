@@ -436,6 +436,77 @@ test("DROP TABLE is a change too; the table's history stays in the log", async (
   assert.equal(change.ddl, "DROP TABLE public.other");
 });
 
+test("a dropped table keeps its past: AS OF, dolt_diff and dolt_history read it as it was, and the drop removes its rows", async () => {
+  await q("CREATE TABLE gone (id int PRIMARY KEY, v text)");
+  await q("CREATE TABLE gone_log (id int, v text)"); // no key: rows are images
+  await q("INSERT INTO gone VALUES (1, 'a'), (2, 'b'), (3, 'c')");
+  await q("INSERT INTO gone_log VALUES (1, 'x'), (1, 'x'), (2, 'y')");
+  const states = [await commitAndKeep("g1", ["gone", "gone_log"])];
+  await q("UPDATE gone SET v = 'bb' WHERE id = 2");
+  await q("DELETE FROM gone WHERE id = 3");
+  await q("UPDATE gone SET id = 4 WHERE id = 1"); // a key that moves
+  await q("TRUNCATE gone_log");
+  await q("INSERT INTO gone_log VALUES (3, 'z'), (3, 'z')");
+  states.push(await commitAndKeep("g2", ["gone", "gone_log"]));
+  // Changed and dropped in one transaction, uncommitted until the drop's commit.
+  await q("BEGIN");
+  await q("INSERT INTO gone VALUES (5, 'e')");
+  await q("DELETE FROM gone_log WHERE ctid = (SELECT min(ctid) FROM gone_log)");
+  await q("DROP TABLE gone, gone_log");
+  await q("COMMIT");
+  assert.deepEqual(await status(), ["gone:working:deleted", "gone_log:working:deleted"]);
+  await q("SELECT dolt_commit('-Am', 'dropped gone')");
+  await assertPastAsKept(states);
+  assert.deepEqual(await q("SELECT * FROM gone AS OF 'HEAD'"), []);
+  // The drop's commit removed the rows the tables had: the last commit's, and those of the
+  // transaction that dropped them.
+  assert.deepEqual(
+    await q("SELECT from_id, from_v, diff_type FROM dolt_diff('HEAD~1', 'HEAD', 'gone') ORDER BY from_id"),
+    [
+      { from_id: 2, from_v: "bb", diff_type: "removed" },
+      { from_id: 4, from_v: "a", diff_type: "removed" },
+    ],
+  );
+  assert.deepEqual(
+    await q(
+      "SELECT from_id, from_v, diff_type FROM dolt_diff('HEAD~1', 'HEAD', 'gone_log') ORDER BY from_id",
+    ),
+    [
+      { from_id: 3, from_v: "z", diff_type: "removed" },
+      { from_id: 3, from_v: "z", diff_type: "removed" },
+    ],
+  );
+  assert.deepEqual(
+    (
+      await q(
+        "SELECT coalesce(to_row, from_row)->>'id' AS id, diff_type FROM dolt.dolt_diff('HEAD~2', 'HEAD~1', 'gone') ORDER BY 1",
+      )
+    ).map((r) => `${r.diff_type} ${r.id}`),
+    ["removed 1", "modified 2", "removed 3", "added 4"],
+  );
+  assert.deepEqual(
+    (await q("SELECT id, v FROM dolt_history_gone ORDER BY id, v")).map((r) => `${r.id}${r.v}`),
+    ["1a", "2b", "2bb", "3c", "4a", "5e"],
+  );
+  // A table whose history does not hold all its rows (here: renamed, so its first rows are
+  // under its old name) is dropped as before: no rows made up, and AS OF says why it cannot.
+  await q("CREATE TABLE moved_src (id int PRIMARY KEY)");
+  await q("INSERT INTO moved_src VALUES (1)");
+  await q("SELECT dolt_commit('-Am', 'moved_src')");
+  await q("ALTER TABLE moved_src RENAME TO moved_dst");
+  await q("INSERT INTO moved_dst VALUES (2)");
+  await q("SELECT dolt_commit('-Am', 'renamed')");
+  await q("DROP TABLE moved_dst");
+  await q("SELECT dolt_commit('-Am', 'dropped moved_dst')");
+  assert.deepEqual(
+    await q("SELECT op FROM strata.changes WHERE commit_seq = (SELECT max(seq) FROM strata.commits)"),
+    [],
+  );
+  const unrecorded = await failure("SELECT * FROM moved_dst AS OF 'HEAD~1'");
+  assert.equal(unrecorded.code, "42P01");
+  assert.match(unrecorded.hint ?? "", /strata\.changes \(WHERE rel = 'public\.moved_dst'\)/);
+});
+
 test("RENAME COLUMN is a change: committed, and the table's diff and as-of functions take the new name", async () => {
   await q("CREATE TABLE ren (id int PRIMARY KEY, a text)");
   await q("INSERT INTO ren VALUES (1, 'one')");
