@@ -83,6 +83,12 @@ async function rebindTables(store: StoreHandle, target: string, tables: TableIde
         WHERE to_regclass(format('%I.%I', t.schema, t.name)) IS NOT NULL`,
       [JSON.stringify(tables)],
     );
+    // The capture triggers name their table's root by oid too (a copy made by a Strata before
+    // 2026-11-25 has no strata.rebind_capture; its triggers stay as they were).
+    const { rows } = await client.query<{ has: boolean }>(
+      "SELECT to_regprocedure('strata.rebind_capture()') IS NOT NULL AS has",
+    );
+    if (rows[0]?.has) await client.query("SELECT strata.rebind_capture()");
     for (const table of ["strata.working_changes", "strata.working_schema_changes"]) {
       await client.query(
         `UPDATE ${table} w SET relid = r.oid

@@ -164,6 +164,15 @@ LANGUAGE sql STABLE AS $$
     FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'strata_capture_insert' AND tgparentid = 0
 $$;
 
+-- The partitions whose writes are captured into their tree's root's history, and that root. When
+-- a partition is dropped its catalog rows are gone by the time sql_drop fires, its root with them:
+-- this is where on_sql_drop finds the root whose rows went. Kept by put_capture_triggers, and
+-- made anew at every start (oids do not survive a branch's copy).
+CREATE TABLE IF NOT EXISTS strata.capture_members (
+  relid oid PRIMARY KEY,
+  root oid NOT NULL
+);
+
 -- The capture triggers of tbl, writing to root's history (tbl itself, or its partition tree's
 -- root). Only what differs is made again: this runs for every captured partition tree at start.
 CREATE OR REPLACE FUNCTION strata.put_capture_triggers(tbl regclass, root regclass) RETURNS void
@@ -175,6 +184,12 @@ DECLARE
   w record;
   have record;
 BEGIN
+  IF tbl <> root THEN
+    INSERT INTO strata.capture_members AS m (relid, root) VALUES (tbl, root)
+      ON CONFLICT (relid) DO UPDATE SET root = excluded.root WHERE m.root <> excluded.root;
+  ELSE
+    DELETE FROM strata.capture_members WHERE relid = tbl;
+  END IF;
   args := ARRAY[root::oid::text, strata.rel_of(root), coalesce(strata.primary_key_columns(root), '{}')::text];
   FOR w IN SELECT * FROM (VALUES
       ('strata_capture_insert', false, 'AFTER INSERT', 'REFERENCING NEW TABLE AS strata_inserted FOR EACH STATEMENT', 'capture_statement'),
@@ -198,6 +213,25 @@ BEGIN
     IF FOUND AND have.per_row <> w.per_row THEN EXECUTE format('DROP TRIGGER %I ON %s', w.name, tbl); END IF;
     EXECUTE format('CREATE OR REPLACE TRIGGER %I %s ON %s %s EXECUTE FUNCTION strata.%I(%L, %L, %L)',
                    w.name, w.event, tbl, w.how, w.fn, args[1], args[2], args[3]);
+  END LOOP;
+END
+$fn$;
+
+-- A copied database (a branch: pg_dump and pg_restore) has the source's capture triggers, whose
+-- arguments name the root by the source's oid: point them at the copy's tables, found by the
+-- root's name (the trigger's second argument).
+CREATE OR REPLACE FUNCTION strata.rebind_capture() RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  t record;
+BEGIN
+  DELETE FROM strata.capture_members;
+  FOR t IN SELECT x.tbl, to_regclass(format('%I.%I', split_part(x.rel, '.', 1), substr(x.rel, strpos(x.rel, '.') + 1))) AS root
+             FROM (SELECT tgrelid::regclass AS tbl, split_part(encode(tgargs, 'escape'), '\\000', 2) AS rel
+                     FROM pg_trigger WHERE tgname = 'strata_capture_insert' AND tgparentid = 0) x
+            ORDER BY x.tbl::text <> x.rel LOOP -- roots first
+    CONTINUE WHEN t.root IS NULL;
+    PERFORM strata.put_capture_triggers(t.tbl, t.root);
   END LOOP;
 END
 $fn$;
@@ -342,6 +376,7 @@ BEGIN
   FOR t IN SELECT tgrelid::regclass AS tbl, tgname FROM pg_trigger WHERE tgname LIKE 'strata_capture_%' AND tgparentid = 0 LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.tbl);
   END LOOP;
+  DELETE FROM strata.capture_members;
   WITH w AS (DELETE FROM strata.working_changes RETURNING 1),
        s AS (DELETE FROM strata.working_schema_changes RETURNING 1)
   SELECT (SELECT count(*) FROM w) + (SELECT count(*) FROM s) INTO dropped;
@@ -412,20 +447,18 @@ BEGIN
 END
 $fn$;
 
--- A dropped table's rows, recorded as deleted ahead of its DROP TABLE, where history holds them
--- all: the table entered history by a recorded CREATE TABLE under its name (committed, with its
--- table id, or in this working set), and since then has had no snapshot base, no other name, and
--- no DROP TABLE (an ATTACH PARTITION records one). Returns whether they were. The table is gone
--- by now (sql_drop fires after the drop), so its rows are rebuilt from history: each key's last
--- image, or for a table without a key, the images added and not removed.
-CREATE OR REPLACE FUNCTION strata.record_dropped_rows(tbl oid, p_rel text) RETURNS boolean
-LANGUAGE plpgsql AS $fn$
+-- Where a table's history starts, if it holds every row the table has had (NULL if not): the
+-- table entered history by a recorded CREATE TABLE under its name (committed, with its table id,
+-- or in this working set), and since then has had no snapshot base, no other name, and no DROP
+-- TABLE (an ATTACH PARTITION records one). Changes after the commit returned are all the table's.
+CREATE OR REPLACE FUNCTION strata.complete_history_start(tbl oid, p_rel text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
   v_tid text := (SELECT tid FROM strata.table_ids WHERE relid = tbl);
   created bigint; -- its CREATE TABLE in the working set
-  lo bigint;      -- history before this commit is not the table's
+  lo bigint;
 BEGIN
-  IF v_tid IS NULL THEN RETURN false; END IF;
+  IF v_tid IS NULL THEN RETURN NULL; END IF;
   SELECT id INTO created FROM strata.working_schema_changes
    WHERE relid = tbl AND kind = 'CREATE TABLE' AND rel = p_rel ORDER BY id DESC LIMIT 1;
   IF created IS NOT NULL THEN
@@ -438,13 +471,27 @@ BEGIN
        OR EXISTS (SELECT 1 FROM strata.schema_changes WHERE commit_seq > lo
                     AND ((rel = p_rel AND definition ? 'dropped') OR (definition->>'tid' = v_tid AND rel <> p_rel)))
        OR EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo) THEN
-      RETURN false;
+      RETURN NULL;
     END IF;
   END IF;
   IF EXISTS (SELECT 1 FROM strata.working_schema_changes WHERE id > coalesce(created, 0)
                AND ((rel = p_rel AND kind = 'DROP TABLE') OR (relid = tbl AND rel <> p_rel))) THEN
-    RETURN false;
+    RETURN NULL;
   END IF;
+  RETURN lo;
+END
+$fn$;
+
+-- A dropped table's rows, recorded as deleted ahead of its DROP TABLE, where history holds them
+-- all (strata.complete_history_start). Returns whether they were. The table is gone by now
+-- (sql_drop fires after the drop), so its rows are rebuilt from history: each key's last image,
+-- or for a table without a key, the images added and not removed.
+CREATE OR REPLACE FUNCTION strata.record_dropped_rows(tbl oid, p_rel text) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  lo bigint := strata.complete_history_start(tbl, p_rel);
+BEGIN
+  IF lo IS NULL THEN RETURN false; END IF;
   IF NOT EXISTS (SELECT 1 FROM strata.changes_and_working c
                   WHERE c.rel = p_rel AND c.commit_seq > lo AND c.row_key IS NULL) THEN
     INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
@@ -457,6 +504,51 @@ BEGIN
      CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0;
   END IF;
   RETURN true;
+END
+$fn$;
+
+-- The rows a partitioned table lost with a dropped partition, recorded as deleted. No trigger sees
+-- them go, and as-of reads start from the rows the table has now, so unrecorded they would vanish
+-- from every earlier commit too. They are what history says the table holds and it no longer
+-- does: found only where history holds every row (strata.complete_history_start), and only if
+-- every row the table still has is one history knows (else history and table disagree, and
+-- nothing is recorded). Returns whether they were recorded. Reads the table and its history once.
+CREATE OR REPLACE FUNCTION strata.record_vanished_rows(root regclass) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_rel text := strata.rel_of(root);
+  lo bigint := strata.complete_history_start(root, v_rel);
+  key_columns text[] := strata.primary_key_columns(root);
+  agrees boolean;
+BEGIN
+  IF lo IS NULL THEN RETURN false; END IF;
+  IF key_columns IS NOT NULL AND NOT EXISTS (SELECT 1 FROM strata.changes_and_working c
+                                              WHERE c.rel = v_rel AND c.commit_seq > lo AND c.row_key IS NULL) THEN
+    EXECUTE format(
+      'WITH h AS MATERIALIZED (SELECT row_key, to_row FROM strata.key_states($1, $2, 9223372036854775807) WHERE to_row IS NOT NULL),
+            t AS MATERIALIZED (SELECT %s AS k FROM %s t),
+            unknown AS (SELECT 1 FROM t WHERE NOT EXISTS (SELECT 1 FROM h WHERE h.row_key = t.k) LIMIT 1),
+            gone AS (INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row)
+                     SELECT $3, $1, ''D'', h.row_key, h.to_row FROM h
+                      WHERE NOT EXISTS (SELECT 1 FROM unknown) AND NOT EXISTS (SELECT 1 FROM t WHERE t.k = h.row_key))
+       SELECT NOT EXISTS (SELECT 1 FROM unknown)',
+      strata.key_expression(key_columns, 't'), root)
+      INTO agrees USING v_rel, lo, root::oid;
+  ELSE
+    -- Without a key, rows are images: history's count of each against the table's.
+    EXECUTE format(
+      'WITH g AS MATERIALIZED (
+              SELECT x.j, sum(x.n) AS n FROM (
+                SELECT i.j, -i.w AS n FROM strata.image_changes($1, $2, 9223372036854775807) i
+                UNION ALL SELECT to_jsonb(t), -1 FROM %s t) x GROUP BY x.j),
+            gone AS (INSERT INTO strata.working_changes (relid, rel, op, old_row)
+                     SELECT $3, $1, ''D'', g.j FROM g CROSS JOIN LATERAL generate_series(1, g.n)
+                      WHERE g.n > 0 AND NOT EXISTS (SELECT 1 FROM g WHERE g.n < 0))
+       SELECT NOT EXISTS (SELECT 1 FROM g WHERE g.n < 0)',
+      root)
+      INTO agrees USING v_rel, lo, root::oid;
+  END IF;
+  RETURN agrees;
 END
 $fn$;
 
@@ -482,21 +574,45 @@ DECLARE
   sig text;
   recorded boolean;
 BEGIN
-  IF strata.internal_writer() THEN RETURN; END IF;
-  FOR d IN SELECT * FROM pg_event_trigger_dropped_objects()
-            WHERE object_type = 'table' AND original AND NOT is_temporary
-              AND schema_name NOT IN ('strata', 'dolt') LOOP
-    v_rel := d.schema_name || '.' || d.object_name;
-    sig := (SELECT signature FROM strata.table_surfaces WHERE rel = v_rel);
-    recorded := NOT strata.replicating() AND strata.record_dropped_rows(d.objid, v_rel);
-    PERFORM strata.record_table_gone(d.objid, d.schema_name, d.object_name, d.object_identity);
-    IF recorded THEN
-      -- Said in the drop's definition, so that a clone keeps the table's surface too.
-      UPDATE strata.working_schema_changes SET definition = '{"dropped": true, "rows_recorded": true}'
-       WHERE id = (SELECT max(id) FROM strata.working_schema_changes WHERE relid = d.objid AND kind = 'DROP TABLE');
-      PERFORM strata.keep_dropped_surface(d.schema_name, d.object_name, sig);
+  -- (Strata's own drops, dolt_reset --hard's and a pull's, record nothing here.)
+  IF NOT strata.internal_writer() THEN
+    FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() o
+              WHERE o.object_type = 'table' AND o.original AND NOT o.is_temporary
+                AND o.schema_name NOT IN ('strata', 'dolt')
+                AND NOT EXISTS (SELECT 1 FROM strata.capture_members m WHERE m.relid = o.objid) LOOP
+      v_rel := d.schema_name || '.' || d.object_name;
+      sig := (SELECT signature FROM strata.table_surfaces WHERE rel = v_rel);
+      recorded := NOT strata.replicating() AND strata.record_dropped_rows(d.objid, v_rel);
+      PERFORM strata.record_table_gone(d.objid, d.schema_name, d.object_name, d.object_identity);
+      IF recorded THEN
+        -- Said in the drop's definition, so that a clone keeps the table's surface too.
+        UPDATE strata.working_schema_changes SET definition = '{"dropped": true, "rows_recorded": true}'
+         WHERE id = (SELECT max(id) FROM strata.working_schema_changes WHERE relid = d.objid AND kind = 'DROP TABLE');
+        PERFORM strata.keep_dropped_surface(d.schema_name, d.object_name, sig);
+      END IF;
+    END LOOP;
+    -- A partition is no table of its own: dropping one (alone, or inside a dropped partitioned
+    -- partition) is a change of its tree's root, which loses the rows it held. (A root dropped as
+    -- well was done above, with all its rows.)
+    IF NOT strata.replicating() THEN
+      FOR d IN SELECT m.root::regclass AS root,
+                      coalesce(string_agg(o.object_identity, ', ' ORDER BY o.object_identity) FILTER (WHERE o.original),
+                               string_agg(o.object_identity, ', ' ORDER BY o.object_identity)) AS named
+                 FROM pg_event_trigger_dropped_objects() o JOIN strata.capture_members m ON m.relid = o.objid
+                WHERE o.object_type = 'table' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.root)
+                GROUP BY m.root LOOP
+        IF NOT strata.record_vanished_rows(d.root) THEN
+          RAISE EXCEPTION 'cannot drop partition % of %: the rows it holds would leave %''s history unrecorded', d.named, d.root, d.root
+            USING ERRCODE = '55000',
+                  DETAIL = format('%s''s history does not hold every row the table has (it was copied by a snapshot or a shallow clone, or renamed, since it was created), so the rows the partition takes with it cannot be recorded as deleted, and %s AS OF an earlier commit would lose them too', d.root, d.root),
+                  HINT = format('detach it from its partitioned table first (ALTER TABLE <that table> DETACH PARTITION %s), which records its rows leaving %s, then drop it', d.named, d.root);
+        END IF;
+        PERFORM strata.record_altered(d.root);
+      END LOOP;
     END IF;
-  END LOOP;
+  END IF;
+  DELETE FROM strata.capture_members m
+   USING pg_event_trigger_dropped_objects() o WHERE o.object_type = 'table' AND m.relid = o.objid;
 END
 $fn$;
 
@@ -504,6 +620,7 @@ $fn$;
 -- partitions, inheritance parents' deletes (before 2026-11-24 none of these were captured right).
 DO $do$
 BEGIN
+  DELETE FROM strata.capture_members;
   IF NOT strata.replicating() THEN
     PERFORM strata.capture_partition_tree(c.oid::regclass, false)
        FROM pg_class c WHERE c.relkind = 'p' AND NOT c.relispartition AND strata.capture_root_of(c.oid) = c.oid;

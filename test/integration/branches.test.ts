@@ -152,6 +152,50 @@ test("each session reads and writes its own branch; a fast-forward merge brings 
   assert.deepEqual(await ids(s), [1, 2, 3, 4]);
 });
 
+test("a branch's working set is its own: writes on it are staged, reset and committed by table, partitions included", async () => {
+  const admin = await connectTo(primary);
+  await rowsOf(admin, "CREATE DATABASE yard");
+  const s = await connectTo(primary, "yard");
+  await rowsOf(s, "CREATE TABLE plots (id int PRIMARY KEY, crop text) PARTITION BY RANGE (id)");
+  await rowsOf(s, "CREATE TABLE plots_low PARTITION OF plots FOR VALUES FROM (0) TO (100)");
+  await rowsOf(s, "CREATE TABLE plots_high PARTITION OF plots FOR VALUES FROM (100) TO (200)");
+  await rowsOf(s, "CREATE TABLE tools (id int PRIMARY KEY)");
+  await rowsOf(s, "INSERT INTO plots VALUES (1, 'beans'), (101, 'kale')");
+  await rowsOf(s, "INSERT INTO tools VALUES (1)");
+  await rowsOf(s, "SELECT dolt_commit('-Am', 'planted')");
+  await rowsOf(s, "SELECT dolt_branch('autumn')");
+  // The branch is a copy of the database, with tables of other oids than the source's.
+  const b = await connectTo(primary, "yard/autumn");
+  const plots = async () =>
+    (await rowsOf(b, "SELECT id, crop FROM plots ORDER BY id")).map((r) => `${r.id}${r.crop}`);
+  await rowsOf(b, "INSERT INTO plots_low VALUES (2, 'leeks')");
+  await rowsOf(b, "UPDATE plots SET crop = 'chard' WHERE id = 101");
+  await rowsOf(b, "INSERT INTO tools VALUES (2)");
+  await rowsOf(b, "SELECT dolt_reset('--hard')");
+  assert.deepEqual(await plots(), ["1beans", "101kale"]);
+  assert.deepEqual(await rowsOf(b, "SELECT id FROM tools"), [{ id: 1 }]);
+  await rowsOf(b, "INSERT INTO tools VALUES (3)");
+  await rowsOf(b, "DROP TABLE plots_high");
+  await rowsOf(b, "SELECT dolt_add('plots')");
+  assert.deepEqual(
+    (await rowsOf(b, "SELECT table_name, staged FROM dolt_status ORDER BY table_name")).map(
+      (r) => `${r.table_name}:${r.staged}`,
+    ),
+    ["plots:true", "tools:false"],
+  );
+  await rowsOf(b, "SELECT dolt_commit('-m', 'high plots gone')");
+  assert.deepEqual(
+    (await rowsOf(b, "SELECT id, crop FROM plots AS OF 'HEAD~1' ORDER BY id")).map((r) => `${r.id}${r.crop}`),
+    ["1beans", "101kale"],
+  );
+  assert.deepEqual(
+    (await rowsOf(b, "SELECT diff_type, from_id FROM dolt_diff('HEAD~1', 'HEAD', 'plots')")).map(
+      (r) => `${r.diff_type} ${r.from_id}`,
+    ),
+    ["removed 101"],
+  );
+});
+
 test("a query on a branch can be cancelled", async () => {
   const s = await connectTo(primary, "shop");
   await rowsOf(s, "SELECT dolt_checkout('scratch')");
