@@ -4,6 +4,7 @@
 // and the slot monitor (WAL the slot pins on the primary). Both only log; neither can stop the
 // server.
 import { mkdirSync } from "node:fs";
+import type pg from "pg";
 import { ClusterController, type PrimaryServices } from "./cluster/controller.ts";
 import type { LoadedConfig } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
@@ -142,6 +143,53 @@ async function prepareStore(
     await client.end();
   }
   if (store.kind === "managed") await prepareNewDatabases(store, defaultSettings(config));
+  await upgradeOtherDatabases(store, database, defaultSettings(config), log);
+}
+
+/**
+ * The store's other Strata databases (made by CREATE DATABASE through the front door, and
+ * branches) get this version's Strata schema and the config's setting defaults too: else they
+ * kept the functions of the Strata that made them, which this one's code may not match. One that
+ * cannot be brought up to date is reported and left as it is; the others and the server go on.
+ */
+async function upgradeOtherDatabases(
+  store: StoreHandle,
+  database: string,
+  settings: Record<string, string>,
+  log: Logger,
+): Promise<void> {
+  const admin = await connect(store.connectionConfig(database));
+  let names: string[];
+  try {
+    const { rows } = await admin.query<{ datname: string }>(
+      "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> $1 ORDER BY datname",
+      [database],
+    );
+    names = rows.map((r) => r.datname);
+  } finally {
+    await admin.end();
+  }
+  for (const name of names) {
+    let client: pg.Client | undefined;
+    try {
+      client = await connect(store.connectionConfig(name));
+      const { rows } = await client.query<{ strata: boolean }>(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'strata') AS strata",
+      );
+      if (!rows[0]?.strata) continue;
+      const started = Date.now();
+      await installStrataSchema(client, name, log);
+      await writeSettingDefaults(client, settings);
+      log.debug({ database: name, ms: Date.now() - started }, "Strata schema brought up to date");
+    } catch (err) {
+      log.warn(
+        { database: name, err: (err as Error).message },
+        "could not bring this database's Strata schema up to date: it keeps the functions of the Strata that made it until a start succeeds (check that the store's superuser can connect to it)",
+      );
+    } finally {
+      await client?.end().catch(() => {});
+    }
+  }
 }
 
 /**

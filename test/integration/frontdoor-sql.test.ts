@@ -259,6 +259,33 @@ test("CREATE DATABASE through the front door makes a database with the version-c
   assert.equal(left.rowCount, 0);
 });
 
+test("a database made through the front door is brought up to this Strata's schema and the config's defaults at each start", async () => {
+  await withClient((client) => client.query("CREATE DATABASE depot"));
+  const depot = async (sql: string) => {
+    const client = new pg.Client(strata.connectionConfig("depot"));
+    await client.connect();
+    try {
+      return (await client.query(sql)).rows;
+    } finally {
+      await client.end();
+    }
+  };
+  // As a database an older Strata made: without a function this one has, and other defaults.
+  await depot("DROP FUNCTION strata.rebind_capture()");
+  const heads = "SELECT value FROM strata.setting_defaults WHERE name = 'strata.dolt_replicate_heads'";
+  await depot(
+    `UPDATE strata.setting_defaults SET value = 'stale' WHERE name = 'strata.dolt_replicate_heads'`,
+  );
+  assert.deepEqual(await depot(heads), [{ value: "stale" }]);
+  await strata.stop();
+  await strata.start();
+  assert.deepEqual(await depot("SELECT to_regprocedure('strata.rebind_capture()') IS NOT NULL AS has"), [
+    { has: true },
+  ]);
+  assert.deepEqual(await depot(heads), [{ value: "main" }], "the config file's value");
+  await withClient((client) => client.query("DROP DATABASE depot"));
+});
+
 test("ALTER SYSTEM SET persists (the reference's statements verbatim), across a restart; RESET returns to the config", async () => {
   // The reference's statements, with the remotes in this test's directory rather than /share:
   // Strata acts on them (a replica of Postgres pushes its commits there).
