@@ -29,16 +29,18 @@ export async function copyDatabase(store: StoreHandle, source: string, target: s
       // held open until the dump is done), so a table made or renamed meanwhile cannot be missed.
       const reader = await connect(store.connectionConfig(source));
       let tables: TableIdentity[];
+      let namedColumns: TableByOid[];
       try {
         await reader.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         const { rows } = await reader.query<{ snapshot: string }>("SELECT pg_export_snapshot() AS snapshot");
         tables = await tableIdentities(reader);
+        namedColumns = await tablesWithColumnNames(reader);
         await pipeDump(store, pgDump, pgRestore, source, target, rows[0].snapshot);
       } finally {
         await reader.end().catch(() => {});
       }
       await copyDatabaseSettings(admin, source, target);
-      await rebindTables(store, target, tables);
+      await rebindTables(store, target, tables, namedColumns);
     } catch (err) {
       await admin
         .query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(target)} WITH (FORCE)`)
@@ -65,12 +67,38 @@ async function tableIdentities(client: pg.Client): Promise<TableIdentity[]> {
   return rows;
 }
 
+interface TableByOid {
+  relid: string;
+  schema: string;
+  name: string;
+}
+
+/** The source's tables whose column names history recorded (strata.column_names), by oid. */
+async function tablesWithColumnNames(client: pg.Client): Promise<TableByOid[]> {
+  const { rows: has } = await client.query<{ has: boolean }>(
+    "SELECT to_regclass('strata.column_names') IS NOT NULL AS has",
+  );
+  if (!has[0]?.has) return []; // a database an older Strata made, not upgraded since
+  const { rows } = await client.query<TableByOid>(
+    `SELECT c.oid::text AS relid, n.nspname AS schema, c.relname AS name
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.oid IN (SELECT relid FROM strata.column_names)`,
+  );
+  return rows;
+}
+
 /**
  * What Strata keeps by table oid, rebound to the copy's oids: table ids (and a database identity
- * of its own, so that tables made in the copy get ids no other database gives), and the working
- * set's tables (found by the name they were recorded under).
+ * of its own, so that tables made in the copy get ids no other database gives), the working set's
+ * tables (found by the name they were recorded under), the column names history last recorded
+ * (which a rename is found against), and the capture triggers.
  */
-async function rebindTables(store: StoreHandle, target: string, tables: TableIdentity[]): Promise<void> {
+async function rebindTables(
+  store: StoreHandle,
+  target: string,
+  tables: TableIdentity[],
+  namedColumns: TableByOid[],
+): Promise<void> {
   const client = await connect(store.connectionConfig(target));
   try {
     await client.query("BEGIN");
@@ -83,6 +111,7 @@ async function rebindTables(store: StoreHandle, target: string, tables: TableIde
         WHERE to_regclass(format('%I.%I', t.schema, t.name)) IS NOT NULL`,
       [JSON.stringify(tables)],
     );
+    if (namedColumns.length > 0) await rebindColumnNames(client, namedColumns);
     // The capture triggers name their table's root by oid too (a copy made by a Strata before
     // 2026-11-25 has no strata.rebind_capture; its triggers stay as they were).
     const { rows } = await client.query<{ has: boolean }>(
@@ -104,6 +133,21 @@ async function rebindTables(store: StoreHandle, target: string, tables: TableIde
   } finally {
     await client.end().catch(() => {});
   }
+}
+
+/** Column names history recorded, moved to the copy's oids (deleted first: an old oid may be a new one's too). */
+async function rebindColumnNames(client: pg.Client, tables: TableByOid[]): Promise<void> {
+  const { rows } = await client.query<{ relid: string; attnum: number; name: string }>(
+    "DELETE FROM strata.column_names RETURNING relid::text, attnum, name",
+  );
+  await client.query(
+    `INSERT INTO strata.column_names (relid, attnum, name)
+     SELECT to_regclass(format('%I.%I', t.schema, t.name))::oid, c.attnum, c.name
+       FROM jsonb_to_recordset($1::jsonb) AS c(relid text, attnum int2, name text)
+       JOIN jsonb_to_recordset($2::jsonb) AS t(relid text, schema text, name text) ON t.relid = c.relid
+      WHERE to_regclass(format('%I.%I', t.schema, t.name)) IS NOT NULL`,
+    [JSON.stringify(rows), JSON.stringify(tables)],
+  );
 }
 
 async function copyDatabaseSettings(admin: pg.Client, source: string, target: string): Promise<void> {

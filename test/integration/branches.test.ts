@@ -194,6 +194,17 @@ test("a branch's working set is its own: writes on it are staged, reset and comm
     ),
     ["removed 101"],
   );
+  // A column renamed on the branch keeps its values in older versions, as it does on main.
+  await rowsOf(b, "ALTER TABLE plots RENAME COLUMN crop TO planted");
+  await rowsOf(b, "ALTER TABLE tools RENAME COLUMN id TO tool");
+  await rowsOf(b, "SELECT dolt_commit('-Am', 'renamed')");
+  assert.deepEqual(
+    (await rowsOf(b, "SELECT id, planted FROM plots AS OF 'HEAD~2' ORDER BY id")).map(
+      (r) => `${r.id}${r.planted}`,
+    ),
+    ["1beans", "101kale"],
+  );
+  assert.deepEqual(await rowsOf(b, "SELECT tool FROM tools AS OF 'HEAD~2' ORDER BY tool"), [{ tool: 1 }]);
 });
 
 test("a query on a branch can be cancelled", async () => {
