@@ -170,9 +170,15 @@ async function upgradeOtherDatabases(
     await admin.end();
   }
   for (const name of names) {
-    let client: pg.Client | undefined;
+    let client: pg.Client;
     try {
       client = await connect(store.connectionConfig(name));
+    } catch (err) {
+      // On a store of the user's own, a database Strata may not enter is none of Strata's.
+      log.debug({ database: name, err: (err as Error).message }, "not checked for a Strata schema");
+      continue;
+    }
+    try {
       const { rows } = await client.query<{ strata: boolean }>(
         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'strata') AS strata",
       );
@@ -184,10 +190,10 @@ async function upgradeOtherDatabases(
     } catch (err) {
       log.warn(
         { database: name, err: (err as Error).message },
-        "could not bring this database's Strata schema up to date: it keeps the functions of the Strata that made it until a start succeeds (check that the store's superuser can connect to it)",
+        "could not bring this database's Strata schema up to date: it keeps the functions of the Strata that made it until a start succeeds",
       );
     } finally {
-      await client?.end().catch(() => {});
+      await client.end().catch(() => {});
     }
   }
 }

@@ -604,7 +604,7 @@ BEGIN
         IF NOT strata.record_vanished_rows(d.root) THEN
           RAISE EXCEPTION 'cannot drop partition % of %: the rows it holds would leave %''s history unrecorded', d.named, d.root, d.root
             USING ERRCODE = '55000',
-                  DETAIL = format('%s''s history does not hold every row the table has (it was copied by a snapshot or a shallow clone, or renamed, since it was created), so the rows the partition takes with it cannot be recorded as deleted, and %s AS OF an earlier commit would lose them too', d.root, d.root),
+                  DETAIL = format('%s''s history does not hold every row the table has (it was copied by a snapshot or a shallow clone, or renamed, since it was created; or rows were written with its capture triggers off), so the rows the partition takes with it cannot be told and recorded as deleted, and %s AS OF an earlier commit would lose them too', d.root, d.root),
                   HINT = format('detach it from its partitioned table first (ALTER TABLE <that table> DETACH PARTITION %s), which records its rows leaving %s, then drop it', d.named, d.root);
         END IF;
         PERFORM strata.record_altered(d.root);
