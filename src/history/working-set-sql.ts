@@ -172,6 +172,8 @@ CREATE TABLE IF NOT EXISTS strata.capture_members (
   relid oid PRIMARY KEY,
   root oid NOT NULL
 );
+-- Its parent too: the table to detach it from, which a refused drop names.
+ALTER TABLE strata.capture_members ADD COLUMN IF NOT EXISTS parent oid;
 
 -- The capture triggers of tbl, writing to root's history (tbl itself, or its partition tree's
 -- root). Only what differs is made again: this runs for every captured partition tree at start.
@@ -185,8 +187,10 @@ DECLARE
   have record;
 BEGIN
   IF tbl <> root THEN
-    INSERT INTO strata.capture_members AS m (relid, root) VALUES (tbl, root)
-      ON CONFLICT (relid) DO UPDATE SET root = excluded.root WHERE m.root <> excluded.root;
+    INSERT INTO strata.capture_members AS m (relid, root, parent)
+    VALUES (tbl, root, (SELECT inhparent FROM pg_inherits WHERE inhrelid = tbl))
+      ON CONFLICT (relid) DO UPDATE SET root = excluded.root, parent = excluded.parent
+      WHERE (m.root, m.parent) IS DISTINCT FROM (excluded.root, excluded.parent);
   ELSE
     DELETE FROM strata.capture_members WHERE relid = tbl;
   END IF;
@@ -597,7 +601,9 @@ BEGIN
     IF NOT strata.replicating() THEN
       FOR d IN SELECT m.root::regclass AS root,
                       coalesce(string_agg(o.object_identity, ', ' ORDER BY o.object_identity) FILTER (WHERE o.original),
-                               string_agg(o.object_identity, ', ' ORDER BY o.object_identity)) AS named
+                               string_agg(o.object_identity, ', ' ORDER BY o.object_identity)) AS named,
+                      string_agg(format('ALTER TABLE %s DETACH PARTITION %s;', m.parent::regclass, o.object_identity), ' ' ORDER BY o.object_identity)
+                        FILTER (WHERE o.original AND EXISTS (SELECT 1 FROM pg_class p WHERE p.oid = m.parent)) AS detach
                  FROM pg_event_trigger_dropped_objects() o JOIN strata.capture_members m ON m.relid = o.objid
                 WHERE o.object_type = 'table' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.root)
                 GROUP BY m.root LOOP
@@ -605,7 +611,8 @@ BEGIN
           RAISE EXCEPTION 'cannot drop partition % of %: the rows it holds would leave %''s history unrecorded', d.named, d.root, d.root
             USING ERRCODE = '55000',
                   DETAIL = format('%s''s history does not hold every row the table has (it was copied by a snapshot or a shallow clone, or renamed, since it was created; or rows were written with its capture triggers off), so the rows the partition takes with it cannot be told and recorded as deleted, and %s AS OF an earlier commit would lose them too', d.root, d.root),
-                  HINT = format('detach it from its partitioned table first (ALTER TABLE <that table> DETACH PARTITION %s), which records its rows leaving %s, then drop it', d.named, d.root);
+                  HINT = format('detach it from its partitioned table first, which records its rows leaving %s, then drop it: %s',
+                                d.root, coalesce(d.detach, format('ALTER TABLE <its partitioned table> DETACH PARTITION %s;', d.named)));
         END IF;
         PERFORM strata.record_altered(d.root);
       END LOOP;
