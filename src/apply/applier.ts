@@ -40,6 +40,7 @@ import {
   setHoldError,
   setHoldReason,
 } from "./held-tables.ts";
+import { findHashCalls, pointHashCalls } from "./partition-bound.ts";
 import {
   type ColumnShape,
   mergeShape,
@@ -110,8 +111,27 @@ export interface DdlMessage {
   query: string;
   /** Tables created or altered, as the primary's catalog has them after the statement. */
   tables?: (TableShape & { oid: number; publications: string[]; renamedColumns?: number[] | null })[];
-  /** Tables and indexes dropped. */
-  dropped?: { type: string; oid: number; schema: string; name: string }[];
+  /** Tables and indexes dropped; a partition with its root and bound (PartitionLeaving). */
+  dropped?: ({ type: string; oid: number; schema: string; name: string } & Partial<PartitionLeaving>)[];
+  /** Partitions detached by the statement, tables of their own now. */
+  detached?: ({ oid: number; schema: string; name: string } & PartitionLeaving)[];
+  /** Tables attached as partitions by the statement; their rows are the root's now. */
+  attached?: {
+    oid: number;
+    schema: string;
+    name: string;
+    root: PartitionLeaving["root"];
+    hasRows: boolean;
+  }[];
+}
+
+/**
+ * A partition leaving its partitioned table on the primary: its rows leave the root without row
+ * changes, and are told by its bound (`pg_get_partition_constraintdef`, columns named as the root's).
+ */
+export interface PartitionLeaving {
+  root: { oid: number; schema: string; name: string };
+  bound: string | null;
 }
 
 /** Inserts into one table applied together; the longest run is INSERT_RUN_MAX rows. */
@@ -345,6 +365,8 @@ export class Applier {
   private readonly rawRelations = new Map<number, Buffer>();
   /** The Relation message last held for each relation in this session. */
   private readonly heldRelation = new Map<number, Buffer>();
+  /** Stand-in tables made for hash partitions' bounds in this session (evaluableBound). */
+  private hashStandIns = 0;
   /** The held table whose changes are being replayed (so they are applied, not held again). */
   private replaying: number | undefined;
   /** Held tables whose last replay failed: the next attempt is a small one. */
@@ -560,6 +582,174 @@ export class Applier {
     tx.ord++;
     tx.changes++;
     return keys;
+  }
+
+  /**
+   * A partition dropped or detached on the primary took its rows out of the root table, which is
+   * what the replica has (published through the root): the root's rows within the partition's
+   * bound are deleted, as history deletes, in this commit. A detached partition replicated as a
+   * table of its own from now on (it was just created, empty) receives them: the rows move, as
+   * on the primary. Returns whether anything was done.
+   */
+  private async removePartitionRows(
+    partition: { oid: number; schema: string; name: string } & PartitionLeaving,
+    detached: boolean,
+  ): Promise<boolean> {
+    const tx = this.tx!;
+    const root = await this.loadKnown(partition.root.oid);
+    if (!root) return false;
+    const qualified = qualifiedName(root.shape);
+    if ((await replicaTableHasRows(this.client, qualified)) === undefined) return false;
+    const what = `${partition.schema}.${partition.name}`;
+    const bound = partition.bound ? await this.evaluableBound(partition.bound, qualified) : undefined;
+    if (!bound) {
+      tx.notes.push(
+        `the rows of ${detached ? "detached" : "dropped"} partition ${what} stay in ${root.rel} on the replica (its bound, a hash of an expression, cannot be evaluated here; delete them through ${root.rel} on the primary before dropping or detaching it)`,
+      );
+      return false;
+    }
+    const into = detached ? await this.movedInto(partition) : undefined;
+    try {
+      const keys = await historyKeyColumns(this.client, root.rel, qualified);
+      // The bound names the root's columns unqualified; nothing else is in scope here.
+      const gone = `strata_gone AS (DELETE FROM ${qualified} WHERE ${bound} RETURNING *)`;
+      const moved = into
+        ? `, strata_moved AS (INSERT INTO ${into.qualified} (${into.columns}) SELECT ${into.columns} FROM strata_gone)`
+        : "";
+      const { rowCount } = this.options.history
+        ? await this.client.query(
+            `WITH ${gone}${moved}
+             INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
+             SELECT $1::bigint, $2::int, $3::text, 'D', strata.key_of(to_jsonb(strata_gone.*), $4::text[]), to_jsonb(strata_gone.*)
+               FROM strata_gone`,
+            [String(this.seq + 1n), tx.ord, root.rel, keys],
+          )
+        : await this.client.query(`WITH ${gone}${moved} SELECT 1 FROM strata_gone`);
+      tx.hasher?.addPartitionRowsLeft(root.rel, what, partition.bound!, into?.rel);
+      tx.ord++;
+      tx.changes++;
+      if (into && this.options.history && (rowCount ?? 0) > 0)
+        await this.recordArrival(into.rel, into.qualified);
+      return true;
+    } catch (err) {
+      const explained = explainStoreError(err, root.rel);
+      throw withLsn(withRelid(explained, root.rel, partition.root.oid), tx.meta.commitLsn);
+    }
+  }
+
+  /**
+   * A table attached as a partition on the primary brought its rows into the root without row
+   * changes. Replicated until now as a table of its own, its replica table holds them: they move
+   * to the root, as history deletes there and inserts here, in this commit. (It is not streamed
+   * any more; a detach moves the rows back.) Otherwise the replica never had them, and the commit
+   * says so. Returns whether anything was done.
+   */
+  private async addAttachedRows(table: NonNullable<DdlMessage["attached"]>[number]): Promise<boolean> {
+    const tx = this.tx!;
+    const root = await this.loadKnown(table.root.oid);
+    if (!root) return false;
+    const qualified = qualifiedName(root.shape);
+    if ((await replicaTableHasRows(this.client, qualified)) === undefined) return false;
+    const source = await this.loadKnown(table.oid);
+    const sourceQualified = source && qualifiedName(source.shape);
+    if (
+      !source ||
+      !sourceQualified ||
+      (await replicaTableHasRows(this.client, sourceQualified)) === undefined
+    ) {
+      if (table.hasRows)
+        tx.notes.push(
+          `the rows of ${table.schema}.${table.name}, attached to ${root.rel} on the primary, are not on the replica (it was not replicated as a table of its own); to copy ${root.rel} anew, drop it from the publication and add it again on the primary`,
+        );
+      return false;
+    }
+    const columns = root.shape.columns.map((c) => quoteIdent(c.name)).join(", ");
+    try {
+      const moved = `strata_moved AS (DELETE FROM ${sourceQualified} RETURNING *),
+        strata_n AS (INSERT INTO ${qualified} (${columns}) SELECT ${columns} FROM strata_moved RETURNING *)`;
+      if (this.options.history) {
+        const seq = String(this.seq + 1n);
+        const rootKeys = await historyKeyColumns(this.client, root.rel, qualified);
+        const sourceKeys = await historyKeyColumns(this.client, source.rel, sourceQualified);
+        await this.client.query(
+          `WITH ${moved},
+             strata_left AS (
+               INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
+               SELECT $1::bigint, $2::int, $3::text, 'D', strata.key_of(to_jsonb(strata_moved.*), $4::text[]), to_jsonb(strata_moved.*)
+                 FROM strata_moved)
+           INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
+           SELECT $1::bigint, $2::int + 1, $5::text, 'I', strata.key_of(to_jsonb(strata_n.*), $6::text[]), to_jsonb(strata_n.*)
+             FROM strata_n`,
+          [seq, tx.ord, source.rel, sourceKeys, root.rel, rootKeys],
+        );
+      } else await this.client.query(`WITH ${moved} SELECT 1 FROM strata_n`);
+      tx.hasher?.addPartitionRowsJoined(root.rel, source.rel);
+      tx.ord += 2;
+      tx.changes++;
+      return true;
+    } catch (err) {
+      const explained = explainStoreError(err, root.rel);
+      throw withLsn(withRelid(explained, root.rel, table.root.oid), tx.meta.commitLsn);
+    }
+  }
+
+  /**
+   * A partition's bound as the replica can evaluate it: a hash partition's is pointed at a stand-in
+   * table with its key (partition-bound.ts), dropped when the store transaction commits. Undefined
+   * when a hash key is an expression.
+   */
+  private async evaluableBound(bound: string, rootQualified: string): Promise<string | undefined> {
+    const calls = findHashCalls(bound);
+    if (!calls) return undefined;
+    const oids: number[] = [];
+    for (const call of calls) {
+      const name = `strata_hash_bound_${this.hashStandIns++}`;
+      await this.client.query(
+        `CREATE TEMP TABLE ${name} (LIKE ${rootQualified}) PARTITION BY HASH (${call.columns.map(quoteIdent).join(", ")}) ON COMMIT DROP`,
+      );
+      const { rows } = await this.client.query<{ oid: string }>(
+        `SELECT 'pg_temp.${name}'::regclass::oid AS oid`,
+      );
+      oids.push(Number(rows[0].oid));
+    }
+    return pointHashCalls(bound, calls, oids);
+  }
+
+  /** The replica table a detached partition's rows move to: one replicated from now on, still empty. */
+  private async movedInto(partition: {
+    oid: number;
+  }): Promise<{ rel: string; qualified: string; columns: string } | undefined> {
+    const known = await this.loadKnown(partition.oid);
+    if (!known) return undefined;
+    const qualified = qualifiedName(known.shape);
+    if ((await replicaTableHasRows(this.client, qualified)) !== false) return undefined;
+    return {
+      rel: known.rel,
+      qualified,
+      columns: known.shape.columns.map((c) => quoteIdent(c.name)).join(", "),
+    };
+  }
+
+  /**
+   * Rows that arrived in a replica table without row changes (a detached partition's), as it
+   * enters history at this commit: a snapshot base by its key, or its rows as inserts without one.
+   */
+  private async recordArrival(rel: string, qualified: string): Promise<void> {
+    const tx = this.tx!;
+    const keys = await historyKeyColumns(this.client, rel, qualified);
+    if (keys?.length) {
+      await this.client.query(
+        "INSERT INTO strata.snapshot_bases (rel, commit_seq, key_columns) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [rel, String(this.seq + 1n), keys],
+      );
+    } else {
+      await this.client.query(
+        `INSERT INTO strata.changes (commit_seq, ord, rel, op, new_row)
+         SELECT $1::bigint, $2::int, $3::text, 'I', to_jsonb(strata_t.*) FROM ${qualified} strata_t`,
+        [String(this.seq + 1n), tx.ord++, rel],
+      );
+    }
+    tx.changes++;
   }
 
   /** A table renamed on the primary (same oid, new name) is renamed on the replica. */
@@ -1021,8 +1211,28 @@ export class Applier {
     const dropped = (message.dropped ?? []).filter(
       (d) => replaying === undefined || (d.type === "table" && d.oid === replaying),
     );
+    // Partitions whose rows leave their root (published through it) with this statement; the
+    // root's own drop, if it is dropped too, records them.
+    const droppedOids = new Set(dropped.map((d) => d.oid));
+    const leaving = [
+      ...(message.dropped ?? []).filter((d) => d.type === "table").map((d) => ({ ...d, detached: false })),
+      ...(message.detached ?? []).map((d) => ({ ...d, detached: true })),
+    ].filter(
+      (p): p is typeof p & PartitionLeaving =>
+        p.root !== undefined &&
+        !droppedOids.has(p.root.oid) &&
+        (replaying === undefined || p.root.oid === replaying),
+    );
+    const attached = (message.attached ?? []).filter(
+      (a) => replaying === undefined || a.root.oid === replaying,
+    );
     const heldHere = new Set<number>();
-    for (const oid of [...tables.map((t) => t.oid), ...dropped.map((d) => d.oid)])
+    for (const oid of [
+      ...tables.map((t) => t.oid),
+      ...dropped.map((d) => d.oid),
+      ...leaving.map((p) => p.root.oid),
+      ...attached.map((a) => a.root.oid),
+    ])
       if (this.isHeld(oid) && !heldHere.has(oid)) {
         heldHere.add(oid);
         await this.hold(oid, raw, inStream);
@@ -1063,6 +1273,14 @@ export class Applier {
       }
       this.targets.delete(oid);
       touched = true;
+    }
+    for (const partition of leaving) {
+      if (heldHere.has(partition.root.oid)) continue;
+      if (await this.removePartitionRows(partition, partition.detached)) touched = true;
+    }
+    for (const table of attached) {
+      if (heldHere.has(table.root.oid)) continue;
+      if (await this.addAttachedRows(table)) touched = true;
     }
     for (const gone of dropped) {
       if (heldHere.has(gone.oid)) continue;

@@ -173,6 +173,19 @@ export class CommitHasher {
     );
   }
 
+  /**
+   * A partition dropped or detached on the primary: the root's rows within its bound left the
+   * root (and moved to `into`, the detached table, when that is replicated).
+   */
+  addPartitionRowsLeft(rel: string, partition: string, bound: string, into: string | undefined): void {
+    this.add(`${JSON.stringify(["partition-rows", rel, partition, bound, into ?? null])}\n`);
+  }
+
+  /** A table attached as a partition on the primary: its rows (as replicated) joined the root's. */
+  addPartitionRowsJoined(rel: string, table: string): void {
+    this.add(`${JSON.stringify(["partition-attached", rel, table])}\n`);
+  }
+
   addTruncate(rels: readonly string[], cascade: boolean, restartIdentity: boolean): void {
     this.add(`${JSON.stringify(["truncate", rels, cascade, restartIdentity])}\n`);
   }

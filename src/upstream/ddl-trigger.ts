@@ -11,6 +11,13 @@
 // and may name objects the replica has not got. A description (oid, attnums, types, NOT NULL,
 // defaults, keys, indexes) is what the replica must look like, whatever the statement was.
 //
+// A partition of a table published through its root (`publish_via_partition_root`) that is dropped
+// or detached takes rows out of the root without any row change in the stream, and one attached
+// brings its rows in. So before such statements (ddl_command_start) the partitions' roots and
+// bounds are kept in a setting, and the drop, detach or attach sends what changed: the replica
+// removes those rows from the root (a partition's bound is the only description of its rows that
+// outlives it), or adds the rows an attached table had.
+//
 // The trigger never blocks DDL on the primary: with wal_level below logical, or on any error, it
 // sends nothing (with a WARNING), and Strata falls back to following Relation messages.
 import type pg from "pg";
@@ -18,7 +25,52 @@ import type { DdlMessage } from "../apply/applier.ts";
 import { ProtocolError } from "../protocol/messages.ts";
 
 export const DDL_TRIGGER_SCHEMA = "strata";
-export const DDL_TRIGGERS = ["strata_ddl_command_end", "strata_sql_drop"] as const;
+export const DDL_TRIGGERS = [
+  "strata_ddl_command_start",
+  "strata_ddl_command_end",
+  "strata_sql_drop",
+] as const;
+
+/** Kept as the comment of `strata.emit_ddl()`, so that a start can tell an older trigger. */
+export const DDL_TRIGGER_VERSION = "strata DDL trigger 2 (2026-11-25)";
+
+/** The statements before which partitions' bounds are kept: those that can drop or detach one. */
+const PARTITION_STATEMENTS = ["ALTER TABLE", "DROP TABLE", "DROP SCHEMA", "DROP OWNED"];
+
+// The partitions as the statement found them, keyed by oid, with the statement's start time so
+// that a later statement never reads them (the setting is the session's: DETACH PARTITION
+// CONCURRENTLY runs in two transactions). Only where a publication publishes through roots.
+const KEEP_PARTITIONS = `
+CREATE OR REPLACE FUNCTION strata.keep_partitions() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+  IF current_setting('wal_level') <> 'logical' THEN RETURN; END IF;
+  BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubviaroot) THEN
+      PERFORM set_config('strata.partitions', '', false);
+      RETURN;
+    END IF;
+    PERFORM set_config('strata.partitions', jsonb_build_object('at', statement_timestamp()::text, 'partitions', COALESCE((
+      SELECT jsonb_object_agg(c.oid::text,
+               jsonb_build_object('root', jsonb_build_object('oid', r.oid::bigint, 'schema', rn.nspname, 'name', r.relname),
+                                  'bound', pg_get_partition_constraintdef(c.oid)))
+        FROM pg_class c
+        JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+        JOIN pg_namespace rn ON rn.oid = r.relnamespace
+       WHERE c.relispartition AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'), '{}'))::text, false);
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'strata: could not read the partitions before this DDL (%); a partition it drops or detaches keeps its rows on the replica', SQLERRM;
+  END;
+END
+$fn$`;
+
+// The partitions kept before this statement, or NULL.
+const KEPT_PARTITIONS = `
+CREATE OR REPLACE FUNCTION strata.kept_partitions() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $fn$
+  SELECT kept->'partitions' FROM (SELECT nullif(current_setting('strata.partitions', true), '')::jsonb AS kept) k
+   WHERE kept->>'at' = statement_timestamp()::text
+$fn$`;
 
 const DESCRIBE_TABLE = `
 CREATE OR REPLACE FUNCTION strata.describe_table(rel oid) RETURNS jsonb
@@ -59,11 +111,42 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
   tables jsonb := '[]';
   described jsonb;
+  kept jsonb := strata.kept_partitions();
+  detached jsonb;
+  attached jsonb := '[]';
   r record;
 BEGIN
   IF current_setting('wal_level') <> 'logical' THEN RETURN; END IF;
+  PERFORM set_config('strata.partitions', '', false);
   BEGIN
-    -- A RENAME COLUMN is reported as a 'table column' with the column's attnum.
+    -- Partitions kept before the statement that are tables of their own now: detached. (Their
+    -- own partitions are still partitions, of a new root, and their rows are within its bound.)
+    IF kept IS NOT NULL THEN
+      SELECT jsonb_agg(jsonb_build_object('oid', c.oid::bigint, 'schema', n.nspname, 'name', c.relname)
+                       || (kept->(c.oid::text)))
+        INTO detached
+        FROM jsonb_object_keys(kept) k(oid)
+        JOIN pg_class c ON c.oid = k.oid::oid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE NOT c.relispartition;
+      -- Tables that are partitions now and were not: attached, with their rows (and their own
+      -- partitions', whose bounds are within theirs).
+      FOR r IN
+        SELECT c.oid, n.nspname, c.relname, rt.oid AS root, rn.nspname AS root_schema, rt.relname AS root_name
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_class rt ON rt.oid = pg_partition_root(c.oid)
+          JOIN pg_namespace rn ON rn.oid = rt.relnamespace
+         WHERE c.relispartition AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT kept ? c.oid::text
+      LOOP
+        EXECUTE format('SELECT jsonb_build_object(''oid'', $1, ''schema'', $2, ''name'', $3, ''hasRows'', EXISTS (SELECT 1 FROM %s),
+                          ''root'', jsonb_build_object(''oid'', $4, ''schema'', $5, ''name'', $6))', r.oid::regclass)
+          INTO described USING r.oid::bigint, r.nspname, r.relname, r.root::bigint, r.root_schema, r.root_name;
+        attached := attached || jsonb_build_array(described);
+      END LOOP;
+    END IF;
+    -- A RENAME COLUMN is reported as a 'table column' with the column's attnum. A detached
+    -- partition is described too: it may be published as a table of its own from now on.
     FOR r IN
       SELECT CASE WHEN c.relkind IN ('i', 'I') THEN i.indrelid ELSE c.oid END AS rel,
              jsonb_agg(d.objsubid) FILTER (WHERE d.object_type = 'table column') AS renamed
@@ -72,19 +155,26 @@ BEGIN
         LEFT JOIN pg_index i ON i.indexrelid = c.oid
        WHERE d.classid = 'pg_class'::regclass
        GROUP BY 1
+      UNION
+      SELECT (p->>'oid')::oid, NULL FROM jsonb_array_elements(detached) p
     LOOP
       described := strata.describe_table(r.rel);
       IF described IS NOT NULL THEN
         tables := tables || jsonb_build_array(described || jsonb_build_object('renamedColumns', r.renamed));
       END IF;
     END LOOP;
-    IF jsonb_array_length(tables) > 0 THEN
-      PERFORM pg_logical_emit_message(true, 'strata_ddl',
-        jsonb_build_object('v', 1, 'tag', tg_tag, 'query', current_query(), 'tables', tables)::text);
-    END IF;
   EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'strata: could not describe this DDL for replication (%); Strata follows it from the stream instead', SQLERRM;
+    RETURN;
   END;
+  -- Sent outside the block above: a message written in a subtransaction of its own is decoded
+  -- after the rest of the transaction's changes, not where it was written.
+  IF jsonb_array_length(tables) > 0 OR detached IS NOT NULL OR jsonb_array_length(attached) > 0 THEN
+    PERFORM pg_logical_emit_message(true, 'strata_ddl',
+      (jsonb_build_object('v', 1, 'tag', tg_tag, 'query', current_query(), 'tables', tables)
+       || CASE WHEN detached IS NOT NULL THEN jsonb_build_object('detached', detached) ELSE '{}' END
+       || CASE WHEN jsonb_array_length(attached) > 0 THEN jsonb_build_object('attached', attached) ELSE '{}' END)::text);
+  END IF;
 END
 $fn$`;
 
@@ -93,24 +183,29 @@ CREATE OR REPLACE FUNCTION strata.emit_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
   dropped jsonb;
+  kept jsonb := strata.kept_partitions();
 BEGIN
   IF current_setting('wal_level') <> 'logical' THEN RETURN; END IF;
   BEGIN
+    -- A partition comes with its root and bound, kept before the statement (keep_partitions).
     SELECT jsonb_agg(jsonb_build_object('type', o.object_type, 'oid', o.objid::bigint,
-                                        'schema', o.schema_name, 'name', o.object_name))
+                                        'schema', o.schema_name, 'name', o.object_name)
+                     || COALESCE(kept->(o.objid::text), '{}'))
       INTO dropped
       FROM pg_event_trigger_dropped_objects() o
      WHERE o.classid = 'pg_class'::regclass AND NOT o.is_temporary
        -- Every table, also those a cascade took (DROP SCHEMA ... CASCADE, a parent's partitions);
        -- only the indexes named by the statement (the others went with their tables).
        AND (o.object_type = 'table' OR (o.object_type = 'index' AND o.original));
-    IF dropped IS NOT NULL THEN
-      PERFORM pg_logical_emit_message(true, 'strata_ddl',
-        jsonb_build_object('v', 1, 'tag', tg_tag, 'query', current_query(), 'dropped', dropped)::text);
-    END IF;
   EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'strata: could not describe this DROP for replication (%)', SQLERRM;
+    RETURN;
   END;
+  -- Outside the block, as in emit_ddl.
+  IF dropped IS NOT NULL THEN
+    PERFORM pg_logical_emit_message(true, 'strata_ddl',
+      jsonb_build_object('v', 1, 'tag', tg_tag, 'query', current_query(), 'dropped', dropped)::text);
+  END IF;
 END
 $fn$`;
 
@@ -120,10 +215,15 @@ export function installStatements(): string[] {
     "CREATE SCHEMA IF NOT EXISTS strata",
     "COMMENT ON SCHEMA strata IS 'Strata: the event trigger that sends DDL to Strata replicas (strata setup-primary --uninstall removes it)'",
     DESCRIBE_TABLE,
+    KEEP_PARTITIONS,
+    KEPT_PARTITIONS,
     EMIT_DDL,
     EMIT_DROP,
+    `COMMENT ON FUNCTION strata.emit_ddl() IS '${DDL_TRIGGER_VERSION}'`,
+    "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_start",
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_end",
     "DROP EVENT TRIGGER IF EXISTS strata_sql_drop",
+    `CREATE EVENT TRIGGER strata_ddl_command_start ON ddl_command_start WHEN TAG IN (${PARTITION_STATEMENTS.map((t) => `'${t}'`).join(", ")}) EXECUTE PROCEDURE strata.keep_partitions()`,
     "CREATE EVENT TRIGGER strata_ddl_command_end ON ddl_command_end EXECUTE PROCEDURE strata.emit_ddl()",
     "CREATE EVENT TRIGGER strata_sql_drop ON sql_drop EXECUTE PROCEDURE strata.emit_drop()",
   ];
@@ -132,20 +232,31 @@ export function installStatements(): string[] {
 /** The statements that remove it again (idempotent). */
 export function uninstallStatements(): string[] {
   return [
+    "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_start",
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_end",
     "DROP EVENT TRIGGER IF EXISTS strata_sql_drop",
     "DROP FUNCTION IF EXISTS strata.emit_ddl()",
     "DROP FUNCTION IF EXISTS strata.emit_drop()",
+    "DROP FUNCTION IF EXISTS strata.keep_partitions()",
+    "DROP FUNCTION IF EXISTS strata.kept_partitions()",
     "DROP FUNCTION IF EXISTS strata.describe_table(oid)",
   ];
 }
 
-/** Whether the trigger is installed on the primary `client` is connected to. */
-export async function ddlTriggerInstalled(client: pg.Client): Promise<boolean> {
-  const { rowCount } = await client.query("SELECT 1 FROM pg_event_trigger WHERE evtname = ANY($1)", [
-    [...DDL_TRIGGERS],
-  ]);
-  return rowCount === DDL_TRIGGERS.length;
+/**
+ * Whether the trigger on the primary `client` is connected to is this version's, an older one's
+ * (the primary's, so a Strata upgrade does not replace it), or not installed.
+ */
+export async function ddlTriggerState(client: pg.Client): Promise<"current" | "outdated" | "absent"> {
+  const { rows } = await client.query<{ triggers: number; version: string | null }>(
+    `SELECT (SELECT count(*)::int FROM pg_event_trigger WHERE evtname = ANY($1)) AS triggers,
+            obj_description(to_regprocedure('strata.emit_ddl()'), 'pg_proc') AS version`,
+    [[...DDL_TRIGGERS]],
+  );
+  if (rows[0].triggers === 0) return "absent";
+  return rows[0].triggers === DDL_TRIGGERS.length && rows[0].version === DDL_TRIGGER_VERSION
+    ? "current"
+    : "outdated";
 }
 
 /** The prefix of the logical decoding messages the trigger emits. */

@@ -6,6 +6,7 @@ import { connect } from "../db.ts";
 import type { Logger } from "../log.ts";
 import { parseLsn } from "../protocol/lsn.ts";
 import type { RelationMessage } from "../protocol/messages.ts";
+import { ddlTriggerState } from "./ddl-trigger.ts";
 
 /**
  * Settings that fix the text form of values, on the walsender and on the store session alike, so
@@ -90,6 +91,10 @@ export async function prepareUpstream(
         );
       }
     }
+    if (version >= 140000 && (await ddlTriggerState(client)) === "outdated")
+      log.warn(
+        "the DDL event trigger on the primary is an older Strata's: partitions dropped, detached or attached there are not followed, and a rename followed by rows in one transaction stops the stream; run `strata setup-primary` again to install this version's",
+      );
     const slot = await client.query<{
       plugin: string;
       database: string;

@@ -158,6 +158,23 @@ describe("with the event trigger (strata setup-primary)", () => {
     assert.deepEqual(await replayHistory(strata, "t", ["id"]), []);
   });
 
+  test("DDL and rows in one transaction are applied in the order they were made, savepoints too", async () => {
+    await primary.query("CREATE TABLE tx (id int PRIMARY KEY, a text)");
+    await primary.query("INSERT INTO tx VALUES (1, 'one')");
+    await waitForSameRows(primary, strata, "tx", "id");
+    // Each rename reaches the replica before the rows written under the new name.
+    await primary.query(`BEGIN;
+      ALTER TABLE tx RENAME COLUMN a TO label;
+      INSERT INTO tx VALUES (2, 'two');
+      SAVEPOINT s;
+      ALTER TABLE tx RENAME COLUMN label TO name;
+      RELEASE s;
+      UPDATE tx SET name = name || '!';
+      COMMIT`);
+    await waitForSameRows(primary, strata, "tx", "id");
+    assert.deepEqual(await replicaColumns(strata, "tx"), ["id integer not null", "name text"]);
+  });
+
   test("history from before a rename on the primary, of a key column too, reads under the new names", async () => {
     await primary.query("CREATE TABLE r (id int PRIMARY KEY, a text)");
     await primary.query("INSERT INTO r VALUES (1, 'one'), (2, 'two')");
@@ -246,6 +263,16 @@ describe("with the event trigger (strata setup-primary)", () => {
     ]);
   });
 
+  test("an older Strata's trigger on the primary is named at start, with the remedy", async () => {
+    await primary.query("COMMENT ON FUNCTION strata.emit_ddl() IS NULL");
+    await strata.stop();
+    await strata.start();
+    await waitFor("the warning", async () => /older Strata's.*strata setup-primary/.test(strata.logs));
+    await strataCli("setup-primary", "--config", strata.configFile);
+    const [row] = await primary.query("SELECT obj_description('strata.emit_ddl()'::regprocedure) AS v");
+    assert.match(row.v, /^strata DDL trigger 2/);
+  });
+
   test("--uninstall removes the trigger; DDL then follows from Relation messages", async () => {
     const { stdout } = await strataCli("setup-primary", "--uninstall", "--config", strata.configFile);
     assert.match(stdout, /removed/);
@@ -295,5 +322,145 @@ describe("publication changes", () => {
     await waitForSameRows(primary, strata, "a", "id");
     const [kept] = await strata.query("SELECT count(*)::int AS n, max(id) AS top FROM b");
     assert.deepEqual(kept, { n: 501, top: 501 });
+  });
+});
+
+describe("partitions published through their root (with the event trigger)", () => {
+  let primary: TestCluster;
+  let strata: StrataProcess;
+  before(async () => {
+    primary = await startPrimary();
+    await primary.query(`
+      CREATE PUBLICATION strata_slot FOR ALL TABLES WITH (publish_via_partition_root = true);
+      CREATE TABLE events (id int, at date NOT NULL, what text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+      CREATE TABLE events_2023 PARTITION OF events FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+      CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+      CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')
+        PARTITION BY RANGE (at);
+      CREATE TABLE events_2025_h1 PARTITION OF events_2025 FOR VALUES FROM ('2025-01-01') TO ('2025-07-01');
+      CREATE TABLE events_2025_h2 PARTITION OF events_2025 DEFAULT;
+      CREATE TABLE events_later PARTITION OF events DEFAULT;
+      CREATE TABLE logs (at int, msg text) PARTITION BY RANGE (at);
+      CREATE TABLE logs_low PARTITION OF logs FOR VALUES FROM (MINVALUE) TO (100);
+      CREATE TABLE logs_high PARTITION OF logs FOR VALUES FROM (100) TO (MAXVALUE);
+      INSERT INTO events SELECT i, date '2023-01-01' + i * 3, (ARRAY['a', 'b', 'c'])[1 + i % 3] FROM generate_series(0, 400) i;
+      INSERT INTO logs SELECT i % 200, 'm' || i FROM generate_series(1, 300) i;
+      CREATE TABLE h (id int, "Key, two" text, PRIMARY KEY (id, "Key, two")) PARTITION BY HASH (id, "Key, two");
+      CREATE TABLE h_0 PARTITION OF h FOR VALUES WITH (MODULUS 3, REMAINDER 0);
+      CREATE TABLE h_1 PARTITION OF h FOR VALUES WITH (MODULUS 3, REMAINDER 1);
+      CREATE TABLE h_2 PARTITION OF h FOR VALUES WITH (MODULUS 3, REMAINDER 2);
+      INSERT INTO h SELECT i, 'k' || (i % 7) FROM generate_series(1, 300) i;
+    `);
+    strata = await startStrata({ primary });
+    await strataCli("setup-primary", "--config", strata.configFile);
+    await waitForSameRows(primary, strata, "events", "id, at");
+    await waitForSameRows(primary, strata, "logs", "at, msg");
+    await waitForSameRows(primary, strata, "h", "id");
+  });
+  after(async () => {
+    await strata?.stop();
+    await primary?.stop();
+  });
+
+  async function head(): Promise<string> {
+    const [row] = await strata.query<{ h: string }>("SELECT dolt.commit_hash('HEAD') AS h");
+    return row.h;
+  }
+
+  test("a partition dropped on the primary takes its rows out of the replica's table, as history deletes", async () => {
+    const before = await head();
+    const rowsBefore = await strata.query("SELECT * FROM events ORDER BY id, at");
+    const partitionRows = await primary.query<{ id: number }>("SELECT id FROM events_2023 ORDER BY id");
+    assert.ok(partitionRows.length > 100);
+    await primary.query("DROP TABLE events_2023");
+    await waitForSameRows(primary, strata, "events", "id, at");
+    assert.match(await lastMessage(strata), /DROP TABLE events_2023$/);
+    // The past is unchanged; the drop's diff removes exactly the partition's rows.
+    assert.deepEqual(
+      await strata.query(`SELECT * FROM events AS OF '${before}' ORDER BY id, at`),
+      rowsBefore,
+    );
+    const diff = await strata.query<{ diff_type: string; from_id: number }>(
+      `SELECT diff_type, from_id FROM dolt_diff('${before}', 'HEAD', 'events') ORDER BY from_id`,
+    );
+    assert.deepEqual(
+      diff,
+      partitionRows.map((r) => ({ diff_type: "removed", from_id: r.id })),
+    );
+  });
+
+  test("a detached partition's rows move to its own replica table, which is streamed from then on", async () => {
+    await primary.query(`BEGIN;
+      INSERT INTO events VALUES (9001, '2024-06-01', 'late');
+      ALTER TABLE events DETACH PARTITION events_2024;
+      INSERT INTO events_2024 VALUES (9002, '2024-07-01', 'after the detach');
+      COMMIT`);
+    await waitForSameRows(primary, strata, "events", "id, at");
+    await waitForSameRows(primary, strata, "events_2024", "id, at");
+    await primary.query("UPDATE events_2024 SET what = 'changed' WHERE id IN (9001, 150)");
+    await primary.query("DELETE FROM events_2024 WHERE id = 151");
+    await waitForSameRows(primary, strata, "events_2024", "id, at");
+    // Its history starts with the rows it arrived with.
+    const [counts] = await strata.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM dolt_history_events_2024 WHERE what = 'changed'",
+    );
+    assert.equal(counts.n, 2);
+  });
+
+  test("a partitioned partition dropped, and a partition of a keyless table: their rows leave too", async () => {
+    const before = await head();
+    await primary.query("DROP TABLE events_2025");
+    await primary.query("DROP TABLE logs_low");
+    await waitForSameRows(primary, strata, "events", "id, at");
+    await waitForSameRows(primary, strata, "logs", "at, msg");
+    const [removed] = await strata.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM dolt_diff('${before}', 'HEAD', 'logs') WHERE diff_type = 'removed' AND from_at < 100`,
+    );
+    assert.equal(removed.n, 199);
+    // Dropping the partitioned table itself still records all of its rows leaving, once.
+    await primary.query("DROP TABLE logs");
+    await waitFor("the replica's logs to be dropped", async () => {
+      const [row] = await strata.query("SELECT to_regclass('public.logs') IS NULL AS gone");
+      return row.gone;
+    });
+    const history = await strata.query(
+      "SELECT op::text, count(*)::int AS n FROM strata.changes WHERE rel = 'public.logs' GROUP BY 1 ORDER BY 1",
+    );
+    // (A keyless table's snapshot is recorded as inserts.)
+    assert.deepEqual(history, [
+      { op: "D", n: 199 },
+      { op: "I", n: 300 },
+      { op: "T", n: 101 },
+    ]);
+  });
+
+  test("a table attached as a partition brings its rows into the replica's table, and a detach takes them back", async () => {
+    await primary.query(`CREATE TABLE events_2027 (id int, at date NOT NULL, what text, PRIMARY KEY (id, at));
+      INSERT INTO events_2027 SELECT i, date '2027-01-01' + i, 'n' || i FROM generate_series(1, 50) i`);
+    await waitForSameRows(primary, strata, "events_2027", "id, at");
+    const before = await head();
+    await primary.query(`BEGIN;
+      INSERT INTO events_2027 VALUES (51, '2027-03-01', 'just before');
+      ALTER TABLE events ATTACH PARTITION events_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+      INSERT INTO events VALUES (52, '2027-04-01', 'routed');
+      COMMIT`);
+    await waitForSameRows(primary, strata, "events", "id, at");
+    const [added] = await strata.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM dolt_diff('${before}', 'HEAD', 'events') WHERE diff_type = 'added'`,
+    );
+    assert.equal(added.n, 52);
+    await primary.query("UPDATE events SET what = 'changed' WHERE id = 1 AND at >= '2027-01-01'");
+    await primary.query("ALTER TABLE events DETACH PARTITION events_2027");
+    await waitForSameRows(primary, strata, "events", "id, at");
+    await waitForSameRows(primary, strata, "events_2027", "id, at");
+  });
+
+  test("hash partitions too: their bounds are evaluated on the replica with the same key", async () => {
+    await primary.query("ALTER TABLE h DETACH PARTITION h_2");
+    await primary.query("DROP TABLE h_1");
+    await waitForSameRows(primary, strata, "h", "id");
+    await waitForSameRows(primary, strata, "h_2", "id");
+    const [left] = await primary.query<{ n: number }>("SELECT count(*)::int AS n FROM h");
+    assert.ok(left.n > 50 && left.n < 150, `${left.n} rows in one of three hash partitions`);
   });
 });
