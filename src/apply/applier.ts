@@ -620,13 +620,15 @@ export class Applier {
         ? await this.client.query(
             `WITH ${gone}${moved}
              INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
-             SELECT $1::bigint, $2::int, $3::text, 'D', strata.key_of(to_jsonb(strata_gone.*), $4::text[]), to_jsonb(strata_gone.*)
+             SELECT $1::bigint, $2::int + (row_number() OVER ())::int - 1, $3::text, 'D',
+                    strata.key_of(to_jsonb(strata_gone.*), $4::text[]), to_jsonb(strata_gone.*)
                FROM strata_gone`,
             [String(this.seq + 1n), tx.ord, root.rel, keys],
           )
         : await this.client.query(`WITH ${gone}${moved} SELECT 1 FROM strata_gone`);
       tx.hasher?.addPartitionRowsLeft(root.rel, what, partition.bound!, into?.rel);
-      tx.ord++;
+      // Each row is a change of its own, in order.
+      tx.ord += Math.max(rowCount ?? 0, 1);
       tx.changes++;
       if (into && this.options.history && (rowCount ?? 0) > 0)
         await this.recordArrival(into.rel, into.qualified);
@@ -671,20 +673,23 @@ export class Applier {
         const seq = String(this.seq + 1n);
         const rootKeys = await historyKeyColumns(this.client, root.rel, qualified);
         const sourceKeys = await historyKeyColumns(this.client, source.rel, sourceQualified);
-        await this.client.query(
+        const { rowCount } = await this.client.query(
           `WITH ${moved},
              strata_left AS (
                INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, old_row)
-               SELECT $1::bigint, $2::int, $3::text, 'D', strata.key_of(to_jsonb(strata_moved.*), $4::text[]), to_jsonb(strata_moved.*)
+               SELECT $1::bigint, $2::int + (row_number() OVER ())::int - 1, $3::text, 'D',
+                      strata.key_of(to_jsonb(strata_moved.*), $4::text[]), to_jsonb(strata_moved.*)
                  FROM strata_moved)
            INSERT INTO strata.changes (commit_seq, ord, rel, op, row_key, new_row)
-           SELECT $1::bigint, $2::int + 1, $5::text, 'I', strata.key_of(to_jsonb(strata_n.*), $6::text[]), to_jsonb(strata_n.*)
+           SELECT $1::bigint, $2::int + (SELECT count(*) FROM strata_moved)::int + (row_number() OVER ())::int - 1, $5::text, 'I',
+                  strata.key_of(to_jsonb(strata_n.*), $6::text[]), to_jsonb(strata_n.*)
              FROM strata_n`,
           [seq, tx.ord, source.rel, sourceKeys, root.rel, rootKeys],
         );
+        // Each row left and arrived as changes of their own, in order.
+        tx.ord += Math.max(2 * (rowCount ?? 0), 1);
       } else await this.client.query(`WITH ${moved} SELECT 1 FROM strata_n`);
       tx.hasher?.addPartitionRowsJoined(root.rel, source.rel);
-      tx.ord += 2;
       tx.changes++;
       return true;
     } catch (err) {
@@ -743,11 +748,12 @@ export class Applier {
         [rel, String(this.seq + 1n), keys],
       );
     } else {
-      await this.client.query(
+      const { rowCount } = await this.client.query(
         `INSERT INTO strata.changes (commit_seq, ord, rel, op, new_row)
-         SELECT $1::bigint, $2::int, $3::text, 'I', to_jsonb(strata_t.*) FROM ${qualified} strata_t`,
-        [String(this.seq + 1n), tx.ord++, rel],
+         SELECT $1::bigint, $2::int + (row_number() OVER ())::int - 1, $3::text, 'I', to_jsonb(strata_t.*) FROM ${qualified} strata_t`,
+        [String(this.seq + 1n), tx.ord, rel],
       );
+      tx.ord += Math.max(rowCount ?? 0, 1);
     }
     tx.changes++;
   }

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { waitFor } from "../support/postgres.ts";
-import { waitForSameRows } from "../support/strata.ts";
+import { runStrataCli, waitForSameRows } from "../support/strata.ts";
 import {
   assertExactReplica,
   commitCount,
@@ -146,4 +146,49 @@ test("SIGKILL in the middle of applying a large transaction: it is applied exact
     "SELECT count(*) AS n FROM strata.changes WHERE rel = 'public.big' AND commit_seq = 2",
   );
   assert.equal(Number(n), rows, "the large transaction is one commit holding every row once");
+});
+
+test("SIGKILL while a dropped partition's rows leave the replica: they leave exactly once", async (t) => {
+  const rows = 200_000;
+  const pair = await ReplicaPair.start({
+    schema: `CREATE PUBLICATION strata_slot FOR ALL TABLES WITH (publish_via_partition_root = true);
+      CREATE TABLE ev (id int, part int, payload text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
+      CREATE TABLE ev_old PARTITION OF ev FOR VALUES IN (0);
+      CREATE TABLE ev_new PARTITION OF ev FOR VALUES IN (1);`,
+  });
+  t.after(() => pair.teardown());
+  const { primary, strata } = pair;
+  await runStrataCli("setup-primary", "--config", strata.configFile);
+  await primary.query(`INSERT INTO ev SELECT g, 0, md5(g::text) FROM generate_series(1, ${rows}) g`);
+  await primary.query("INSERT INTO ev VALUES (1, 1, 'kept')");
+  await waitForSameRows(primary, strata, "ev", "id, part");
+  const before = await commitCount(strata);
+  await primary.query("DROP TABLE ev_old");
+  await waitFor(
+    "the replica to be deleting the dropped partition's rows",
+    async () =>
+      (
+        await pair.queryStore(
+          "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%strata_gone AS (DELETE%' AND pid <> pg_backend_pid()",
+        )
+      ).length > 0,
+    60_000,
+  );
+  await strata.kill("SIGKILL");
+  const [{ n: durable }] = await pair.queryStore<{ n: string }>("SELECT count(*) AS n FROM ev");
+  assert.equal(
+    Number(durable),
+    rows + 1,
+    "nothing of the interrupted drop is in the store (if all of it is, the delete finished before the kill: raise `rows`)",
+  );
+  await startStrata(strata);
+  await assertExactReplica(pair, {
+    tables: { "public.ev": ["id", "part"] },
+    commits: before + 1,
+    timeoutMs: 90_000,
+  });
+  const [{ n }] = await strata.query<{ n: string }>(
+    "SELECT count(*) AS n FROM strata.changes WHERE rel = 'public.ev' AND op = 'D'",
+  );
+  assert.equal(Number(n), rows, "the drop is one commit removing every row of the partition once");
 });
