@@ -601,15 +601,16 @@ export class Applier {
     const qualified = qualifiedName(root.shape);
     if ((await replicaTableHasRows(this.client, qualified)) === undefined) return false;
     const what = `${partition.schema}.${partition.name}`;
-    const bound = partition.bound ? await this.evaluableBound(partition.bound, qualified) : undefined;
-    if (!bound) {
-      tx.notes.push(
-        `the rows of ${detached ? "detached" : "dropped"} partition ${what} stay in ${root.rel} on the replica (its bound, a hash of an expression, cannot be evaluated here; delete them through ${root.rel} on the primary before dropping or detaching it)`,
-      );
-      return false;
-    }
     const into = detached ? await this.movedInto(partition) : undefined;
     try {
+      // In the try: a stand-in table that cannot be made holds this table, not the stream.
+      const bound = partition.bound ? await this.evaluableBound(partition.bound, qualified) : undefined;
+      if (!bound) {
+        tx.notes.push(
+          `the rows of ${detached ? "detached" : "dropped"} partition ${what} stay in ${root.rel} on the replica (its bound, a hash of an expression, cannot be evaluated here; delete them through ${root.rel} on the primary before dropping or detaching it)`,
+        );
+        return false;
+      }
       const keys = await historyKeyColumns(this.client, root.rel, qualified);
       // The bound names the root's columns unqualified; nothing else is in scope here.
       const gone = `strata_gone AS (DELETE FROM ${qualified} WHERE ${bound} RETURNING *)`;
