@@ -280,6 +280,8 @@ export class StrataRewriter implements QueryRewriter {
         this.pools.delete(name);
         closing.push(pool.end().catch(() => {}));
       }
+    // The remotes' pooled connections too, and the settings' kept one if "postgres" is dropped.
+    closing.push(this.remotes.releaseDropped(databases));
     await Promise.all(closing);
   }
 

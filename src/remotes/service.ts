@@ -174,16 +174,7 @@ export class RemoteService {
     let stopped = false;
     let running: Promise<void> = Promise.resolve();
     const tick = async () => {
-      const admin = await connect(this.config("postgres"));
-      let databases: string[];
-      try {
-        const { rows } = await admin.query<{ datname: string }>(
-          "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate",
-        );
-        databases = rows.map((r) => r.datname);
-      } finally {
-        await admin.end().catch(() => {});
-      }
+      const databases = await this.settings.databases();
       for (const database of databases) {
         if (stopped) return;
         const known = this.settings.now(database);
@@ -285,7 +276,15 @@ export class RemoteService {
     const pool = this.pools.get(database);
     this.pools.delete(database);
     this.forgetDatabase(database);
-    await pool?.end().catch(() => {});
+    await Promise.all([pool?.end().catch(() => {}), this.settings.release(database)]);
+  }
+
+  /** `release` for databases about to be dropped, and their branches' (`<database>/<branch>`). */
+  async releaseDropped(databases: string[]): Promise<void> {
+    const names = new Set(databases);
+    for (const name of this.pools.keys())
+      if (databases.some((d) => name.startsWith(`${d}/`))) names.add(name);
+    await Promise.all([...names].map((name) => this.release(name)));
   }
 
   /** What is cached of `database`: its settings and whether it has its remotes. */
@@ -362,6 +361,7 @@ export class RemoteService {
   async close(): Promise<void> {
     await Promise.all([...this.pools.values()].map((pool) => pool.end().catch(() => {})));
     this.pools.clear();
+    await this.settings.release();
   }
 
   /** A read replica's pull at transaction start: every replicated head of `base`, each into its branch's database. */

@@ -902,3 +902,49 @@ test("a push that cannot lock a table for its snapshot in time pushes without on
     { STRATA_SNAPSHOT_LOCK_TIMEOUT: "200ms" },
   );
 });
+
+test("an idle server opens no store sessions, whatever its databases; settings made on the store itself still take effect", async () => {
+  const strata = await startStandaloneStrata();
+  try {
+    const s = await connectTo(strata);
+    for (const name of ["idle_a", "idle_b", "idle_c", "idle_d"]) await rowsOf(s, `CREATE DATABASE ${name}`);
+    // The background push looks at every database each second: count its turns by the kept
+    // connection's query, and the sessions the store established meanwhile.
+    const turns = new Set<string>();
+    const waitForTurns = (n: number) =>
+      waitFor(`${n} turns of the background push`, async () => {
+        const rows = await rowsOf(
+          s,
+          "SELECT query_start::text AS at FROM pg_stat_activity WHERE query LIKE '%pg_conf_load_time%' AND pid <> pg_backend_pid()",
+        );
+        for (const r of rows) turns.add(r.at);
+        return turns.size >= n ? true : undefined;
+      });
+    const established = async () =>
+      Number((await rowsOf(s, "SELECT sum(sessions)::bigint AS n FROM pg_stat_database"))[0].n);
+    await waitForTurns(3); // every database's settings read once
+    const before = await established();
+    await waitForTurns(7);
+    assert.equal((await established()) - before, 0, "sessions the idle server opened on its store");
+
+    // A setting made on the store (not ALTER SYSTEM through the front door) is seen: the
+    // database's commits are pushed to the remote it names.
+    const dir = join(tempDir("strata-remote-"), "settings");
+    await rowsOf(s, `select dolt_remote('add', 'origin', 'file://${dir}')`);
+    await rowsOf(s, "ALTER DATABASE postgres SET strata.dolt_replicate_to_remote = 'origin'");
+    await rowsOf(s, "CREATE TABLE pushed (k int PRIMARY KEY)");
+    await rowsOf(s, "INSERT INTO pushed VALUES (1)");
+    const [{ dolt_commit }] = await rowsOf(s, "select dolt_commit('-Am', 'pushed by the setting')");
+    await waitFor("the commit to reach the remote", async () => {
+      const heads = join(dir, "refs", "heads", "main");
+      const versions = readdirSync(heads, { withFileTypes: true }).filter((e) => e.isFile());
+      return versions.some((e) => readFileSync(join(heads, e.name), "utf8").includes(dolt_commit[0]))
+        ? true
+        : undefined;
+    }).catch((err) => {
+      throw new Error(`${err.message}\n${strata.logs.slice(-3000)}`);
+    });
+  } finally {
+    await strata.stop();
+  }
+});
