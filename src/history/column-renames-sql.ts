@@ -76,15 +76,21 @@ LANGUAGE sql AS $$
 $$;
 
 -- The definition a writer records for a schema change on tbl: the table's definition after it,
--- with the columns it renamed.
+-- with the columns it renamed and its columns' fills.
 CREATE OR REPLACE FUNCTION strata.recorded_definition(tbl oid) RETURNS jsonb
 LANGUAGE plpgsql AS $fn$
 DECLARE
   def jsonb := strata.table_definition(tbl);
   renamed jsonb := strata.note_column_names(tbl);
+  fills jsonb := strata.column_fills(tbl);
 BEGIN
   IF def IS NOT NULL AND renamed IS NOT NULL THEN
     def := def || jsonb_build_object('renamed', renamed);
+  END IF;
+  -- The values the rows got when columns were added (column-additions-sql.ts); {} says none, where
+  -- a definition recorded before fills were has no key.
+  IF def IS NOT NULL THEN
+    def := def || jsonb_build_object('fills', coalesce(fills, '{}'));
   END IF;
   RETURN def;
 END

@@ -27,6 +27,7 @@ import { BRANCH_SQL } from "../branches/branch-sql.ts";
 import { CLUSTER_STATUS_SQL } from "../cluster/status-sql.ts";
 import type { Logger } from "../log.ts";
 import { REMOTE_SQL } from "../remotes/remote-sql.ts";
+import { COLUMN_ADDITIONS_SQL } from "./column-additions-sql.ts";
 import { COLUMN_RENAMES_SQL } from "./column-renames-sql.ts";
 import { changesKeyHash } from "./key-hash.ts";
 import { SURFACE_SQL } from "./surface-sql.ts";
@@ -248,6 +249,7 @@ export async function installStrataSchema(client: pg.Client, database: string, l
     await client.query(HELD_TABLES_SQL);
     await client.query(WORKING_SET_SQL);
     await client.query(COLUMN_RENAMES_SQL);
+    await client.query(COLUMN_ADDITIONS_SQL);
     await client.query(SURFACE_SQL);
     await client.query(META_NAME_SQL);
     await client.query(TABLE_SURFACE_SQL);

@@ -164,39 +164,44 @@ $$;
 
 -- Per key touched in commits (lo, hi]: the row before the first change and after the last
 -- (NULL: no row), for a keyed table. Keys and rows under today's column names
--- (column-renames-sql.ts).
+-- (column-renames-sql.ts), rows as of lo and hi (column-additions-sql.ts).
 CREATE OR REPLACE FUNCTION strata.key_states(p_rel text, lo bigint, hi bigint)
 RETURNS TABLE (row_key jsonb, from_row jsonb, to_row jsonb)
 LANGUAGE sql STABLE AS $$
-  SELECT m.k,
-         (array_agg(m.before ORDER BY m.seq, m.ord, m.side))[1],
-         (array_agg(m.after ORDER BY m.seq DESC, m.ord DESC, m.side DESC))[1]
+  SELECT s.k, strata.image_as_of(ad.flo, ad.alo, s.before), strata.image_as_of(ad.fhi, ad.ahi, s.after)
     FROM (
-      SELECT x.seq, x.ord, x.side,
-             strata.image_at(r.st, x.seq, x.ord, x.k) AS k,
-             strata.image_at(r.st, x.seq, x.ord, x.before) AS before,
-             strata.image_at(r.st, x.seq, x.ord, x.after) AS after
+      SELECT m.k,
+             (array_agg(m.before ORDER BY m.seq, m.ord, m.side))[1] AS before,
+             (array_agg(m.after ORDER BY m.seq DESC, m.ord DESC, m.side DESC))[1] AS after
         FROM (
-          SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
-                 CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
-                 CASE WHEN c.op = 'I' OR (c.op = 'U' AND c.old_key IS NULL) THEN c.new_row END AS after
-            FROM strata.changes_and_working c
-           WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel
-          UNION ALL
-          SELECT c.commit_seq, c.ord, 1, c.row_key, NULL, c.new_row
-            FROM strata.changes_and_working c
-           WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.op = 'U' AND c.old_key IS NOT NULL
-        ) x CROSS JOIN (SELECT strata.rename_stretches(p_rel) AS st OFFSET 0) r
-    ) m
-   GROUP BY m.k
+          SELECT x.seq, x.ord, x.side,
+                 strata.image_at(r.st, x.seq, x.ord, x.k) AS k,
+                 strata.image_at(r.st, x.seq, x.ord, x.before) AS before,
+                 strata.image_at(r.st, x.seq, x.ord, x.after) AS after
+            FROM (
+              SELECT c.commit_seq AS seq, c.ord, 0 AS side, coalesce(c.old_key, c.row_key) AS k,
+                     CASE WHEN c.op = 'I' THEN NULL ELSE c.old_row END AS before,
+                     CASE WHEN c.op = 'I' OR (c.op = 'U' AND c.old_key IS NULL) THEN c.new_row END AS after
+                FROM strata.changes_and_working c
+               WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel
+              UNION ALL
+              SELECT c.commit_seq, c.ord, 1, c.row_key, NULL, c.new_row
+                FROM strata.changes_and_working c
+               WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.op = 'U' AND c.old_key IS NOT NULL
+            ) x CROSS JOIN (SELECT strata.rename_stretches(p_rel) AS st OFFSET 0) r
+        ) m
+       GROUP BY m.k
+    ) s CROSS JOIN (SELECT strata.fills_at(z.a, lo) AS flo, strata.columns_absent_at(z.a, lo) AS alo,
+                           strata.fills_at(z.a, hi) AS fhi, strata.columns_absent_at(z.a, hi) AS ahi
+                      FROM (SELECT strata.column_additions(p_rel) AS a) z OFFSET 0) ad
 $$;
 
 -- The row images changes in (lo, hi] removed (weight 1) and added (-1), under today's column
--- names: how a table without a key is rolled back.
-CREATE OR REPLACE FUNCTION strata.image_changes(p_rel text, lo bigint, hi bigint)
+-- names and as of commit target: how a table without a key is rolled back.
+CREATE OR REPLACE FUNCTION strata.image_changes(p_rel text, lo bigint, hi bigint, target bigint)
 RETURNS TABLE (j jsonb, w int)
 LANGUAGE sql STABLE AS $$
-  SELECT strata.image_at(r.st, x.seq, x.ord, x.j), x.w
+  SELECT strata.image_as_of(ad.f, ad.absent, strata.image_at(r.st, x.seq, x.ord, x.j)), x.w
     FROM (
       SELECT c.commit_seq AS seq, c.ord, c.old_row AS j, 1 AS w FROM strata.changes_and_working c
        WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.old_row IS NOT NULL
@@ -204,7 +209,13 @@ LANGUAGE sql STABLE AS $$
       SELECT c.commit_seq, c.ord, c.new_row, -1 FROM strata.changes_and_working c
        WHERE c.commit_seq > lo AND c.commit_seq <= hi AND c.rel = p_rel AND c.new_row IS NOT NULL
     ) x CROSS JOIN (SELECT strata.rename_stretches(p_rel) AS st OFFSET 0) r
+        CROSS JOIN (SELECT strata.fills_at(z.a, target) AS f, strata.columns_absent_at(z.a, target) AS absent
+                      FROM (SELECT strata.column_additions(p_rel) AS a) z OFFSET 0) ad
 $$;
+-- ... as of hi.
+CREATE OR REPLACE FUNCTION strata.image_changes(p_rel text, lo bigint, hi bigint)
+RETURNS TABLE (j jsonb, w int)
+LANGUAGE sql STABLE AS $$ SELECT * FROM strata.image_changes(p_rel, lo, hi, hi) $$;
 
 -- The first snapshot base of a table after commit at (NULL: none).
 CREATE OR REPLACE FUNCTION strata.base_after(p_rel text, at bigint) RETURNS bigint
@@ -224,6 +235,8 @@ LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
   b bigint := strata.base_after(p_rel, at);
   upto bigint := coalesce(b - 1, 9223372036854775807);
+  ad jsonb := strata.column_additions(p_rel);
+  absent text[] := strata.columns_absent_at(ad, at);
 BEGIN
   -- (tbl NULL: a dropped table, whose rows at the drop were recorded as deleted: no rows now.)
   IF cardinality(key_columns) > 0 THEN
@@ -234,9 +247,9 @@ BEGIN
         'WITH s AS MATERIALIZED (SELECT * FROM strata.key_states($1, $2, 9223372036854775807))
          SELECT s.from_row FROM s WHERE s.from_row IS NOT NULL
          UNION ALL
-         SELECT to_jsonb(t) FROM %s t WHERE NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = %s)',
+         SELECT to_jsonb(t) - $3 FROM %s t WHERE NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = %s)',
         strata.own_rows(tbl), strata.key_expression(key_columns, 't'))
-        USING p_rel, at;
+        USING p_rel, at, absent;
     ELSE
       RETURN QUERY SELECT s.from_row FROM strata.key_states(p_rel, at, upto) s WHERE s.from_row IS NOT NULL;
     END IF;
@@ -245,11 +258,12 @@ BEGIN
       'SELECT g.j FROM (
          SELECT x.j, sum(x.w) AS n FROM (
            %s
-           SELECT i.j, i.w FROM strata.image_changes($1, $2, $3) i
+           SELECT i.j, i.w FROM strata.image_changes($1, $2, $3, $2) i
          ) AS x(j, w) GROUP BY x.j
        ) g CROSS JOIN LATERAL generate_series(1, g.n) WHERE g.n > 0',
-      CASE WHEN b IS NULL AND tbl IS NOT NULL THEN format('SELECT to_jsonb(t), 1 FROM %s t UNION ALL', strata.own_rows(tbl)) ELSE '' END)
-      USING p_rel, at, upto;
+      CASE WHEN b IS NULL AND tbl IS NOT NULL
+           THEN format('SELECT to_jsonb(t) - $4, 1 FROM %s t UNION ALL', strata.own_rows(tbl)) ELSE '' END)
+      USING p_rel, at, upto, absent;
   END IF;
 END
 $fn$;
@@ -264,6 +278,7 @@ DECLARE
   m record;
   hit boolean;
   st jsonb := strata.rename_stretches(p_rel);
+  ad jsonb := strata.column_additions(p_rel);
 BEGIN
   IF st IS NOT NULL THEN
     SELECT * INTO m FROM strata.key_mentions(p_rel, st, p_key, at, upto) x ORDER BY x.commit_seq, x.ord LIMIT 1;
@@ -286,13 +301,13 @@ BEGIN
   END IF;
   IF hit THEN
     IF m.moved_away OR (m.op <> 'I' AND NOT (m.op = 'U' AND m.old_key IS NOT NULL)) THEN
-      RETURN NEXT m.old_row;
+      RETURN NEXT strata.image_as_of(strata.fills_at(ad, at), strata.columns_absent_at(ad, at), m.old_row);
     END IF;
   ELSIF b IS NULL AND tbl IS NOT NULL THEN
-    RETURN QUERY EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %s', strata.own_rows(tbl),
+    RETURN QUERY EXECUTE format('SELECT to_jsonb(t) - $2 FROM %s t WHERE %s', strata.own_rows(tbl),
       (SELECT string_agg(format('t.%I = (jsonb_populate_record(NULL::%s, $1)).%I', k, tbl, k), ' AND ')
          FROM unnest(key_columns) k))
-      USING p_key;
+      USING p_key, strata.columns_absent_at(ad, at);
   END IF;
 END
 $fn$;
@@ -306,10 +321,21 @@ DECLARE
   swapped boolean := from_seq > to_seq;
   lo bigint := least(from_seq, to_seq);
   hi bigint := greatest(from_seq, to_seq);
+  ad jsonb;
+  lo_fills jsonb;
+  lo_absent text[];
 BEGIN
   IF lo = hi THEN RETURN; END IF;
-  IF EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo AND commit_seq <= hi) THEN
-    -- Rows appeared without history in between: compare the two states whole.
+  -- (Only a range with a schema change of the table may hold an addition.)
+  IF EXISTS (SELECT 1 FROM strata.schema_changes s WHERE s.rel = p_rel AND s.commit_seq > lo AND s.commit_seq <= hi)
+     OR (hi = 9223372036854775807 AND EXISTS (SELECT 1 FROM strata.working_schema_changes w WHERE w.rel = p_rel)) THEN
+    ad := strata.column_additions(p_rel);
+  END IF;
+  IF EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo AND commit_seq <= hi)
+     OR EXISTS (SELECT 1 FROM jsonb_array_elements(ad) e
+                 WHERE (e ->> 's')::bigint > lo AND (e ->> 's')::bigint <= hi AND coalesce(jsonb_typeof(e -> 'v'), 'null') <> 'null') THEN
+    -- Rows appeared without history in between, or a column was added with a value for every row
+    -- (column-additions-sql.ts): compare the two states whole.
     IF cardinality(key_columns) > 0 THEN
       RETURN QUERY
         SELECT CASE WHEN swapped THEN t.j ELSE f.j END, CASE WHEN swapped THEN f.j ELSE t.j END
@@ -333,9 +359,16 @@ BEGIN
         FROM strata.key_states(p_rel, lo, hi) s
        WHERE s.from_row IS DISTINCT FROM s.to_row;
   ELSE
+    ad := strata.column_additions(p_rel);
+    lo_fills := strata.fills_at(ad, lo);
+    lo_absent := strata.columns_absent_at(ad, lo);
+    -- Images compared as of hi (so that one written before a column was added meets its later
+    -- self), and those of rows at lo shown as of lo.
     RETURN QUERY
-      SELECT CASE WHEN (g.n < 0) <> swapped THEN g.j END, CASE WHEN (g.n > 0) <> swapped THEN g.j END
-        FROM (SELECT i.j, -sum(i.w) AS n FROM strata.image_changes(p_rel, lo, hi) i
+      SELECT CASE WHEN (g.n < 0) <> swapped THEN g.at_side END, CASE WHEN (g.n > 0) <> swapped THEN g.at_side END
+        FROM (SELECT CASE WHEN sum(i.w) > 0 THEN strata.image_as_of(lo_fills, lo_absent, i.j) ELSE i.j END AS at_side,
+                     -sum(i.w) AS n
+                FROM strata.image_changes(p_rel, lo, hi) i
                GROUP BY i.j HAVING sum(i.w) <> 0) g
         CROSS JOIN LATERAL generate_series(1, abs(g.n));
   END IF;

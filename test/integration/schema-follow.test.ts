@@ -108,13 +108,44 @@ describe("without the event trigger (Relation messages)", () => {
     );
   });
 
-  test("a column added with a default has that value in the rows that existed (no change carried it)", async () => {
+  test("a column added with a default has that value in the rows that existed (no change carried it), and history says when", async () => {
+    const [{ h: before }] = await strata.query("SELECT dolt.commit_hash('HEAD') AS h");
+    const ids = (await strata.query("SELECT id FROM t ORDER BY id")).map((r) => r.id);
     await primary.query("ALTER TABLE t ADD COLUMN flag boolean NOT NULL DEFAULT false");
     await primary.query("ALTER TABLE t ADD COLUMN note text DEFAULT 'it''s new'");
     await primary.query("INSERT INTO t (id, label, n, flag) VALUES (5, 'five', 5, true)");
     await waitForSameRows(primary, strata, "t", "id");
     const [old] = await strata.query("SELECT flag, note FROM t WHERE id = 1");
     assert.deepEqual(old, { flag: false, note: "it's new" });
+    // Before the columns the rows had none: null there, the default from the commits that added
+    // them on, and the diff across them shows every row that existed as changed.
+    const asOf = (commit: string) =>
+      strata.query(`SELECT id, flag, note FROM t AS OF '${commit}' ORDER BY id`);
+    assert.deepEqual(
+      await asOf(before),
+      ids.map((id) => ({ id, flag: null, note: null })),
+    );
+    // (Without the trigger the columns come with the next row change: in the INSERT's commit.)
+    assert.deepEqual(await asOf("HEAD"), [
+      ...ids.map((id) => ({ id, flag: false, note: "it's new" })),
+      { id: 5, flag: true, note: "it's new" },
+    ]);
+    assert.deepEqual(await strata.query(`SELECT id, flag, note FROM t AS OF '${before}' WHERE id = 1`), [
+      { id: 1, flag: null, note: null },
+    ]);
+    const diff = await strata.query(
+      `SELECT coalesce(to_id, from_id) AS id, from_flag, to_flag, to_note, diff_type FROM dolt_diff('${before}', 'HEAD', 't') ORDER BY 1`,
+    );
+    assert.deepEqual(diff, [
+      ...ids.map((id) => ({
+        id,
+        from_flag: null,
+        to_flag: false,
+        to_note: "it's new",
+        diff_type: "modified",
+      })),
+      { id: 5, from_flag: null, to_flag: true, to_note: "it's new", diff_type: "added" },
+    ]);
   });
 });
 

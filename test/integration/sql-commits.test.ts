@@ -677,3 +677,128 @@ test("partitions captured as before 2026-11-24 are captured as now after a resta
   assert.deepEqual(await q("SELECT * FROM legacy_child AS OF 'HEAD'"), []);
   assert.deepEqual(await q("SELECT * FROM legacy_base AS OF 'HEAD~1'"), []);
 });
+
+test("columns added with a default: AS OF, point lookups and dolt_diff show every commit's rows as they were (null before the column, its value after)", async () => {
+  // What happened: each table's rows after each commit, as the store had them then.
+  const truth: Record<string, Record<string, unknown>[]>[] = [];
+  const commit = async (message: string) => {
+    const [{ dolt_commit }] = await q("SELECT dolt_commit('-Am', $1)", [message]);
+    truth.push({
+      filled_t: await q("SELECT to_jsonb(t) AS r FROM filled_t t ORDER BY id").then((rs) =>
+        rs.map((r) => r.r),
+      ),
+      filled_u: await q("SELECT to_jsonb(u) AS r FROM filled_u u ORDER BY a, b").then((rs) =>
+        rs.map((r) => r.r),
+      ),
+    });
+    return dolt_commit[0] as string;
+  };
+  const hashes: string[] = [];
+  await q("CREATE TABLE filled_t (id int PRIMARY KEY, v text)");
+  await q("CREATE TABLE filled_u (a int, b text)"); // no key: rows are images
+  await q("INSERT INTO filled_t VALUES (1, 'a'), (2, 'b'), (3, 'c')");
+  await q("INSERT INTO filled_u VALUES (1, 'x'), (2, 'y')");
+  hashes.push(await commit("rows"));
+  await q("UPDATE filled_t SET v = 'a2' WHERE id = 1");
+  await q("DELETE FROM filled_u WHERE a = 1");
+  hashes.push(await commit("changed before the columns"));
+  await q("ALTER TABLE filled_t ADD COLUMN w int DEFAULT 7");
+  await q("ALTER TABLE filled_u ADD COLUMN z text DEFAULT 'zz'");
+  hashes.push(await commit("columns added with defaults"));
+  await q("UPDATE filled_t SET v = 'b2' WHERE id = 2");
+  await q("INSERT INTO filled_t VALUES (4, 'd', 8)");
+  await q("INSERT INTO filled_u VALUES (3, 'w', 'q')");
+  hashes.push(await commit("changed after"));
+  await q("ALTER TABLE filled_t ADD COLUMN n int");
+  await q("UPDATE filled_t SET n = 1 WHERE id = 3");
+  hashes.push(await commit("a column without a default"));
+  await q("ALTER TABLE filled_u DROP COLUMN z");
+  await q("DELETE FROM filled_u WHERE a = 2");
+  hashes.push(await commit("a column dropped"));
+
+  // Rows are shown with today's columns: those a commit's rows did not have are null.
+  const columns = {
+    filled_t: ["id", "v", "w", "n"],
+    filled_u: ["a", "b"],
+  } as const;
+  const shown = (table: keyof typeof columns, row: Record<string, unknown>) =>
+    Object.fromEntries(columns[table].map((c) => [c, row[c] ?? null]));
+  const at = (table: keyof typeof columns, i: number) => truth[i][table].map((r) => shown(table, r));
+  const sortRows = (rows: Record<string, unknown>[]) => rows.map((r) => JSON.stringify(r)).sort();
+
+  const check = async () => {
+    for (const [i, hash] of hashes.entries()) {
+      assert.deepEqual(
+        await q(`SELECT * FROM filled_t AS OF '${hash}' ORDER BY id`),
+        at("filled_t", i),
+        `filled_t as of commit ${i + 1}`,
+      );
+      assert.deepEqual(
+        sortRows(await q(`SELECT * FROM filled_u AS OF '${hash}'`)),
+        sortRows(at("filled_u", i)),
+        `filled_u as of commit ${i + 1}`,
+      );
+      for (const id of [1, 2, 3, 4])
+        assert.deepEqual(
+          await q(`SELECT * FROM filled_t AS OF '${hash}' WHERE id = ${id}`),
+          at("filled_t", i).filter((r) => r.id === id),
+          `filled_t row ${id} as of commit ${i + 1}`,
+        );
+    }
+
+    // A diff is what differs between the two commits' rows, either way round.
+    for (const [i, from] of hashes.entries())
+      for (const [j, to] of hashes.entries()) {
+        if (i === j) continue;
+        const keyed = await q(
+          `SELECT from_id, from_v, from_w, from_n, to_id, to_v, to_w, to_n, diff_type
+             FROM dolt_diff('${from}', '${to}', 'filled_t') ORDER BY coalesce(to_id, from_id)`,
+        );
+        const before = new Map(at("filled_t", i).map((r) => [r.id, r]));
+        const after = new Map(at("filled_t", j).map((r) => [r.id, r]));
+        const expected = [...new Set([...before.keys(), ...after.keys()])]
+          .sort((x, y) => Number(x) - Number(y))
+          .filter((id) => JSON.stringify(before.get(id)) !== JSON.stringify(after.get(id)))
+          .map((id) => {
+            const f = before.get(id);
+            const t = after.get(id);
+            return {
+              ...Object.fromEntries(columns.filled_t.map((c) => [`from_${c}`, f?.[c] ?? null])),
+              ...Object.fromEntries(columns.filled_t.map((c) => [`to_${c}`, t?.[c] ?? null])),
+              diff_type: f === undefined ? "added" : t === undefined ? "removed" : "modified",
+            };
+          });
+        assert.deepEqual(keyed, expected, `filled_t diff from commit ${i + 1} to ${j + 1}`);
+
+        const keyless = await q(
+          `SELECT from_a, from_b, to_a, to_b FROM dolt_diff('${from}', '${to}', 'filled_u')`,
+        );
+        const removed = sortRows(at("filled_u", i));
+        const added = sortRows(at("filled_u", j));
+        for (const r of [...removed]) {
+          const k = added.indexOf(r);
+          if (k >= 0) {
+            added.splice(k, 1);
+            removed.splice(removed.indexOf(r), 1);
+          }
+        }
+        assert.deepEqual(
+          sortRows(keyless.filter((r) => r.to_a === null).map((r) => ({ a: r.from_a, b: r.from_b }))),
+          removed,
+          `filled_u rows removed from commit ${i + 1} to ${j + 1}`,
+        );
+        assert.deepEqual(
+          sortRows(keyless.filter((r) => r.from_a === null).map((r) => ({ a: r.to_a, b: r.to_b }))),
+          added,
+          `filled_u rows added from commit ${i + 1} to ${j + 1}`,
+        );
+      }
+  };
+  await check();
+  // History written before fills were recorded (no "fills" in its definitions) reads the same:
+  // the value comes from the table's own catalog.
+  await q(
+    "UPDATE strata.schema_changes SET definition = definition - 'fills' WHERE rel IN ('public.filled_t', 'public.filled_u')",
+  );
+  await check();
+});
