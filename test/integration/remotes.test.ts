@@ -948,3 +948,21 @@ test("an idle server opens no store sessions, whatever its databases; settings m
     await strata.stop();
   }
 });
+
+test("a database that has just pushed to its remote can be dropped through the front door at once", async () => {
+  const s = await connectTo(primary);
+  await rowsOf(s, "CREATE DATABASE pushes_then_drops");
+  const d = await connectTo(primary, "pushes_then_drops");
+  const dir = join(remoteDir, "pushes_then_drops");
+  await rowsOf(d, `select dolt_remote('add', 'origin', 'file://${dir}')`);
+  await rowsOf(d, "ALTER DATABASE pushes_then_drops SET strata.dolt_replicate_to_remote = 'origin'");
+  await rowsOf(d, "CREATE TABLE t (k int PRIMARY KEY)");
+  await rowsOf(d, "INSERT INTO t VALUES (1)");
+  await rowsOf(d, "select dolt_commit('-Am', 'pushed')");
+  await waitFor("the push", async () => (readdirSync(dir).includes("refs") ? true : undefined));
+  await d.end();
+  // Strata's own connections to it (the pushes') end before the DROP: it does not fail with
+  // "database is being accessed by other users".
+  await rowsOf(s, "DROP DATABASE pushes_then_drops");
+  assert.deepEqual(await rowsOf(s, "SELECT datname FROM pg_database WHERE datname = 'pushes_then_drops'"), []);
+});
