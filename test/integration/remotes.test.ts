@@ -146,6 +146,9 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   await same("SELECT id, price, stock, commit_hash FROM dolt_history_items ORDER BY commit_hash, id");
   await same("SELECT * FROM dolt_diff('HEAD~2', 'HEAD', 'items') ORDER BY to_id, from_id");
   await same("SELECT * FROM items AS OF 'HEAD~2' ORDER BY id");
+  // (HEAD~2 is before stock was added: null there, on the clone too, from the definitions it pulled.)
+  assert.deepEqual(await rowsOf(c, "SELECT DISTINCT stock FROM items AS OF 'HEAD~2'"), [{ stock: null }]);
+  assert.deepEqual(await rowsOf(c, "SELECT DISTINCT stock FROM items AS OF 'HEAD~1' WHERE id >= 5"), [{ stock: 0 }]);
   await same(
     "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('items', 'memos') ORDER BY indexname",
   );
