@@ -115,6 +115,8 @@ export interface DdlMessage {
   dropped?: ({ type: string; oid: number; schema: string; name: string } & Partial<PartitionLeaving>)[];
   /** Partitions detached by the statement, tables of their own now. */
   detached?: ({ oid: number; schema: string; name: string } & PartitionLeaving)[];
+  /** A partition truncated on its own (its statement trigger's message): its rows leave the root. */
+  truncated?: ({ oid: number; schema: string; name: string } & PartitionLeaving)[];
   /** Tables attached as partitions by the statement; their rows are the root's now. */
   attached?: {
     oid: number;
@@ -585,21 +587,24 @@ export class Applier {
   }
 
   /**
-   * A partition dropped or detached on the primary took its rows out of the root table, which is
-   * what the replica has (published through the root): the root's rows within the partition's
-   * bound are deleted, as history deletes, in this commit. A detached partition replicated as a
-   * table of its own from now on (it was just created, empty) receives them: the rows move, as
-   * on the primary. Returns whether anything was done.
+   * A partition dropped, detached or truncated on the primary took its rows out of the root table,
+   * which is what the replica has (published through the root): the root's rows within the
+   * partition's bound are deleted, as history deletes, in this commit. A detached partition
+   * replicated as a table of its own from now on (it was just created, empty) receives them: the
+   * rows move, as on the primary. Returns whether anything was done.
    */
   private async removePartitionRows(
     partition: { oid: number; schema: string; name: string } & PartitionLeaving,
-    detached: boolean,
+    how: "dropped" | "detached" | "truncated",
   ): Promise<boolean> {
+    const detached = how === "detached";
     const tx = this.tx!;
     const root = await this.loadKnown(partition.root.oid);
     if (!root) return false;
     const qualified = qualifiedName(root.shape);
-    if ((await replicaTableHasRows(this.client, qualified)) === undefined) return false;
+    // (An empty root: nothing to remove. A TRUNCATE of the root sends each partition's message
+    // after the root's own Truncate: thousands of partitions cost a probe each, not a DELETE.)
+    if (!(await replicaTableHasRows(this.client, qualified))) return false;
     const what = `${partition.schema}.${partition.name}`;
     const into = detached ? await this.movedInto(partition) : undefined;
     try {
@@ -607,7 +612,7 @@ export class Applier {
       const bound = partition.bound ? await this.evaluableBound(partition.bound, qualified) : undefined;
       if (!bound) {
         tx.notes.push(
-          `the rows of ${detached ? "detached" : "dropped"} partition ${what} stay in ${root.rel} on the replica (its bound, a hash of an expression, cannot be evaluated here; delete them through ${root.rel} on the primary before dropping or detaching it)`,
+          `the rows of ${how} partition ${what} stay in ${root.rel} on the replica (its bound, a hash of an expression, cannot be evaluated here; delete them through ${root.rel} on the primary before dropping, detaching or truncating it)`,
         );
         return false;
       }
@@ -1222,8 +1227,11 @@ export class Applier {
     // root's own drop, if it is dropped too, records them.
     const droppedOids = new Set(dropped.map((d) => d.oid));
     const leaving = [
-      ...(message.dropped ?? []).filter((d) => d.type === "table").map((d) => ({ ...d, detached: false })),
-      ...(message.detached ?? []).map((d) => ({ ...d, detached: true })),
+      ...(message.dropped ?? [])
+        .filter((d) => d.type === "table")
+        .map((d) => ({ ...d, how: "dropped" as const })),
+      ...(message.detached ?? []).map((d) => ({ ...d, how: "detached" as const })),
+      ...(message.truncated ?? []).map((d) => ({ ...d, how: "truncated" as const })),
     ].filter(
       (p): p is typeof p & PartitionLeaving =>
         p.root !== undefined &&
@@ -1283,7 +1291,7 @@ export class Applier {
     }
     for (const partition of leaving) {
       if (heldHere.has(partition.root.oid)) continue;
-      if (await this.removePartitionRows(partition, partition.detached)) touched = true;
+      if (await this.removePartitionRows(partition, partition.how)) touched = true;
     }
     for (const table of attached) {
       if (heldHere.has(table.root.oid)) continue;

@@ -16,7 +16,10 @@
 // brings its rows in. So before such statements (ddl_command_start) the partitions' roots and
 // bounds are kept in a setting, and the drop, detach or attach sends what changed: the replica
 // removes those rows from the root (a partition's bound is the only description of its rows that
-// outlives it), or adds the rows an attached table had.
+// outlives it), or adds the rows an attached table had. A partition truncated on its own is not
+// sent through its root either (pgoutput skips it), and no event trigger fires for TRUNCATE: each
+// partition gets a statement trigger (`strata_truncate`, made by setup and by the DDL trigger for
+// every new partition) that sends its root and bound the same way.
 //
 // The trigger never blocks DDL on the primary: with wal_level below logical, or on any error, it
 // sends nothing (with a WARNING), and Strata falls back to following Relation messages.
@@ -32,7 +35,7 @@ export const DDL_TRIGGERS = [
 ] as const;
 
 /** Kept as the comment of `strata.emit_ddl()`, so that a start can tell an older trigger. */
-export const DDL_TRIGGER_VERSION = "strata DDL trigger 2 (2026-11-25)";
+export const DDL_TRIGGER_VERSION = "strata DDL trigger 3 (2026-11-25)";
 
 /** The statements before which partitions' bounds are kept: those that can drop or detach one. */
 const PARTITION_STATEMENTS = ["ALTER TABLE", "DROP TABLE", "DROP SCHEMA", "DROP OWNED"];
@@ -70,6 +73,73 @@ CREATE OR REPLACE FUNCTION strata.kept_partitions() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $fn$
   SELECT kept->'partitions' FROM (SELECT nullif(current_setting('strata.partitions', true), '')::jsonb AS kept) k
    WHERE kept->>'at' = statement_timestamp()::text
+$fn$`;
+
+// A partition truncated on its own: its root and bound, as a dropped partition's, in the
+// TRUNCATE's transaction. (A TRUNCATE of the root fires it for every partition too, after the
+// root's own Truncate in the stream: the replica then finds nothing left to delete.)
+//
+// PL/pgSQL compiles a trigger function once per trigger, with its own saved plans, and every
+// relation invalidation in that session then visits them all: the work is in functions compiled
+// once, so that each copy holds two plans (with the queries inline, an ALTER of a 2,000-partition
+// table in the session that had truncated them all took 0.9 s instead of 0.1 s).
+const EMIT_TRUNCATE = `
+CREATE OR REPLACE FUNCTION strata.truncate_message(rel oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $fn$
+  SELECT jsonb_build_object('v', 1, 'tag', 'TRUNCATE', 'query', current_query(), 'truncated', jsonb_build_array(
+           jsonb_build_object('oid', c.oid::bigint, 'schema', n.nspname, 'name', c.relname,
+             'root', jsonb_build_object('oid', r.oid::bigint, 'schema', rn.nspname, 'name', r.relname),
+             'bound', pg_get_partition_constraintdef(c.oid))))::text
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+    JOIN pg_namespace rn ON rn.oid = r.relnamespace
+   WHERE c.oid = rel AND c.relispartition AND current_setting('wal_level') = 'logical'
+     AND EXISTS (SELECT 1 FROM pg_publication WHERE pubviaroot)
+$fn$;
+CREATE OR REPLACE FUNCTION strata.note_truncate(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog AS $fn$
+DECLARE
+  message text;
+BEGIN
+  BEGIN
+    message := strata.truncate_message(rel);
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'strata: could not describe this TRUNCATE for replication (%); the partition''s rows stay on the replica', SQLERRM;
+    RETURN;
+  END;
+  -- Outside the block, as in emit_ddl.
+  IF message IS NOT NULL THEN
+    PERFORM pg_logical_emit_message(true, 'strata_ddl', message);
+  END IF;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION strata.emit_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+  PERFORM strata.note_truncate(TG_RELID);
+  RETURN NULL;
+END
+$fn$`;
+
+// The truncate trigger on partitions that have none (rels: only those; NULL: every partition).
+const WATCH_TRUNCATES = `
+CREATE OR REPLACE FUNCTION strata.watch_truncates(rels oid[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN
+    -- (Joined, not "= ANY (rels)": an ALTER of a root with thousands of partitions passes them all.)
+    SELECT c.oid FROM pg_class c
+     WHERE c.relispartition AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+       AND (rels IS NULL OR c.oid IN (SELECT DISTINCT u.oid FROM unnest(rels) u(oid)))
+       AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'strata_truncate')
+  LOOP
+    EXECUTE format('CREATE TRIGGER strata_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION strata.emit_truncate()',
+                   r.oid::regclass);
+  END LOOP;
+END
 $fn$`;
 
 const DESCRIBE_TABLE = `
@@ -167,6 +237,23 @@ BEGIN
     RAISE WARNING 'strata: could not describe this DDL for replication (%); Strata follows it from the stream instead', SQLERRM;
     RETURN;
   END;
+  -- New partitions (made, or attached: known where a publication publishes through roots, the
+  -- only place their truncates matter) get the truncate trigger; a publication made or changed
+  -- looks at every partition.
+  IF tg_tag IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE PUBLICATION', 'ALTER PUBLICATION') THEN
+    BEGIN
+      IF tg_tag IN ('CREATE PUBLICATION', 'ALTER PUBLICATION') THEN
+        PERFORM strata.watch_truncates(NULL);
+      ELSE
+        PERFORM strata.watch_truncates(ARRAY(
+          SELECT d.objid FROM pg_event_trigger_ddl_commands() d
+           WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table' AND tg_tag = 'CREATE TABLE'
+          UNION SELECT (a->>'oid')::oid FROM jsonb_array_elements(attached) a));
+      END IF;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'strata: could not add the truncate trigger to a new partition (%); truncating it on its own leaves its rows on the replica', SQLERRM;
+    END;
+  END IF;
   -- Sent outside the block above: a message written in a subtransaction of its own is decoded
   -- after the rest of the transaction's changes, not where it was written.
   IF jsonb_array_length(tables) > 0 OR detached IS NOT NULL OR jsonb_array_length(attached) > 0 THEN
@@ -219,6 +306,9 @@ export function installStatements(): string[] {
     KEPT_PARTITIONS,
     EMIT_DDL,
     EMIT_DROP,
+    EMIT_TRUNCATE,
+    WATCH_TRUNCATES,
+    "SELECT strata.watch_truncates(NULL)",
     `COMMENT ON FUNCTION strata.emit_ddl() IS '${DDL_TRIGGER_VERSION}'`,
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_start",
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_end",
@@ -235,6 +325,11 @@ export function uninstallStatements(): string[] {
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_start",
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_end",
     "DROP EVENT TRIGGER IF EXISTS strata_sql_drop",
+    // The partitions' truncate triggers go with their function.
+    "DROP FUNCTION IF EXISTS strata.emit_truncate() CASCADE",
+    "DROP FUNCTION IF EXISTS strata.watch_truncates(oid[])",
+    "DROP FUNCTION IF EXISTS strata.note_truncate(oid)",
+    "DROP FUNCTION IF EXISTS strata.truncate_message(oid)",
     "DROP FUNCTION IF EXISTS strata.emit_ddl()",
     "DROP FUNCTION IF EXISTS strata.emit_drop()",
     "DROP FUNCTION IF EXISTS strata.keep_partitions()",

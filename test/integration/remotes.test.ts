@@ -148,7 +148,9 @@ test("push, clone, pull: the clone's rows and history equal the primary's", asyn
   await same("SELECT * FROM items AS OF 'HEAD~2' ORDER BY id");
   // (HEAD~2 is before stock was added: null there, on the clone too, from the definitions it pulled.)
   assert.deepEqual(await rowsOf(c, "SELECT DISTINCT stock FROM items AS OF 'HEAD~2'"), [{ stock: null }]);
-  assert.deepEqual(await rowsOf(c, "SELECT DISTINCT stock FROM items AS OF 'HEAD~1' WHERE id >= 5"), [{ stock: 0 }]);
+  assert.deepEqual(await rowsOf(c, "SELECT DISTINCT stock FROM items AS OF 'HEAD~1' WHERE id >= 5"), [
+    { stock: 0 },
+  ]);
   await same(
     "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('items', 'memos') ORDER BY indexname",
   );
@@ -967,5 +969,8 @@ test("a database that has just pushed to its remote can be dropped through the f
   // Strata's own connections to it (the pushes') end before the DROP: it does not fail with
   // "database is being accessed by other users".
   await rowsOf(s, "DROP DATABASE pushes_then_drops");
-  assert.deepEqual(await rowsOf(s, "SELECT datname FROM pg_database WHERE datname = 'pushes_then_drops'"), []);
+  assert.deepEqual(
+    await rowsOf(s, "SELECT datname FROM pg_database WHERE datname = 'pushes_then_drops'"),
+    [],
+  );
 });

@@ -3,6 +3,7 @@
 // of `strata setup-primary` (renames, new tables, indexes, defaults, drops).
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { DDL_TRIGGER_VERSION } from "../../src/upstream/ddl-trigger.ts";
 import { startPrimary, type TestCluster, waitFor } from "../support/postgres.ts";
 import {
   type StrataProcess,
@@ -301,14 +302,27 @@ describe("with the event trigger (strata setup-primary)", () => {
     await waitFor("the warning", async () => /older Strata's.*strata setup-primary/.test(strata.logs));
     await strataCli("setup-primary", "--config", strata.configFile);
     const [row] = await primary.query("SELECT obj_description('strata.emit_ddl()'::regprocedure) AS v");
-    assert.match(row.v, /^strata DDL trigger 2/);
+    assert.equal(row.v, DDL_TRIGGER_VERSION);
   });
 
   test("--uninstall removes the trigger; DDL then follows from Relation messages", async () => {
+    // (A partition made meanwhile has its truncate trigger, which goes too.)
+    await primary.query("CREATE TABLE parted (k int) PARTITION BY LIST (k)");
+    await primary.query("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1)");
+    const truncateTriggers =
+      "SELECT tgrelid::regclass::text AS t FROM pg_trigger WHERE tgname = 'strata_truncate'";
+    assert.deepEqual(await primary.query(truncateTriggers), [{ t: "parted_1" }]);
     const { stdout } = await strataCli("setup-primary", "--uninstall", "--config", strata.configFile);
     assert.match(stdout, /removed/);
     const triggers = await primary.query("SELECT evtname FROM pg_event_trigger");
     assert.deepEqual(triggers, []);
+    assert.deepEqual(await primary.query(truncateTriggers), []);
+    assert.deepEqual(
+      await primary.query(
+        "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'strata'",
+      ),
+      [],
+    );
     await primary.query("ALTER TABLE things ADD COLUMN note text");
     await primary.query("INSERT INTO things VALUES (3, 'three', 'n')");
     await waitForSameRows(primary, strata, "things", "id");
@@ -493,5 +507,53 @@ describe("partitions published through their root (with the event trigger)", () 
     await waitForSameRows(primary, strata, "h_2", "id");
     const [left] = await primary.query<{ n: number }>("SELECT count(*)::int AS n FROM h");
     assert.ok(left.n > 50 && left.n < 150, `${left.n} rows in one of three hash partitions`);
+  });
+
+  test("a partition truncated on its own takes its rows out of the replica's table; partitions made or attached later too, and the root's own TRUNCATE", async () => {
+    await primary.query(`
+      CREATE TABLE metrics (k int, at int, v text, PRIMARY KEY (k, at)) PARTITION BY LIST (k);
+      CREATE TABLE metrics_1 PARTITION OF metrics FOR VALUES IN (1);
+      CREATE TABLE metrics_2 PARTITION OF metrics FOR VALUES IN (2) PARTITION BY RANGE (at);
+      CREATE TABLE metrics_2_low PARTITION OF metrics_2 FOR VALUES FROM (MINVALUE) TO (50);
+      CREATE TABLE metrics_2_high PARTITION OF metrics_2 FOR VALUES FROM (50) TO (MAXVALUE);
+      CREATE TABLE metrics_3 (k int, at int, v text, PRIMARY KEY (k, at));
+      INSERT INTO metrics SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 200) i`);
+    await waitForSameRows(primary, strata, "metrics", "k, at");
+    // Every partition has the trigger: those made after setup-primary by the DDL trigger.
+    const unwatched =
+      "SELECT c.relname FROM pg_class c WHERE c.relispartition AND c.relkind IN ('r', 'p') AND c.relname LIKE 'metrics%' AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'strata_truncate')";
+    assert.deepEqual(await primary.query(unwatched), []);
+
+    const before = await head();
+    const rowsBefore = await strata.query("SELECT * FROM metrics ORDER BY k, at");
+    await primary.query("TRUNCATE metrics_1");
+    await waitForSameRows(primary, strata, "metrics", "k, at");
+    assert.match(await lastMessage(strata), /TRUNCATE metrics_1$/);
+    // The past keeps the rows; the TRUNCATE's diff removes exactly them.
+    assert.deepEqual(
+      await strata.query(`SELECT * FROM metrics AS OF '${before}' ORDER BY k, at`),
+      rowsBefore,
+    );
+    const removed = await strata.query<{ from_k: number; n: number }>(
+      `SELECT from_k, count(*)::int AS n FROM dolt_diff('${before}', 'HEAD', 'metrics') WHERE diff_type = 'removed' GROUP BY 1`,
+    );
+    assert.deepEqual(removed, [{ from_k: 1, n: 100 }]);
+
+    // A leaf of a partitioned partition, and a table attached later.
+    await primary.query("TRUNCATE metrics_2_low");
+    await waitForSameRows(primary, strata, "metrics", "k, at");
+    await primary.query("ALTER TABLE metrics ATTACH PARTITION metrics_3 FOR VALUES IN (3)");
+    await primary.query("INSERT INTO metrics SELECT 3, i, 'x' FROM generate_series(1, 20) i");
+    await waitForSameRows(primary, strata, "metrics", "k, at");
+    assert.deepEqual(await primary.query(unwatched), []);
+    await primary.query("TRUNCATE metrics_3");
+    await waitForSameRows(primary, strata, "metrics", "k, at");
+    assert.equal((await strata.query("SELECT count(*)::int AS n FROM metrics WHERE k <> 2"))[0].n, 0);
+
+    // The root's own TRUNCATE comes as the root's; its partitions' triggers then find nothing left.
+    await primary.query("INSERT INTO metrics VALUES (1, 1, 'back')");
+    await primary.query("TRUNCATE metrics");
+    await waitForSameRows(primary, strata, "metrics", "k, at");
+    assert.equal((await strata.query("SELECT count(*)::int AS n FROM metrics"))[0].n, 0);
   });
 });
