@@ -312,6 +312,25 @@ BEGIN
 END
 $fn$;
 
+-- Whether a column of the table had another type at commit lo than at commit hi (by the
+-- definitions recorded last by then; by name).
+CREATE OR REPLACE FUNCTION strata.types_changed(p_rel text, lo bigint, hi bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+  WITH defs AS (
+    SELECT s.commit_seq AS seq, s.ord::bigint AS ord, s.definition AS def
+      FROM strata.schema_changes s WHERE s.rel = p_rel AND s.definition ? 'columns'
+    UNION ALL
+    SELECT 9223372036854775807, w.id, w.definition
+      FROM strata.working_schema_changes w WHERE w.rel = p_rel AND w.definition ? 'columns'
+  )
+  SELECT EXISTS (
+    SELECT 1
+      FROM jsonb_array_elements((SELECT d.def FROM defs d WHERE d.seq <= lo ORDER BY d.seq DESC, d.ord DESC LIMIT 1) -> 'columns') a
+      JOIN jsonb_array_elements((SELECT d.def FROM defs d WHERE d.seq <= hi ORDER BY d.seq DESC, d.ord DESC LIMIT 1) -> 'columns') b
+        ON a ->> 'name' = b ->> 'name'
+     WHERE a ->> 'type' IS DISTINCT FROM b ->> 'type')
+$$;
+
 -- The rows that differ between commits from_seq and to_seq (either order): the row image at
 -- each side (NULL: no row).
 CREATE OR REPLACE FUNCTION strata.diff_rows(p_rel text, tbl regclass, key_columns text[], from_seq bigint, to_seq bigint)
@@ -322,20 +341,24 @@ DECLARE
   lo bigint := least(from_seq, to_seq);
   hi bigint := greatest(from_seq, to_seq);
   ad jsonb;
+  retyped boolean := false;
   lo_fills jsonb;
   lo_absent text[];
 BEGIN
   IF lo = hi THEN RETURN; END IF;
-  -- (Only a range with a schema change of the table may hold an addition.)
+  -- (Only a range with a schema change of the table may hold an addition or a new type.)
   IF EXISTS (SELECT 1 FROM strata.schema_changes s WHERE s.rel = p_rel AND s.commit_seq > lo AND s.commit_seq <= hi)
      OR (hi = 9223372036854775807 AND EXISTS (SELECT 1 FROM strata.working_schema_changes w WHERE w.rel = p_rel)) THEN
     ad := strata.column_additions(p_rel);
+    retyped := strata.types_changed(p_rel, lo, hi);
   END IF;
-  IF EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo AND commit_seq <= hi)
+  IF retyped
+     OR EXISTS (SELECT 1 FROM strata.snapshot_bases WHERE rel = p_rel AND commit_seq > lo AND commit_seq <= hi)
      OR EXISTS (SELECT 1 FROM jsonb_array_elements(ad) e
                  WHERE (e ->> 's')::bigint > lo AND (e ->> 's')::bigint <= hi AND coalesce(jsonb_typeof(e -> 'v'), 'null') <> 'null') THEN
-    -- Rows appeared without history in between, or a column was added with a value for every row
-    -- (column-additions-sql.ts): compare the two states whole.
+    -- Rows appeared without history in between, or every row changed without history: a column
+    -- added with a value for every row (column-additions-sql.ts), or a column's type changed
+    -- (rewritten, perhaps with USING): compare the two states whole.
     IF cardinality(key_columns) > 0 THEN
       RETURN QUERY
         SELECT CASE WHEN swapped THEN t.j ELSE f.j END, CASE WHEN swapped THEN f.j ELSE t.j END

@@ -25,7 +25,7 @@ import { changesKeyHash } from "./key-hash.ts";
  * The version of the per-table objects' SQL, part of each table's surface signature: a table
  * whose surface was made by another version is made again (installStrataSchema).
  */
-export const TABLE_SURFACE_VERSION = 10;
+export const TABLE_SURFACE_VERSION = 11;
 
 export const TABLE_SURFACE_SQL = `
 -- The key a table's history is kept under: as recorded, else its snapshot base's, else its
@@ -41,12 +41,77 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- SQL for a FROM item: the row image \`image\` as a record called \`alias\`, of the table's row type
--- (row_type), or for a dropped table (row_type NULL) of the columns it had (col_defs).
-CREATE OR REPLACE FUNCTION strata.image_record_sql(image text, alias text, row_type text, col_defs text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
+-- (row_type), or for a dropped table (row_type NULL) of the columns it had (col_defs). Where
+-- columns changed type (retyped, strata.retyped_columns), older images go through
+-- strata.readable_image first.
+DROP FUNCTION IF EXISTS strata.image_record_sql(text, text, text, text);
+CREATE OR REPLACE FUNCTION strata.image_record_sql(image text, alias text, row_type text, col_defs text, retyped jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
   SELECT CASE WHEN row_type IS NULL THEN format('jsonb_to_record(%s) AS %s(%s)', image, alias, col_defs)
+              WHEN retyped IS NOT NULL
+              THEN format('jsonb_populate_record(NULL::%1$s, strata.readable_image(%2$s, %4$L::jsonb, NULL::%1$s)) %3$s',
+                          row_type, image, alias, retyped)
               ELSE format('jsonb_populate_record(NULL::%s, %s) %s', row_type, image, alias) END
 $$;
+
+-- The table's columns (names, today's types) that history recorded with another type: their
+-- values in older images may not read as today's type ({"name": true, ...}; NULL: none). Names
+-- are today's (a later rename applies, as to an image written there).
+CREATE OR REPLACE FUNCTION strata.retyped_columns(p_rel text, names text[], types text[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  st jsonb := strata.rename_stretches(p_rel);
+  found jsonb := '{}';
+  r record;
+  today text;
+BEGIN
+  FOR r IN
+    SELECT x.seq, x.ord, c ->> 'name' AS name, c ->> 'type' AS type FROM (
+      SELECT s.commit_seq AS seq, s.ord::bigint AS ord, s.definition AS def
+        FROM strata.schema_changes s WHERE s.rel = p_rel AND s.definition ? 'columns'
+      UNION ALL
+      SELECT 9223372036854775807, w.id, w.definition
+        FROM strata.working_schema_changes w WHERE w.rel = p_rel AND w.definition ? 'columns'
+      UNION ALL
+      SELECT e.commit_seq, -1, e.definition FROM strata.table_entries e WHERE e.rel = p_rel AND e.definition ? 'columns'
+    ) x CROSS JOIN LATERAL jsonb_array_elements(x.def -> 'columns') c
+  LOOP
+    today := (SELECT k FROM jsonb_object_keys(strata.image_at(st, r.seq, r.ord, jsonb_build_object(r.name, 0))) k LIMIT 1);
+    IF today = ANY (names) AND r.type IS DISTINCT FROM types[array_position(names, today)] THEN
+      found := found || jsonb_build_object(today, true);
+    END IF;
+  END LOOP;
+  RETURN CASE WHEN found = '{}' THEN NULL ELSE found END;
+END
+$fn$;
+
+-- An image whose retyped columns hold values today's type cannot read (older images: a text
+-- column made int with USING, say) without those values: they read as null instead of failing
+-- the whole read. An image that reads as it is costs one try.
+CREATE OR REPLACE FUNCTION strata.readable_image(j jsonb, retyped jsonb, row_type anyelement) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+  img jsonb := j;
+  k text;
+BEGIN
+  IF j IS NULL THEN RETURN NULL; END IF;
+  BEGIN
+    PERFORM jsonb_populate_record(row_type, j);
+    RETURN j;
+  EXCEPTION WHEN OTHERS THEN
+    NULL;
+  END;
+  FOR k IN SELECT jsonb_object_keys(retyped) LOOP
+    CONTINUE WHEN NOT img ? k;
+    BEGIN
+      PERFORM jsonb_populate_record(row_type, jsonb_build_object(k, img -> k));
+    EXCEPTION WHEN OTHERS THEN
+      img := img - k;
+    END;
+  END LOOP;
+  RETURN img;
+END
+$fn$;
 
 CREATE OR REPLACE FUNCTION strata.drop_table_surface(p_schema text, p_table text) RETURNS void
 LANGUAGE plpgsql SET client_min_messages = warning AS $fn$
@@ -92,6 +157,7 @@ DECLARE
   renamed boolean;
   dropped jsonb; -- a dropped table's columns (strata.table_surfaces.dropped_columns)
   row_type text; -- NULL for a dropped table
+  retyped jsonb; -- strata.retyped_columns
   new_image text;
   i int;
 BEGIN
@@ -115,8 +181,12 @@ BEGIN
   keys := coalesce(p_keys, strata.history_keys(v_rel, tbl), '{}');
   -- A table with renamed columns reads older images under today's names (column-renames-sql.ts).
   renamed := strata.has_renames(v_rel);
+  -- Columns whose older values may not read as today's type.
+  IF row_type IS NOT NULL THEN
+    retyped := strata.retyped_columns(v_rel, names, types);
+  END IF;
   v_sig := jsonb_build_object('v', ${TABLE_SURFACE_VERSION}, 'names', names, 'types', types, 'keys', keys, 'renamed', renamed,
-                              'dropped', dropped IS NOT NULL)::text;
+                              'dropped', dropped IS NOT NULL, 'retyped', retyped)::text;
   IF EXISTS (SELECT 1 FROM strata.table_surfaces s WHERE s.rel = v_rel AND s.signature = v_sig)
      AND to_regclass(format('%I.%I', p_schema, 'dolt_history_' || p_table)) IS NOT NULL THEN
     RETURN;
@@ -180,12 +250,12 @@ BEGIN
        WHERE b.rel = %8$s
     $strata$$sql$,
     p_schema, 'dolt_history_' || p_table, col_defs, m_hash, m_committer, m_date,
-    strata.image_record_sql(new_image, 'r', row_type, col_defs), rel_l,
+    strata.image_record_sql(new_image, 'r', row_type, col_defs, retyped), rel_l,
     CASE WHEN cardinality(keys) > 0 AND keys <@ names
          THEN format('CASE WHEN bk.keys = %s THEN %s ELSE strata.key_of(to_jsonb(t.*), bk.keys) END',
                      keys_l, strata.key_expression(keys, 't'))
          ELSE 'strata.key_of(to_jsonb(t.*), bk.keys)' END,
-    strata.image_record_sql('first_touch.old_row', 'f', row_type, col_defs),
+    strata.image_record_sql('first_touch.old_row', 'f', row_type, col_defs, retyped),
     CASE WHEN renamed THEN 'strata.renamed_names(b.key_columns, strata.map_at(rs.st, b.commit_seq, -1))' ELSE 'b.key_columns' END,
     CASE WHEN renamed
          -- (Committed changes only: below 9223372036854775807, the working set's.)
@@ -209,7 +279,7 @@ BEGIN
       SELECT r.* FROM strata.rows_as_of(%4$s, %5$s, %6$s, dolt.commit_seq($1)) AS j(j)
        CROSS JOIN LATERAL %7$s
     $strata$$sql$,
-    p_schema, 'dolt_as_of_' || p_table, col_defs, rel_l, reg_l, keys_l, strata.image_record_sql('j.j', 'r', row_type, col_defs));
+    p_schema, 'dolt_as_of_' || p_table, col_defs, rel_l, reg_l, keys_l, strata.image_record_sql('j.j', 'r', row_type, col_defs, retyped));
   IF cardinality(keys) > 0 AND keys <@ names THEN
     SELECT string_agg(types[array_position(names, k)], ', ' ORDER BY o),
            'jsonb_build_object(' || string_agg(format('%L, $%s', k, o + 1), ', ' ORDER BY o) || ')'
@@ -221,7 +291,7 @@ BEGIN
          CROSS JOIN LATERAL %9$s
       $strata$$sql$,
       p_schema, 'dolt_as_of_' || p_table, key_params, col_defs, rel_l, reg_l, keys_l, key_json,
-      strata.image_record_sql('j.j', 'r', row_type, col_defs));
+      strata.image_record_sql('j.j', 'r', row_type, col_defs, retyped));
   END IF;
 
   -- Diffs: to_<col>, to_commit, to_commit_date, from_<col>, from_commit, from_commit_date, diff_type.
@@ -247,7 +317,7 @@ BEGIN
        CROSS JOIN LATERAL %10$s
     $strata$$sql$,
     p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l,
-    strata.image_record_sql('d.to_row', 't', row_type, col_defs), strata.image_record_sql('d.from_row', 'f', row_type, col_defs));
+    strata.image_record_sql('d.to_row', 't', row_type, col_defs, retyped), strata.image_record_sql('d.from_row', 'f', row_type, col_defs, retyped));
   EXECUTE format($sql$
     CREATE FUNCTION %1$I.%2$I() RETURNS TABLE (%3$s) LANGUAGE sql STABLE AS $strata$
       SELECT %4$s, k.hash, k.date, %5$s, p.hash, p.date,
@@ -267,7 +337,7 @@ BEGIN
        CROSS JOIN LATERAL %10$s
     $strata$$sql$,
     p_schema, 'dolt_diff_' || p_table, diff_out, diff_to, diff_from, rel_l, reg_l, keys_l,
-    strata.image_record_sql('d.to_row', 't', row_type, col_defs), strata.image_record_sql('d.from_row', 'f', row_type, col_defs));
+    strata.image_record_sql('d.to_row', 't', row_type, col_defs, retyped), strata.image_record_sql('d.from_row', 'f', row_type, col_defs, retyped));
   EXECUTE format('CREATE VIEW %1$I.%2$I AS SELECT * FROM %1$I.%2$I()', p_schema, 'dolt_diff_' || p_table);
 
   -- Blame: the last commit that touched each row now present (its last change, else its base).
