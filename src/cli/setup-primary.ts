@@ -3,7 +3,11 @@
 // only superusers may create event triggers.
 import type { Config } from "../config/schema.ts";
 import { connect } from "../db.ts";
-import { installStatements, uninstallStatements } from "../upstream/ddl-trigger.ts";
+import {
+  installFollowUpStatements,
+  installStatements,
+  uninstallStatements,
+} from "../upstream/ddl-trigger.ts";
 import { upstreamConnectionConfig } from "../upstream/setup.ts";
 
 export interface SetupPrimaryOptions {
@@ -14,8 +18,10 @@ export interface SetupPrimaryOptions {
 
 export async function setupPrimary(config: Config, opts: SetupPrimaryOptions): Promise<void> {
   const statements = opts.uninstall ? uninstallStatements() : installStatements();
+  // Run on their own after the transaction (psql runs each statement so, unless given -1).
+  const followUps = opts.uninstall ? [] : installFollowUpStatements();
   if (opts.printSql) {
-    process.stdout.write(`${statements.map((s) => `${s.trim()};`).join("\n\n")}\n`);
+    process.stdout.write(`${[...statements, ...followUps].map((s) => `${s.trim()};`).join("\n\n")}\n`);
     return;
   }
   const cfg = config.postgres_replication;
@@ -40,6 +46,12 @@ export async function setupPrimary(config: Config, opts: SetupPrimaryOptions): P
     await client.query("BEGIN");
     for (const sql of statements) await client.query(sql);
     await client.query("COMMIT");
+    for (const sql of followUps)
+      await client.query(sql).catch((err: Error) => {
+        throw new Error(
+          `installed Strata's DDL event trigger on ${where}, but could not give every partition its truncate trigger (${err.message}); run strata setup-primary again`,
+        );
+      });
     if (opts.uninstall) {
       // The schema goes too when nothing else lives in it.
       await client.query("DROP SCHEMA IF EXISTS strata").catch(() => {});

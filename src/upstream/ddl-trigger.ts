@@ -122,25 +122,37 @@ BEGIN
 END
 $fn$`;
 
-// The truncate trigger on partitions that have none (rels: only those; NULL: every partition).
+// The truncate trigger on partitions that have none (rels: only those; NULL: every partition), at
+// most lim of them (NULL: all); returns how many it made. Each takes a lock on its partition until
+// the transaction ends, so a primary with many partitions gets them a few hundred at a time
+// (WATCH_ALL_PARTITIONS), not in one transaction that would fill the lock table.
 const WATCH_TRUNCATES = `
-CREATE OR REPLACE FUNCTION strata.watch_truncates(rels oid[]) RETURNS void
+DROP FUNCTION IF EXISTS strata.watch_truncates(oid[]);
+CREATE OR REPLACE FUNCTION strata.watch_truncates(rels oid[], lim int) RETURNS int
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
 DECLARE
   r record;
+  made int := 0;
 BEGIN
   FOR r IN
-    -- (Joined, not "= ANY (rels)": an ALTER of a root with thousands of partitions passes them all.)
+    -- (A semi-join, not "= ANY (rels)": an ALTER of a root with thousands of partitions passes them all.)
     SELECT c.oid FROM pg_class c
      WHERE c.relispartition AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
        AND (rels IS NULL OR c.oid IN (SELECT DISTINCT u.oid FROM unnest(rels) u(oid)))
        AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'strata_truncate')
+     LIMIT lim
   LOOP
     EXECUTE format('CREATE TRIGGER strata_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION strata.emit_truncate()',
                    r.oid::regclass);
+    made := made + 1;
   END LOOP;
+  RETURN made;
 END
 $fn$`;
+
+/** Every partition's truncate trigger, committed a few hundred at a time (outside a transaction). */
+const WATCH_ALL_PARTITIONS =
+  "DO $$ BEGIN WHILE strata.watch_truncates(NULL, 500) > 0 LOOP COMMIT; END LOOP; END $$";
 
 const DESCRIBE_TABLE = `
 CREATE OR REPLACE FUNCTION strata.describe_table(rel oid) RETURNS jsonb
@@ -243,12 +255,15 @@ BEGIN
   IF tg_tag IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE PUBLICATION', 'ALTER PUBLICATION') THEN
     BEGIN
       IF tg_tag IN ('CREATE PUBLICATION', 'ALTER PUBLICATION') THEN
-        PERFORM strata.watch_truncates(NULL);
+        -- (In the statement's transaction: a bounded number, the rest by setup-primary.)
+        IF strata.watch_truncates(NULL, 1000) = 1000 THEN
+          RAISE WARNING 'strata: more partitions lack the truncate trigger than one statement should lock; run strata setup-primary to give it to the rest';
+        END IF;
       ELSE
         PERFORM strata.watch_truncates(ARRAY(
           SELECT d.objid FROM pg_event_trigger_ddl_commands() d
            WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table' AND tg_tag = 'CREATE TABLE'
-          UNION SELECT (a->>'oid')::oid FROM jsonb_array_elements(attached) a));
+          UNION SELECT (a->>'oid')::oid FROM jsonb_array_elements(attached) a), NULL);
       END IF;
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'strata: could not add the truncate trigger to a new partition (%); truncating it on its own leaves its rows on the replica', SQLERRM;
@@ -308,7 +323,6 @@ export function installStatements(): string[] {
     EMIT_DROP,
     EMIT_TRUNCATE,
     WATCH_TRUNCATES,
-    "SELECT strata.watch_truncates(NULL)",
     `COMMENT ON FUNCTION strata.emit_ddl() IS '${DDL_TRIGGER_VERSION}'`,
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_start",
     "DROP EVENT TRIGGER IF EXISTS strata_ddl_command_end",
@@ -319,6 +333,14 @@ export function installStatements(): string[] {
   ];
 }
 
+/**
+ * What runs after installStatements() committed, each statement on its own (not in a transaction
+ * block): the partitions' truncate triggers, committed in batches.
+ */
+export function installFollowUpStatements(): string[] {
+  return [WATCH_ALL_PARTITIONS];
+}
+
 /** The statements that remove it again (idempotent). */
 export function uninstallStatements(): string[] {
   return [
@@ -327,7 +349,7 @@ export function uninstallStatements(): string[] {
     "DROP EVENT TRIGGER IF EXISTS strata_sql_drop",
     // The partitions' truncate triggers go with their function.
     "DROP FUNCTION IF EXISTS strata.emit_truncate() CASCADE",
-    "DROP FUNCTION IF EXISTS strata.watch_truncates(oid[])",
+    "DROP FUNCTION IF EXISTS strata.watch_truncates(oid[], int)",
     "DROP FUNCTION IF EXISTS strata.note_truncate(oid)",
     "DROP FUNCTION IF EXISTS strata.truncate_message(oid)",
     "DROP FUNCTION IF EXISTS strata.emit_ddl()",
