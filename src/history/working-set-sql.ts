@@ -391,11 +391,38 @@ $fn$;
 -- A table's schema change (its definition after it, taken now).
 CREATE OR REPLACE FUNCTION strata.record_altered(tbl oid) RETURNS void
 LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_rel text := strata.rel_of(tbl);
+  def jsonb := strata.recorded_definition(tbl);
+  before jsonb;
+  filled text[];
 BEGIN
+  -- The definition before this change: the working set's last, else the last committed.
+  SELECT coalesce(
+    (SELECT w.definition FROM strata.working_schema_changes w WHERE w.rel = v_rel AND w.definition ? 'columns' ORDER BY w.id DESC LIMIT 1),
+    (SELECT s.definition FROM strata.schema_changes s WHERE s.rel = v_rel AND s.definition ? 'columns' ORDER BY s.commit_seq DESC, s.ord DESC LIMIT 1))
+    INTO before;
   INSERT INTO strata.working_schema_changes (relid, rel, kind, ddl, definition)
-  VALUES (tbl, strata.rel_of(tbl), 'ALTER TABLE',
+  VALUES (tbl, v_rel, 'ALTER TABLE',
           'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, tbl, 0)),
-          strata.recorded_definition(tbl));
+          def);
+  -- Columns added now whose values PostgreSQL wrote into every row, one by one (a volatile
+  -- default such as nextval() or random(), an identity, a stored generated column), rather than
+  -- kept once as a fill (column-additions-sql.ts): each row's change is recorded, as an update
+  -- from the row without them, so that history has the values the rows got.
+  IF before IS NULL OR def IS NULL THEN RETURN; END IF;
+  SELECT array_agg(a.attname::text) INTO filled
+    FROM pg_attribute a
+   WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.atthasmissing
+     AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(before -> 'columns') c WHERE c ->> 'name' = a.attname)
+     AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(coalesce(def -> 'renamed', '{}')) m WHERE m.value = a.attname)
+     AND (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '');
+  IF filled IS NULL THEN RETURN; END IF;
+  EXECUTE format(
+    'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row, new_row)
+     SELECT %s, %L, ''U'', %s, to_jsonb(t.*) - %L::text[], to_jsonb(t.*) FROM %s t',
+    tbl, v_rel, coalesce(strata.key_expression(strata.primary_key_columns(tbl), 't'), 'NULL::jsonb'), filled,
+    strata.own_rows(tbl::regclass));
 END
 $fn$;
 

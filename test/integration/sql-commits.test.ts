@@ -845,3 +845,31 @@ test("a column whose type changed does not make history unreadable: older values
     ],
   );
 });
+
+test("a column added with a volatile default, an identity or a generated column: each row's value is history", async () => {
+  await q("CREATE TABLE serials (name text PRIMARY KEY)");
+  await q("INSERT INTO serials VALUES ('a'), ('b'), ('c')");
+  const [first] = await q("SELECT dolt_commit('-Am', 'names')");
+  await q("ALTER TABLE serials ADD COLUMN id serial");
+  await q("ALTER TABLE serials ADD COLUMN n int GENERATED ALWAYS AS (length(name) * 10) STORED");
+  const [second] = await q("SELECT dolt_commit('-Am', 'numbered')");
+  await q("UPDATE serials SET name = 'bb' WHERE name = 'b'");
+  await q("SELECT dolt_commit('-am', 'renamed b')");
+  const now = await q("SELECT name, id, n FROM serials ORDER BY name");
+  assert.deepEqual(
+    await q(`SELECT name, id, n FROM serials AS OF '${first.dolt_commit[0]}' ORDER BY name`),
+    ["a", "b", "c"].map((name) => ({ name, id: null, n: null })),
+  );
+  // As of the commit that numbered them, every row with the number it got (b's too, changed since).
+  const numbered = await q(`SELECT name, id, n FROM serials AS OF '${second.dolt_commit[0]}' ORDER BY name`);
+  assert.deepEqual(
+    numbered,
+    now.map((r) => (r.name === "bb" ? { ...r, name: "b", n: 10 } : r)),
+  );
+  assert.deepEqual(
+    await q(
+      `SELECT from_name, to_name, to_id, diff_type FROM dolt_diff('${first.dolt_commit[0]}', '${second.dolt_commit[0]}', 'serials') ORDER BY to_name`,
+    ),
+    numbered.map((r) => ({ from_name: r.name, to_name: r.name, to_id: r.id, diff_type: "modified" })),
+  );
+});
