@@ -396,6 +396,9 @@ DECLARE
   def jsonb := strata.recorded_definition(tbl);
   before jsonb;
   filled text[];
+  retyped boolean;
+  lo bigint;
+  keys text[];
 BEGIN
   -- The definition before this change: the working set's last, else the last committed.
   SELECT coalesce(
@@ -411,6 +414,27 @@ BEGIN
   -- kept once as a fill (column-additions-sql.ts): each row's change is recorded, as an update
   -- from the row without them, so that history has the values the rows got.
   IF before IS NULL OR def IS NULL THEN RETURN; END IF;
+  -- Columns whose type changed: PostgreSQL rewrote every row (with USING, to other values).
+  -- Where history holds every row of a keyed table, each row's change is recorded, from its last
+  -- image in history (the value before) to the row now, so that the older values stay history.
+  SELECT EXISTS (
+    SELECT 1 FROM pg_attribute a JOIN jsonb_array_elements(before -> 'columns') c ON c ->> 'name' = a.attname
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND c ->> 'type' IS DISTINCT FROM format_type(a.atttypid, a.atttypmod)) INTO retyped;
+  keys := strata.primary_key_columns(tbl);
+  IF retyped AND keys IS NOT NULL THEN
+    lo := strata.complete_history_start(tbl, v_rel);
+    IF lo IS NOT NULL AND NOT EXISTS (SELECT 1 FROM strata.changes_and_working c
+                                       WHERE c.rel = v_rel AND c.commit_seq > lo AND c.row_key IS NULL) THEN
+      EXECUTE format(
+        'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row, new_row)
+         SELECT $1, $2, ''U'', h.row_key, h.to_row, to_jsonb(t.*)
+           FROM %s t JOIN strata.key_states($2, $3, 9223372036854775807) h ON h.row_key = %s
+          WHERE h.to_row IS DISTINCT FROM to_jsonb(t.*)',
+        strata.own_rows(tbl::regclass), strata.key_expression(keys, 't'))
+        USING tbl, v_rel, lo;
+    END IF;
+  END IF;
   SELECT array_agg(a.attname::text) INTO filled
     FROM pg_attribute a
    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.atthasmissing
