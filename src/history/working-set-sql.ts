@@ -409,10 +409,6 @@ BEGIN
   VALUES (tbl, v_rel, 'ALTER TABLE',
           'ALTER TABLE ' || (SELECT identity FROM pg_identify_object('pg_class'::regclass, tbl, 0)),
           def);
-  -- Columns added now whose values PostgreSQL wrote into every row, one by one (a volatile
-  -- default such as nextval() or random(), an identity, a stored generated column), rather than
-  -- kept once as a fill (column-additions-sql.ts): each row's change is recorded, as an update
-  -- from the row without them, so that history has the values the rows got.
   IF before IS NULL OR def IS NULL THEN RETURN; END IF;
   -- Columns whose type changed: PostgreSQL rewrote every row (with USING, to other values).
   -- Where history holds every row of a keyed table, each row's change is recorded, from its last
@@ -433,8 +429,13 @@ BEGIN
           WHERE h.to_row IS DISTINCT FROM to_jsonb(t.*)',
         strata.own_rows(tbl::regclass), strata.key_expression(keys, 't'))
         USING tbl, v_rel, lo;
+      RETURN; -- (each row's change holds the columns added by the same statement too)
     END IF;
   END IF;
+  -- Columns added now whose values PostgreSQL wrote into every row, one by one (a volatile
+  -- default such as nextval() or random(), an identity, a stored generated column), rather than
+  -- kept once as a fill (column-additions-sql.ts): each row's change is recorded, as an update
+  -- from the row without them, so that history has the values the rows got.
   SELECT array_agg(a.attname::text) INTO filled
     FROM pg_attribute a
    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.atthasmissing
@@ -445,7 +446,7 @@ BEGIN
   EXECUTE format(
     'INSERT INTO strata.working_changes (relid, rel, op, row_key, old_row, new_row)
      SELECT %s, %L, ''U'', %s, to_jsonb(t.*) - %L::text[], to_jsonb(t.*) FROM %s t',
-    tbl, v_rel, coalesce(strata.key_expression(strata.primary_key_columns(tbl), 't'), 'NULL::jsonb'), filled,
+    tbl, v_rel, coalesce(strata.key_expression(keys, 't'), 'NULL::jsonb'), filled,
     strata.own_rows(tbl::regclass));
 END
 $fn$;

@@ -876,4 +876,17 @@ test("a column added with a volatile default, an identity or a generated column:
     ),
     numbered.map((r) => ({ from_name: r.name, to_name: r.name, to_id: r.id, diff_type: "modified" })),
   );
+  // A retype and an addition in one statement: one change per row, holding both.
+  await q("ALTER TABLE serials ALTER COLUMN n TYPE bigint, ADD COLUMN z uuid DEFAULT gen_random_uuid()");
+  await q("SELECT dolt_commit('-Am', 'both')");
+  const changes = await q(
+    "SELECT count(*)::int AS n FROM strata.changes WHERE rel = 'public.serials' AND commit_seq = (SELECT max(seq) FROM strata.commits)",
+  );
+  assert.deepEqual(changes, [{ n: 3 }]);
+  assert.deepEqual(
+    await q(
+      "SELECT to_name AS name, to_z AS z FROM dolt_diff('HEAD~1', 'HEAD', 'serials') WHERE from_z IS NULL ORDER BY 1",
+    ),
+    await q("SELECT name, z FROM serials ORDER BY 1"),
+  );
 });
