@@ -9,11 +9,13 @@
 // So every reader brings an image to the commit it stands for (strata.image_as_of): the columns
 // added after that commit leave it (they did not exist then), and the columns added by then that it
 // lacks get the value the rows got when the column was added. That value is recorded with the
-// schema change's definition (`"fills": {"w": 7}`, as to_jsonb gives it, from attmissingval; a
-// volatile default rewrites the table instead, and its per-row values are not known: such a column
-// stays null in the images that lack it). Where the columns came from is found in the recorded
-// definitions: a column in one definition and not in the one before is added there, unless the
-// schema change renamed it (column-renames-sql.ts). A table never altered this way pays a probe.
+// schema change's definition (`"fills": {"w": 7}`, as to_jsonb gives it, from attmissingval).
+// A volatile default, an identity or a generated column is written into each row instead: a
+// SQL-written database records that as every row's change (strata.record_altered in
+// working-set-sql.ts); elsewhere the column stays null in the images that lack it. Where the
+// columns came from is found in the recorded definitions: a column in one definition and not in
+// the one before is added there, unless the schema change renamed it (column-renames-sql.ts). A
+// table never altered this way pays a few probes.
 
 export const COLUMN_ADDITIONS_SQL = `
 CREATE INDEX IF NOT EXISTS schema_changes_rel ON strata.schema_changes (rel);
