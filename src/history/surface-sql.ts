@@ -341,6 +341,7 @@ DECLARE
   lo bigint := least(from_seq, to_seq);
   hi bigint := greatest(from_seq, to_seq);
   ad jsonb;
+  ad_read boolean := false;
   retyped boolean := false;
   lo_fills jsonb;
   lo_absent text[];
@@ -350,6 +351,7 @@ BEGIN
   IF EXISTS (SELECT 1 FROM strata.schema_changes s WHERE s.rel = p_rel AND s.commit_seq > lo AND s.commit_seq <= hi)
      OR (hi = 9223372036854775807 AND EXISTS (SELECT 1 FROM strata.working_schema_changes w WHERE w.rel = p_rel)) THEN
     ad := strata.column_additions(p_rel);
+    ad_read := true;
     retyped := strata.types_changed(p_rel, lo, hi);
   END IF;
   IF retyped
@@ -382,7 +384,7 @@ BEGIN
         FROM strata.key_states(p_rel, lo, hi) s
        WHERE s.from_row IS DISTINCT FROM s.to_row;
   ELSE
-    ad := strata.column_additions(p_rel);
+    IF NOT ad_read THEN ad := strata.column_additions(p_rel); END IF;
     lo_fills := strata.fills_at(ad, lo);
     lo_absent := strata.columns_absent_at(ad, lo);
     -- Images compared as of hi (so that one written before a column was added meets its later
