@@ -376,6 +376,12 @@ export class Applier {
   /** Changes applied in the current batch (store transaction). */
   batchChanges = 0;
   batchTransactions = 0;
+  /**
+   * Statements applied that attached or detached a partition of a table published through its
+   * root. A PostgreSQL 14 walsender keeps publishing such a partition's changes under its old
+   * place for the rest of its session; the replicator starts a new one after them.
+   */
+  partitionMoves = 0;
 
   constructor(
     private readonly client: pg.Client,
@@ -1241,6 +1247,7 @@ export class Applier {
     const attached = (message.attached ?? []).filter(
       (a) => replaying === undefined || a.root.oid === replaying,
     );
+    if (attached.length > 0 || leaving.some((p) => p.how === "detached")) this.partitionMoves++;
     const heldHere = new Set<number>();
     for (const oid of [
       ...tables.map((t) => t.oid),

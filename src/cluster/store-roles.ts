@@ -8,7 +8,7 @@
 //   primary → standby               clean stop, standby.signal, start (streams once a primary is found)
 //   a store that was a primary      pg_rewind from the new primary before it follows it
 //   standby → primary               pg_promote(): a new timeline, writes open
-import { execFile, spawn } from "node:child_process";
+import { execFile, execFileSync, spawn } from "node:child_process";
 import { existsSync, realpathSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
@@ -225,5 +225,15 @@ export async function rewindStore(spec: ClusterSpec, tunnel: TunnelConninfo, log
  * real postgres binary first (the store's bin_dir may hold only links to the server programs).
  */
 function serverProgram(spec: ClusterSpec, name: string): string {
-  return findClientProgram(name, dirname(realpathSync(spec.bin.postgres)));
+  const program = findClientProgram(name, dirname(realpathSync(spec.bin.postgres)));
+  // Found elsewhere than beside the server, it may be another version's, and it would refuse the
+  // store with "incompatible server version" at every retry: say what to install instead.
+  const version = /\(PostgreSQL\) (\d+)/.exec(execFileSync(program, ["--version"], { encoding: "utf8" }));
+  const major = version ? Number(version[1]) : spec.bin.major;
+  // pg_basebackup takes servers older than itself; pg_rewind only its own version's data.
+  if (name === "pg_rewind" ? major !== spec.bin.major : major < spec.bin.major)
+    throw new Error(
+      `${program} is PostgreSQL ${major}'s, and the store is PostgreSQL ${spec.bin.major}: install PostgreSQL ${spec.bin.major}'s ${name} (Debian/Ubuntu: postgresql-${spec.bin.major}), or set store.bin_dir to a directory that holds it beside the server programs`,
+    );
+  return program;
 }

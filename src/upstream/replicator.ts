@@ -66,6 +66,13 @@ class TableHeld extends Error {
   }
 }
 
+/**
+ * The session ends to start a new one at once: a PostgreSQL 14 walsender keeps a partition that
+ * was attached or detached (publish_via_partition_root) mapped to its old place for as long as it
+ * runs, so its changes would reach the wrong table; a new walsender maps it afresh.
+ */
+class SessionRenewal extends Error {}
+
 export type ReplicationState = "connecting" | "snapshot" | "streaming" | "error" | "reconnecting" | "stopped";
 
 export interface ReplicatorOptions {
@@ -167,8 +174,9 @@ export class Replicator {
         await this.session();
       } catch (err) {
         if (this.stopping) break;
-        if (err instanceof TableHeld) {
-          // Nothing is wrong with the stream: it starts again at once, holding that table.
+        if (err instanceof TableHeld || err instanceof SessionRenewal) {
+          // Nothing is wrong with the stream: it starts again at once (holding that table).
+          if (err instanceof SessionRenewal) this.log.info(err.message);
           attempt = 0;
           this.setState("connecting");
           continue;
@@ -499,6 +507,17 @@ export class Replicator {
       this.options.onStreaming?.();
 
       const ap = applier;
+      // PostgreSQL 15 fixed this (SessionRenewal); the walsender is renewed after a transaction
+      // that attached or detached a partition.
+      const renewAfterPartitionMoves = upstream.serverVersion < 150000;
+      const partitionMovesAtStart = ap.partitionMoves;
+      const renewIfPartitionsMoved = async () => {
+        if (!renewAfterPartitionMoves || ap.partitionMoves === partitionMovesAtStart) return;
+        await flush();
+        throw new SessionRenewal(
+          `a partition was attached or detached at ${formatLsn(ap.position)}: starting a new replication session, since a PostgreSQL 14 walsender keeps publishing its changes under its old place`,
+        );
+      };
       let inStream: number | undefined;
       let current: { skip: boolean } | undefined;
       let committed = ap.position;
@@ -627,6 +646,7 @@ export class Replicator {
               if (current && !current.skip) {
                 await ap.commitTransaction(msg.endLsn);
                 this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
+                await renewIfPartitionsMoved();
                 if (
                   ap.batchChanges >= BATCH_MAX_CHANGES ||
                   performance.now() - batchStartedAt > BATCH_MAX_AGE_MS
@@ -668,6 +688,7 @@ export class Replicator {
               }
               await ap.commitTransaction(msg.endLsn);
               this.lastApplyLagMs = Date.now() - pgTimeToDate(msg.commitTime).getTime();
+              await renewIfPartitionsMoved();
               if (
                 ap.batchChanges >= BATCH_MAX_CHANGES ||
                 performance.now() - batchStartedAt > BATCH_MAX_AGE_MS

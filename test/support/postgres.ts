@@ -7,7 +7,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { findPgBinaries } from "../../src/store/binaries.ts";
+import { findPgBinaries, type PgBinaries } from "../../src/store/binaries.ts";
 import {
   type ClusterSpec,
   clusterPaths,
@@ -164,6 +164,8 @@ export interface PrimaryOptions {
   settings?: Record<string, string | number | boolean>;
   /** pg_hba.conf lines before the defaults (scram-sha-256 for everyone). */
   hba?: string[];
+  /** Server binaries of another version than the machine's (test/support/pg-versions.ts). */
+  bin?: PgBinaries;
 }
 
 /** A primary for replication tests: wal_level=logical, fsync off (tests never crash the OS). */
@@ -171,7 +173,7 @@ export async function startPrimary(options: PrimaryOptions = {}): Promise<TestCl
   const port = await freePort();
   const spec: ClusterSpec = {
     root: tempDir("strata-primary-"),
-    bin: findPgBinaries(),
+    bin: options.bin ?? findPgBinaries(),
     osUser: storeOsUser(),
     superuser: TEST_USER,
     password: TEST_PASSWORD,
