@@ -208,38 +208,46 @@ function pipeDump(
     restore.stdin.on("error", () => {}); // restore died first: its exit says why
     let pending = 2;
     let spawnFailure: Error | undefined;
-    const failed: Partial<Record<"dump" | "restore", string>> = {};
+    const exits: Partial<
+      Record<"dump" | "restore", { failed: boolean; signal: NodeJS.Signals | null; why: string }>
+    > = {};
     let dumpKilled = false;
     const done = (which: "dump" | "restore", code: number | null, signal: NodeJS.Signals | null) => {
-      // pg_dump ended by pg_restore's failure (our kill, or the pipe closing under it) is not a
-      // failure of its own.
-      const consequence =
-        which === "dump" &&
-        (signal !== null || /broken pipe|could not write/i.test(stderr.dump)) &&
-        (dumpKilled || failed.restore !== undefined);
-      if (code !== 0 && !consequence)
-        failed[which] = stderr[which].trim() || (signal ? `killed by ${signal}` : `exit code ${code}`);
+      exits[which] = {
+        failed: code !== 0,
+        signal,
+        why: stderr[which].trim() || (signal ? `killed by ${signal}` : `exit code ${code}`),
+      };
       if (which === "restore" && code !== 0 && !dumpKilled) {
         dumpKilled = true;
         dump.kill();
       }
       if (--pending > 0) return;
-      // A pg_dump that failed on its own (a server version it refuses, a lost connection) leaves
-      // pg_restore a short input, and pg_restore often exits first: pg_dump's error is the cause.
-      const culprit =
-        failed.dump !== undefined ? "dump" : failed.restore !== undefined ? "restore" : undefined;
+      // Either may fail because the other did, and either may exit first: pg_dump ended by
+      // pg_restore's failure (our kill, or the pipe closing under it) is not the cause, while a
+      // pg_dump that failed on its own (a server version it refuses, a lost connection) leaves
+      // pg_restore a short input, and its own error is the cause.
+      const restoreFailed = exits.restore?.failed === true;
+      const dumpFailed =
+        exits.dump?.failed === true &&
+        !(
+          restoreFailed &&
+          (exits.dump.signal !== null || /broken pipe|could not write/i.test(exits.dump.why))
+        );
+      const culprit = dumpFailed ? "dump" : restoreFailed ? "restore" : undefined;
       if (spawnFailure) reject(spawnFailure);
-      else if (culprit)
+      else if (culprit) {
+        const why = exits[culprit]?.why ?? "";
         reject(
           new BranchError(
-            `copying database "${source}" into "${target}" failed in ${culprit === "dump" ? "pg_dump" : "pg_restore"}: ${failed[culprit]}`,
+            `copying database "${source}" into "${target}" failed in ${culprit === "dump" ? "pg_dump" : "pg_restore"}: ${why}`,
             "58000",
-            /version mismatch|incompatible server version/.test(failed[culprit] ?? "")
+            /version mismatch|incompatible server version/.test(why)
               ? `pg_dump and pg_restore must be of the store's major version or newer (using ${pgDump}): install that version's client programs (Debian/Ubuntu: postgresql-client-<major>), or set store.bin_dir or STRATA_PG_BIN to their directory; the partial copy was removed`
               : "the Strata log has the details; the partial copy was removed",
           ),
         );
-      else resolveCopy();
+      } else resolveCopy();
     };
     dump.on("error", (err) => {
       spawnFailure ??= err;
