@@ -1,7 +1,9 @@
 // Strata against the PostgreSQL versions it supports (14-17), not only the machine's: a primary of
 // the oldest with a store of the newest, and the other way round. Each replicates a snapshot, a
 // stream (a streamed large transaction, a new column, a renamed column, a partition truncated on
-// its own) and keeps history; each store also takes SQL writes and commits. The machine's own
+// its own, partitions detached and attached) and keeps history; each store also takes SQL writes
+// and commits. Where the machine's client programs are older than the store (pg_dump for a
+// branch, pg_basebackup for a standby), the errors say which version is needed. The machine's own
 // version runs the rest of the suite. The other versions' server binaries come from npm
 // (test/support/pg-versions.ts); where npm did not install them the tests skip, saying why.
 import assert from "node:assert/strict";
