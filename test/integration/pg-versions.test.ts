@@ -72,6 +72,14 @@ for (const [upstream, downstream] of [
       await strata?.stop();
       await primary?.stop();
     });
+    const sameRowsEverywhere = async () => {
+      for (const [table, key] of [
+        ["items", "id"],
+        ["notes", "body"],
+        ["events", "id"],
+      ])
+        await waitForSameRows(primary, strata, table, key);
+    };
 
     test("the versions are the ones named", async () => {
       assert.equal(await serverMajor((sql) => primary.query(sql)), upstream);
@@ -79,12 +87,7 @@ for (const [upstream, downstream] of [
     });
 
     test("snapshot and stream: the replica's rows are the primary's, and history is what happened", async () => {
-      for (const [table, key] of [
-        ["items", "id"],
-        ["notes", "body"],
-        ["events", "id"],
-      ])
-        await waitForSameRows(primary, strata, table, key);
+      await sameRowsEverywhere();
       const commitCount = async () =>
         (await strata.query<{ n: number }>("SELECT count(*)::int AS n FROM dolt_log"))[0].n;
       const [{ h: start }] = await strata.query<{ h: string }>("SELECT dolt.commit_hash('HEAD') AS h");
@@ -103,12 +106,7 @@ for (const [upstream, downstream] of [
       await primary.query("ALTER TABLE items RENAME COLUMN name TO label");
       await primary.query("TRUNCATE events_2025");
       await primary.query("INSERT INTO events VALUES (9999, '2025-02-02', 'after the truncate')");
-      for (const [table, key] of [
-        ["items", "id"],
-        ["notes", "body"],
-        ["events", "id"],
-      ])
-        await waitForSameRows(primary, strata, table, key);
+      await sameRowsEverywhere();
 
       // The replica's history: the table as it was at the snapshot's commit, and the diff since.
       const asOfStart = await strata.query<{ j: string }>(
